@@ -1,0 +1,105 @@
+"""The wire format of the intake topic: an envelope around each event, and its codec (pure, no I/O).
+
+Value: one JSON object (fields of :class:`Envelope`). Key: the stream name in UTF-8, so a stream's
+events stay in one partition and in order. Headers repeat the routing fields so that tools can
+route without parsing the value.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from eventstore.errors import DecodeError, InvalidEventError
+
+FORMAT = "eventstore.envelope/1"
+MAX_NAME = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class LeaseRef(BaseModel):
+    """The lease an event was written under: the resource and the fencing token of the grant."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    resource: str = Field(min_length=1, max_length=MAX_NAME)
+    token: int = Field(ge=1)
+
+
+class Envelope(BaseModel):
+    """Everything the projector needs to decide on one event. The database adds position and
+    recorded-at on commit; ``occurred_at`` is only what the agent claims."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: uuid.UUID
+    idempotency_key: str = Field(min_length=1, max_length=MAX_NAME)
+    stream: str = Field(min_length=1, max_length=MAX_NAME)
+    expected_version: int | None = Field(default=None, ge=0)
+    agent_id: str = Field(min_length=1, max_length=MAX_NAME)
+    correlation_id: uuid.UUID
+    causation_id: uuid.UUID | None = None
+    occurred_at: datetime | None = None
+    type: str = Field(min_length=1, max_length=MAX_NAME)
+    schema_version: int = Field(ge=1)
+    payload: dict[str, Any]
+    lease: LeaseRef | None = None
+
+    @field_validator("idempotency_key", "stream", "agent_id", "type")
+    @classmethod
+    def _no_control_chars(cls, v: str) -> str:
+        if _CONTROL.search(v):
+            raise ValueError("must not contain control characters")
+        return v
+
+
+def check_name(what: str, value: object) -> str:
+    """Validate a stream, agent id or idempotency key in the SDK, with a message naming it."""
+    if not isinstance(value, str) or not value:
+        raise InvalidEventError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_NAME:
+        raise InvalidEventError(f"{what} is {len(value)} characters long; at most {MAX_NAME} are allowed")
+    if _CONTROL.search(value):
+        raise InvalidEventError(f"{what} {value!r} contains control characters")
+    return value
+
+
+def encode(env: Envelope) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) for producing an envelope."""
+    headers = [
+        ("es-format", FORMAT.encode()),
+        ("es-type", env.type.encode()),
+        ("es-schema-version", str(env.schema_version).encode()),
+        ("es-agent", env.agent_id.encode()),
+        ("es-event-id", str(env.event_id).encode()),
+    ]
+    return env.stream.encode(), env.model_dump_json(exclude_none=False).encode(), headers
+
+
+def decode(value: bytes | None) -> Envelope:
+    """Parse an intake message value; DecodeError says what is wrong with it."""
+    if value is None:
+        raise DecodeError("message has no value (a tombstone?); expected an envelope JSON object")
+    try:
+        return Envelope.model_validate_json(value)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(value)"
+        raise DecodeError(f"not a valid envelope: {loc}: {first['msg']} ({e.error_count()} error(s))") from e
+
+
+def salvage_ids(value: bytes | None) -> tuple[uuid.UUID, str, str | None] | None:
+    """From an envelope that failed to decode or validate, the (event id, agent id, key) if they are
+    readable, so the waiting agent can still be told why its event was rejected."""
+    import json
+
+    try:
+        obj = json.loads(value or b"")
+        return uuid.UUID(str(obj["event_id"])), check_name("agent_id", obj["agent_id"]), (
+            str(obj["idempotency_key"]) if obj.get("idempotency_key") else None
+        )
+    except (ValueError, KeyError, TypeError, InvalidEventError):
+        return None
