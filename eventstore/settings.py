@@ -29,7 +29,7 @@ class Settings:
     intake_partitions: int = 8
     projector_group: str = "eventstore-projector"
     batch_size: int = 2000
-    batch_wait_ms: int = 5
+    batch_wait_ms: int = 0
 
     def __post_init__(self) -> None:
         if not _NAMESPACE_RE.match(self.namespace):

@@ -1,0 +1,210 @@
+"""The agent SDK: emit typed events through Kafka and learn the projector's decision.
+
+Every emit validates the event and its envelope fields first and raises InvalidEventError before
+anything is sent. Producing uses Kafka's idempotent producer (acks=all), keyed by stream, so one
+stream's events stay in one partition and in order.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, Message, Producer
+from psycopg_pool import ConnectionPool
+from pydantic import ValidationError
+
+from eventstore import eventlog
+from eventstore.db import converted_errors
+from eventstore.envelope import Envelope, LeaseRef, check_name, encode
+from eventstore.errors import BrokerError, EmitTimeout, InvalidEventError
+from eventstore.eventlog import RecordedEvent
+from eventstore.events import Event, validate_event
+from eventstore.kafka import ensure_topics, producer_config
+from eventstore.listener import OutcomeListener, lookup_outcomes
+from eventstore.outcomes import EmitResult
+from eventstore.settings import Settings
+
+
+class HasLeaseRef(Protocol):
+    @property
+    def ref(self) -> LeaseRef: ...
+
+
+class EmitHandle:
+    """An emitted event whose outcome may still be pending."""
+
+    def __init__(self, event_id: uuid.UUID, stream: str, idempotency_key: str,
+                 future: Future[EmitResult]) -> None:
+        self.event_id = event_id
+        self.stream = stream
+        self.idempotency_key = idempotency_key
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self, timeout: float | None = 10.0) -> EmitResult:
+        """Wait for the decision; EmitTimeout if none arrives (retry with the same idempotency key)."""
+        try:
+            return self.future.result(timeout)
+        except FutureTimeout as e:
+            raise EmitTimeout(
+                f"no outcome for event {self.event_id} on stream {self.stream!r} within {timeout}s; is a "
+                f"projector running? Re-emit with idempotency_key={self.idempotency_key!r} to be safe"
+            ) from e
+
+
+def build_envelope(
+    agent_id: str,
+    event: Event,
+    stream: str,
+    *,
+    expected_version: int | None,
+    idempotency_key: str | None,
+    correlation_id: uuid.UUID | None,
+    causation_id: uuid.UUID | None,
+    lease: LeaseRef | HasLeaseRef | None,
+) -> Envelope:
+    """Validate everything an agent gave and wrap it; InvalidEventError names what is wrong."""
+    payload = validate_event(event)
+    check_name("stream", stream)
+    if expected_version is not None and (
+        isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 0
+    ):
+        raise InvalidEventError(f"expected_version must be None or an int >= 0, got {expected_version!r}")
+    key = check_name("idempotency_key", idempotency_key) if idempotency_key is not None else str(uuid.uuid4())
+    ref = lease.ref if lease is not None and not isinstance(lease, LeaseRef) else lease
+    event_id = uuid.uuid4()
+    try:
+        return Envelope(
+            event_id=event_id, idempotency_key=key, stream=stream, expected_version=expected_version,
+            agent_id=agent_id, correlation_id=correlation_id or event_id, causation_id=causation_id,
+            occurred_at=datetime.now(UTC), type=event.event_type, schema_version=event.schema_version,
+            payload=payload, lease=ref,
+        )
+    except ValidationError as e:
+        raise InvalidEventError(f"invalid envelope: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
+
+
+class AgentClient:
+    """Emit events and read streams as one agent. Thread-safe; use as a context manager."""
+
+    def __init__(self, agent_id: str, settings: Settings | None = None, *, ensure_topic: bool = True) -> None:
+        self.agent_id = check_name("agent_id", agent_id)
+        self.settings = settings or Settings.from_env()
+        db, _ = self.settings.require_servers()
+        if ensure_topic:
+            ensure_topics(self.settings, {self.settings.intake_topic: self.settings.intake_partitions})
+        self._listener = OutcomeListener(db, agent_id)
+        self._pool = ConnectionPool(db, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True)
+        self._producer = Producer(producer_config(self.settings))
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name=f"producer-{agent_id}", daemon=True)
+        self._poller.start()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._producer.flush(10)
+        self._closed.set()
+        self._poller.join(5)
+        self._listener.close()
+        self._pool.close()
+
+    def _poll(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+
+    # -- writing -----------------------------------------------------------------------------
+    def emit(
+        self,
+        event: Event,
+        stream: str,
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        lease: LeaseRef | HasLeaseRef | None = None,
+    ) -> EmitHandle:
+        """Send an event without waiting for its outcome. Without an idempotency key, each call
+        is a new intent; pass the same key on a retry."""
+        env = build_envelope(self.agent_id, event, stream, expected_version=expected_version,
+                             idempotency_key=idempotency_key, correlation_id=correlation_id,
+                             causation_id=causation_id, lease=lease)
+        return self.emit_envelope(env)
+
+    def emit_envelope(self, env: Envelope) -> EmitHandle:
+        """Send a prepared envelope (built by :func:`build_envelope`)."""
+        if self._closed.is_set():
+            raise BrokerError("the client is closed")
+        fut = self._listener.expect(env.event_id)
+        key, value, headers = encode(env)
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._listener.fail(env.event_id, BrokerError(
+                    f"the broker did not take event {env.event_id}: {err.str()}; re-emit with the same key"))
+
+        while True:
+            try:
+                self._producer.produce(self.settings.intake_topic, value=value, key=key, headers=headers,
+                                       on_delivery=delivered)
+                break
+            except BufferError:
+                self._producer.poll(0.01)  # local queue full: let deliveries drain
+        return EmitHandle(env.event_id, env.stream, env.idempotency_key, fut)
+
+    def emit_and_wait(
+        self,
+        event: Event,
+        stream: str,
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        lease: LeaseRef | HasLeaseRef | None = None,
+        timeout: float = 10.0,
+    ) -> EmitResult:
+        """Emit and wait for the decision: COMMITTED, DUPLICATE, CONFLICT or REJECTED."""
+        handle = self.emit(event, stream, expected_version=expected_version, idempotency_key=idempotency_key,
+                           correlation_id=correlation_id, causation_id=causation_id, lease=lease)
+        self._producer.poll(0)
+        return handle.result(timeout)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until the broker acknowledged everything emitted so far."""
+        left = self._producer.flush(timeout)
+        if left:
+            raise BrokerError(f"{left} event(s) still unacknowledged by the broker after {timeout}s")
+
+    # -- reading -----------------------------------------------------------------------------
+    def stream_version(self, stream: str) -> int:
+        """The stream's committed version (0 for a stream with no events)."""
+        with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
+            return eventlog.stream_version(cur, stream)
+
+    def read_stream(self, stream: str, from_version: int = 0) -> list[RecordedEvent]:
+        """Committed events of a stream after ``from_version``, in version order."""
+        with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
+            return eventlog.read_stream(cur, stream, from_version)
+
+    def outcome(self, event_id: uuid.UUID) -> EmitResult | None:
+        """The recorded decision on an event id, or None while it is undecided."""
+        with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
+            return lookup_outcomes(cur, [event_id]).get(event_id)
+
+    def _pool_stats(self) -> dict[str, Any]:
+        return dict(self._pool.get_stats())
