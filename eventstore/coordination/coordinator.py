@@ -43,7 +43,9 @@ from eventstore.settings import Settings
 log = logging.getLogger("eventstore.coordination")
 T = TypeVar("T")
 
-VICTIM_RULE = "youngest waiter in the cycle (latest enqueued_at on the database clock); ties: greatest agent id"
+VICTIM_RULE = (
+    "youngest waiter in the cycle (latest enqueued_at on the database clock); ties: greatest agent id"
+)
 
 
 @dataclass(eq=False)
@@ -210,7 +212,9 @@ class Coordinator:
         url = settings if isinstance(settings, str) else settings.database_url
         if not url:
             raise ConfigurationError(
-                "EVENTSTORE_DATABASE_URL is not set; the coordinator needs PostgreSQL (or run `eventstore dev`)")
+                "EVENTSTORE_DATABASE_URL is not set; the coordinator needs PostgreSQL "
+                "(or run `eventstore dev`)"
+            )
         self.rank: rules.OrderKey = rank or rules.default_rank
         self.enforce_lock_order = enforce_lock_order
         self.detect_interval = detect_interval
@@ -243,8 +247,9 @@ class Coordinator:
                 time.sleep(rules.backoff(i, base=0.01, cap=0.2))
         raise AssertionError("unreachable")
 
-    def acquisition(self, resource: str, *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE, ttl: float = 30.0,
-                    wait: float = 10.0, expected_duration: float | None = None) -> Acquisition:
+    def acquisition(self, resource: str, *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE,
+                    ttl: float = 30.0, wait: float = 10.0,
+                    expected_duration: float | None = None) -> Acquisition:
         """A validated request, for callers that drive the polling themselves (the asyncio API)."""
         check_name("resource", resource)
         check_name("agent_id", agent_id)
@@ -256,8 +261,9 @@ class Coordinator:
             raise ConfigurationError(f"expected_duration must be positive, got {expected_duration}")
         return Acquisition(self, resource, agent_id, Mode(mode), float(ttl), float(wait), expected_duration)
 
-    def acquire(self, resource: str, *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE, ttl: float = 30.0,
-                wait: float = 10.0, expected_duration: float | None = None, keep_alive: bool = False) -> Lease:
+    def acquire(self, resource: str, *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE,
+                ttl: float = 30.0, wait: float = 10.0, expected_duration: float | None = None,
+                keep_alive: bool = False) -> Lease:
         """Take a lease, waiting up to ``wait`` seconds in FCFS order; LeaseTimeout if it stays busy."""
         acq = self.acquisition(resource, agent_id=agent_id, mode=mode, ttl=ttl, wait=wait,
                                expected_duration=expected_duration)

@@ -65,7 +65,8 @@ RETURNING (xmax = 0), extract(epoch FROM clock_timestamp() - enqueued_at)::float
 """
 MARK_ALERTED = "UPDATE lease_waiters SET alerted = true WHERE resource = %s AND agent_id = %s"
 RELEASE_ROW = """
-SELECT token, hold_count, expires_at > clock_timestamp(), extract(epoch FROM clock_timestamp() - granted_at)::float8
+SELECT token, hold_count, expires_at > clock_timestamp(),
+       extract(epoch FROM clock_timestamp() - granted_at)::float8
 FROM lease_holders WHERE resource = %s AND agent_id = %s FOR UPDATE
 """
 DROP_HOLDER = "DELETE FROM lease_holders WHERE resource = %s AND agent_id = %s"
@@ -88,7 +89,9 @@ KILL = """
 INSERT INTO agents (agent_id, status, reason, changed_at) VALUES (%s, 'killed', %s, now())
 ON CONFLICT (agent_id) DO UPDATE SET status = 'killed', reason = EXCLUDED.reason, changed_at = now()
 """
-REVIVE = "UPDATE agents SET status = 'active', reason = NULL, changed_at = now() WHERE agent_id = %s RETURNING 1"
+REVIVE = (
+    "UPDATE agents SET status = 'active', reason = NULL, changed_at = now() WHERE agent_id = %s RETURNING 1"
+)
 FENCE_REJECTIONS = """
 SELECT agent_id, count(*) FROM outcomes
 WHERE status = 'rejected' AND (reason LIKE 'stale lease%%' OR reason LIKE 'lease token%%')
@@ -250,7 +253,8 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
         return StepResult(expired=expired, held_by=held_by)
     cur.execute(ENQUEUE, (resource, agent_id, mode.value, expected))
     inserted, waited, alerted, expected_db = cur.fetchone()  # type: ignore[misc]
-    result = StepResult(expired=expired, held_by=held_by, newly_queued=bool(inserted), waited_seconds=float(waited))
+    result = StepResult(expired=expired, held_by=held_by, newly_queued=bool(inserted),
+                        waited_seconds=float(waited))
     if inserted:
         _record(cur, lease_stream(resource), ev.LeaseWaited(
             resource=resource, agent_id=agent_id, mode=mode.value, held_by=held_by,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -50,9 +51,9 @@ class Snapshot:
         return _sum(s for (_, a), s in self.by_pair.items() if a == agent_id)
 
 
-def _sum(items: object) -> Stats:
+def _sum(items: Iterable[Stats]) -> Stats:
     total = Stats()
-    for s in items:  # type: ignore[attr-defined]
+    for s in items:
         for name in Stats.__dataclass_fields__:
             cur = getattr(total, name)
             val = getattr(s, name)
@@ -66,7 +67,7 @@ class LeaseMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ("resource", "agent")
-        self._wait = Histogram("eventstore_lease_wait_seconds", "Time from request to grant (queued requests)",
+        self._wait = Histogram("eventstore_lease_wait_seconds", "Time from request to grant (queued)",
                                labels, buckets=_BUCKETS, registry=self.registry)
         self._hold = Histogram("eventstore_lease_hold_seconds", "Time from grant to release",
                                labels, buckets=_BUCKETS, registry=self.registry)
@@ -85,7 +86,7 @@ class LeaseMetrics:
                                  labels, registry=self.registry)
         self._order = Counter("eventstore_lease_order_violations", "Requests out of the global lock order",
                               labels, registry=self.registry)
-        self._fence = Gauge("eventstore_fence_rejections", "Events refused for a stale lease token (from outcomes)",
+        self._fence = Gauge("eventstore_fence_rejections", "Events refused for a stale lease token",
                             ("agent",), registry=self.registry)
         self._lock = threading.Lock()
         self._stats: dict[tuple[str, str], Stats] = defaultdict(Stats)

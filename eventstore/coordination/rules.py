@@ -9,11 +9,11 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     """Exclusive (write) or shared (read) lease."""
 
     EXCLUSIVE = "exclusive"
@@ -178,7 +178,7 @@ def backoff(attempt: int, *, base: float = 0.005, cap: float = 0.1, jitter: floa
             rand: Callable[[], float] = random.random) -> float:
     """Seconds to sleep before poll number ``attempt`` (0-based): exponential from ``base`` up to ``cap``,
     with up to ``jitter`` of it randomised so that waiters do not poll in lockstep."""
-    delay = min(cap, base * (2 ** min(attempt, 30)))
+    delay: float = min(cap, base * 2.0 ** min(attempt, 30))
     return delay * (1.0 - jitter + jitter * rand())
 
 

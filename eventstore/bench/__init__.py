@@ -1,0 +1,1 @@
+"""Benchmarks run from the CLI (``eventstore bench ...``); never part of the test suite."""

@@ -1,0 +1,163 @@
+"""The ``eventstore`` command line: migrate, project, dev, demo, verify, bench."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from eventstore.errors import EventStoreError
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from eventstore.devservers import configured
+    from eventstore.migrate import upgrade
+
+    settings = configured()
+    db, _ = settings.require_servers()
+    upgrade(db)
+    print("schema is at head")
+    return 0
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from eventstore.devservers import configured
+    from eventstore.projector import Projector
+
+    settings = configured()
+    projector = Projector(settings, group=args.group)
+    projector.setup()
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    thread = threading.Thread(target=projector.run, daemon=True)
+    thread.start()
+    print(f"projector consuming {settings.intake_topic} as group {projector.group}; Ctrl-C to stop", flush=True)
+    while not stop.wait(0.5) and thread.is_alive():
+        pass
+    projector.stop()
+    print(f"projector stopped: {projector.stats.committed} committed, {projector.stats.conflicts} conflicts, "
+          f"{projector.stats.duplicates} duplicates, {projector.stats.rejected} rejected, "
+          f"{projector.stats.dead_letters} dead letters")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from eventstore.devservers import remove_dev_file, write_dev_file
+    from eventstore.embedded import EmbeddedServers
+    from eventstore.migrate import upgrade
+    from eventstore.projector import Projector
+    from eventstore.settings import Settings
+
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    with EmbeddedServers(Path(args.data_dir).resolve(), broker_port=args.broker_port) as s:
+        upgrade(s.postgres.url)
+        settings = Settings.from_env().with_servers(s.postgres.url, s.broker.bootstrap)
+        projector = Projector(settings).start()
+        write_dev_file(settings)
+        print("eventstore dev is running (PostgreSQL data kept in "
+              f"{Path(args.data_dir).resolve() / 'pg'}; the broker keeps messages in memory).")
+        print("Use these settings in other shells:\n")
+        print(f"  export EVENTSTORE_DATABASE_URL='{s.postgres.url}'")
+        print(f"  export EVENTSTORE_KAFKA_BOOTSTRAP='{s.broker.bootstrap}'")
+        print(f"  export EVENTSTORE_NAMESPACE='{settings.namespace}'\n")
+        print("Ctrl-C stops the projector and both servers.", flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            print("stopping ...", flush=True)
+            projector.stop()
+            remove_dev_file()
+    print("stopped cleanly")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from eventstore import demo
+    from eventstore.devservers import servers_or_embedded
+
+    started = time.monotonic()
+    with servers_or_embedded() as settings:
+        import uuid
+
+        from dataclasses import replace
+
+        # A fresh namespace per run keeps the demo's topics apart from anything else on the broker.
+        settings = replace(settings, namespace=f"demo-{uuid.uuid4().hex[:8]}")
+        bad, good = demo.run(settings)
+    print(f"\ndemo finished in {time.monotonic() - started:.1f}s")
+    return 0 if good == demo.START - demo.SALE + demo.ADJUSTMENT else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from eventstore.devservers import configured
+    from eventstore.eventlog import verify_chain
+
+    db, _ = configured().require_servers()
+    with psycopg.connect(db) as conn, conn.cursor() as cur:
+        report = verify_chain(cur)
+    if report.ok:
+        print(f"event log intact: {report.checked} events, hash chain verified")
+        return 0
+    print(f"event log TAMPERED at position {report.first_bad_position}: {report.problem} "
+          f"({report.checked} events verified before it)")
+    return 2
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from eventstore.bench import writepath
+
+    return writepath.main(events=args.events, latency_events=args.latency_events, rate=args.rate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eventstore", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="upgrade the database schema to the newest revision").set_defaults(fn=cmd_migrate)
+    pr = sub.add_parser("project", help="run a projector (consumer-group member) until Ctrl-C")
+    pr.add_argument("--group", default=None, help="consumer group (default EVENTSTORE_PROJECTOR_GROUP)")
+    pr.set_defaults(fn=cmd_project)
+    dv = sub.add_parser("dev", help="start embedded PostgreSQL + broker + projector for local work")
+    dv.add_argument("--data-dir", default=".eventstore", help="where PostgreSQL keeps its data (default .eventstore)")
+    dv.add_argument("--broker-port", type=int, default=19092, help="broker port on 127.0.0.1 (default 19092)")
+    dv.set_defaults(fn=cmd_dev)
+    sub.add_parser("demo", help="the lost-update scenario, naive and through the backbone").set_defaults(fn=cmd_demo)
+    sub.add_parser("verify", help="check the event log's hash chain").set_defaults(fn=cmd_verify)
+    bn = sub.add_parser("bench", help="write-path benchmark on the embedded servers")
+    bn.add_argument("--events", type=int, default=100_000, help="events for the throughput run")
+    bn.add_argument("--latency-events", type=int, default=3000, help="events for the latency run")
+    bn.add_argument("--rate", type=int, default=1000, help="steady rate (events/s) for the latency run")
+    bn.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.fn(args))
+    except EventStoreError as e:
+        print(f"eventstore: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Coordination of agents over shared resources: durable leases with TTL and fencing tokens, a global
+lock order, deadlock detection with alerts, a kill switch, and contention metrics (promise 7)."""
+
+from eventstore.coordination import events
+from eventstore.coordination.aio import AsyncCoordinator
+from eventstore.coordination.coordinator import VICTIM_RULE, Coordinator, Lease
+from eventstore.coordination.metrics import LeaseMetrics, Snapshot, Stats
+from eventstore.coordination.rules import Mode
+
+__all__ = [
+    "VICTIM_RULE",
+    "AsyncCoordinator",
+    "Coordinator",
+    "Lease",
+    "LeaseMetrics",
+    "Mode",
+    "Snapshot",
+    "Stats",
+    "events",
+]
