@@ -5,6 +5,7 @@ history in the event log, metrics and the asyncio API."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import multiprocessing
 import os
@@ -13,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -42,7 +44,8 @@ def history(url: str, stream: str) -> list[tuple[str, dict[str, Any], str | None
     """(type, payload, lease_resource, fencing_token) of a stream, in order."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT type, payload, lease_resource, fencing_token FROM events WHERE stream = %s ORDER BY version",
+            "SELECT type, payload, lease_resource, fencing_token FROM events WHERE stream = %s "
+            "ORDER BY version",
             (stream,)).fetchall()
     return [(str(t), dict(p), r, f) for t, p, r, f in rows]
 
@@ -132,7 +135,8 @@ def test_expiry_on_the_db_clock_fences_the_old_holder(coord: Coordinator, databa
     with pytest.raises(LeaseNotHeldError):
         old.release()
     new.release()
-    assert types(database_url, "lease-r")[:4] == ["LeaseGranted", "LeaseWaited", "LeaseExpired", "LeaseGranted"]
+    assert types(database_url, "lease-r")[:4] == [
+        "LeaseGranted", "LeaseWaited", "LeaseExpired", "LeaseGranted"]
     assert coord.metrics.snapshot().by_pair[("r", "slow")].expiries_while_held == 1
 
 
@@ -182,7 +186,7 @@ def test_mutual_exclusion_across_twelve_processes(database_url: str) -> None:
     assert n == agents * rounds == grants
     assert [c[0] for c in checks] == list(range(1, n + 1))  # no lost update, no duplicate
     tokens = [c[1] for c in checks]
-    assert all(a < b for a, b in zip(tokens, tokens[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(tokens))
 
 
 def _hold_and_hang(url: str, out: Any) -> None:
@@ -213,12 +217,14 @@ def test_sigkilled_holder_is_replaced_after_ttl_and_fenced(database_url: str, co
         granted = conn.execute(
             "SELECT recorded_at FROM events WHERE stream = 'lease-fenced' AND type = 'LeaseGranted' "
             "ORDER BY version").fetchall()
-    assert granted[1][0] - granted[0][0] >= __import__("datetime").timedelta(seconds=1.0)  # DB clock: after TTL
+    assert granted[1][0] - granted[0][0] >= timedelta(seconds=1.0)  # on the DB clock: after the TTL
     late_write = Envelope(event_id=uuid.uuid4(), idempotency_key="late", stream="inv", agent_id="doomed",
                           correlation_id=uuid.uuid4(), type="Any", schema_version=1, payload={},
                           lease=LeaseRef(resource="fenced", token=dead_token))
-    [decision] = decide_batch([Candidate(late_write, b"i")],
-                              KnownState({}, {}, fence_tokens={"fenced": int(fence_token(database_url, "fenced") or 0)}))
+    newest = fence_token(database_url, "fenced")
+    assert newest is not None
+    known = KnownState({}, {}, fence_tokens={"fenced": newest})
+    [decision] = decide_batch([Candidate(late_write, b"i")], known)
     assert decision.status is Outcome.REJECTED and "stale lease" in (decision.reason or "")
     successor.release()
 
@@ -288,14 +294,14 @@ class _Hook(BaseHTTPRequestHandler):
     received: list[dict[str, Any]] = []
     arrived = threading.Event()
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server API)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).received.append(json.loads(body))
         type(self).arrived.set()
         self.send_response(204)
         self.end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server API)
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

@@ -107,9 +107,15 @@ class Lease:
     def __enter__(self) -> Lease:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if not self.released:
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if self.released:
+            return
+        try:
             self.release()
+        except LeaseNotHeldError as e:
+            if exc_type is None:
+                raise
+            log.warning("lease lost while the block was failing: %s", e)  # keep the block's own error
 
 
 class Acquisition:
@@ -239,8 +245,11 @@ class Coordinator:
         """Run ``fn`` in one transaction, retrying transient failures with a short backoff."""
         for i in range(attempts):
             try:
-                with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
-                    return fn(cur)
+                with converted_errors(), self._pool.connection() as conn:
+                    # Pipeline mode: statements whose results are not read yet travel together, so
+                    # a step costs a few round trips instead of one per statement.
+                    with conn.pipeline(), conn.cursor() as cur:
+                        return fn(cur)
             except TransientStorageError:
                 if i == attempts - 1:
                     raise

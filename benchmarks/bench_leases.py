@@ -1,0 +1,177 @@
+"""Lease benchmark: acquire+release latency and throughput, uncontended and with 16 agents on 4
+resources, next to a plain ``pg_advisory_lock``/``pg_advisory_unlock`` baseline measured in the same run.
+
+Run: ``python -m benchmarks.bench_leases`` (starts an ephemeral embedded PostgreSQL unless
+``EVENTSTORE_DATABASE_URL`` is set, in which case that database must already be migrated).
+
+The baseline is what a bare session lock costs: no durability, no TTL, no history, no fencing. A lease
+is two durable transactions that each append a lock event to the hash-chained log, so the ratio
+printed is the price of those guarantees, not a like-for-like race.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+
+from eventstore.coordination import Coordinator
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of the values, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def summary(name: str, lat: list[float], elapsed: float) -> dict[str, float]:
+    """Print and return p50/p99 in ms and operations per second."""
+    p50, p99 = pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3
+    rate = len(lat) / elapsed
+    print(f"  {name:<44} n={len(lat):>6}  p50 {p50:7.3f} ms  p99 {p99:7.3f} ms  {rate:9.0f} ops/s")
+    return {"p50": p50, "p99": p99, "rate": rate}
+
+
+def lease_uncontended(url: str, n: int) -> list[float]:
+    with Coordinator(url, pool_size=2) as c:
+        for _ in range(min(50, n)):  # warm the pool and the plan cache
+            c.acquire("bench:solo", agent_id="solo", wait=0).release()
+        lat = []
+        for _ in range(n):
+            t = time.perf_counter()
+            c.acquire("bench:solo", agent_id="solo", wait=0).release()
+            lat.append(time.perf_counter() - t)
+    return lat
+
+
+def advisory_uncontended(url: str, n: int) -> list[float]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        lat = []
+        for _ in range(n + 50):
+            t = time.perf_counter()
+            conn.execute("SELECT pg_advisory_lock(%s)", (42,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (42,))
+            lat.append(time.perf_counter() - t)
+    return lat[50:]
+
+
+def run_threads(agents: int, per_agent: int, body: Callable[[int], list[float]]) -> tuple[list[float], float]:
+    """Run ``body(i)`` in ``agents`` threads started together; all latencies and the wall time."""
+    results: list[list[float]] = [[] for _ in range(agents)]
+    barrier = threading.Barrier(agents + 1)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = body(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(agents)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return [x for r in results for x in r], elapsed
+
+
+def lease_contended(url: str, agents: int, resources: int, per_agent: int) -> tuple[list[float], float]:
+    c = Coordinator(url, pool_size=agents)
+
+    def body(i: int) -> list[float]:
+        lat = []
+        for k in range(per_agent):
+            t = time.perf_counter()
+            c.acquire(f"bench:r{(i + k) % resources}", agent_id=f"agent-{i}", ttl=30, wait=60).release()
+            lat.append(time.perf_counter() - t)
+        return lat
+
+    try:
+        return run_threads(agents, per_agent, body)
+    finally:
+        c.close()
+
+
+def advisory_contended(url: str, agents: int, resources: int, per_agent: int) -> tuple[list[float], float]:
+    conns = [psycopg.connect(url, autocommit=True) for _ in range(agents)]
+
+    def body(i: int) -> list[float]:
+        lat = []
+        for k in range(per_agent):
+            t = time.perf_counter()
+            conns[i].execute("SELECT pg_advisory_lock(%s)", (1000 + (i + k) % resources,))
+            conns[i].execute("SELECT pg_advisory_unlock(%s)", (1000 + (i + k) % resources,))
+            lat.append(time.perf_counter() - t)
+        return lat
+
+    try:
+        return run_threads(agents, per_agent, body)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def conditions(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+        sync = conn.execute("SHOW synchronous_commit").fetchone()
+        fsync = conn.execute("SHOW fsync").fetchone()
+    print("conditions:")
+    print(f"  python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPUs")
+    print(f"  PostgreSQL {version[0] if version else '?'} (synchronous_commit={sync[0] if sync else '?'}, "
+          f"fsync={fsync[0] if fsync else '?'}), client and server on one machine")
+    print("  lease = 2 transactions (grant, release), each appending a lock event to the hash-chained log")
+
+
+def bench(url: str, n: int, per_agent: int) -> None:
+    conditions(url)
+    print(f"uncontended acquire+release ({n} rounds, one agent, one resource):")
+    lat = lease_uncontended(url, n)
+    lease_u = summary("lease (Coordinator.acquire + release)", lat, sum(lat))
+    lat = advisory_uncontended(url, n)
+    adv_u = summary("baseline pg_advisory_lock + unlock", lat, sum(lat))
+    for key in ("p50", "p99"):
+        print(f"  ratio lease/baseline {key}: {lease_u[key] / adv_u[key]:.1f}x")
+    print(f"contended: 16 agents (threads) on 4 resources, {per_agent} acquire+release each:")
+    lat, wall = lease_contended(url, 16, 4, per_agent)
+    lease_c = summary("lease", lat, wall)
+    lat, wall = advisory_contended(url, 16, 4, per_agent)
+    adv_c = summary("baseline pg_advisory_lock + unlock", lat, wall)
+    print(f"  ratio lease/baseline p50: {lease_c['p50'] / adv_c['p50']:.1f}x, "
+          f"throughput baseline/lease: {adv_c['rate'] / lease_c['rate']:.1f}x")
+    goal = "met" if lease_u["p50"] < 2.0 else "NOT met"
+    print(f"goal uncontended lease p50 < 2 ms: {goal} ({lease_u['p50']:.3f} ms)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Start an embedded server (unless one is named), migrate it, and run the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=1000, help="uncontended rounds")
+    parser.add_argument("--per-agent", type=int, default=100, help="contended rounds per agent")
+    args = parser.parse_args(argv)
+    url = os.environ.get("EVENTSTORE_DATABASE_URL")
+    if url:
+        bench(url, args.rounds, args.per_agent)
+        return
+    from eventstore.embedded import EmbeddedPostgres
+    from eventstore.migrate import upgrade
+
+    with tempfile.TemporaryDirectory(prefix="bench-leases-") as tmp:
+        pg = EmbeddedPostgres(data_dir=Path(tmp) / "pg", ephemeral=True)
+        url = pg.start()
+        try:
+            upgrade(url)
+            bench(url, args.rounds, args.per_agent)
+        finally:
+            pg.stop()
+
+
+if __name__ == "__main__":
+    main()
