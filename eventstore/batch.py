@@ -20,7 +20,7 @@ import psycopg
 
 from eventstore import eventlog
 from eventstore.decisions import Candidate, CommittedKey, Decision, KnownState, decide_batch
-from eventstore.envelope import Envelope, decode, salvage_ids
+from eventstore.envelope import Envelope, Headers, decode, salvage_ids
 from eventstore.errors import DecodeError, InvalidEventError, TransientStorageError
 from eventstore.eventlog import NewEvent, RecordedEvent
 from eventstore.events import EventRegistry
@@ -290,7 +290,7 @@ def _store_offsets(cur: Cursor, group: str, topic: str, fresh: Sequence[IntakeMe
     result.next_offsets = nxt
 
 
-def dead_letter_headers(d: DeadLetter, topic: str) -> list[tuple[str, bytes]]:
+def dead_letter_headers(d: DeadLetter, topic: str) -> Headers:
     return [
         ("es-dead-letter-reason", d.reason.encode()[:4000]),
         ("es-source", json.dumps({"topic": topic, "partition": d.message.partition,

@@ -93,12 +93,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with servers_or_embedded() as settings:
         import uuid
-
         from dataclasses import replace
 
         # A fresh namespace per run keeps the demo's topics apart from anything else on the broker.
         settings = replace(settings, namespace=f"demo-{uuid.uuid4().hex[:8]}")
-        bad, good = demo.run(settings)
+        _naive, good = demo.run(settings)
     print(f"\ndemo finished in {time.monotonic() - started:.1f}s")
     return 0 if good == demo.START - demo.SALE + demo.ADJUSTMENT else 1
 

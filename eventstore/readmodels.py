@@ -88,7 +88,7 @@ class ReadModelRegistry:
         self._lock = threading.Lock()
 
     def register(self, factory: Callable[[], ReadModel], name: str | None = None) -> None:
-        key = name or getattr(factory, "name", "") or getattr(factory, "__name__", "")
+        key = str(name or getattr(factory, "name", "") or getattr(factory, "__name__", ""))
         with self._lock:
             self._factories[key] = factory
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,7 +31,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
 
 def scalar(database_url: str, query: str, params: tuple[Any, ...] = ()) -> Any:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(query, params).fetchone()
         return None if row is None else row[0]
 
 
@@ -50,19 +51,36 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 class ProjectorProcess:
-    """``python -m eventstore.cli project`` in its own process."""
+    """``python -m eventstore.cli -v project`` in its own process; its log lines are collected."""
 
     def __init__(self, settings: Settings, **env: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "eventstore.cli", "project"],
+            [sys.executable, "-m", "eventstore.cli", "-v", "project"],
             env=settings_env(settings, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
-        self.output = ""
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        with self.proc.stdout:
+            for raw in self.proc.stdout:
+                self.lines.append(raw.decode(errors="replace").rstrip())
+
+    def assignments(self) -> list[list[int]]:
+        """Every partition assignment this projector logged, in order."""
+        found = []
+        for line in list(self.lines):
+            if "assigned partitions [" in line:
+                inner = line.split("assigned partitions [", 1)[1].split("]", 1)[0]
+                found.append([int(x) for x in inner.split(",") if x.strip()])
+        return found
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
-        self.stop()
+        self._reader.join(5)
 
     def stop(self) -> str:
         if self.proc.poll() is None:
@@ -72,10 +90,8 @@ class ProjectorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stdout is not None and not self.proc.stdout.closed:
-            self.output += self.proc.stdout.read().decode(errors="replace")
-            self.proc.stdout.close()
-        return self.output
+        self._reader.join(5)
+        return "\n".join(self.lines)
 
 
 @pytest.fixture

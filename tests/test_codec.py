@@ -64,18 +64,16 @@ def test_sdk_refuses_invalid_events_and_fields_before_sending() -> None:
         build_envelope("a", InventoryUpdated.model_construct(sku="A1", quantity=-5), "inventory-A1",
                        expected_version=None, idempotency_key=None, correlation_id=None, causation_id=None,
                        lease=None)
-    for kwargs, fragment in [
-        ({"stream": ""}, "stream"), ({"stream": "x" * 201}, "at most 200"), ({"stream": "a\nb"}, "control"),
-        ({"expected_version": -1}, "expected_version"), ({"expected_version": True}, "expected_version"),
-        ({"idempotency_key": ""}, "idempotency_key"),
-    ]:
-        args: dict[str, object] = {"stream": "inventory-A1", "expected_version": None, "idempotency_key": None}
-        args.update(kwargs)
+    cases: list[tuple[str, object, str | None, str]] = [
+        ("", None, None, "stream"), ("x" * 201, None, None, "at most 200"), ("a\nb", None, None, "control"),
+        ("s", -1, None, "expected_version"), ("s", True, None, "expected_version"),
+        ("s", "3", None, "expected_version"), ("s", None, "", "idempotency_key"),
+    ]
+    for stream, expected, key, fragment in cases:
         with pytest.raises(InvalidEventError, match=fragment):
-            build_envelope("a", InventoryUpdated(sku="A1", quantity=1), args["stream"],  # type: ignore[arg-type]
-                           expected_version=args["expected_version"],  # type: ignore[arg-type]
-                           idempotency_key=args["idempotency_key"],  # type: ignore[arg-type]
-                           correlation_id=None, causation_id=None, lease=None)
+            build_envelope("a", InventoryUpdated(sku="A1", quantity=1), stream,
+                           expected_version=expected,  # type: ignore[arg-type]
+                           idempotency_key=key, correlation_id=None, causation_id=None, lease=None)
 
 
 def test_registry_decodes_known_types_and_names_unknown_ones() -> None:

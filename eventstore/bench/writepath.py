@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,54 @@ class Latency:
             return f"no outcome arrived ({self.failed} failed)"
         return (f"p50 {self.pct(50):6.1f} ms   p90 {self.pct(90):6.1f} ms   p99 {self.pct(99):6.1f} ms   "
                 f"max {self.samples[-1] * 1000:6.1f} ms   ({len(self.samples)} events, {self.failed} failed)")
+
+
+def _proc_cpu(pid: int, with_children: bool = False) -> float:
+    """CPU seconds (user + system) of a process from /proc; reaped children too when asked."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(f) for f in fields[11:15 if with_children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children(ppid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with suppress(OSError, IndexError):
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == ppid:
+                    out.append(int(d.name))
+    return out
+
+
+def _machine_busy() -> float:
+    """Busy CPU seconds of the whole machine (all processes, ours or not) from /proc/stat."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used by each part of the system between start() and stop()."""
+
+    pids: dict[str, int]  # name -> pid; "postgres" is the postmaster (its backends are counted too)
+    used: dict[str, float] = field(default_factory=dict)
+
+    def _sample(self) -> dict[str, float]:
+        out = {n: _proc_cpu(p, with_children=(n == "postgres")) for n, p in self.pids.items()}
+        if "postgres" in self.pids:
+            out["postgres"] += sum(_proc_cpu(c) for c in _children(self.pids["postgres"]))
+        out["machine (all processes)"] = _machine_busy()
+        return out
+
+    def start(self) -> None:
+        self.used = self._sample()
+
+    def stop(self) -> None:
+        after = self._sample()
+        self.used = {n: after[n] - self.used.get(n, 0.0) for n in after}
 
 
 @contextmanager

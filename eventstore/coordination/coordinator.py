@@ -169,13 +169,15 @@ class Acquisition:
         return min(rules.backoff(self.polls - 1), max(self.deadline - now, 0.001))
 
     def _attempt(self, cur: Cursor, first: bool) -> db.StepResult:
-        if first and self.c.enforce_lock_order:
-            later = db.check_order(cur, self.agent_id, self.resource,
-                                   lambda req, held: rules.order_violation(req, held, self.c.rank))
-            if later is not None:
-                return db.StepResult(error=LockOrderViolation(self.agent_id, self.resource, later))
+        rank = self.c.rank
+
+        def violation(requested: str, held: list[str]) -> str | None:
+            return rules.order_violation(requested, held, rank)
+
+        check = first and self.c.enforce_lock_order
         return db.attempt(cur, self.resource, self.agent_id, self.mode, self.ttl, queue=self.wait > 0,
-                          expected=self.expected, stale_after=self.c.stale_waiter_after)
+                          expected=self.expected, stale_after=self.c.stale_waiter_after,
+                          violation_of=violation if check else None)
 
     def _detect(self) -> None:
         """Look for a wait-for cycle through this agent; abort this request if it is the victim."""
@@ -212,7 +214,8 @@ class Coordinator:
 
     def __init__(self, settings: Settings | str | None = None, *, rank: rules.OrderKey | None = None,
                  enforce_lock_order: bool = True, alert_webhook: str | None = None,
-                 detect_interval: float = 0.25, stale_waiter_after: float = 5.0, pool_size: int = 10) -> None:
+                 detect_interval: float = 0.25, stale_waiter_after: float = 5.0, pool_size: int = 10,
+                 pipeline: bool = False, synchronous_commit: bool = True) -> None:
         if settings is None:
             settings = Settings.from_env()
         url = settings if isinstance(settings, str) else settings.database_url
@@ -225,6 +228,8 @@ class Coordinator:
         self.enforce_lock_order = enforce_lock_order
         self.detect_interval = detect_interval
         self.stale_waiter_after = stale_waiter_after
+        self.pipeline = pipeline
+        self.synchronous_commit = synchronous_commit
         self.metrics = LeaseMetrics()
         self.alerter = Alerter(alert_webhook)
         with converted_errors():
@@ -245,10 +250,13 @@ class Coordinator:
         """Run ``fn`` in one transaction, retrying transient failures with a short backoff."""
         for i in range(attempts):
             try:
-                with converted_errors(), self._pool.connection() as conn:
-                    # Pipeline mode: statements whose results are not read yet travel together, so
-                    # a step costs a few round trips instead of one per statement.
-                    with conn.pipeline(), conn.cursor() as cur:
+                with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
+                    if not self.synchronous_commit:
+                        cur.execute("SET LOCAL synchronous_commit = off")
+                    if not self.pipeline:
+                        return fn(cur)
+                    # Pipeline mode: statements whose results are not read yet travel together.
+                    with conn.pipeline():
                         return fn(cur)
             except TransientStorageError:
                 if i == attempts - 1:

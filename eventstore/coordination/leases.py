@@ -17,21 +17,19 @@ from typing import Any
 
 from eventstore.coordination import events as ev
 from eventstore.coordination.rules import Holder, Mode, Waiter, key_of, may_grant, wait_exceeded
-from eventstore.errors import AgentKilledError, CoordinationError, EventStoreError, LeaseNotHeldError
+from eventstore.errors import (
+    AgentKilledError,
+    CoordinationError,
+    EventStoreError,
+    LeaseNotHeldError,
+    LockOrderViolation,
+)
 from eventstore.eventlog import Cursor, DirectEvent, append_direct
 from eventstore.events import Event
 
 ADVISORY_NS = 0x4C45  # "LE": keeps our keys apart from applications' own advisory locks
 
 LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
-EXPIRE = """
-WITH purged AS (
-    DELETE FROM lease_waiters WHERE resource = %(r)s
-       AND heartbeat_at < clock_timestamp() - make_interval(secs => %(stale)s)
-)
-DELETE FROM lease_holders WHERE resource = %(r)s AND expires_at <= clock_timestamp()
-RETURNING agent_id, token, extract(epoch FROM clock_timestamp() - granted_at)::float8
-"""
 AGENT_STATUS = "SELECT status, reason FROM agents WHERE agent_id = %s FOR SHARE"
 ENSURE_AGENT = "INSERT INTO agents (agent_id) VALUES (%s) ON CONFLICT (agent_id) DO NOTHING"
 BUMP_FENCE = """
@@ -39,19 +37,53 @@ INSERT INTO resources (resource, fence_token) VALUES (%s, nextval('fencing_token
 ON CONFLICT (resource) DO UPDATE SET fence_token = GREATEST(resources.fence_token, EXCLUDED.fence_token)
 RETURNING fence_token
 """
-FENCE = "SELECT fence_token FROM resources WHERE resource = %s"
 HOLDERS = "SELECT agent_id, mode, token FROM lease_holders WHERE resource = %s"
-QUEUE = "SELECT agent_id, mode, seq, enqueued_at FROM lease_waiters WHERE resource = %s ORDER BY seq"
-HELD_BY_AGENT = "SELECT resource FROM lease_holders WHERE agent_id = %s AND expires_at > clock_timestamp()"
+SNAPSHOT = """
+WITH t AS MATERIALIZED (SELECT clock_timestamp() AS now,
+                               clock_timestamp() - make_interval(secs => %(stale)s) AS stale),
+exp AS (
+    DELETE FROM lease_holders h USING t WHERE h.resource = %(r)s AND h.expires_at <= t.now
+    RETURNING h.agent_id, h.token, extract(epoch FROM t.now - h.granted_at)::float8 AS held
+),
+purged AS (
+    DELETE FROM lease_waiters w USING t WHERE w.resource = %(r)s AND w.heartbeat_at < t.stale
+)
+SELECT 'expired', agent_id, NULL, token, NULL::bigint, NULL::timestamptz, held FROM exp
+UNION ALL
+SELECT 'holder', h.agent_id, h.mode, h.token, h.hold_count, NULL, NULL FROM lease_holders h, t
+ WHERE h.resource = %(r)s AND h.expires_at > t.now
+UNION ALL
+SELECT 'waiter', w.agent_id, w.mode, NULL, w.seq, w.enqueued_at, NULL FROM lease_waiters w, t
+ WHERE w.resource = %(r)s AND w.heartbeat_at >= t.stale
+UNION ALL
+SELECT 'fence', NULL, NULL, fence_token, NULL, NULL, NULL FROM resources WHERE resource = %(r)s
+UNION ALL
+SELECT 'elsewhere', h.resource, NULL, NULL, NULL, NULL, NULL FROM lease_holders h, t
+ WHERE h.agent_id = %(a)s AND h.resource <> %(r)s AND h.expires_at > t.now
+"""
+_GRANT = """
+dq AS (DELETE FROM lease_waiters WHERE resource = %(r)s AND agent_id = %(a)s RETURNING enqueued_at),
+ins AS (
+    INSERT INTO lease_holders (resource, agent_id, mode, token, ttl_seconds, granted_at, expires_at)
+    SELECT %(r)s, %(a)s, %(m)s, f.fence_token, %(ttl)s, clock_timestamp(),
+           clock_timestamp() + make_interval(secs => %(ttl)s)
+    FROM f RETURNING token, expires_at
+)
+SELECT ins.token, ins.expires_at,
+       (SELECT extract(epoch FROM clock_timestamp() - dq.enqueued_at)::float8 FROM dq)
+FROM ins
+"""
+GRANT_NEW = """
+WITH f AS (
+    INSERT INTO resources (resource, fence_token) VALUES (%(r)s, nextval('fencing_tokens'))
+    ON CONFLICT (resource) DO UPDATE SET fence_token = GREATEST(resources.fence_token, EXCLUDED.fence_token)
+    RETURNING fence_token
+),""" + _GRANT
+GRANT_SHARED = "WITH f AS (SELECT %(tok)s::bigint AS fence_token)," + _GRANT
 REENTER = """
 UPDATE lease_holders SET hold_count = hold_count + 1,
        expires_at = GREATEST(expires_at, clock_timestamp() + make_interval(secs => %s))
 WHERE resource = %s AND agent_id = %s RETURNING token, mode, expires_at
-"""
-INSERT_HOLDER = """
-INSERT INTO lease_holders (resource, agent_id, mode, token, ttl_seconds, granted_at, expires_at)
-VALUES (%s, %s, %s, %s, %s, clock_timestamp(), clock_timestamp() + make_interval(secs => %s))
-RETURNING expires_at
 """
 DEQUEUE = """
 DELETE FROM lease_waiters WHERE resource = %s AND agent_id = %s
@@ -68,6 +100,11 @@ RELEASE_ROW = """
 SELECT token, hold_count, expires_at > clock_timestamp(),
        extract(epoch FROM clock_timestamp() - granted_at)::float8
 FROM lease_holders WHERE resource = %s AND agent_id = %s FOR UPDATE
+"""
+RELEASE_FAST = """
+DELETE FROM lease_holders
+WHERE resource = %s AND agent_id = %s AND token = %s AND hold_count = 1 AND expires_at > clock_timestamp()
+RETURNING extract(epoch FROM clock_timestamp() - granted_at)::float8
 """
 DROP_HOLDER = "DELETE FROM lease_holders WHERE resource = %s AND agent_id = %s"
 DECREMENT = "UPDATE lease_holders SET hold_count = hold_count - 1 WHERE resource = %s AND agent_id = %s"
@@ -163,19 +200,6 @@ def _bump(cur: Cursor, resource: str) -> int:
     return int(row[0])
 
 
-def _expire(cur: Cursor, resource: str, stale_after: float) -> list[Expiry]:
-    """Remove expired holders and abandoned waiters of a resource; fence and record the expiries."""
-    cur.execute(EXPIRE, {"r": resource, "stale": stale_after})
-    gone = [Expiry(resource, str(a), int(t), float(s)) for a, t, s in cur.fetchall()]
-    if gone:
-        fence = _bump(cur, resource)
-        for g in gone:
-            _record(cur, lease_stream(resource), ev.LeaseExpired(
-                resource=resource, agent_id=g.agent_id, token=g.token, fence_token=fence),
-                g.agent_id, resource, g.token)
-    return gone
-
-
 def _agent_killed(cur: Cursor, agent_id: str) -> str | None:
     """The kill reason if the agent is killed; locks its row FOR SHARE so a kill waits for this step."""
     cur.execute(AGENT_STATUS, (agent_id,))
@@ -189,32 +213,57 @@ def _agent_killed(cur: Cursor, agent_id: str) -> str | None:
     return None
 
 
-def check_order(cur: Cursor, agent_id: str, requested: str,
-                violation_of: Callable[[str, list[str]], str | None]) -> str | None:
-    """The held resource that ``requested`` would violate the global order against, recorded as
-    LockOrderViolated; ``violation_of(requested, held)`` is the pure rule."""
-    cur.execute(HELD_BY_AGENT, (agent_id,))
-    held = [str(r[0]) for r in cur.fetchall()]
-    later = violation_of(requested, held)
-    if later is not None:
-        _record(cur, agent_stream(agent_id), ev.LockOrderViolated(
-            agent_id=agent_id, requested=requested, held=later), agent_id)
-    return later
+def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> tuple[
+        list[Expiry], list[tuple[str, Mode, int, int]], list[Waiter], int | None, list[str]]:
+    """In one statement: expire overdue holders and purge abandoned waiters of the resource, then read
+    its live holders, its queue, its fence token and the other resources the agent holds."""
+    cur.execute(SNAPSHOT, {"r": resource, "a": agent_id, "stale": stale_after})
+    expired: list[Expiry] = []
+    holders: list[tuple[str, Mode, int, int]] = []
+    waiters: list[Waiter] = []
+    fence: int | None = None
+    held_elsewhere: list[str] = []
+    for kind, name, mode, num, seq, at, held in cur.fetchall():
+        if kind == "expired":
+            expired.append(Expiry(resource, str(name), int(num), float(held)))
+        elif kind == "holder":
+            holders.append((str(name), Mode(mode), int(num), int(seq)))
+        elif kind == "waiter":
+            waiters.append(Waiter(resource, str(name), Mode(mode), int(seq), at))
+        elif kind == "fence":
+            fence = int(num)
+        else:
+            held_elsewhere.append(str(name))
+    waiters.sort(key=lambda w: w.seq)
+    return expired, holders, waiters, fence, held_elsewhere
 
 
 def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool,
-            expected: float | None, stale_after: float) -> StepResult:
-    """One try to get a lease: grant it, re-enter it, or (if ``queue``) keep a place in the FIFO queue."""
+            expected: float | None, stale_after: float,
+            violation_of: Callable[[str, list[str]], str | None] | None = None) -> StepResult:
+    """One try to get a lease: grant it, re-enter it, or (if ``queue``) keep a place in the FIFO queue.
+
+    With ``violation_of`` (the pure lock-order rule) the request is first checked against the other
+    resources the agent holds; a violation is recorded and returned as the error.
+    """
     _lock(cur, resource)
-    expired = _expire(cur, resource, stale_after)
+    expired, rows, waiters, fence, held_elsewhere = _snapshot(cur, resource, agent_id, stale_after)
+    if expired:
+        fence = _bump(cur, resource)
+        for g in expired:
+            _record(cur, lease_stream(resource), ev.LeaseExpired(
+                resource=resource, agent_id=g.agent_id, token=g.token, fence_token=fence),
+                g.agent_id, resource, g.token)
+    if violation_of is not None and (later := violation_of(resource, held_elsewhere)) is not None:
+        _record(cur, agent_stream(agent_id), ev.LockOrderViolated(
+            agent_id=agent_id, requested=resource, held=later), agent_id)
+        return StepResult(expired=expired, error=LockOrderViolation(agent_id, resource, later))
     reason = _agent_killed(cur, agent_id)
     if reason is not None:
         cur.execute(DEQUEUE, (resource, agent_id))
         return StepResult(expired=expired, error=AgentKilledError(
             f"agent {agent_id!r} was stopped by the kill switch ({reason}); an operator must revive it"))
-    cur.execute(HOLDERS, (resource,))
-    rows = cur.fetchall()
-    holders = [Holder(resource, str(a), Mode(m)) for a, m, _ in rows]
+    holders = [Holder(resource, a, m) for a, m, _, _ in rows]
     mine = [h for h in holders if h.agent_id == agent_id]
     if mine:
         if mine[0].mode is Mode.SHARED and mode is Mode.EXCLUSIVE:
@@ -225,23 +274,14 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
         tok, held_mode, expires_at = cur.fetchone()  # type: ignore[misc]
         return StepResult(expired=expired, grant=Grant(resource, agent_id, Mode(held_mode), int(tok),
                                                        expires_at, reentered=True))
-    cur.execute(QUEUE, (resource,))
-    waiters = [Waiter(resource, str(a), Mode(m), int(s), t) for a, m, s, t in cur.fetchall()]
     others = sorted({h.agent_id for h in holders})
     if may_grant(agent_id, mode, holders, waiters):
-        token: int | None = None
-        if holders:  # joining a shared group: share its token unless it was fenced meanwhile
-            cur.execute(FENCE, (resource,))
-            fence = cur.fetchone()
-            if fence is not None and all(int(t) == int(fence[0]) for _, _, t in rows):
-                token = int(fence[0])
-        if token is None:
-            token = _bump(cur, resource)
-        cur.execute(INSERT_HOLDER, (resource, agent_id, mode.value, token, ttl, ttl))
-        (expires_at,) = cur.fetchone()  # type: ignore[misc]
-        cur.execute(DEQUEUE, (resource, agent_id))
-        q = cur.fetchone()
-        waited = float(q[0]) if q else 0.0
+        # Joining a shared group shares its token, unless the group was fenced meanwhile.
+        share = holders and fence is not None and all(t == fence for _, _, t, _ in rows)
+        cur.execute(GRANT_SHARED if share else GRANT_NEW,
+                    {"r": resource, "a": agent_id, "m": mode.value, "ttl": ttl, "tok": fence})
+        token, expires_at, waited = cur.fetchone()  # type: ignore[misc]
+        token, waited = int(token), float(waited or 0.0)
         _record(cur, lease_stream(resource), ev.LeaseGranted(
             resource=resource, agent_id=agent_id, mode=mode.value, token=token, ttl_seconds=ttl,
             waited_seconds=waited), agent_id, resource, token)
@@ -287,7 +327,19 @@ def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: s
 
 def release(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple[float | None, Expiry | None]:
     """Release one hold. Returns (held seconds if the lease is now free of this agent, expiry if it had
-    expired). Raises LeaseNotHeldError if the agent does not hold this grant."""
+    expired). Raises LeaseNotHeldError if the agent does not hold this grant.
+
+    The common case (a live, non-re-entered hold) is one DELETE and needs no advisory lock: it hands
+    out no token, and a concurrent expiry of the same row is serialised by the row lock.
+    """
+    cur.execute(RELEASE_FAST, (resource, agent_id, token))
+    row = cur.fetchone()
+    if row is not None:
+        held_fast = float(row[0])
+        _record(cur, lease_stream(resource), ev.LeaseReleased(
+            resource=resource, agent_id=agent_id, token=token, held_seconds=held_fast),
+            agent_id, resource, token)
+        return held_fast, None
     _lock(cur, resource)
     cur.execute(RELEASE_ROW, (resource, agent_id))
     row = cur.fetchone()
