@@ -255,9 +255,12 @@ class Coordinator:
                         cur.execute("SET LOCAL synchronous_commit = off")
                     if not self.pipeline:
                         return fn(cur)
-                    # Pipeline mode: statements whose results are not read yet travel together.
+                    # Pipeline mode: statements whose results are not read yet travel together,
+                    # the commit included.
                     with conn.pipeline():
-                        return fn(cur)
+                        result = fn(cur)
+                        conn.commit()
+                        return result
             except TransientStorageError:
                 if i == attempts - 1:
                     raise

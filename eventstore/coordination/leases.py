@@ -47,7 +47,8 @@ exp AS (
 ),
 purged AS (
     DELETE FROM lease_waiters w USING t WHERE w.resource = %(r)s AND w.heartbeat_at < t.stale
-)
+),
+ag AS (SELECT status, reason FROM agents WHERE agent_id = %(a)s FOR SHARE)
 SELECT 'expired', agent_id, NULL, token, NULL::bigint, NULL::timestamptz, held FROM exp
 UNION ALL
 SELECT 'holder', h.agent_id, h.mode, h.token, h.hold_count, NULL, NULL FROM lease_holders h, t
@@ -60,6 +61,8 @@ SELECT 'fence', NULL, NULL, fence_token, NULL, NULL, NULL FROM resources WHERE r
 UNION ALL
 SELECT 'elsewhere', h.resource, NULL, NULL, NULL, NULL, NULL FROM lease_holders h, t
  WHERE h.agent_id = %(a)s AND h.resource <> %(r)s AND h.expires_at > t.now
+UNION ALL
+SELECT 'agent', status, reason, NULL, NULL, NULL, NULL FROM ag
 """
 _GRANT = """
 dq AS (DELETE FROM lease_waiters WHERE resource = %(r)s AND agent_id = %(a)s RETURNING enqueued_at),
@@ -213,29 +216,39 @@ def _agent_killed(cur: Cursor, agent_id: str) -> str | None:
     return None
 
 
-def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> tuple[
-        list[Expiry], list[tuple[str, Mode, int, int]], list[Waiter], int | None, list[str]]:
-    """In one statement: expire overdue holders and purge abandoned waiters of the resource, then read
-    its live holders, its queue, its fence token and the other resources the agent holds."""
-    cur.execute(SNAPSHOT, {"r": resource, "a": agent_id, "stale": stale_after})
-    expired: list[Expiry] = []
-    holders: list[tuple[str, Mode, int, int]] = []
-    waiters: list[Waiter] = []
+@dataclass
+class _Snapshot:
+    """What one SNAPSHOT statement read about a resource and the requesting agent."""
+
+    expired: list[Expiry] = field(default_factory=list)
+    holders: list[tuple[str, Mode, int]] = field(default_factory=list)
+    waiters: list[Waiter] = field(default_factory=list)
     fence: int | None = None
-    held_elsewhere: list[str] = []
+    held_elsewhere: list[str] = field(default_factory=list)
+    agent: tuple[str, str | None] | None = None
+
+
+def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> _Snapshot:
+    """In one statement: expire overdue holders and purge abandoned waiters of the resource, then read
+    its live holders, its queue, its fence token, the other resources the agent holds, and the agent's
+    status (locked FOR SHARE, so a concurrent kill waits for this transaction)."""
+    cur.execute(SNAPSHOT, {"r": resource, "a": agent_id, "stale": stale_after})
+    snap = _Snapshot()
     for kind, name, mode, num, seq, at, held in cur.fetchall():
         if kind == "expired":
-            expired.append(Expiry(resource, str(name), int(num), float(held)))
+            snap.expired.append(Expiry(resource, str(name), int(num), float(held)))
         elif kind == "holder":
-            holders.append((str(name), Mode(mode), int(num), int(seq)))
+            snap.holders.append((str(name), Mode(mode), int(num)))
         elif kind == "waiter":
-            waiters.append(Waiter(resource, str(name), Mode(mode), int(seq), at))
+            snap.waiters.append(Waiter(resource, str(name), Mode(mode), int(seq), at))
         elif kind == "fence":
-            fence = int(num)
+            snap.fence = int(num)
+        elif kind == "agent":
+            snap.agent = (str(name), None if mode is None else str(mode))
         else:
-            held_elsewhere.append(str(name))
-    waiters.sort(key=lambda w: w.seq)
-    return expired, holders, waiters, fence, held_elsewhere
+            snap.held_elsewhere.append(str(name))
+    snap.waiters.sort(key=lambda w: w.seq)
+    return snap
 
 
 def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool,
@@ -247,23 +260,27 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
     resources the agent holds; a violation is recorded and returned as the error.
     """
     _lock(cur, resource)
-    expired, rows, waiters, fence, held_elsewhere = _snapshot(cur, resource, agent_id, stale_after)
+    snap = _snapshot(cur, resource, agent_id, stale_after)
+    expired, rows, waiters, fence = snap.expired, snap.holders, snap.waiters, snap.fence
     if expired:
         fence = _bump(cur, resource)
         for g in expired:
             _record(cur, lease_stream(resource), ev.LeaseExpired(
                 resource=resource, agent_id=g.agent_id, token=g.token, fence_token=fence),
                 g.agent_id, resource, g.token)
-    if violation_of is not None and (later := violation_of(resource, held_elsewhere)) is not None:
+    if violation_of is not None and (later := violation_of(resource, snap.held_elsewhere)) is not None:
         _record(cur, agent_stream(agent_id), ev.LockOrderViolated(
             agent_id=agent_id, requested=resource, held=later), agent_id)
         return StepResult(expired=expired, error=LockOrderViolation(agent_id, resource, later))
-    reason = _agent_killed(cur, agent_id)
+    if snap.agent is None:
+        reason = _agent_killed(cur, agent_id)  # first request of this agent: create its row
+    else:
+        reason = (snap.agent[1] or "no reason given") if snap.agent[0] == "killed" else None
     if reason is not None:
         cur.execute(DEQUEUE, (resource, agent_id))
         return StepResult(expired=expired, error=AgentKilledError(
             f"agent {agent_id!r} was stopped by the kill switch ({reason}); an operator must revive it"))
-    holders = [Holder(resource, a, m) for a, m, _, _ in rows]
+    holders = [Holder(resource, a, m) for a, m, _ in rows]
     mine = [h for h in holders if h.agent_id == agent_id]
     if mine:
         if mine[0].mode is Mode.SHARED and mode is Mode.EXCLUSIVE:
@@ -277,7 +294,7 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
     others = sorted({h.agent_id for h in holders})
     if may_grant(agent_id, mode, holders, waiters):
         # Joining a shared group shares its token, unless the group was fenced meanwhile.
-        share = holders and fence is not None and all(t == fence for _, _, t, _ in rows)
+        share = holders and fence is not None and all(t == fence for _, _, t in rows)
         cur.execute(GRANT_SHARED if share else GRANT_NEW,
                     {"r": resource, "a": agent_id, "m": mode.value, "ttl": ttl, "tok": fence})
         token, expires_at, waited = cur.fetchone()  # type: ignore[misc]
