@@ -44,6 +44,8 @@ class AsyncCoordinator:
             if acq.queued:
                 await asyncio.shield(asyncio.to_thread(acq.abandon, "cancelled"))
             raise
+        finally:
+            acq.done()
 
     async def try_acquire(self, resource: str, *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE,
                           ttl: float = 30.0) -> Lease | None:

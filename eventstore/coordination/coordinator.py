@@ -27,6 +27,7 @@ from eventstore.coordination import rules
 from eventstore.coordination.alerts import Alerter
 from eventstore.coordination.metrics import LeaseMetrics
 from eventstore.coordination.rules import Mode
+from eventstore.coordination.wakeup import Wakeups
 from eventstore.db import converted_errors
 from eventstore.envelope import LeaseRef, check_name
 from eventstore.errors import (
@@ -130,10 +131,13 @@ class Acquisition:
         self.polls = 0
         self.queued = False
         self.last_detect = time.monotonic()
+        self.wake: threading.Event | None = None
 
     def step(self) -> Lease | float | None:
         first = self.polls == 0
         self.polls += 1
+        if self.wake is not None:
+            self.wake.clear()  # a release committed after this point sets it again
         res = self.c._tx(lambda cur: self._attempt(cur, first))
         c, r, a = self.c, self.resource, self.agent_id
         for x in res.expired:
@@ -153,6 +157,8 @@ class Acquisition:
         if res.newly_queued:
             self.queued = True
             c.metrics.waited(r, a)
+        if self.wake is None:
+            self.wake = c.wakeups.register(r)
         if res.alert is not None:
             c.metrics.wait_exceeded(r, a)
             c.alerter.send(res.alert)
@@ -199,6 +205,19 @@ class Acquisition:
             f"agent {self.agent_id!r} waiting for {self.resource!r} is the victim of the wait-for cycle "
             f"{' -> '.join([*cycle, cycle[0]])} ({VICTIM_RULE}); release your leases and retry")
 
+    def sleep(self, seconds: float) -> None:
+        """Sleep until the next poll: the backoff, cut short when the resource is released."""
+        if self.wake is None:
+            time.sleep(seconds)
+        else:
+            self.wake.wait(seconds)
+
+    def done(self) -> None:
+        """Stop listening for releases of the resource."""
+        if self.wake is not None:
+            self.c.wakeups.unregister(self.resource, self.wake)
+            self.wake = None
+
     def abandon(self, reason: str, deadlock: ev.DeadlockFound | None = None) -> None:
         """Leave the wait queue and record why (timeout, deadlock victim, cancellation)."""
         self.c._tx(lambda cur: db.leave_queue(cur, self.resource, self.agent_id, self.mode, reason, deadlock))
@@ -232,12 +251,14 @@ class Coordinator:
         self.synchronous_commit = synchronous_commit
         self.metrics = LeaseMetrics()
         self.alerter = Alerter(alert_webhook)
+        self.wakeups = Wakeups(url)
         with converted_errors():
             self._pool: ConnectionPool[Any] = ConnectionPool(
                 url, min_size=1, max_size=pool_size, open=True, name="eventstore-coordinator")
 
     def close(self) -> None:
-        """Close the connection pool (held leases stay until released or expired)."""
+        """Close the connection pool and the listener (held leases stay until released or expired)."""
+        self.wakeups.close()
         self._pool.close()
 
     def __enter__(self) -> Coordinator:
@@ -296,11 +317,13 @@ class Coordinator:
                     return r
                 if r is None:
                     raise LeaseTimeout(f"{resource!r} is busy and wait=0 was given; use try_acquire()")
-                time.sleep(r)
+                acq.sleep(r)
         except BaseException as e:
             if acq.queued and isinstance(e, KeyboardInterrupt | SystemExit):
                 acq.abandon("interrupted")
             raise
+        finally:
+            acq.done()
 
     def try_acquire(self, resource: str, *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE,
                     ttl: float = 30.0) -> Lease | None:

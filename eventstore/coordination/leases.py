@@ -48,29 +48,37 @@ exp AS (
 purged AS (
     DELETE FROM lease_waiters w USING t WHERE w.resource = %(r)s AND w.heartbeat_at < t.stale
 ),
-ag AS (SELECT status, reason FROM agents WHERE agent_id = %(a)s FOR SHARE)
-SELECT 'expired', agent_id, NULL, token, NULL::bigint, NULL::timestamptz, held FROM exp
+ag AS (SELECT status, reason FROM agents WHERE agent_id = %(a)s)
+SELECT 'expired', agent_id, NULL, token, NULL::bigint, NULL::timestamptz, held, NULL::float8, NULL::float8
+FROM exp
 UNION ALL
-SELECT 'holder', h.agent_id, h.mode, h.token, h.hold_count, NULL, NULL FROM lease_holders h, t
+SELECT 'holder', h.agent_id, h.mode, h.token, h.hold_count, NULL, NULL, NULL, NULL FROM lease_holders h, t
  WHERE h.resource = %(r)s AND h.expires_at > t.now
 UNION ALL
-SELECT 'waiter', w.agent_id, w.mode, NULL, w.seq, w.enqueued_at, NULL FROM lease_waiters w, t
+SELECT 'waiter', w.agent_id, w.mode, NULL, w.seq, w.enqueued_at, NULL, NULL, NULL FROM lease_waiters w, t
  WHERE w.resource = %(r)s AND w.heartbeat_at >= t.stale
 UNION ALL
-SELECT 'fence', NULL, NULL, fence_token, NULL, NULL, NULL FROM resources WHERE resource = %(r)s
+SELECT 'mywait', NULL, NULL, w.alerted::int, NULL, NULL, extract(epoch FROM t.now - w.enqueued_at)::float8,
+       w.expected_seconds, extract(epoch FROM t.now - w.heartbeat_at)::float8
+FROM lease_waiters w, t WHERE w.resource = %(r)s AND w.agent_id = %(a)s AND w.heartbeat_at >= t.stale
 UNION ALL
-SELECT 'elsewhere', h.resource, NULL, NULL, NULL, NULL, NULL FROM lease_holders h, t
+SELECT 'fence', NULL, NULL, fence_token, NULL, NULL, NULL, NULL, NULL FROM resources WHERE resource = %(r)s
+UNION ALL
+SELECT 'elsewhere', h.resource, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM lease_holders h, t
  WHERE h.agent_id = %(a)s AND h.resource <> %(r)s AND h.expires_at > t.now
 UNION ALL
-SELECT 'agent', status, reason, NULL, NULL, NULL, NULL FROM ag
+SELECT 'agent', status, reason, NULL, NULL, NULL, NULL, NULL, NULL FROM ag
 """
+# The agent row is locked FOR SHARE only when granting (a kill then waits for this transaction and
+# revokes the grant), so that a poll that grants nothing writes nothing and commits without a flush.
 _GRANT = """
+ag AS (SELECT 1 FROM agents WHERE agent_id = %(a)s AND status = 'active' FOR SHARE),
 dq AS (DELETE FROM lease_waiters WHERE resource = %(r)s AND agent_id = %(a)s RETURNING enqueued_at),
 ins AS (
     INSERT INTO lease_holders (resource, agent_id, mode, token, ttl_seconds, granted_at, expires_at)
     SELECT %(r)s, %(a)s, %(m)s, f.fence_token, %(ttl)s, clock_timestamp(),
            clock_timestamp() + make_interval(secs => %(ttl)s)
-    FROM f RETURNING token, expires_at
+    FROM f, ag RETURNING token, expires_at
 )
 SELECT ins.token, ins.expires_at,
        (SELECT extract(epoch FROM clock_timestamp() - dq.enqueued_at)::float8 FROM dq)
@@ -96,8 +104,8 @@ ENQUEUE = """
 INSERT INTO lease_waiters (resource, agent_id, mode, enqueued_at, heartbeat_at, expected_seconds)
 VALUES (%s, %s, %s, clock_timestamp(), clock_timestamp(), %s)
 ON CONFLICT (resource, agent_id) DO UPDATE SET heartbeat_at = clock_timestamp()
-RETURNING (xmax = 0), extract(epoch FROM clock_timestamp() - enqueued_at)::float8, alerted, expected_seconds
 """
+HEARTBEAT = "UPDATE lease_waiters SET heartbeat_at = clock_timestamp() WHERE resource = %s AND agent_id = %s"
 MARK_ALERTED = "UPDATE lease_waiters SET alerted = true WHERE resource = %s AND agent_id = %s"
 RELEASE_ROW = """
 SELECT token, hold_count, expires_at > clock_timestamp(),
@@ -105,9 +113,18 @@ SELECT token, hold_count, expires_at > clock_timestamp(),
 FROM lease_holders WHERE resource = %s AND agent_id = %s FOR UPDATE
 """
 RELEASE_FAST = """
-DELETE FROM lease_holders
-WHERE resource = %s AND agent_id = %s AND token = %s AND hold_count = 1 AND expires_at > clock_timestamp()
-RETURNING extract(epoch FROM clock_timestamp() - granted_at)::float8
+WITH d AS (
+    DELETE FROM lease_holders
+    WHERE resource = %(r)s AND agent_id = %(a)s AND token = %(t)s AND hold_count = 1
+      AND expires_at > clock_timestamp()
+    RETURNING extract(epoch FROM clock_timestamp() - granted_at)::float8 AS held
+)
+SELECT d.held, (SELECT 1 FROM lease_waiters w, LATERAL pg_notify('eventstore_leases', %(r)s) n
+                WHERE w.resource = %(r)s LIMIT 1)
+FROM d
+"""
+NOTIFY = """
+SELECT 1 FROM lease_waiters w, LATERAL pg_notify('eventstore_leases', %(r)s) n WHERE w.resource = %(r)s LIMIT 1
 """
 DROP_HOLDER = "DELETE FROM lease_holders WHERE resource = %s AND agent_id = %s"
 DECREMENT = "UPDATE lease_holders SET hold_count = hold_count - 1 WHERE resource = %s AND agent_id = %s"
@@ -196,6 +213,11 @@ def _lock(cur: Cursor, resource: str) -> None:
     cur.execute(LOCK, (ADVISORY_NS, key_of(resource)))
 
 
+def _notify(cur: Cursor, resource: str) -> None:
+    """Wake the waiters of a resource (delivered at commit) if it has any; see wakeup.py."""
+    cur.execute(NOTIFY, {"r": resource})
+
+
 def _bump(cur: Cursor, resource: str) -> int:
     cur.execute(BUMP_FENCE, (resource,))
     row = cur.fetchone()
@@ -226,15 +248,16 @@ class _Snapshot:
     fence: int | None = None
     held_elsewhere: list[str] = field(default_factory=list)
     agent: tuple[str, str | None] | None = None
+    my_wait: tuple[float, bool, float | None, float] | None = None  # waited, alerted, expected, heartbeat age
 
 
 def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> _Snapshot:
     """In one statement: expire overdue holders and purge abandoned waiters of the resource, then read
     its live holders, its queue, its fence token, the other resources the agent holds, and the agent's
-    status (locked FOR SHARE, so a concurrent kill waits for this transaction)."""
+    status (re-checked under a lock by the grant itself)."""
     cur.execute(SNAPSHOT, {"r": resource, "a": agent_id, "stale": stale_after})
     snap = _Snapshot()
-    for kind, name, mode, num, seq, at, held in cur.fetchall():
+    for kind, name, mode, num, seq, at, held, expected, age in cur.fetchall():
         if kind == "expired":
             snap.expired.append(Expiry(resource, str(name), int(num), float(held)))
         elif kind == "holder":
@@ -243,6 +266,8 @@ def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> 
             snap.waiters.append(Waiter(resource, str(name), Mode(mode), int(seq), at))
         elif kind == "fence":
             snap.fence = int(num)
+        elif kind == "mywait":
+            snap.my_wait = (float(held), bool(num), None if expected is None else float(expected), float(age))
         elif kind == "agent":
             snap.agent = (str(name), None if mode is None else str(mode))
         else:
@@ -268,6 +293,7 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
             _record(cur, lease_stream(resource), ev.LeaseExpired(
                 resource=resource, agent_id=g.agent_id, token=g.token, fence_token=fence),
                 g.agent_id, resource, g.token)
+        _notify(cur, resource)
     if violation_of is not None and (later := violation_of(resource, snap.held_elsewhere)) is not None:
         _record(cur, agent_stream(agent_id), ev.LockOrderViolated(
             agent_id=agent_id, requested=resource, held=later), agent_id)
@@ -288,7 +314,11 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
                 f"agent {agent_id!r} holds a shared lease on {resource!r} and asked for an exclusive one; "
                 "upgrades are not supported (they deadlock): release the shared lease first"))
         cur.execute(REENTER, (ttl, resource, agent_id))
-        tok, held_mode, expires_at = cur.fetchone()  # type: ignore[misc]
+        again = cur.fetchone()
+        if again is None:  # revoked by a kill between the snapshot and now
+            return StepResult(expired=expired, error=LeaseNotHeldError(
+                f"the lease of {agent_id!r} on {resource!r} was revoked while it was re-entered"))
+        tok, held_mode, expires_at = again
         return StepResult(expired=expired, grant=Grant(resource, agent_id, Mode(held_mode), int(tok),
                                                        expires_at, reentered=True))
     others = sorted({h.agent_id for h in holders})
@@ -297,7 +327,11 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
         share = holders and fence is not None and all(t == fence for _, _, t in rows)
         cur.execute(GRANT_SHARED if share else GRANT_NEW,
                     {"r": resource, "a": agent_id, "m": mode.value, "ttl": ttl, "tok": fence})
-        token, expires_at, waited = cur.fetchone()  # type: ignore[misc]
+        granted = cur.fetchone()
+        if granted is None:  # killed between the snapshot and the grant
+            return StepResult(expired=expired, error=AgentKilledError(
+                f"agent {agent_id!r} was stopped by the kill switch; an operator must revive it"))
+        token, expires_at, waited = granted
         token, waited = int(token), float(waited or 0.0)
         _record(cur, lease_stream(resource), ev.LeaseGranted(
             resource=resource, agent_id=agent_id, mode=mode.value, token=token, ttl_seconds=ttl,
@@ -308,18 +342,24 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
         _record(cur, lease_stream(resource), ev.LeaseDenied(
             resource=resource, agent_id=agent_id, mode=mode.value, reason="busy", held_by=held_by), agent_id)
         return StepResult(expired=expired, held_by=held_by)
-    cur.execute(ENQUEUE, (resource, agent_id, mode.value, expected))
-    inserted, waited, alerted, expected_db = cur.fetchone()  # type: ignore[misc]
-    result = StepResult(expired=expired, held_by=held_by, newly_queued=bool(inserted),
-                        waited_seconds=float(waited))
-    if inserted:
+    # Keep the place in the queue. Most polls only read: the heartbeat is refreshed when it is a quarter
+    # of the way to stale, so a waiting poll rarely needs a WAL flush at commit.
+    if snap.my_wait is None:
+        cur.execute(ENQUEUE, (resource, agent_id, mode.value, expected))
+        waited, alerted, expected_db = 0.0, False, expected
         _record(cur, lease_stream(resource), ev.LeaseWaited(
             resource=resource, agent_id=agent_id, mode=mode.value, held_by=held_by,
             expected_seconds=expected), agent_id)
-    if wait_exceeded(float(waited), expected_db, bool(alerted)):
+    else:
+        waited, alerted, expected_db, age = snap.my_wait
+        if age > stale_after / 4:
+            cur.execute(HEARTBEAT, (resource, agent_id))
+    result = StepResult(expired=expired, held_by=held_by, newly_queued=snap.my_wait is None,
+                        waited_seconds=waited)
+    if expected_db is not None and wait_exceeded(waited, expected_db, alerted):
         cur.execute(MARK_ALERTED, (resource, agent_id))
-        result.alert = ev.WaitExceeded(resource=resource, agent_id=agent_id, waited_seconds=float(waited),
-                                       expected_seconds=float(expected_db), held_by=held_by)
+        result.alert = ev.WaitExceeded(resource=resource, agent_id=agent_id, waited_seconds=waited,
+                                       expected_seconds=expected_db, held_by=held_by)
         _record(cur, lease_stream(resource), result.alert, agent_id)
     return result
 
@@ -335,6 +375,7 @@ def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: s
         return None
     if deadlock is not None:
         _record(cur, lease_stream(resource), deadlock, agent_id)
+    _notify(cur, resource)  # those queued behind may be grantable now
     cur.execute(HOLDERS, (resource,))
     held_by = sorted({str(a) for a, _, _ in cur.fetchall()})
     _record(cur, lease_stream(resource), ev.LeaseDenied(
@@ -349,7 +390,7 @@ def release(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple[floa
     The common case (a live, non-re-entered hold) is one DELETE and needs no advisory lock: it hands
     out no token, and a concurrent expiry of the same row is serialised by the row lock.
     """
-    cur.execute(RELEASE_FAST, (resource, agent_id, token))
+    cur.execute(RELEASE_FAST, {"r": resource, "a": agent_id, "t": token})
     row = cur.fetchone()
     if row is not None:
         held_fast = float(row[0])
@@ -368,6 +409,7 @@ def release(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple[floa
     if not alive:
         cur.execute(DROP_HOLDER, (resource, agent_id))
         fence = _bump(cur, resource)
+        _notify(cur, resource)
         _record(cur, lease_stream(resource), ev.LeaseExpired(
             resource=resource, agent_id=agent_id, token=token, fence_token=fence), agent_id, resource, token)
         return None, Expiry(resource, agent_id, token, held)
@@ -375,6 +417,7 @@ def release(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple[floa
         cur.execute(DECREMENT, (resource, agent_id))
         return None, None
     cur.execute(DROP_HOLDER, (resource, agent_id))
+    _notify(cur, resource)
     _record(cur, lease_stream(resource), ev.LeaseReleased(
         resource=resource, agent_id=agent_id, token=token, held_seconds=held), agent_id, resource, token)
     return held, None
@@ -420,6 +463,7 @@ def revoke_all(cur: Cursor, agent_id: str, reason: str, killed: bool) -> list[tu
         cur.execute("DELETE FROM lease_holders WHERE agent_id = %s RETURNING resource, token", (agent_id,))
         for r, t in sorted(cur.fetchall()):
             fence = _bump(cur, str(r))
+            _notify(cur, str(r))
             revoked.append((str(r), int(t), fence))
             _record(cur, lease_stream(str(r)), ev.LeaseRevoked(
                 resource=str(r), agent_id=agent_id, token=int(t), fence_token=fence, reason=reason),
