@@ -131,12 +131,12 @@ class CpuMeter:
 
 
 @contextmanager
-def projector(settings: Settings, mode: str, log_path: Path) -> Iterator[None]:
-    """Run a projector for ``settings`` (a subprocess, or a thread with mode 'thread'); always stopped."""
+def projector(settings: Settings, mode: str, log_path: Path) -> Iterator[int | None]:
+    """Run a projector (a subprocess, or a thread with mode 'thread'); yields its pid; always stopped."""
     if mode == "thread":
         p = Projector(settings).start()
         try:
-            yield
+            yield None
         finally:
             p.stop()
         return
@@ -148,7 +148,7 @@ def projector(settings: Settings, mode: str, log_path: Path) -> Iterator[None]:
         proc = subprocess.Popen([sys.executable, "-m", "eventstore.cli", "project"], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            yield
+            yield proc.pid
             if proc.poll() is not None:
                 raise RuntimeError(f"the projector exited early with code {proc.returncode}; see {log_path}")
         finally:
@@ -191,12 +191,14 @@ def wait_ready(client: AgentClient, prefix: str) -> None:
             raise RuntimeError("the projector did not answer a warm-up event in time")
 
 
-def throughput(client: AgentClient, conn: psycopg.Connection[Any], n: int, prefix: str) -> Throughput:
+def throughput(client: AgentClient, conn: psycopg.Connection[Any], n: int, prefix: str,
+               cpu: CpuMeter) -> Throughput:
     """Emit n events as fast as the SDK takes them; time until the read model reflects all of them."""
     events = make_events(n, prefix, seed=n)
     expected = sum(e.delta for e, _ in events)
     start_pos = head(conn)
     deadline = time.monotonic() + 60 + n / 1000
+    cpu.start()
     t0 = time.perf_counter()
     handles = [client.emit(e, s) for e, s in events]
     emit_s = time.perf_counter() - t0
@@ -205,6 +207,7 @@ def throughput(client: AgentClient, conn: psycopg.Connection[Any], n: int, prefi
             raise RuntimeError(f"timed out: {head(conn) - start_pos} of {n} events committed")
         time.sleep(0.005)
     seconds = time.perf_counter() - t0
+    cpu.stop()
     end_pos = head(conn)
     row = conn.execute(
         "SELECT count(*), count(DISTINCT recorded_at) FROM events WHERE position > %s AND position <= %s "
@@ -256,15 +259,19 @@ def latency(client: AgentClient, n: int, rate: int, prefix: str) -> Latency:
 
 
 def run_phase(settings: Settings, mode: str, label: str, n: int, lat_n: int, rate: int,
-              conn: psycopg.Connection[Any], logdir: Path) -> tuple[Throughput, Latency | None]:
+              conn: psycopg.Connection[Any], logdir: Path, pids: dict[str, int]) -> tuple[Throughput, Latency | None]:
     print(f"\n[{label}] batch_size={settings.batch_size}: starting projector ({mode}) ...", flush=True)
-    with projector(settings, mode, logdir / f"projector-{label}.log"), \
+    with projector(settings, mode, logdir / f"projector-{label}.log") as ppid, \
             AgentClient(f"bench-{label}", settings) as client:
         wait_ready(client, f"{label}w")
-        tp = throughput(client, conn, n, f"{label}t")
+        cpu = CpuMeter({**pids, **({"projector process": ppid} if ppid else {})})
+        tp = throughput(client, conn, n, f"{label}t", cpu)
         print(f"[{label}] throughput: {tp.events} events in {tp.seconds:.2f} s = {tp.rate:,.0f} events/s "
               f"(emit calls took {tp.emit_seconds:.2f} s = {tp.events / tp.emit_seconds:,.0f}/s; "
               f"{tp.batches} transactions, mean batch {tp.events / max(tp.batches, 1):.0f})", flush=True)
+        print(f"[{label}] CPU per event: " + ", ".join(
+            f"{name} {sec / n * 1e6:.0f} us" for name, sec in cpu.used.items()) +
+            f"  (over {tp.seconds:.1f} s on {os.cpu_count()} CPUs)", flush=True)
         print(f"[{label}] correctness: {'PASS' if tp.ok else 'FAIL'}: {tp.detail}", flush=True)
         lat = None
         if lat_n > 0:
@@ -280,7 +287,8 @@ def conditions(settings: Settings, conn: psycopg.Connection[Any], mode: str) -> 
     row = conn.execute("SELECT version()").fetchone()
     print("Conditions")
     print(f"  machine          : {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), "
-          f"{platform.platform()}, Python {platform.python_version()}")
+          f"{platform.platform()}, Python {platform.python_version()}; load average before the run "
+          f"{os.getloadavg()[0]:.2f} (the machine is shared: see 'machine (all processes)' below)")
     print(f"  PostgreSQL       : {row[0] if row else '?'} (embedded, stock settings)")
     print("  broker           : tansu (embedded, in-memory storage)")
     print(f"  projector        : {'in-process thread' if mode == 'thread' else 'separate process'}, "
@@ -315,8 +323,13 @@ def main(events: int = 100_000, latency_events: int = 3000, rate: int = 1000) ->
                          batch_size=1)
         with psycopg.connect(servers.postgres.url, autocommit=True) as conn:
             conditions(batched, conn, mode)
-            tp_b, lat_b = run_phase(batched, mode, "batched", events, latency_events, rate, conn, logdir)
-            tp_s, lat_s = run_phase(single, mode, "baseline", base_n, latency_events, rate, conn, logdir)
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            pids = {"benchmark process (agent)": os.getpid(), "postgres": postmaster}
+            if servers.broker._proc is not None:
+                pids["tansu"] = servers.broker._proc.pid
+            tp_b, lat_b = run_phase(batched, mode, "batched", events, latency_events, rate, conn, logdir, pids)
+            tp_s, lat_s = run_phase(single, mode, "baseline", base_n, latency_events, rate, conn, logdir, pids)
     print("\nSummary")
     print(f"  end-to-end throughput, batched (size {batched.batch_size}): {tp_b.rate:>9,.0f} events/s "
           f"({tp_b.events} events, mean batch {tp_b.events / max(tp_b.batches, 1):.0f})")
