@@ -39,8 +39,8 @@ def summary(name: str, lat: list[float], elapsed: float) -> dict[str, float]:
     return {"p50": p50, "p99": p99, "rate": rate}
 
 
-def lease_uncontended(url: str, n: int) -> list[float]:
-    with Coordinator(url, pool_size=2) as c:
+def lease_uncontended(url: str, n: int, pipeline: bool = False) -> list[float]:
+    with Coordinator(url, pool_size=2, pipeline=pipeline) as c:
         for _ in range(min(50, n)):  # warm the pool and the plan cache
             c.acquire("bench:solo", agent_id="solo", wait=0).release()
         lat = []
@@ -49,6 +49,25 @@ def lease_uncontended(url: str, n: int) -> list[float]:
             c.acquire("bench:solo", agent_id="solo", wait=0).release()
             lat.append(time.perf_counter() - t)
     return lat
+
+
+def history_floor(url: str, n: int) -> list[float]:
+    """What every lease writes regardless of its own logic: two transactions that each append one
+    lock event to the hash-chained log (the grant's and the release's)."""
+    from eventstore.coordination.events import LeaseReleased
+    from eventstore.eventlog import DirectEvent, append_direct
+
+    event = LeaseReleased(resource="bench:floor", agent_id="solo", token=1, held_seconds=0.0)
+    item = DirectEvent(stream="lease-bench:floor", event=event, agent_id="solo")
+    lat = []
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        for _ in range(n + 50):
+            t = time.perf_counter()
+            for _ in range(2):
+                append_direct(cur, [item])
+                conn.commit()
+            lat.append(time.perf_counter() - t)
+    return lat[50:]
 
 
 def advisory_uncontended(url: str, n: int) -> list[float]:
@@ -135,8 +154,13 @@ def bench(url: str, n: int, per_agent: int) -> None:
     print(f"uncontended acquire+release ({n} rounds, one agent, one resource):")
     lat = lease_uncontended(url, n)
     lease_u = summary("lease (Coordinator.acquire + release)", lat, sum(lat))
+    lat = lease_uncontended(url, n, pipeline=True)
+    summary("lease, psycopg pipeline mode", lat, sum(lat))
+    lat = history_floor(url, n)
+    floor = summary("floor: 2 transactions appending 1 event each", lat, sum(lat))
     lat = advisory_uncontended(url, n)
     adv_u = summary("baseline pg_advisory_lock + unlock", lat, sum(lat))
+    print(f"  ratio lease/history floor p50: {lease_u['p50'] / floor['p50']:.1f}x")
     for key in ("p50", "p99"):
         print(f"  ratio lease/baseline {key}: {lease_u[key] / adv_u[key]:.1f}x")
     print(f"contended: 16 agents (threads) on 4 resources, {per_agent} acquire+release each:")

@@ -390,3 +390,17 @@ def test_asyncio_variants(database_url: str) -> None:
 
     tokens = asyncio.run(main())
     assert len(tokens) == 4 and len(set(tokens)) == 4
+
+
+@pytest.mark.parametrize(("pipeline", "sync"), [(True, True), (False, False)])
+def test_pipeline_and_async_commit_options_behave_the_same(database_url: str, pipeline: bool, sync: bool) -> None:
+    with Coordinator(database_url, pipeline=pipeline, synchronous_commit=sync) as c:
+        with c.lease("o", agent_id="a") as lease:
+            assert c.try_acquire("o", agent_id="b") is None
+            again = c.acquire("o", agent_id="a")
+            assert again.token == lease.token
+            again.release()
+        with pytest.raises(LeaseNotHeldError):
+            lease.release()
+        assert c.holders() == []
+    assert types(database_url, "lease-o") == ["LeaseGranted", "LeaseDenied", "LeaseReleased"]
