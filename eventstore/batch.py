@@ -23,11 +23,12 @@ from eventstore.decisions import Candidate, CommittedKey, Decision, KnownState, 
 from eventstore.envelope import Envelope, Headers, decode, salvage_ids
 from eventstore.errors import DecodeError, InvalidEventError, TransientStorageError
 from eventstore.eventlog import NewEvent, RecordedEvent
-from eventstore.events import EventRegistry
+from eventstore.events import Event, EventRegistry
 from eventstore.hashing import canonical_json, intent_hash
-from eventstore.notify import channel_for, pack
+from eventstore.notify import COMMITTED_CHANNEL, channel_for, pack
 from eventstore.outcomes import EmitResult, Outcome
 from eventstore.readmodels import ReadModel, apply_all
+from eventstore.rejections import EventRejected, IdempotencyKeyReused, conflict
 
 log = logging.getLogger(__name__)
 Cursor = psycopg.Cursor[Any]
@@ -91,6 +92,7 @@ class BatchResult:
     next_offsets: dict[int, int] = field(default_factory=dict)
     # Partitions where this batch was behind the stored offsets (replay or zombie): seek there.
     behind: dict[int, int] = field(default_factory=dict)
+    rejections: list[Event] = field(default_factory=list)
 
     def count(self, status: Outcome) -> int:
         return sum(1 for r in self.results if r.status is status)
@@ -246,6 +248,7 @@ def _record(
             if d.status is not Outcome.DUPLICATE:
                 ver = None
             res = EmitResult(e.event_id, d.status, e.stream, ver, pos, d.current_version, d.reason)
+            result.rejections.extend(_rejection(e, d))
             rows.append((e.event_id, e.agent_id, e.idempotency_key, e.stream, d.status.value,
                          e.expected_version, d.current_version, pos, d.reason or "",
                          p.message.partition, p.message.offset))
@@ -257,6 +260,8 @@ def _record(
         if ids is not None:
             event_id, agent_id, key = ids
             res = EmitResult(event_id, Outcome.REJECTED, None, None, None, None, reason)
+            result.rejections.append(EventRejected(event_id=event_id, agent_id=agent_id, stream=None,
+                                                   reason=reason))
             rows.append((event_id, agent_id, key, None, "rejected", None, None, None, reason,
                          msg.partition, msg.offset))
             per_agent[agent_id].append(res)
@@ -271,12 +276,26 @@ def _record(
         ))
     channels: list[str] = []
     payloads: list[str] = []
+    if recorded:  # wakes the committed-topic publisher
+        channels.append(COMMITTED_CHANNEL)
+        payloads.append(str(recorded[-1].position))
     for agent_id, results in per_agent.items():
         for chunk in pack(results):
             channels.append(channel_for(agent_id))
             payloads.append(chunk)
     if channels:
         cur.execute(NOTIFY, (channels, payloads))
+
+
+def _rejection(e: Envelope, d: Decision) -> list[Event]:
+    if d.status is Outcome.CONFLICT and d.current_version is not None:
+        return [conflict(e, d.current_version)]
+    if d.status is Outcome.REJECTED and d.original is not None:
+        return [IdempotencyKeyReused(event_id=e.event_id, agent_id=e.agent_id, stream=e.stream,
+                                     idempotency_key=e.idempotency_key, original_position=d.original.position)]
+    if d.status is Outcome.REJECTED:
+        return [EventRejected(event_id=e.event_id, agent_id=e.agent_id, stream=e.stream, reason=d.reason or "")]
+    return []
 
 
 def _store_offsets(cur: Cursor, group: str, topic: str, fresh: Sequence[IntakeMessage],

@@ -102,6 +102,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if good == demo.START - demo.SALE + demo.ADJUSTMENT else 1
 
 
+def cmd_follow(args: argparse.Namespace) -> int:
+    import importlib
+
+    from consumers.subscriber import Subscriber
+    from consumers.views import LocalView, SQLiteView, merge_payloads
+    from eventstore.devservers import configured
+    from eventstore.errors import ConfigurationError
+
+    settings = configured()
+    reducer = merge_payloads
+    if args.reducer:
+        module, _, name = args.reducer.partition(":")
+        try:
+            reducer = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:
+            raise ConfigurationError(f"--reducer {args.reducer!r}: expected module:function ({e})") from e
+    accept = (lambda s: s.startswith(args.streams)) if args.streams else None
+    view = SQLiteView(args.view_file, reducer, accept) if args.view_file else LocalView(reducer, accept)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    sub = Subscriber(args.group, view=view, settings=settings, from_beginning=args.from_beginning).start()
+    print(f"following {settings.committed_topic} as {args.group!r} from position {view.position}", flush=True)
+    while not stop.wait(0.5):
+        pass
+    sub.stop()
+    print(f"stopped at position {sub.last}: {sub.applied} applied, {sub.backfilled} from PostgreSQL, "
+          f"{sub.repeats_dropped} repeats dropped", flush=True)
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     import psycopg
 
@@ -139,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     dv.set_defaults(fn=cmd_dev)
     sub.add_parser("demo", help="the lost-update scenario, naive and through the backbone").set_defaults(fn=cmd_demo)
     sub.add_parser("verify", help="check the event log's hash chain").set_defaults(fn=cmd_verify)
+    fo = sub.add_parser("follow", help="run a subscriber that keeps a local view of committed events")
+    fo.add_argument("--group", required=True, help="subscriber name (checkpoint key)")
+    fo.add_argument("--view-file", default=None, help="keep the view (and its position) in this SQLite file")
+    fo.add_argument("--streams", default=None, help="only streams starting with this prefix")
+    fo.add_argument("--reducer", default=None, help="module:function folding (state, event) -> state")
+    fo.add_argument("--from-beginning", action="store_true", help="ignore the stored position and rebuild")
+    fo.set_defaults(fn=cmd_follow)
     bn = sub.add_parser("bench", help="write-path benchmark on the embedded servers")
     bn.add_argument("--events", type=int, default=100_000, help="events for the throughput run")
     bn.add_argument("--latency-events", type=int, default=3000, help="events for the latency run")

@@ -12,7 +12,8 @@ import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from confluent_kafka import KafkaError, Message, Producer
 from psycopg_pool import ConnectionPool
@@ -21,13 +22,17 @@ from pydantic import ValidationError
 from eventstore import eventlog
 from eventstore.db import converted_errors
 from eventstore.envelope import Envelope, LeaseRef, check_name, encode
-from eventstore.errors import BrokerError, EmitTimeout, InvalidEventError
+from eventstore.errors import BrokerError, ConfigurationError, EmitTimeout, InvalidEventError
 from eventstore.eventlog import RecordedEvent
 from eventstore.events import Event, validate_event
 from eventstore.kafka import ensure_topics, producer_config
 from eventstore.listener import OutcomeListener, lookup_outcomes
-from eventstore.outcomes import EmitResult
+from eventstore.outcomes import EmitResult, Outcome
 from eventstore.settings import Settings
+
+if TYPE_CHECKING:
+    from consumers.subscriber import Subscriber
+    from consumers.views import LocalView, Reducer, StreamState
 
 
 class HasLeaseRef(Protocol):
@@ -104,6 +109,8 @@ class AgentClient:
         self._pool = ConnectionPool(db, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True)
         self._producer = Producer(producer_config(self.settings))
         self._closed = threading.Event()
+        self._subscriber: Subscriber | None = None
+        self.view: LocalView | None = None
         self._poller = threading.Thread(target=self._poll, name=f"producer-{agent_id}", daemon=True)
         self._poller.start()
 
@@ -117,6 +124,8 @@ class AgentClient:
         if self._closed.is_set():
             return
         self._producer.flush(10)
+        if self._subscriber is not None:
+            self._subscriber.stop()
         self._closed.set()
         self._poller.join(5)
         self._listener.close()
@@ -190,14 +199,73 @@ class AgentClient:
         if left:
             raise BrokerError(f"{left} event(s) still unacknowledged by the broker after {timeout}s")
 
+    # -- deciding on committed state ---------------------------------------------------------
+    def follow(self, streams: str | Callable[[str], bool] | None = None, *, reducer: Reducer | None = None,
+               timeout: float = 30.0) -> LocalView:
+        """Keep a local view of committed events (all streams, those starting with a prefix, or those a
+        predicate accepts), fed by a subscriber; returns once the view has caught up with the log."""
+        from consumers.subscriber import Subscriber
+        from consumers.views import LocalView, merge_payloads
+
+        if self.view is not None:
+            return self.view
+        accept = (lambda s, p=streams: s.startswith(p)) if isinstance(streams, str) else streams
+        self.view = LocalView(reducer or merge_payloads, accept)
+        self._subscriber = Subscriber(f"agent-{self.agent_id}", view=self.view, settings=self.settings).start()
+        with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
+            head = eventlog.head_position(cur)
+        self.view.wait_for_position(head, timeout)
+        return self.view
+
+    def retry_on_conflict(
+        self,
+        stream: str,
+        decide: Callable[[StreamState | None], Event | None],
+        *,
+        attempts: int = 5,
+        idempotency_key: str | None = None,
+        timeout: float = 10.0,
+    ) -> EmitResult | None:
+        """Decide on the view's committed state of ``stream`` and emit with its version; on CONFLICT
+        wait until the view shows the newer version and decide again. ``decide`` returns the event, or
+        None to give up (e.g. out of stock), which returns None. Needs :meth:`follow` first."""
+        if self.view is None:
+            raise ConfigurationError("call client.follow(...) before retry_on_conflict: it decides on the local view")
+        key = idempotency_key or str(uuid.uuid4())
+        self.view.wait_for_version(stream, self.stream_version(stream), timeout)
+        result: EmitResult | None = None
+        for _ in range(attempts):
+            state = self.view.get(stream)
+            event = decide(state)
+            if event is None:
+                return None
+            result = self.emit_and_wait(event, stream, expected_version=state.version if state else 0,
+                                        idempotency_key=key, timeout=timeout)
+            if result.status is not Outcome.CONFLICT:
+                return result
+            assert result.current_version is not None
+            self.view.wait_for_version(stream, result.current_version, timeout)
+        return result
+
     # -- reading -----------------------------------------------------------------------------
-    def stream_version(self, stream: str) -> int:
+    def wait_for_position(self, position: int, timeout: float = 10.0) -> None:
+        """Read-your-writes for database reads: wait until the log (and with it every read model,
+        which commits in the same transaction) includes ``position``."""
+        with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
+            eventlog.wait_for_position(cur, position, timeout)
+
+    def stream_version(self, stream: str, *, min_position: int | None = None) -> int:
         """The stream's committed version (0 for a stream with no events)."""
+        if min_position is not None:
+            self.wait_for_position(min_position)
         with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
             return eventlog.stream_version(cur, stream)
 
-    def read_stream(self, stream: str, from_version: int = 0) -> list[RecordedEvent]:
+    def read_stream(self, stream: str, from_version: int = 0, *,
+                    min_position: int | None = None) -> list[RecordedEvent]:
         """Committed events of a stream after ``from_version``, in version order."""
+        if min_position is not None:
+            self.wait_for_position(min_position)
         with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
             return eventlog.read_stream(cur, stream, from_version)
 

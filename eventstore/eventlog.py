@@ -237,6 +237,19 @@ def head_position(cur: Cursor) -> int:
     return 0 if row is None else int(row[0])
 
 
+def wait_for_position(cur: Cursor, position: int, timeout: float = 10.0) -> None:
+    """Block until the log includes ``position`` (read-your-writes on a lagging reader)."""
+    import time
+
+    from eventstore.errors import EmitTimeout
+
+    deadline = time.monotonic() + timeout
+    while (head := head_position(cur)) < position:
+        if time.monotonic() > deadline:
+            raise EmitTimeout(f"the event log is at position {head}, not yet {position}, after {timeout}s")
+        time.sleep(0.01)
+
+
 @dataclass(frozen=True)
 class ChainReport:
     checked: int

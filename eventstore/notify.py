@@ -16,6 +16,8 @@ from eventstore.outcomes import EmitResult
 
 # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 MAX_PAYLOAD = 7800
+# Notified with the newest position by every batch that committed events; wakes the publisher.
+COMMITTED_CHANNEL = "es_committed"
 
 
 def channel_for(agent_id: str) -> str:

@@ -30,7 +30,9 @@ from eventstore.errors import StorageError, TransientStorageError
 from eventstore.events import import_app_modules, registry
 from eventstore.kafka import consumer_config, ensure_topics, producer_config
 from eventstore.outcomes import Outcome
+from eventstore.publisher import Publisher
 from eventstore.readmodels import ReadModel, ReadModelError, read_models
+from eventstore.rejections import encode_rejection
 from eventstore.retry import backoff_delays
 from eventstore.settings import Settings
 
@@ -69,6 +71,7 @@ class Projector:
         *,
         models: Sequence[ReadModel] | None = None,
         group: str | None = None,
+        publish: bool = True,
     ) -> None:
         settings.require_servers()
         import_app_modules(settings.app_modules)
@@ -81,12 +84,14 @@ class Projector:
         self._thread: threading.Thread | None = None
         self._assigned: set[int] = set()
         self.ready = threading.Event()
+        self.publisher = Publisher(settings) if publish else None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def setup(self) -> None:
         """Create the topics and the read models' tables if missing."""
         ensure_topics(self.settings, {self.topic: self.settings.intake_partitions,
-                                      self.settings.dead_letter_topic: 1})
+                                      self.settings.dead_letter_topic: 1, self.settings.rejections_topic: 1,
+                                      self.settings.committed_topic: 1})
         with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
             for m in self.models:
                 m.setup(cur)
@@ -137,12 +142,16 @@ class Projector:
             c.unassign()
 
         consumer.subscribe([self.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
+        if self.publisher is not None:
+            self.publisher.start()
         try:
             while not self._stop.is_set():
                 batch = self._next_batch(consumer)
                 if batch:
                     conn = self._process(conn, consumer, producer, batch)
         finally:
+            if self.publisher is not None:
+                self.publisher.stop()
             consumer.close()
             producer.flush(5)
             conn.close()
@@ -171,8 +180,11 @@ class Projector:
         for d in result.dead_letters:
             producer.produce(self.settings.dead_letter_topic, value=d.message.value, key=d.message.key,
                              headers=dead_letter_headers(d, self.topic))
-        if result.dead_letters:
-            producer.flush(10)
+        for rejection in result.rejections:
+            key, value, headers = encode_rejection(rejection)
+            producer.produce(self.settings.rejections_topic, value=value, key=key, headers=headers)
+        if result.dead_letters or result.rejections:
+            producer.poll(0)
         if result.next_offsets:
             consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in result.next_offsets.items()],
                             asynchronous=True)
@@ -207,6 +219,7 @@ class Projector:
                     merged.dead_letters += r.dead_letters
                     merged.next_offsets.update(r.next_offsets)
                     merged.behind.update(r.behind)
+                    merged.rejections += r.rejections
                 return merged, conn
 
     def _write(self, conn: psycopg.Connection[Any], batch: list[IntakeMessage],

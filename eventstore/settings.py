@@ -56,6 +56,10 @@ class Settings:
     def committed_topic(self) -> str:
         return f"{self.namespace}.committed"
 
+    @property
+    def rejections_topic(self) -> str:
+        return f"{self.namespace}.rejections"
+
     def require_servers(self) -> tuple[str, str]:
         """Both server addresses, or a ConfigurationError naming the missing variable."""
         if not self.database_url:

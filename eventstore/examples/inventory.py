@@ -41,6 +41,15 @@ def stream_for(sku: str) -> str:
     return STREAM_PREFIX + sku
 
 
+def quantity_reducer(state: Any, ev: RecordedEvent) -> Any:
+    """For a local view (``consumers.LocalView(reducer=quantity_reducer)``): the SKU's count."""
+    if ev.type == InventoryUpdated.event_type:
+        return int(ev.payload["quantity"])
+    if ev.type == InventoryAdjusted.event_type:
+        return int(state or 0) + int(ev.payload["delta"])
+    return state
+
+
 @dataclass(frozen=True)
 class SkuChange:
     """The net effect of a run of events on one SKU: set to ``base`` (if set) then add ``delta``."""

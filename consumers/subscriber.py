@@ -1,0 +1,202 @@
+"""A subscriber: follows the committed topic and applies each committed event exactly once, in
+global position order, to handler functions and a local view.
+
+Positions in the log are gapless, so continuity is the whole safety argument: a message at or below
+the last applied position is a republish and is dropped; a message beyond ``last + 1`` means Kafka
+lost (retention) or never had (late publisher) the events in between, which are read from the
+PostgreSQL event log before going on. The same rule makes a fresh subscriber catch up from
+PostgreSQL and then go live without a gap or a repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from consumers.checkpoints import Checkpoint
+from consumers.views import LocalView
+from eventstore import eventlog
+from eventstore.committed import decode_committed
+from eventstore.errors import DecodeError
+from eventstore.eventlog import RecordedEvent
+from eventstore.events import Event
+from eventstore.kafka import consumer_config
+from eventstore.settings import Settings
+
+log = logging.getLogger(__name__)
+Handler = Callable[[RecordedEvent], None]
+
+
+class Subscriber:
+    """``Subscriber(group="pricing", handlers={InventoryUpdated: fn}, view=LocalView()).start()``."""
+
+    def __init__(
+        self,
+        group: str,
+        handlers: Mapping[str | type[Event], Handler] | None = None,
+        view: LocalView | None = None,
+        *,
+        settings: Settings | None = None,
+        checkpoint: Checkpoint | None = None,
+        from_beginning: bool = False,
+        catch_up_from_db: bool = True,
+        idle_check: float = 2.0,
+    ) -> None:
+        self.group = group
+        self.settings = settings or Settings.from_env()
+        self.view = view if view is not None else LocalView()
+        self.handlers = {(k if isinstance(k, str) else k.event_type): v for k, v in (handlers or {}).items()}
+        self.checkpoint = checkpoint
+        self.from_beginning = from_beginning
+        self.catch_up_from_db = catch_up_from_db
+        self.idle_check = idle_check
+        self.last = 0
+        self.applied = 0
+        self.repeats_dropped = 0
+        self.backfilled = 0
+        self.live = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._db: psycopg.Connection[Any] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Subscriber:
+        self._thread = threading.Thread(target=self.run, name=f"subscriber-{self.group}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> Subscriber:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _start_position(self) -> int:
+        if self.from_beginning:
+            return 0
+        if self.checkpoint is not None:
+            return self.checkpoint.load()
+        return self.view.load_position()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> None:
+        self.last = self._start_position()
+        if self.catch_up_from_db:
+            self._catch_up()
+        topic = self.settings.committed_topic
+        consumer = Consumer(consumer_config(self.settings, f"{self.settings.namespace}.subscriber.{self.group}"))
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+            # Offset k holds position >= k + 1, so starting at offset `last` skips nothing we need;
+            # if the guess overshoots, the gap rule backfills from PostgreSQL.
+            consumer.assign([TopicPartition(topic, 0, max(low, min(self.last, high)))])
+            self.live.set()
+            idle_since = time.monotonic()
+            while not self._stop.is_set():
+                first = consumer.poll(0.1)  # wakes on the first message; the rest is what is already here
+                msgs = [] if first is None else [first, *consumer.consume(999, timeout=0)]
+                events = self._in_order([m.value() for m in msgs if not _skip(m)])
+                if events:
+                    self._apply(events)
+                    idle_since = time.monotonic()
+                elif self.catch_up_from_db and time.monotonic() - idle_since > self.idle_check:
+                    self._catch_up()  # the publisher may be down: the log is the truth
+                    idle_since = time.monotonic()
+        finally:
+            consumer.close()
+            if self._db is not None:
+                self._db.close()
+
+    def _in_order(self, values: Sequence[bytes | None]) -> list[RecordedEvent]:
+        out: list[RecordedEvent] = []
+        last = self.last
+        for value in values:
+            try:
+                ev = decode_committed(value)
+            except DecodeError as e:
+                log.error("skipping a message on the committed topic that is not an event: %s", e)
+                continue
+            if ev.position <= last:
+                self.repeats_dropped += 1
+                continue
+            if ev.position > last + 1:
+                missing = self._read_log(last, ev.position - 1)
+                self.backfilled += len(missing)
+                out.extend(missing)
+            out.append(ev)
+            last = ev.position
+        return self._fill_stream_gaps(out)
+
+    def _fill_stream_gaps(self, events: list[RecordedEvent]) -> list[RecordedEvent]:
+        """Per-stream continuity: a version beyond the view's next is filled from the log."""
+        seen: dict[str, int] = {}
+        out: list[RecordedEvent] = []
+        for ev in events:
+            known = seen.get(ev.stream, self.view.version_of(ev.stream))
+            if self.view.accepts(ev.stream) and known and ev.version > known + 1:
+                with self._conn().cursor() as cur:
+                    missing = [m for m in eventlog.read_stream(cur, ev.stream, known, ev.version - known - 1)
+                               if m.version < ev.version]
+                log.warning("stream %s jumped from v%d to v%d; backfilled %d events", ev.stream, known,
+                            ev.version, len(missing))
+                self.backfilled += len(missing)
+                out.extend(missing)
+            if ev.version > known:
+                out.append(ev)
+                seen[ev.stream] = ev.version
+        return out
+
+    def _apply(self, events: list[RecordedEvent]) -> None:
+        for ev in events:
+            handler = self.handlers.get(ev.type)
+            if handler is not None:
+                handler(ev)
+        last = max(self.last, events[-1].position)
+        self.view.apply_batch(events, last)
+        if self.checkpoint is not None:
+            self.checkpoint.save(last)
+        self.last = last
+        self.applied += len(events)
+
+    def _catch_up(self) -> None:
+        while not self._stop.is_set():
+            page = self._read_log(self.last, None)
+            if not page:
+                return
+            self.backfilled += len(page)
+            self._apply(page)
+
+    def _read_log(self, after: int, upto: int | None, page: int = 10_000) -> list[RecordedEvent]:
+        limit = page if upto is None else min(page, upto - after)
+        with self._conn().cursor() as cur:
+            events = eventlog.read_all(cur, after, limit)
+        if upto is not None and events and events[-1].position < upto:
+            events += self._read_log(events[-1].position, upto, page)
+        return events
+
+    def _conn(self) -> psycopg.Connection[Any]:
+        if self._db is None or self._db.closed:
+            db, _ = self.settings.require_servers()
+            self._db = psycopg.connect(db, autocommit=True)
+        return self._db
+
+
+def _skip(m: Any) -> bool:
+    err = m.error()
+    if err is None:
+        return False
+    if err.code() != KafkaError._PARTITION_EOF:
+        log.warning("committed topic consumer error: %s", err.str())
+    return True
