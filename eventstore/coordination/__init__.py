@@ -2,8 +2,9 @@
 lock order, deadlock detection with alerts, a kill switch, and contention metrics (promise 7)."""
 
 from eventstore.coordination import events
+from eventstore.coordination.acquisition import VICTIM_RULE, Lease
 from eventstore.coordination.aio import AsyncCoordinator
-from eventstore.coordination.coordinator import VICTIM_RULE, Coordinator, Lease
+from eventstore.coordination.coordinator import Coordinator
 from eventstore.coordination.metrics import LeaseMetrics, Snapshot, Stats
 from eventstore.coordination.rules import Mode
 

@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from eventstore.coordination.coordinator import Coordinator, Lease
+from eventstore.coordination.acquisition import Lease
+from eventstore.coordination.coordinator import Coordinator
 from eventstore.coordination.rules import Mode
 from eventstore.errors import LeaseTimeout
 from eventstore.settings import Settings

@@ -5,37 +5,33 @@ Unlike an in-memory lock table, every decision is a short PostgreSQL transaction
 :mod:`eventstore.coordination.leases`), so leases exclude across processes and survive restarts; time
 (TTL, waits) is the database clock. A waiter polls with a small jittered backoff and, while it waits,
 runs the deadlock detector itself, so no extra process is needed for a cycle to be found within
-about ``detect_interval`` seconds.
+about ``detect_interval`` seconds, and releases NOTIFY so the head of the queue polls at once.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
 from psycopg_pool import ConnectionPool
 
-from eventstore.coordination import events as ev
 from eventstore.coordination import leases as db
 from eventstore.coordination import rules
+from eventstore.coordination.acquisition import Acquisition, Lease
 from eventstore.coordination.alerts import Alerter
 from eventstore.coordination.metrics import LeaseMetrics
 from eventstore.coordination.rules import Mode
 from eventstore.coordination.wakeup import Wakeups
 from eventstore.db import converted_errors
-from eventstore.envelope import LeaseRef, check_name
+from eventstore.envelope import check_name
 from eventstore.errors import (
     ConfigurationError,
-    DeadlockDetected,
     LeaseNotHeldError,
     LeaseTimeout,
-    LockOrderViolation,
     TransientStorageError,
 )
 from eventstore.eventlog import Cursor
@@ -44,183 +40,7 @@ from eventstore.settings import Settings
 log = logging.getLogger("eventstore.coordination")
 T = TypeVar("T")
 
-VICTIM_RULE = (
-    "youngest waiter in the cycle (latest enqueued_at on the database clock); ties: greatest agent id"
-)
-
-
-@dataclass(eq=False)
-class Lease:
-    """A granted lease. Pass it (or ``lease.ref``) with events written under it; the token fences
-    them against later holders. Re-entrant grants to the same agent share the token."""
-
-    coordinator: Coordinator
-    resource: str
-    agent_id: str
-    mode: Mode
-    token: int
-    expires_at: datetime
-    ttl: float
-    released: bool = False
-    lost: bool = False
-    _keeper: threading.Thread | None = field(default=None, repr=False)
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    @property
-    def ref(self) -> LeaseRef:
-        """The envelope form of this lease, checked by the projector against the newest grant."""
-        return LeaseRef(resource=self.resource, token=self.token)
-
-    def renew(self, ttl: float | None = None) -> datetime:
-        """Extend the lease by ``ttl`` (default: its own TTL) from now on the database clock."""
-        return self.coordinator.renew(self, ttl)
-
-    def release(self) -> None:
-        """Release this hold (one level of re-entry)."""
-        self.coordinator.release(self)
-
-    def keep_alive(self, interval: float | None = None) -> None:
-        """Renew in a daemon thread every ``interval`` (default a third of the TTL) until released;
-        if a renewal finds the lease gone, ``lost`` becomes True and the thread stops."""
-        if self._keeper is not None:
-            return
-        every = interval if interval is not None else max(self.ttl / 3.0, 0.05)
-
-        def run() -> None:
-            while not self._stop.wait(every):
-                try:
-                    self.renew()
-                except LeaseNotHeldError:
-                    self.lost = True
-                    log.warning("keep-alive: lease on %r of %r was lost", self.resource, self.agent_id)
-                    return
-                except Exception as e:  # keep trying on transient trouble; the TTL is the backstop
-                    log.warning("keep-alive renewal of %r failed: %s", self.resource, e)
-
-        self._keeper = threading.Thread(target=run, name=f"lease-keepalive-{self.resource}", daemon=True)
-        self._keeper.start()
-
-    def _stop_keeper(self) -> None:
-        self._stop.set()
-        if self._keeper is not None and self._keeper is not threading.current_thread():
-            self._keeper.join(timeout=5)
-
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        if self.released:
-            return
-        try:
-            self.release()
-        except LeaseNotHeldError as e:
-            if exc_type is None:
-                raise
-            log.warning("lease lost while the block was failing: %s", e)  # keep the block's own error
-
-
-class Acquisition:
-    """One request in progress: ``step()`` polls once and returns the Lease, None (refused without
-    waiting), or the seconds to sleep before the next poll. Shared by the sync and asyncio APIs."""
-
-    def __init__(self, coord: Coordinator, resource: str, agent_id: str, mode: Mode, ttl: float,
-                 wait: float, expected: float | None) -> None:
-        self.c, self.resource, self.agent_id, self.mode = coord, resource, agent_id, mode
-        self.ttl, self.wait, self.expected = ttl, wait, expected
-        self.deadline = time.monotonic() + wait
-        self.polls = 0
-        self.queued = False
-        self.last_detect = time.monotonic()
-        self.wake: threading.Event | None = None
-
-    def step(self) -> Lease | float | None:
-        first = self.polls == 0
-        self.polls += 1
-        if self.wake is not None:
-            self.wake.clear()  # a release committed after this point sets it again
-        res = self.c._tx(lambda cur: self._attempt(cur, first))
-        c, r, a = self.c, self.resource, self.agent_id
-        for x in res.expired:
-            c.metrics.expired(x.resource, x.agent_id)
-        if res.error is not None:
-            if isinstance(res.error, LockOrderViolation):
-                c.metrics.order_violation(r, a)
-            raise res.error
-        if res.grant is not None:
-            g = res.grant
-            if not g.reentered:
-                c.metrics.granted(r, a, g.waited_seconds, self.queued)
-            return Lease(c, r, a, g.mode, g.token, g.expires_at, self.ttl)
-        if self.wait <= 0:
-            c.metrics.denied(r, a)
-            return None
-        if res.newly_queued:
-            self.queued = True
-            c.metrics.waited(r, a)
-        if self.wake is None:
-            self.wake = c.wakeups.register(r)
-        if res.alert is not None:
-            c.metrics.wait_exceeded(r, a)
-            c.alerter.send(res.alert)
-        now = time.monotonic()
-        if now - self.last_detect >= c.detect_interval:
-            self.last_detect = now
-            self._detect()
-        if now >= self.deadline:
-            self.abandon(f"wait of {self.wait:g}s ran out")
-            c.metrics.denied(r, a)
-            raise LeaseTimeout(
-                f"agent {a!r} could not get {self.mode.value} lease on {r!r} within {self.wait:g}s "
-                f"(held by {', '.join(res.held_by) or 'nobody'})")
-        return min(rules.backoff(self.polls - 1), max(self.deadline - now, 0.001))
-
-    def _attempt(self, cur: Cursor, first: bool) -> db.StepResult:
-        rank = self.c.rank
-
-        def violation(requested: str, held: list[str]) -> str | None:
-            return rules.order_violation(requested, held, rank)
-
-        check = first and self.c.enforce_lock_order
-        return db.attempt(cur, self.resource, self.agent_id, self.mode, self.ttl, queue=self.wait > 0,
-                          expected=self.expected, stale_after=self.c.stale_waiter_after,
-                          violation_of=violation if check else None)
-
-    def _detect(self) -> None:
-        """Look for a wait-for cycle through this agent; abort this request if it is the victim."""
-        holders, waiters = self.c._tx(lambda cur: db.wait_graph(cur, self.c.stale_waiter_after))
-        cycle = rules.find_cycle(rules.wait_for_edges(holders, waiters), self.agent_id)
-        if cycle is None:
-            return
-        since: dict[str, datetime] = {}
-        for w in waiters:
-            since[w.agent_id] = max(since.get(w.agent_id, w.enqueued_at), w.enqueued_at)
-        victim = rules.choose_victim(cycle, since)
-        if victim != self.agent_id:
-            return
-        found = ev.DeadlockFound(cycle=cycle, victim=victim, resource=self.resource, rule=VICTIM_RULE)
-        self.abandon("deadlock victim", found)
-        self.c.metrics.deadlock_victim(self.resource, self.agent_id)
-        self.c.alerter.send(found)
-        raise DeadlockDetected(
-            f"agent {self.agent_id!r} waiting for {self.resource!r} is the victim of the wait-for cycle "
-            f"{' -> '.join([*cycle, cycle[0]])} ({VICTIM_RULE}); release your leases and retry")
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep until the next poll: the backoff, cut short when the resource is released."""
-        if self.wake is None:
-            time.sleep(seconds)
-        else:
-            self.wake.wait(seconds)
-
-    def done(self) -> None:
-        """Stop listening for releases of the resource."""
-        if self.wake is not None:
-            self.c.wakeups.unregister(self.resource, self.wake)
-            self.wake = None
-
-    def abandon(self, reason: str, deadlock: ev.DeadlockFound | None = None) -> None:
-        """Leave the wait queue and record why (timeout, deadlock victim, cancellation)."""
-        self.c._tx(lambda cur: db.leave_queue(cur, self.resource, self.agent_id, self.mode, reason, deadlock))
+__all__ = ["Coordinator", "Lease"]
 
 
 class Coordinator:
@@ -378,8 +198,12 @@ class Coordinator:
     def release(self, lease: Lease) -> None:
         """Release one hold; LeaseNotHeldError if the lease expired, was revoked or taken over."""
         lease._stop_keeper()
+        try:
+            held, expired = self._tx(lambda cur: db.release(cur, lease.resource, lease.agent_id, lease.token))
+        except LeaseNotHeldError:
+            lease.released = True
+            raise
         lease.released = True
-        held, expired = self._tx(lambda cur: db.release(cur, lease.resource, lease.agent_id, lease.token))
         if expired is not None:
             self.metrics.expired(lease.resource, lease.agent_id)
             raise LeaseNotHeldError(

@@ -3,9 +3,10 @@
 Each function runs inside the caller's transaction and appends the lock event it causes in that same
 transaction, so state and history never disagree. Lock order, shared with the projector: the
 resource's advisory lock (namespace ``ADVISORY_NS``) -> lease tables -> agents -> resources ->
-streams -> log_head. Every transaction that changes a resource's lease state holds that resource's
-advisory lock, so grants, releases, expiries and revocations of one resource are serialised and the
-fencing tokens they hand out increase in commit order.
+streams -> log_head. Every transaction that hands out or bumps a fencing token (grant, expiry,
+revocation) holds that resource's advisory lock, so those steps of one resource are serialised and the
+tokens increase in commit order. A plain release or renew touches only the holder's own row, whose
+row lock serialises it against a concurrent expiry, so it skips the advisory lock.
 """
 
 from __future__ import annotations
@@ -17,6 +18,34 @@ from typing import Any
 
 from eventstore.coordination import events as ev
 from eventstore.coordination.rules import Holder, Mode, Waiter, key_of, may_grant, wait_exceeded
+from eventstore.coordination.sql import (
+    ADVISORY_NS,
+    AGENT_RESOURCES,
+    AGENT_STATUS,
+    BUMP_FENCE,
+    DECREMENT,
+    DEQUEUE,
+    DROP_HOLDER,
+    ENQUEUE,
+    ENSURE_AGENT,
+    FENCE_REJECTIONS,
+    GRANT_NEW,
+    GRANT_SHARED,
+    GRAPH_HOLDERS,
+    GRAPH_WAITERS,
+    HEARTBEAT,
+    HOLDERS,
+    KILL,
+    LOCK,
+    MARK_ALERTED,
+    NOTIFY,
+    REENTER,
+    RELEASE_FAST,
+    RELEASE_ROW,
+    RENEW,
+    REVIVE,
+    SNAPSHOT,
+)
 from eventstore.errors import (
     AgentKilledError,
     CoordinationError,
@@ -26,134 +55,6 @@ from eventstore.errors import (
 )
 from eventstore.eventlog import Cursor, DirectEvent, append_direct
 from eventstore.events import Event
-
-ADVISORY_NS = 0x4C45  # "LE": keeps our keys apart from applications' own advisory locks
-
-LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
-AGENT_STATUS = "SELECT status, reason FROM agents WHERE agent_id = %s FOR SHARE"
-ENSURE_AGENT = "INSERT INTO agents (agent_id) VALUES (%s) ON CONFLICT (agent_id) DO NOTHING"
-BUMP_FENCE = """
-INSERT INTO resources (resource, fence_token) VALUES (%s, nextval('fencing_tokens'))
-ON CONFLICT (resource) DO UPDATE SET fence_token = GREATEST(resources.fence_token, EXCLUDED.fence_token)
-RETURNING fence_token
-"""
-HOLDERS = "SELECT agent_id, mode, token FROM lease_holders WHERE resource = %s"
-SNAPSHOT = """
-WITH t AS MATERIALIZED (SELECT clock_timestamp() AS now,
-                               clock_timestamp() - make_interval(secs => %(stale)s) AS stale),
-exp AS (
-    DELETE FROM lease_holders h USING t WHERE h.resource = %(r)s AND h.expires_at <= t.now
-    RETURNING h.agent_id, h.token, extract(epoch FROM t.now - h.granted_at)::float8 AS held
-),
-purged AS (
-    DELETE FROM lease_waiters w USING t WHERE w.resource = %(r)s AND w.heartbeat_at < t.stale
-),
-ag AS (SELECT status, reason FROM agents WHERE agent_id = %(a)s)
-SELECT 'expired', agent_id, NULL, token, NULL::bigint, NULL::timestamptz, held, NULL::float8, NULL::float8
-FROM exp
-UNION ALL
-SELECT 'holder', h.agent_id, h.mode, h.token, h.hold_count, NULL, NULL, NULL, NULL FROM lease_holders h, t
- WHERE h.resource = %(r)s AND h.expires_at > t.now
-UNION ALL
-SELECT 'waiter', w.agent_id, w.mode, NULL, w.seq, w.enqueued_at, NULL, NULL, NULL FROM lease_waiters w, t
- WHERE w.resource = %(r)s AND w.heartbeat_at >= t.stale
-UNION ALL
-SELECT 'mywait', NULL, NULL, w.alerted::int, NULL, NULL, extract(epoch FROM t.now - w.enqueued_at)::float8,
-       w.expected_seconds, extract(epoch FROM t.now - w.heartbeat_at)::float8
-FROM lease_waiters w, t WHERE w.resource = %(r)s AND w.agent_id = %(a)s AND w.heartbeat_at >= t.stale
-UNION ALL
-SELECT 'fence', NULL, NULL, fence_token, NULL, NULL, NULL, NULL, NULL FROM resources WHERE resource = %(r)s
-UNION ALL
-SELECT 'elsewhere', h.resource, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM lease_holders h, t
- WHERE h.agent_id = %(a)s AND h.resource <> %(r)s AND h.expires_at > t.now
-UNION ALL
-SELECT 'agent', status, reason, NULL, NULL, NULL, NULL, NULL, NULL FROM ag
-"""
-# The agent row is locked FOR SHARE only when granting (a kill then waits for this transaction and
-# revokes the grant), so that a poll that grants nothing writes nothing and commits without a flush.
-_GRANT = """
-ag AS (SELECT 1 FROM agents WHERE agent_id = %(a)s AND status = 'active' FOR SHARE),
-dq AS (DELETE FROM lease_waiters WHERE resource = %(r)s AND agent_id = %(a)s RETURNING enqueued_at),
-ins AS (
-    INSERT INTO lease_holders (resource, agent_id, mode, token, ttl_seconds, granted_at, expires_at)
-    SELECT %(r)s, %(a)s, %(m)s, f.fence_token, %(ttl)s, clock_timestamp(),
-           clock_timestamp() + make_interval(secs => %(ttl)s)
-    FROM f, ag RETURNING token, expires_at
-)
-SELECT ins.token, ins.expires_at,
-       (SELECT extract(epoch FROM clock_timestamp() - dq.enqueued_at)::float8 FROM dq)
-FROM ins
-"""
-GRANT_NEW = """
-WITH f AS (
-    INSERT INTO resources (resource, fence_token) VALUES (%(r)s, nextval('fencing_tokens'))
-    ON CONFLICT (resource) DO UPDATE SET fence_token = GREATEST(resources.fence_token, EXCLUDED.fence_token)
-    RETURNING fence_token
-),""" + _GRANT
-GRANT_SHARED = "WITH f AS (SELECT %(tok)s::bigint AS fence_token)," + _GRANT
-REENTER = """
-UPDATE lease_holders SET hold_count = hold_count + 1,
-       expires_at = GREATEST(expires_at, clock_timestamp() + make_interval(secs => %s))
-WHERE resource = %s AND agent_id = %s RETURNING token, mode, expires_at
-"""
-DEQUEUE = """
-DELETE FROM lease_waiters WHERE resource = %s AND agent_id = %s
-RETURNING extract(epoch FROM clock_timestamp() - enqueued_at)::float8
-"""
-ENQUEUE = """
-INSERT INTO lease_waiters (resource, agent_id, mode, enqueued_at, heartbeat_at, expected_seconds)
-VALUES (%s, %s, %s, clock_timestamp(), clock_timestamp(), %s)
-ON CONFLICT (resource, agent_id) DO UPDATE SET heartbeat_at = clock_timestamp()
-"""
-HEARTBEAT = "UPDATE lease_waiters SET heartbeat_at = clock_timestamp() WHERE resource = %s AND agent_id = %s"
-MARK_ALERTED = "UPDATE lease_waiters SET alerted = true WHERE resource = %s AND agent_id = %s"
-RELEASE_ROW = """
-SELECT token, hold_count, expires_at > clock_timestamp(),
-       extract(epoch FROM clock_timestamp() - granted_at)::float8
-FROM lease_holders WHERE resource = %s AND agent_id = %s FOR UPDATE
-"""
-RELEASE_FAST = """
-WITH d AS (
-    DELETE FROM lease_holders
-    WHERE resource = %(r)s AND agent_id = %(a)s AND token = %(t)s AND hold_count = 1
-      AND expires_at > clock_timestamp()
-    RETURNING extract(epoch FROM clock_timestamp() - granted_at)::float8 AS held
-)
-SELECT d.held, (SELECT 1 FROM lease_waiters w, LATERAL pg_notify('eventstore_leases', %(r)s) n
-                WHERE w.resource = %(r)s LIMIT 1)
-FROM d
-"""
-NOTIFY = """
-SELECT 1 FROM lease_waiters w, LATERAL pg_notify('eventstore_leases', %(r)s) n WHERE w.resource = %(r)s LIMIT 1
-"""
-DROP_HOLDER = "DELETE FROM lease_holders WHERE resource = %s AND agent_id = %s"
-DECREMENT = "UPDATE lease_holders SET hold_count = hold_count - 1 WHERE resource = %s AND agent_id = %s"
-RENEW = """
-UPDATE lease_holders SET expires_at = clock_timestamp() + make_interval(secs => %s), ttl_seconds = %s
-WHERE resource = %s AND agent_id = %s AND token = %s AND expires_at > clock_timestamp()
-RETURNING expires_at
-"""
-GRAPH_HOLDERS = "SELECT resource, agent_id, mode FROM lease_holders WHERE expires_at > clock_timestamp()"
-GRAPH_WAITERS = """
-SELECT resource, agent_id, mode, seq, enqueued_at FROM lease_waiters
-WHERE heartbeat_at >= clock_timestamp() - make_interval(secs => %s)
-"""
-AGENT_RESOURCES = """
-SELECT resource FROM lease_holders WHERE agent_id = %s
-UNION SELECT resource FROM lease_waiters WHERE agent_id = %s
-"""
-KILL = """
-INSERT INTO agents (agent_id, status, reason, changed_at) VALUES (%s, 'killed', %s, now())
-ON CONFLICT (agent_id) DO UPDATE SET status = 'killed', reason = EXCLUDED.reason, changed_at = now()
-"""
-REVIVE = (
-    "UPDATE agents SET status = 'active', reason = NULL, changed_at = now() WHERE agent_id = %s RETURNING 1"
-)
-FENCE_REJECTIONS = """
-SELECT agent_id, count(*) FROM outcomes
-WHERE status = 'rejected' AND (reason LIKE 'stale lease%%' OR reason LIKE 'lease token%%')
-GROUP BY agent_id
-"""
 
 
 def lease_stream(resource: str) -> str:
