@@ -1,5 +1,8 @@
 """``eventstore demo``: the founding document's lost-update scenario, first naive, then through the backbone.
 
+Then the first scenario of the document: an order agent asked while a restock is in flight waits on
+its local view of committed events and sells as soon as the restock commits.
+
 Stock is 5. An order agent sells 3 and a supplier-feed agent applies an adjustment of -1; both read
 5 before either writes. Written straight into a shared table, the last write wins and the stock is
 wrong. Through the backbone, each write carries the version it read; one agent gets CONFLICT,
@@ -9,6 +12,7 @@ re-reads, decides again, and the stock ends at 1.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +20,13 @@ import psycopg
 
 from eventstore.client import AgentClient
 from eventstore.events import Event
-from eventstore.examples.inventory import InventoryAdjusted, InventoryUpdated, stream_for
+from eventstore.examples.inventory import (
+    STREAM_PREFIX,
+    InventoryAdjusted,
+    InventoryUpdated,
+    quantity_reducer,
+    stream_for,
+)
 from eventstore.outcomes import Outcome
 from eventstore.projector import Projector
 from eventstore.settings import Settings
@@ -125,6 +135,37 @@ def through_backbone(settings: Settings, say: Callable[[str], None]) -> int:
         return int(row[0])
 
 
+def restock_in_flight(settings: Settings, say: Callable[[str], None]) -> tuple[int, float]:
+    """The founding document's first scenario: stock 0, a restock of 3 in flight. The order agent
+    follows committed events, so it waits for the restock instead of reading in-flight state, and
+    sells as soon as the restock commits. Returns (units sold, ms from restock commit to the sale decision)."""
+    sku, stream = "B7", stream_for("B7")
+    committed_at: list[float] = []
+    with Projector(settings), AgentClient("order-agent", settings) as order, \
+            AgentClient("supplier-feed", settings) as supplier:
+        view = order.follow(STREAM_PREFIX, reducer=quantity_reducer)
+        st = view.get(stream)
+        say(f"  order-agent     a customer asks for {sku}; committed stock is {0 if st is None else st.state}")
+
+        def restock() -> None:
+            r = supplier.emit_and_wait(InventoryUpdated(sku=sku, quantity=3), stream, expected_version=0,
+                                       idempotency_key="demo-restock-B7", timeout=30)
+            committed_at.append(time.monotonic())
+            say(f"  supplier-feed   restock of 3 -> {r.status.value.upper()} as v{r.version}")
+
+        threading.Timer(1.0, restock).start()
+        say("  order-agent     a restock may be in flight: waiting (up to 10s) for committed stock > 0")
+        seen = view.wait_until(stream, lambda s: bool(s.state), timeout=10)
+        seen_at = time.monotonic()
+        r = order.retry_on_conflict(stream, lambda s: InventoryAdjusted(sku=sku, delta=-1)
+                                    if s is not None and s.state >= 1 else None)
+        lag_ms = (seen_at - committed_at[0]) * 1000 if committed_at else 0.0
+        say(f"  order-agent     saw stock {seen.state} at v{seen.version} through its subscription, "
+            f"{max(lag_ms, 0):.0f} ms after the supplier saw its restock confirmed; sold 1 -> "
+            f"{'nothing' if r is None else r.status.value.upper()}")
+        return (1 if r is not None and r.ok else 0), lag_ms
+
+
 def run(settings: Settings, out: Callable[[str], None] = print) -> tuple[int, int]:
     """Run both halves; returns (naive final stock, backbone final stock)."""
     lock = threading.Lock()
@@ -143,5 +184,8 @@ def run(settings: Settings, out: Callable[[str], None] = print) -> tuple[int, in
     say("2) Through the backbone: events with the version each agent read")
     good = through_backbone(settings, say)
     say(f"\n  final stock in the read model: {good} "
-        f"({'correct' if good == correct else 'WRONG by ' + str(good - correct)})")
+        f"({'correct' if good == correct else 'WRONG by ' + str(good - correct)})\n")
+    say("3) Reading in-flight state: the order agent asks while a restock of 3 is still in flight")
+    sold, _lag = restock_in_flight(settings, say)
+    say(f"  the customer {'got the item' if sold else 'was turned away'}")
     return bad, good

@@ -6,6 +6,12 @@ from eventstore import demo
 from eventstore.settings import Settings
 
 
+def test_restock_in_flight_is_seen_as_soon_as_it_commits(settings: Settings) -> None:
+    sold, lag_ms = demo.restock_in_flight(settings, lambda _line: None)
+    assert sold == 1
+    assert lag_ms < 2000  # seen through the subscription, not after the agent's 10 s wait ran out
+
+
 def test_demo_shows_the_lost_update_and_the_backbone_prevents_it(settings: Settings) -> None:
     lines: list[str] = []
     naive, backbone = demo.run(settings, lines.append)
@@ -13,4 +19,5 @@ def test_demo_shows_the_lost_update_and_the_backbone_prevents_it(settings: Setti
     assert backbone == 1
     text = "\n".join(lines)
     assert "CONFLICT" in text and "wrong by" in text
-    assert text.count("COMMITTED") == 3  # the restock, the winner and the loser's retry
+    assert text.count("COMMITTED") == 5  # restock, winner, the loser's retry; restock of B7 and the sale
+    assert "the customer got the item" in text
