@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 from eventstore.coordination import AsyncCoordinator, Coordinator, Lease, Mode
+from eventstore.coordination.leases import wait_graph
 from eventstore.decisions import Candidate, KnownState, decide_batch
 from eventstore.envelope import Envelope, LeaseRef
 from eventstore.errors import (
@@ -404,3 +405,56 @@ def test_pipeline_and_async_commit_options_behave_the_same(database_url: str, pi
             lease.release()
         assert c.holders() == []
     assert types(database_url, "lease-o") == ["LeaseGranted", "LeaseDenied", "LeaseReleased"]
+
+
+def test_abandoned_waiter_of_a_crashed_process_does_not_block_the_queue(
+        coord: Coordinator, database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO lease_waiters (resource, agent_id, mode, enqueued_at, heartbeat_at) "
+            "VALUES ('q', 'ghost', 'exclusive', now() - interval '1 hour', now() - interval '1 hour')")
+    lease = coord.acquire("q", agent_id="live", wait=0)  # the ghost's stale place is purged, not waited for
+    lease.release()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM lease_waiters").fetchone() == (0,)
+
+
+def test_a_waiting_agent_that_is_killed_stops_waiting(coord: Coordinator) -> None:
+    errors: list[BaseException] = []
+
+    def wait_for_it() -> None:
+        try:
+            coord.acquire("k", agent_id="victim", wait=10)
+        except AgentKilledError as e:
+            errors.append(e)
+
+    with coord.lease("k", agent_id="holder"):
+        t = threading.Thread(target=wait_for_it)
+        t.start()
+        deadline = time.monotonic() + 10
+        while not _queued(coord, "victim") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        coord.kill("victim", "test")
+        t.join(10)
+    assert errors and "kill switch" in str(errors[0])
+
+
+def _queued(coord: Coordinator, agent: str) -> bool:
+    _, waiters = coord._tx(lambda cur: wait_graph(cur, 5.0))
+    return any(w.agent_id == agent for w in waiters)
+
+
+def test_bad_requests_are_refused_before_touching_the_database(coord: Coordinator) -> None:
+    from eventstore.errors import ConfigurationError, InvalidEventError
+
+    with pytest.raises(ConfigurationError):
+        coord.acquire("r", agent_id="a", ttl=0)
+    with pytest.raises(ConfigurationError):
+        coord.acquire("r", agent_id="a", wait=-1)
+    with pytest.raises(InvalidEventError):
+        coord.acquire("", agent_id="a")
+    with pytest.raises(InvalidEventError):
+        coord.acquire("r", agent_id="bad\nid")
+    with pytest.raises(ConfigurationError):
+        coord.kill("a", "")
+    assert coord.revive("never-seen") is False
