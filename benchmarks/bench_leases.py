@@ -19,10 +19,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from eventstore.coordination import Coordinator
+from eventstore.coordination.events import LeaseReleased
+from eventstore.eventlog import DirectEvent, append_direct
 
 
 def pct(values: list[float], q: float) -> float:
@@ -39,46 +42,59 @@ def summary(name: str, lat: list[float], elapsed: float) -> dict[str, float]:
     return {"p50": p50, "p99": p99, "rate": rate}
 
 
-def lease_uncontended(url: str, n: int, pipeline: bool = False) -> list[float]:
-    with Coordinator(url, pool_size=2, pipeline=pipeline) as c:
-        for _ in range(min(50, n)):  # warm the pool and the plan cache
-            c.acquire("bench:solo", agent_id="solo", wait=0).release()
-        lat = []
-        for _ in range(n):
-            t = time.perf_counter()
-            c.acquire("bench:solo", agent_id="solo", wait=0).release()
-            lat.append(time.perf_counter() - t)
+def lease_round(c: Coordinator, n: int) -> list[float]:
+    """n acquire+release cycles of one agent on one resource."""
+    lat = []
+    for _ in range(n):
+        t = time.perf_counter()
+        c.acquire("bench:solo", agent_id="solo", wait=0).release()
+        lat.append(time.perf_counter() - t)
     return lat
 
 
-def history_floor(url: str, n: int) -> list[float]:
+def floor_round(conn: psycopg.Connection[Any], n: int) -> list[float]:
     """What every lease writes regardless of its own logic: two transactions that each append one
     lock event to the hash-chained log (the grant's and the release's)."""
-    from eventstore.coordination.events import LeaseReleased
-    from eventstore.eventlog import DirectEvent, append_direct
-
     event = LeaseReleased(resource="bench:floor", agent_id="solo", token=1, held_seconds=0.0)
     item = DirectEvent(stream="lease-bench:floor", event=event, agent_id="solo")
     lat = []
-    with psycopg.connect(url) as conn, conn.cursor() as cur:
-        for _ in range(n + 50):
+    with conn.cursor() as cur:
+        for _ in range(n):
             t = time.perf_counter()
             for _ in range(2):
                 append_direct(cur, [item])
                 conn.commit()
             lat.append(time.perf_counter() - t)
-    return lat[50:]
+    return lat
 
 
-def advisory_uncontended(url: str, n: int) -> list[float]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        lat = []
-        for _ in range(n + 50):
-            t = time.perf_counter()
-            conn.execute("SELECT pg_advisory_lock(%s)", (42,))
-            conn.execute("SELECT pg_advisory_unlock(%s)", (42,))
-            lat.append(time.perf_counter() - t)
-    return lat[50:]
+def advisory_round(conn: psycopg.Connection[Any], n: int) -> list[float]:
+    """n lock+unlock pairs of a session-level advisory lock (autocommit connection)."""
+    lat = []
+    for _ in range(n):
+        t = time.perf_counter()
+        conn.execute("SELECT pg_advisory_lock(%s)", (42,))
+        conn.execute("SELECT pg_advisory_unlock(%s)", (42,))
+        lat.append(time.perf_counter() - t)
+    return lat
+
+
+def uncontended(url: str, n: int, rounds: int = 10) -> dict[str, list[float]]:
+    """All variants in interleaved rounds, so that a noisy neighbour hurts each of them alike."""
+    lat: dict[str, list[float]] = {"lease": [], "pipeline": [], "floor": [], "advisory": []}
+    with Coordinator(url, pool_size=2) as plain, Coordinator(url, pool_size=2, pipeline=True) as piped, \
+            psycopg.connect(url) as conn, psycopg.connect(url, autocommit=True) as auto:
+        lease_round(plain, 50)  # warm pools and plan caches
+        lease_round(piped, 50)
+        floor_round(conn, 50)
+        advisory_round(auto, 50)
+        per = max(1, n // rounds)
+        for _ in range(rounds):
+            lat["lease"] += lease_round(plain, per)
+            lat["pipeline"] += lease_round(piped, per)
+            lat["floor"] += floor_round(conn, per)
+            lat["advisory"] += advisory_round(auto, per)
+    return lat
 
 
 def run_threads(agents: int, per_agent: int, body: Callable[[int], list[float]]) -> tuple[list[float], float]:
@@ -151,15 +167,12 @@ def conditions(url: str) -> None:
 
 def bench(url: str, n: int, per_agent: int) -> None:
     conditions(url)
-    print(f"uncontended acquire+release ({n} rounds, one agent, one resource):")
-    lat = lease_uncontended(url, n)
-    lease_u = summary("lease (Coordinator.acquire + release)", lat, sum(lat))
-    lat = lease_uncontended(url, n, pipeline=True)
-    summary("lease, psycopg pipeline mode", lat, sum(lat))
-    lat = history_floor(url, n)
-    floor = summary("floor: 2 transactions appending 1 event each", lat, sum(lat))
-    lat = advisory_uncontended(url, n)
-    adv_u = summary("baseline pg_advisory_lock + unlock", lat, sum(lat))
+    print(f"uncontended acquire+release ({n} per variant, 10 interleaved rounds, one agent, one resource):")
+    u = uncontended(url, n)
+    lease_u = summary("lease (Coordinator.acquire + release)", u["lease"], sum(u["lease"]))
+    summary("lease, psycopg pipeline mode", u["pipeline"], sum(u["pipeline"]))
+    floor = summary("floor: 2 transactions appending 1 event each", u["floor"], sum(u["floor"]))
+    adv_u = summary("baseline pg_advisory_lock + unlock", u["advisory"], sum(u["advisory"]))
     print(f"  ratio lease/history floor p50: {lease_u['p50'] / floor['p50']:.1f}x")
     for key in ("p50", "p99"):
         print(f"  ratio lease/baseline {key}: {lease_u[key] / adv_u[key]:.1f}x")

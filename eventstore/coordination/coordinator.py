@@ -30,6 +30,7 @@ from eventstore.db import converted_errors
 from eventstore.envelope import check_name
 from eventstore.errors import (
     ConfigurationError,
+    CoordinationError,
     LeaseNotHeldError,
     LeaseTimeout,
     TransientStorageError,
@@ -139,8 +140,13 @@ class Coordinator:
                     raise LeaseTimeout(f"{resource!r} is busy and wait=0 was given; use try_acquire()")
                 acq.sleep(r)
         except BaseException as e:
-            if acq.queued and isinstance(e, KeyboardInterrupt | SystemExit):
-                acq.abandon("interrupted")
+            # Timeouts, victims and kills have left the queue already; anything else (interrupt,
+            # storage failure) leaves it here so it does not hold up those behind until it goes stale.
+            if acq.queued and not isinstance(e, CoordinationError):
+                try:
+                    acq.abandon(f"interrupted: {type(e).__name__}")
+                except Exception as again:  # the database may be what failed; the row goes stale anyway
+                    log.warning("could not leave the queue of %r: %s", resource, again)
             raise
         finally:
             acq.done()
