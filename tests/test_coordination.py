@@ -458,3 +458,22 @@ def test_bad_requests_are_refused_before_touching_the_database(coord: Coordinato
     with pytest.raises(ConfigurationError):
         coord.kill("a", "")
     assert coord.revive("never-seen") is False
+
+
+def test_cancelled_async_waiter_leaves_the_queue(database_url: str) -> None:
+    async def main() -> None:
+        async with AsyncCoordinator(database_url) as ac, ac.lease("c", agent_id="holder"):
+            task = asyncio.create_task(ac.acquire("c", agent_id="impatient", wait=30))
+            for _ in range(500):
+                if await asyncio.to_thread(_queued, ac.sync, "impatient"):
+                    break
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+    denied = [p for t, p, _, _ in history(database_url, "lease-c") if t == "LeaseDenied"]
+    assert [d["reason"] for d in denied] == ["interrupted: CancelledError"]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM lease_waiters").fetchone() == (0,)

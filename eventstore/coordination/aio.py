@@ -15,7 +15,7 @@ from typing import Any
 from eventstore.coordination.acquisition import Lease
 from eventstore.coordination.coordinator import Coordinator
 from eventstore.coordination.rules import Mode
-from eventstore.errors import LeaseTimeout
+from eventstore.errors import CoordinationError, LeaseTimeout
 from eventstore.settings import Settings
 
 
@@ -41,9 +41,9 @@ class AsyncCoordinator:
                 if r is None:
                     raise LeaseTimeout(f"{resource!r} is busy and wait=0 was given; use try_acquire()")
                 await asyncio.sleep(r)
-        except asyncio.CancelledError:
-            if acq.queued:
-                await asyncio.shield(asyncio.to_thread(acq.abandon, "cancelled"))
+        except BaseException as e:  # cancellation included: leave the queue, recorded
+            if acq.queued and not isinstance(e, CoordinationError):
+                await asyncio.shield(asyncio.to_thread(acq.abandon, f"interrupted: {type(e).__name__}"))
             raise
         finally:
             acq.done()
