@@ -23,6 +23,7 @@ from eventstore.coordination import leases as db
 from eventstore.coordination import rules
 from eventstore.coordination.acquisition import Acquisition, Lease
 from eventstore.coordination.alerts import Alerter
+from eventstore.coordination.events import AgentKilled
 from eventstore.coordination.metrics import LeaseMetrics
 from eventstore.coordination.rules import Mode
 from eventstore.coordination.wakeup import Wakeups
@@ -49,7 +50,7 @@ class Coordinator:
 
     ``rank`` maps a resource id to its place in the global lock order (default: the id itself);
     ``enforce_lock_order`` makes out-of-order requests raise LockOrderViolation; ``alert_webhook``
-    (default ``EVENTSTORE_ALERT_WEBHOOK``) receives deadlock and wait-exceeded alerts.
+    (default ``EVENTSTORE_ALERT_WEBHOOK``) receives deadlock, wait-exceeded and kill alerts.
     """
 
     def __init__(self, settings: Settings | str | None = None, *, rank: rules.OrderKey | None = None,
@@ -238,8 +239,9 @@ class Coordinator:
         revoked = self._tx(lambda cur: db.revoke_all(cur, agent_id, f"agent killed: {reason}", killed=True))
         for r, _, _ in revoked:
             self.metrics.revoked(r, agent_id)
-        log.warning("agent %r killed (%s); revoked %s", agent_id, reason, [r for r, _, _ in revoked])
-        return [r for r, _, _ in revoked]
+        resources = [r for r, _, _ in revoked]
+        self.alerter.send(AgentKilled(agent_id=agent_id, reason=reason, revoked=resources))
+        return resources
 
     def revive(self, agent_id: str) -> bool:
         """Undo ``kill``; False if the agent was never known to the coordinator."""
