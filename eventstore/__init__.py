@@ -6,6 +6,8 @@ checks and idempotency, exactly once; read models and subscribers see committed 
 
 from eventstore.aio import AsyncAgentClient
 from eventstore.client import AgentClient, EmitHandle
+from eventstore.coordination import AsyncCoordinator, Coordinator, Lease
+from eventstore.coordination import Mode as LeaseMode
 from eventstore.envelope import Envelope, LeaseRef
 from eventstore.errors import (
     AgentKilledError,
@@ -35,9 +37,11 @@ __all__ = [
     "AgentClient",
     "AgentKilledError",
     "AsyncAgentClient",
+    "AsyncCoordinator",
     "BrokerError",
     "ConfigurationError",
     "CoordinationError",
+    "Coordinator",
     "DeadlockDetected",
     "DecodeError",
     "EmitHandle",
@@ -47,6 +51,8 @@ __all__ = [
     "Event",
     "EventStoreError",
     "InvalidEventError",
+    "Lease",
+    "LeaseMode",
     "LeaseNotHeldError",
     "LeaseRef",
     "LeaseTimeout",

@@ -158,9 +158,34 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from eventstore.bench import writepath
+    if args.which == "write-path":
+        from eventstore.bench import writepath
 
-    return writepath.main(events=args.events, latency_events=args.latency_events, rate=args.rate)
+        return writepath.main(events=args.events or 100_000, latency_events=args.latency_events, rate=args.rate)
+    if args.which == "subscribers":
+        from eventstore.bench import subscribers
+
+        return subscribers.main(events=args.events or 1_000_000, rate=args.rate, latency_events=args.latency_events)
+    from eventstore.bench import leases
+
+    leases.main(["--rounds", str(args.rounds), "--per-agent", str(args.per_agent)])
+    return 0
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    from eventstore.coordination import Coordinator
+    from eventstore.devservers import configured
+
+    with Coordinator(configured()) as coord:
+        if args.action == "kill":
+            revoked = coord.kill(args.agent, args.reason)
+            print(f"agent {args.agent!r} killed ({args.reason}); revoked leases: {', '.join(revoked) or 'none'}")
+            return 0
+        if coord.revive(args.agent):
+            print(f"agent {args.agent!r} revived")
+            return 0
+        print(f"agent {args.agent!r} was not killed")
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,8 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--reducer", default=None, help="module:function folding (state, event) -> state")
     fo.add_argument("--from-beginning", action="store_true", help="ignore the stored position and rebuild")
     fo.set_defaults(fn=cmd_follow)
-    bn = sub.add_parser("bench", help="write-path benchmark on the embedded servers")
-    bn.add_argument("--events", type=int, default=100_000, help="events for the throughput run")
+    ag = sub.add_parser("agents", help="the kill switch: stop or revive an agent")
+    ag_sub = ag.add_subparsers(dest="action", required=True)
+    kill = ag_sub.add_parser("kill", help="revoke the agent's leases and reject its new events")
+    kill.add_argument("agent")
+    kill.add_argument("--reason", required=True, help="recorded in the event log")
+    ag_sub.add_parser("revive", help="let a killed agent work again").add_argument("agent")
+    ag.set_defaults(fn=cmd_agents)
+    bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
+    bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases"])
+    bn.add_argument("--events", type=int, default=None,
+                    help="events for the throughput run (write-path 100,000; subscribers 1,000,000)")
+    bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
+    bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
     bn.add_argument("--latency-events", type=int, default=3000, help="events for the latency run")
     bn.add_argument("--rate", type=int, default=1000, help="steady rate (events/s) for the latency run")
     bn.set_defaults(fn=cmd_bench)
