@@ -1,7 +1,7 @@
 """Lease benchmark: acquire+release latency and throughput, uncontended and with 16 agents on 4
 resources, next to a plain ``pg_advisory_lock``/``pg_advisory_unlock`` baseline measured in the same run.
 
-Run: ``python -m benchmarks.bench_leases`` (starts an ephemeral embedded PostgreSQL unless
+Run: ``eventstore bench leases`` (starts an ephemeral embedded PostgreSQL unless
 ``EVENTSTORE_DATABASE_URL`` is set, in which case that database must already be migrated).
 
 The baseline is what a bare session lock costs: no durability, no TTL, no history, no fencing. A lease
