@@ -302,11 +302,27 @@ def conditions(settings: Settings, conn: psycopg.Connection[Any], mode: str) -> 
     print("  agents           : one AgentClient (one producer, one outcome listener) in this process")
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(events: int = 100_000, latency_events: int = 3000, rate: int = 1000) -> int:
-    """Run the benchmark; 0 when every correctness check passed, 1 otherwise."""
+    """Run the benchmark; 0 when every correctness check passed, 1 otherwise. SIGTERM, like Ctrl-C,
+    unwinds through the context managers, so the projector and both servers are always stopped."""
     if events < 1 or latency_events < 0 or rate < 1:
         print("bench: --events must be >= 1, --latency-events >= 0, --rate >= 1", file=sys.stderr)
         return 2
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
+    try:
+        return _run(events, latency_events, rate)
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; the projector and the embedded servers were stopped", file=sys.stderr)
+        return 130
+
+
+def _run(events: int, latency_events: int, rate: int) -> int:
     mode = "thread" if os.environ.get("EVENTSTORE_BENCH_PROJECTOR") == "thread" else "process"
     base_n = min(BASELINE_EVENTS, events)
     logdir = Path(tempfile.mkdtemp(prefix="eventstore-bench-"))
