@@ -51,6 +51,7 @@ from eventstore.settings import Settings
 SKUS = 1000
 BASELINE_EVENTS = 10_000
 READY_TIMEOUT = 90.0
+STALL_TIMEOUT = 60.0  # the throughput runs fail when the log head stops moving this long
 
 
 @dataclass(frozen=True)
@@ -197,14 +198,16 @@ def throughput(client: AgentClient, conn: psycopg.Connection[Any], n: int, prefi
     events = make_events(n, prefix, seed=n)
     expected = sum(e.delta for e, _ in events)
     start_pos = head(conn)
-    deadline = time.monotonic() + 60 + n / 1000
     cpu.start()
     t0 = time.perf_counter()
     handles = [client.emit(e, s) for e, s in events]
     emit_s = time.perf_counter() - t0
-    while head(conn) < start_pos + n:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out: {head(conn) - start_pos} of {n} events committed")
+    last, progress_at = start_pos, time.monotonic()
+    while (now := head(conn)) < start_pos + n:
+        if now > last:
+            last, progress_at = now, time.monotonic()
+        elif time.monotonic() - progress_at > STALL_TIMEOUT:
+            raise RuntimeError(f"no progress for {STALL_TIMEOUT:.0f} s: {now - start_pos} of {n} events committed")
         time.sleep(0.005)
     seconds = time.perf_counter() - t0
     cpu.stop()
@@ -320,6 +323,9 @@ def main(events: int = 100_000, latency_events: int = 3000, rate: int = 1000) ->
     except KeyboardInterrupt:
         print("\nbench: interrupted; the projector and the embedded servers were stopped", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        print(f"bench: failed: {e}", file=sys.stderr)
+        return 1
 
 
 def _run(events: int, latency_events: int, rate: int) -> int:
