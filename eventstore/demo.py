@@ -106,8 +106,9 @@ def _describe(event: Event) -> str:
 
 def through_backbone(settings: Settings, say: Callable[[str], None]) -> int:
     stream = stream_for(SKU)
-    with Projector(settings), AgentClient("order-agent", settings) as order, \
+    with Projector(settings) as projector, AgentClient("order-agent", settings) as order, \
             AgentClient("supplier-feed", settings) as supplier:
+        projector.ready.wait(30)
         r = supplier.emit_and_wait(InventoryUpdated(sku=SKU, quantity=START), stream, expected_version=0,
                                    idempotency_key="demo-restock-1", timeout=30)
         say(f"  supplier-feed   set stock to {START} -> {r.status.value.upper()} as v{r.version}")
@@ -141,8 +142,9 @@ def restock_in_flight(settings: Settings, say: Callable[[str], None]) -> tuple[i
     sells as soon as the restock commits. Returns (units sold, ms from restock commit to the sale decision)."""
     sku, stream = "B7", stream_for("B7")
     committed_at: list[float] = []
-    with Projector(settings), AgentClient("order-agent", settings) as order, \
+    with Projector(settings) as projector, AgentClient("order-agent", settings) as order, \
             AgentClient("supplier-feed", settings) as supplier:
+        projector.ready.wait(30)
         view = order.follow(STREAM_PREFIX, reducer=quantity_reducer)
         st = view.get(stream)
         say(f"  order-agent     a customer asks for {sku}; committed stock is {0 if st is None else st.state}")

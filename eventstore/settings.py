@@ -27,7 +27,7 @@ class Settings:
     kafka_config: Mapping[str, str | int | float | bool] = field(default_factory=dict)
     app_modules: tuple[str, ...] = ("eventstore.examples.inventory",)
     intake_partitions: int = 8
-    projector_group: str = "eventstore-projector"
+    projector_group: str = ""  # default: "<namespace>.projector", so namespaces never share a group
     batch_size: int = 2000
     batch_wait_ms: int = 0
 
@@ -39,6 +39,8 @@ class Settings:
             )
         if self.batch_size < 1:
             raise ConfigurationError(f"EVENTSTORE_BATCH_SIZE must be at least 1, got {self.batch_size}")
+        if not self.projector_group:
+            object.__setattr__(self, "projector_group", f"{self.namespace}.projector")
         if self.intake_partitions < 1:
             raise ConfigurationError(
                 f"EVENTSTORE_INTAKE_PARTITIONS must be at least 1, got {self.intake_partitions}"
