@@ -103,6 +103,7 @@ class _Parsed:
     message: IntakeMessage
     envelope: Envelope
     payload_json: str
+    payload: dict[str, Any]
     intent: bytes
 
 
@@ -110,8 +111,10 @@ def parse(msg: IntakeMessage, types: EventRegistry) -> _Parsed:
     """Decode the envelope and validate its payload against the registered event class."""
     env = decode(msg.value)
     typed = types.decode(env.type, env.schema_version, env.payload)
-    payload_json = canonical_json(typed.model_dump(mode="json"))
-    return _Parsed(msg, env, payload_json, intent_hash(env.type, env.schema_version, env.stream, payload_json))
+    payload = typed.model_dump(mode="json")
+    payload_json = canonical_json(payload)
+    return _Parsed(msg, env, payload_json, payload,
+                   intent_hash(env.type, env.schema_version, env.stream, payload_json))
 
 
 def load_offsets(conn: psycopg.Connection[Any], group: str, topic: str) -> dict[int, int]:
@@ -205,7 +208,7 @@ def _append(cur: Cursor, parsed: Sequence[_Parsed], decisions: Sequence[Decision
         versions[e.stream] = d.version
         new.append(NewEvent(
             event_id=e.event_id, stream=e.stream, version=d.version, type=e.type,
-            schema_version=e.schema_version, payload_json=p.payload_json, agent_id=e.agent_id,
+            schema_version=e.schema_version, payload_json=p.payload_json, payload=p.payload, agent_id=e.agent_id,
             idempotency_key=e.idempotency_key, correlation_id=e.correlation_id, causation_id=e.causation_id,
             occurred_at=e.occurred_at, lease_resource=e.lease.resource if e.lease else None,
             fencing_token=e.lease.token if e.lease else None, intent=p.intent,

@@ -82,9 +82,9 @@ def build_envelope(
         isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 0
     ):
         raise InvalidEventError(f"expected_version must be None or an int >= 0, got {expected_version!r}")
-    key = check_name("idempotency_key", idempotency_key) if idempotency_key is not None else str(uuid.uuid4())
-    ref = lease.ref if lease is not None and not isinstance(lease, LeaseRef) else lease
     event_id = uuid.uuid4()
+    key = check_name("idempotency_key", idempotency_key) if idempotency_key is not None else str(event_id)
+    ref = lease.ref if lease is not None and not isinstance(lease, LeaseRef) else lease
     try:
         return Envelope(
             event_id=event_id, idempotency_key=key, stream=stream, expected_version=expected_version,
@@ -107,7 +107,8 @@ class AgentClient:
             ensure_topics(self.settings, {self.settings.intake_topic: self.settings.intake_partitions})
         self._listener = OutcomeListener(db, agent_id)
         self._pool = ConnectionPool(db, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True)
-        self._producer = Producer(producer_config(self.settings))
+        # The delivery callback acts only on failures; successful deliveries need no Python call.
+        self._producer = Producer(producer_config(self.settings, **{"delivery.report.only.error": True}))
         self._closed = threading.Event()
         self._subscriber: Subscriber | None = None
         self.view: LocalView | None = None

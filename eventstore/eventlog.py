@@ -79,6 +79,7 @@ class NewEvent:
     lease_resource: str | None
     fencing_token: int | None
     intent: bytes
+    payload: dict[str, Any] | None = None  # the parsed payload, when the caller has it (saves a parse)
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,8 @@ def append(cur: Cursor, events: Sequence[NewEvent]) -> list[RecordedEvent]:
     return [
         RecordedEvent(
             position=p, event_id=e.event_id, stream=e.stream, version=e.version, type=e.type,
-            schema_version=e.schema_version, payload=json.loads(e.payload_json), agent_id=e.agent_id,
+            schema_version=e.schema_version,
+            payload=e.payload if e.payload is not None else json.loads(e.payload_json), agent_id=e.agent_id,
             idempotency_key=e.idempotency_key, correlation_id=e.correlation_id, causation_id=e.causation_id,
             occurred_at=e.occurred_at, recorded_at=recorded_at, lease_resource=e.lease_resource,
             fencing_token=e.fencing_token,

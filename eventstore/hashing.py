@@ -17,7 +17,11 @@ GENESIS = bytes(32)
 
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no spaces; equal data gives equal text (also after a jsonb round trip)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(obj)
+
+
+# One encoder for all calls: json.dumps with non-default arguments builds a new encoder each time.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def intent_hash(event_type: str, schema_version: int, stream: str, payload_json: str) -> bytes:

@@ -110,7 +110,12 @@ class OutcomeListener:
     def _recheck(self, conn: psycopg.Connection[Any], everything: bool = False) -> None:
         cutoff = time.monotonic() - (0 if everything else self._recheck_after)
         with self._lock:
-            stale = [eid for eid, (t, _) in self._pending.items() if t <= cutoff]
+            stale = []
+            for eid, (t, _) in self._pending.items():  # insertion order: oldest first
+                if t <= cutoff:
+                    stale.append(eid)
+                    if len(stale) >= 500:  # bounded work per wake-up, even with many in flight
+                        break
         if stale:
             with conn.cursor() as cur:
                 self._resolve(list(lookup_outcomes(cur, stale).values()))

@@ -18,6 +18,7 @@ from eventstore.outcomes import EmitResult
 MAX_PAYLOAD = 7800
 # Notified with the newest position by every batch that committed events; wakes the publisher.
 COMMITTED_CHANNEL = "es_committed"
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def channel_for(agent_id: str) -> str:
@@ -31,11 +32,11 @@ def pack(results: Iterable[EmitResult]) -> list[str]:
     current: list[str] = []
     size = 2
     for r in results:
-        item = json.dumps(r.to_wire(), separators=(",", ":"))
+        item = _COMPACT.encode(r.to_wire())
         if len(item.encode()) + 2 > MAX_PAYLOAD:  # an overlong reason: keep the decision, cut the text
             r = EmitResult(r.event_id, r.status, r.stream, r.version, r.position, r.current_version,
                            (r.reason or "")[:1000])
-            item = json.dumps(r.to_wire(), separators=(",", ":"))
+            item = _COMPACT.encode(r.to_wire())
         if current and size + len(item.encode()) + 1 > MAX_PAYLOAD:
             chunks.append("[" + ",".join(current) + "]")
             current, size = [], 2
