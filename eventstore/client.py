@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from confluent_kafka import KafkaError, Message, Producer
 from psycopg_pool import ConnectionPool
-from pydantic import ValidationError
 
 from eventstore import eventlog
 from eventstore.db import converted_errors
@@ -84,16 +83,20 @@ def build_envelope(
         raise InvalidEventError(f"expected_version must be None or an int >= 0, got {expected_version!r}")
     event_id = uuid.uuid4()
     key = check_name("idempotency_key", idempotency_key) if idempotency_key is not None else str(event_id)
-    ref = lease.ref if lease is not None and not isinstance(lease, LeaseRef) else lease
-    try:
-        return Envelope(
-            event_id=event_id, idempotency_key=key, stream=stream, expected_version=expected_version,
-            agent_id=agent_id, correlation_id=correlation_id or event_id, causation_id=causation_id,
-            occurred_at=datetime.now(UTC), type=event.event_type, schema_version=event.schema_version,
-            payload=payload, lease=ref,
-        )
-    except ValidationError as e:
-        raise InvalidEventError(f"invalid envelope: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
+    ref = lease if lease is None or isinstance(lease, LeaseRef) else getattr(lease, "ref", None)
+    if lease is not None and not isinstance(ref, LeaseRef):
+        raise InvalidEventError(f"lease must be a Lease or LeaseRef, got {type(lease).__name__}")
+    for name, value in (("correlation_id", correlation_id), ("causation_id", causation_id)):
+        if value is not None and not isinstance(value, uuid.UUID):
+            raise InvalidEventError(f"{name} must be a uuid.UUID, got {value!r}")
+    # Every field was checked above (the payload by its own model), so the envelope is built without
+    # validating it a second time: this is the SDK's hot path.
+    return Envelope.model_construct(
+        event_id=event_id, idempotency_key=key, stream=stream, expected_version=expected_version,
+        agent_id=check_name("agent_id", agent_id), correlation_id=correlation_id or event_id,
+        causation_id=causation_id, occurred_at=datetime.now(UTC), type=event.event_type,
+        schema_version=event.schema_version, payload=payload, lease=ref,
+    )
 
 
 class AgentClient:

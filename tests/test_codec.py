@@ -76,6 +76,19 @@ def test_sdk_refuses_invalid_events_and_fields_before_sending() -> None:
                            idempotency_key=key, correlation_id=None, causation_id=None, lease=None)
 
 
+def test_sdk_refuses_ids_and_leases_of_the_wrong_type() -> None:
+    ok = InventoryUpdated(sku="A1", quantity=1)
+    with pytest.raises(InvalidEventError, match="correlation_id"):
+        build_envelope("a", ok, "s", expected_version=None, idempotency_key=None,
+                       correlation_id="not-a-uuid", causation_id=None, lease=None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError, match="lease"):
+        build_envelope("a", ok, "s", expected_version=None, idempotency_key=None,
+                       correlation_id=None, causation_id=None, lease=("r", 1))  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError, match="agent_id"):
+        build_envelope("", ok, "s", expected_version=None, idempotency_key=None,
+                       correlation_id=None, causation_id=None, lease=None)
+
+
 def test_registry_decodes_known_types_and_names_unknown_ones() -> None:
     assert registry.decode("InventoryAdjusted", 1, {"sku": "A", "delta": -1}) == InventoryAdjusted(sku="A", delta=-1)
     with pytest.raises(UnknownEventTypeError, match="EVENTSTORE_APP_MODULES"):
