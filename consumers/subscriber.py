@@ -143,9 +143,12 @@ class Subscriber:
         """Per-stream continuity: a version beyond the view's next is filled from the log."""
         seen: dict[str, int] = {}
         out: list[RecordedEvent] = []
+        version_of = self.view.version_of
         for ev in events:
-            known = seen.get(ev.stream, self.view.version_of(ev.stream))
-            if self.view.accepts(ev.stream) and known and ev.version > known + 1:
+            known = seen.get(ev.stream)
+            if known is None:
+                known = version_of(ev.stream)
+            if known and ev.version > known + 1 and self.view.accepts(ev.stream):
                 with self._conn().cursor() as cur:
                     missing = [m for m in eventlog.read_stream(cur, ev.stream, known, ev.version - known - 1)
                                if m.version < ev.version]

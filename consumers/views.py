@@ -52,12 +52,14 @@ class LocalView:
 
     def apply_batch(self, events: Sequence[RecordedEvent], position: int) -> None:
         """Apply events (position order, each once) and advance the view to ``position``."""
+        accept, reducer, streams = self._accept, self._reducer, self._streams
         with self._changed:
             for ev in events:
-                if self._accept(ev.stream):
-                    prev = self._streams.get(ev.stream)
-                    state = self._reducer(None if prev is None else prev.state, ev)
-                    self._streams[ev.stream] = StreamState(ev.stream, ev.version, ev.position, state)
+                stream = ev.stream
+                if accept(stream):
+                    prev = streams.get(stream)
+                    state = reducer(None if prev is None else prev.state, ev)
+                    streams[stream] = StreamState(stream, ev.version, ev.position, state)
             self._position = max(self._position, position)
             self._changed.notify_all()
 

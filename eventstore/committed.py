@@ -12,6 +12,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import pydantic_core
+
 from eventstore.envelope import Headers
 from eventstore.errors import DecodeError
 from eventstore.eventlog import RecordedEvent
@@ -36,18 +38,28 @@ def encode_committed(ev: RecordedEvent) -> tuple[bytes, bytes, Headers]:
     return ev.stream.encode(), json.dumps(body, separators=(",", ":")).encode(), headers
 
 
+_UUID = uuid.UUID
+_from_json = pydantic_core.from_json
+_fromiso = datetime.fromisoformat
+
+
 def decode_committed(value: bytes | None) -> RecordedEvent:
+    # The hot path of every subscriber (a rebuild decodes each event once): pydantic_core's JSON
+    # parser is ~2.5x faster than json.loads on bytes, and correlation_id is the event id unless
+    # the agent set one, so that UUID is parsed once.
     try:
-        d: dict[str, Any] = json.loads(value or b"")
+        d: dict[str, Any] = _from_json(value or b"")
+        eid, cid, caus, occ = d["event_id"], d["correlation_id"], d["causation_id"], d["occurred_at"]
+        event_id = _UUID(eid)
+        payload = d["payload"]
+        if not isinstance(payload, dict):
+            raise TypeError(f"payload is {type(payload).__name__}, not an object")
         return RecordedEvent(
-            position=int(d["position"]), event_id=uuid.UUID(d["event_id"]), stream=str(d["stream"]),
-            version=int(d["version"]), type=str(d["type"]), schema_version=int(d["schema_version"]),
-            payload=dict(d["payload"]), agent_id=str(d["agent_id"]), idempotency_key=str(d["idempotency_key"]),
-            correlation_id=uuid.UUID(d["correlation_id"]),
-            causation_id=None if d["causation_id"] is None else uuid.UUID(d["causation_id"]),
-            occurred_at=None if d["occurred_at"] is None else datetime.fromisoformat(d["occurred_at"]),
-            recorded_at=datetime.fromisoformat(d["recorded_at"]), lease_resource=d["lease_resource"],
-            fencing_token=d["fencing_token"],
+            int(d["position"]), event_id, str(d["stream"]), int(d["version"]), str(d["type"]),
+            int(d["schema_version"]), payload, str(d["agent_id"]), str(d["idempotency_key"]),
+            event_id if cid == eid else _UUID(cid), None if caus is None else _UUID(caus),
+            None if occ is None else _fromiso(occ), _fromiso(d["recorded_at"]),
+            d["lease_resource"], d["fencing_token"],
         )
     except (ValueError, KeyError, TypeError) as e:
         raise DecodeError(f"not a committed-event message: {e!r}") from e

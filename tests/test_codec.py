@@ -150,3 +150,22 @@ def test_settings_from_environment_and_errors_naming_the_variable() -> None:
         Settings.from_env({"EVENTSTORE_NAMESPACE": "bad name"})
     with pytest.raises(ConfigurationError, match="EVENTSTORE_DATABASE_URL"):
         Settings().require_servers()
+
+
+def test_committed_event_round_trips_and_bad_messages_are_named() -> None:
+    from eventstore.committed import decode_committed, encode_committed
+    from eventstore.eventlog import RecordedEvent
+
+    eid = uuid.uuid4()
+    ev = RecordedEvent(7, eid, "inventory-A1", 3, "InventoryAdjusted", 1, {"sku": "A1", "delta": -1}, "agent",
+                       "key-1", eid, uuid.uuid4(), datetime.now(UTC), datetime.now(UTC), "inventory:A1", 4)
+    key, value, headers = encode_committed(ev)
+    assert key == b"inventory-A1" and ("es-position", "7") in headers
+    assert decode_committed(value) == ev
+    from dataclasses import replace
+
+    other = replace(ev, correlation_id=uuid.uuid4(), causation_id=None, occurred_at=None)
+    assert decode_committed(encode_committed(other)[1]) == other
+    for bad in (b"", b"[]", b"{}", value.replace(b'"payload":{', b'"payload":[{').replace(b'},"agent', b'}],"agent')):
+        with pytest.raises(DecodeError, match="not a committed-event message"):
+            decode_committed(bad)
