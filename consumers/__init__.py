@@ -1,8 +1,8 @@
 """Subscribers to committed events and the local views they keep (issue 3).
 
 ``Subscriber`` follows ``<ns>.committed``, catches up from the PostgreSQL event log where Kafka no
-longer has (or never had) events, and applies each committed event exactly once, in position order,
-to its handlers and its view.
+longer has (or never had) events, and applies committed events in position order without gaps or
+repeats to its view (and at least once to handlers across crashes).
 """
 
 from consumers.checkpoints import CallbackCheckpoint, Checkpoint, MemoryCheckpoint, SQLiteCheckpoint

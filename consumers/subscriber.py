@@ -1,5 +1,7 @@
-"""A subscriber: follows the committed topic and applies each committed event exactly once, in
-global position order, to handler functions and a local view.
+"""A subscriber: follows the committed topic and applies each committed event in global position
+order to handler functions and a local view: exactly once to a view that stores its position with
+its state (SQLiteView), at least once to handlers across a crash (the checkpoint is saved after them,
+so a handler should be idempotent by position or keep the position with its own effects).
 
 Positions in the log are gapless, so continuity is the whole safety argument: a message at or below
 the last applied position is a republish and is dropped; a message beyond ``last + 1`` means Kafka
@@ -99,8 +101,9 @@ class Subscriber:
         consumer = Consumer(consumer_config(self.settings, f"{self.settings.namespace}.subscriber.{self.group}"))
         try:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-            # Offset k holds position >= k + 1, so starting at offset `last` skips nothing we need;
-            # if the guess overshoots, the gap rule backfills from PostgreSQL.
+            # Without republishes offset k holds position k + 1 (republishes only push positions to
+            # higher offsets), so starting at offset `last` is a guess that skips nothing in that case;
+            # if it overshoots (a topic that started late), the gap rule backfills from PostgreSQL.
             consumer.assign([TopicPartition(topic, 0, max(low, min(self.last, high)))])
             self.live.set()
             idle_since = time.monotonic()

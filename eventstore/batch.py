@@ -20,8 +20,8 @@ import psycopg
 
 from eventstore import eventlog
 from eventstore.decisions import Candidate, CommittedKey, Decision, KnownState, decide_batch
-from eventstore.envelope import Envelope, Headers, decode, salvage_ids
-from eventstore.errors import DecodeError, InvalidEventError, TransientStorageError
+from eventstore.envelope import Envelope, Headers, check_no_nul, check_stream, decode, printable, salvage_ids
+from eventstore.errors import DecodeError, EventStoreError, InvalidEventError, TransientStorageError
 from eventstore.eventlog import NewEvent, RecordedEvent
 from eventstore.events import Event, EventRegistry
 from eventstore.hashing import canonical_json, intent_hash
@@ -68,6 +68,11 @@ SELECT %b, * FROM unnest(%b::int[], %b::bigint[], %b::bytea[], %b::bytea[], %b::
 ON CONFLICT DO NOTHING
 """
 NOTIFY = "SELECT pg_notify(c, p) FROM unnest(%b::text[], %b::text[]) AS x(c, p)"
+IDEMPOTENCY_KEY_CONSTRAINT = "events_idempotency_key_key"
+
+
+class PoisonBatchError(EventStoreError):
+    """Some message of the batch cannot be stored; the projector splits the batch to dead-letter it."""
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,12 @@ class _Parsed:
 def parse(msg: IntakeMessage, types: EventRegistry) -> _Parsed:
     """Decode the envelope and validate its payload against the registered event class."""
     env = decode(msg.value)
+    check_stream(env.stream)
     typed = types.decode(env.type, env.schema_version, env.payload)
+    if typed.server_only:
+        raise InvalidEventError(f"{env.type} events are written by the server only; agents cannot emit them")
     payload = typed.model_dump(mode="json")
+    check_no_nul(env.type, payload)
     payload_json = canonical_json(payload)
     return _Parsed(msg, env, payload_json, payload,
                    intent_hash(env.type, env.schema_version, env.stream, payload_json))
@@ -137,7 +146,10 @@ def write_batch(
     poisoned = poisoned or {}
     result = BatchResult()
     try:
-        with conn.transaction(), conn.cursor() as cur:
+        # Pipeline mode: statements whose results are not read at once (ensure-then-lock pairs, the
+        # inserts, read-model writes, offsets, NOTIFY) travel together, so a batch costs a handful of
+        # round trips instead of one per statement; results that decide something still sync first.
+        with conn.pipeline() as pipe, conn.transaction(), conn.cursor() as cur:
             fresh = _fence(cur, group, topic, messages, result)
             parsed: list[_Parsed] = []
             rejected: list[tuple[IntakeMessage, str]] = []
@@ -149,16 +161,23 @@ def write_batch(
                         continue
                     except (DecodeError, InvalidEventError) as e:
                         reason = str(e)
-                rejected.append((msg, reason))
+                rejected.append((msg, printable(reason)))
             decisions = decide_batch([Candidate(p.envelope, p.intent) for p in parsed], _known(cur, parsed))
             recorded = _append(cur, parsed, decisions)
+            pipe.sync()  # an append error must surface here, not be blamed on a read model below
             result.committed = recorded
             apply_all(cur, models, recorded)
             _record(cur, topic, parsed, decisions, recorded, rejected, result)
             _store_offsets(cur, group, topic, fresh, result)
     except psycopg.errors.UniqueViolation as e:
-        # Another projector appended the same idempotency key between our check and our insert.
-        raise TransientStorageError(f"concurrent append of the same idempotency key; retrying: {e}") from e
+        if e.diag.constraint_name == IDEMPOTENCY_KEY_CONSTRAINT:
+            # Another projector appended the same key between our check and our insert: on retry
+            # the key is committed and this event is decided DUPLICATE (or a key reuse).
+            raise TransientStorageError(f"concurrent append of the same idempotency key; retrying: {e}") from e
+        raise PoisonBatchError(f"the database refused an event of this batch: {e.diag.message_primary}") from e
+    except psycopg.errors.DataError as e:
+        # A value PostgreSQL cannot store slipped past validation: find the message and dead-letter it.
+        raise PoisonBatchError(f"the database refused a value of this batch: {e.diag.message_primary}") from e
     except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected, psycopg.OperationalError) as e:
         raise TransientStorageError(f"batch transaction failed transiently; retrying: {e}") from e
     return result

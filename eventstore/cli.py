@@ -42,7 +42,14 @@ def cmd_project(args: argparse.Namespace) -> int:
     projector.setup()
     stop = threading.Event()
     _stop_on_signals(stop)
-    thread = threading.Thread(target=projector.run, daemon=True)
+
+    def run_quietly() -> None:  # the error is kept in projector.error and reported below, without a traceback
+        try:
+            projector.run()
+        except BaseException:
+            stop.set()
+
+    thread = threading.Thread(target=run_quietly, daemon=True)
     thread.start()
     print(f"projector consuming {settings.intake_topic} as group {projector.group}; Ctrl-C to stop", flush=True)
     while not stop.wait(0.5) and thread.is_alive():
@@ -51,6 +58,9 @@ def cmd_project(args: argparse.Namespace) -> int:
     print(f"projector stopped: {projector.stats.committed} committed, {projector.stats.conflicts} conflicts, "
           f"{projector.stats.duplicates} duplicates, {projector.stats.rejected} rejected, "
           f"{projector.stats.dead_letters} dead letters")
+    if projector.error is not None:
+        print(f"eventstore: error: the projector failed: {projector.error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -141,13 +151,12 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    import psycopg
-
+    from eventstore.db import connect, converted_errors
     from eventstore.devservers import configured
     from eventstore.eventlog import verify_chain
 
     db, _ = configured().require_servers()
-    with psycopg.connect(db) as conn, conn.cursor() as cur:
+    with connect(db) as conn, converted_errors(), conn.cursor() as cur:
         report = verify_chain(cur)
     if report.ok:
         print(f"event log intact: {report.checked} events, hash chain verified")

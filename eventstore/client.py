@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from eventstore import eventlog
 from eventstore.db import converted_errors
-from eventstore.envelope import Envelope, LeaseRef, check_name, encode
+from eventstore.envelope import Envelope, LeaseRef, check_name, check_stream, encode
 from eventstore.errors import BrokerError, ConfigurationError, EmitTimeout, InvalidEventError
 from eventstore.eventlog import RecordedEvent
 from eventstore.events import Event, validate_event
@@ -76,7 +76,7 @@ def build_envelope(
 ) -> Envelope:
     """Validate everything an agent gave and wrap it; InvalidEventError names what is wrong."""
     payload = validate_event(event)
-    check_name("stream", stream)
+    check_stream(stream)
     if expected_version is not None and (
         isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 0
     ):

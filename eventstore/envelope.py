@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from eventstore.errors import DecodeError, InvalidEventError
 
 FORMAT = "eventstore.envelope/1"
 MAX_NAME = 200
+MAX_BIGINT = 2**63 - 1  # PostgreSQL bigint: larger numbers would fail in the projector's transaction
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Streams written only by the server (the coordinator's lock history); agents may not forge them.
+RESERVED_STREAM_PREFIXES = ("lease-", "agent-")
 
 
 class LeaseRef(BaseModel):
     """The lease an event was written under: the resource and the fencing token of the grant."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    resource: str = Field(min_length=1, max_length=MAX_NAME)
-    token: int = Field(ge=1)
+    resource: str = Field(min_length=1, max_length=MAX_NAME, pattern=r"^[^\x00-\x1f\x7f]+$")
+    token: int = Field(ge=1, le=MAX_BIGINT)
 
 
 class Envelope(BaseModel):
@@ -38,13 +40,13 @@ class Envelope(BaseModel):
     event_id: uuid.UUID
     idempotency_key: str = Field(min_length=1, max_length=MAX_NAME)
     stream: str = Field(min_length=1, max_length=MAX_NAME)
-    expected_version: int | None = Field(default=None, ge=0)
+    expected_version: int | None = Field(default=None, ge=0, le=MAX_BIGINT)
     agent_id: str = Field(min_length=1, max_length=MAX_NAME)
     correlation_id: uuid.UUID
     causation_id: uuid.UUID | None = None
-    occurred_at: datetime | None = None
+    occurred_at: AwareDatetime | None = None
     type: str = Field(min_length=1, max_length=MAX_NAME)
-    schema_version: int = Field(ge=1)
+    schema_version: int = Field(ge=1, le=2**31 - 1)
     payload: dict[str, Any]
     lease: LeaseRef | None = None
 
@@ -54,6 +56,36 @@ class Envelope(BaseModel):
         if _CONTROL.search(v):
             raise ValueError("must not contain control characters")
         return v
+
+
+def check_no_nul(event_type: str, payload: object) -> None:
+    """PostgreSQL cannot store a NUL character in jsonb or text; refuse it with a clear reason."""
+    stack = [payload]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise InvalidEventError(f"{event_type} payload contains a NUL character, which PostgreSQL "
+                                        "cannot store; remove it or encode the value")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def check_stream(value: object) -> str:
+    """A stream name an agent may write: valid, and not one of the server's own history streams."""
+    stream = check_name("stream", value)
+    if stream.startswith(RESERVED_STREAM_PREFIXES):
+        raise InvalidEventError(f"stream {stream!r} is reserved for the coordinator's lock history "
+                                f"(prefixes {', '.join(RESERVED_STREAM_PREFIXES)}); use another name")
+    return stream
+
+
+def printable(text: str) -> str:
+    """A reason safe to store and show: control characters (NUL included) written as escapes."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def check_name(what: str, value: object) -> str:
@@ -101,8 +133,8 @@ def salvage_ids(value: bytes | None) -> tuple[uuid.UUID, str, str | None] | None
 
     try:
         obj = json.loads(value or b"")
-        return uuid.UUID(str(obj["event_id"])), check_name("agent_id", obj["agent_id"]), (
-            str(obj["idempotency_key"]) if obj.get("idempotency_key") else None
-        )
+        key = obj.get("idempotency_key")
+        safe_key = key if isinstance(key, str) and key and len(key) <= MAX_NAME and not _CONTROL.search(key) else None
+        return uuid.UUID(str(obj["event_id"])), check_name("agent_id", obj["agent_id"]), safe_key
     except (ValueError, KeyError, TypeError, InvalidEventError):
         return None

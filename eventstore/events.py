@@ -23,6 +23,8 @@ class Event(BaseModel):
 
     event_type: ClassVar[str] = ""
     schema_version: ClassVar[int] = 1
+    # Appended only by the server (lock history, rejection records); the projector refuses them from agents.
+    server_only: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -32,7 +34,8 @@ class Event(BaseModel):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        registry.register(cls)
+        if not cls.__dict__.get("abstract_event", False):  # a shared base class is no event type
+            registry.register(cls)
 
 
 class EventRegistry:
@@ -85,9 +88,14 @@ def _summary(e: ValidationError) -> str:
 def validate_event(event: Event) -> dict[str, Any]:
     """The event's payload as JSON-ready data, re-validated so that ``model_construct`` cannot smuggle
     an invalid event past the SDK."""
+    from eventstore.envelope import check_no_nul
+
     if not isinstance(event, Event) or type(event) is Event:
         raise InvalidEventError(f"expected an instance of an eventstore.Event subclass, got {type(event).__name__}")
+    if event.server_only:
+        raise InvalidEventError(f"{event.event_type} events are written by the server only; agents cannot emit them")
     payload = event.model_dump(mode="json")
+    check_no_nul(event.event_type, payload)
     try:
         type(event).model_validate(payload)
     except ValidationError as e:

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from eventstore.db import convert
 from eventstore.errors import ClientClosedError
 from eventstore.notify import channel_for, unpack
 from eventstore.outcomes import EmitResult, Outcome
@@ -56,11 +57,11 @@ class OutcomeListener:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._listening = threading.Event()
-        self._error: BaseException | None = None
+        self._error: psycopg.Error | None = None
         self._thread = threading.Thread(target=self._run, name=f"outcomes-{agent_id}", daemon=True)
         self._thread.start()
         if not self._listening.wait(15) and self._error is not None:
-            raise self._error
+            raise convert(self._error) from self._error
 
     def expect(self, event_id: uuid.UUID) -> Future[EmitResult]:
         fut: Future[EmitResult] = Future()
@@ -99,7 +100,11 @@ class OutcomeListener:
                     self._recheck(conn, everything=True)
                     while not self._stop.is_set():
                         for n in conn.notifies(timeout=0.25):
-                            self._resolve(unpack(n.payload))
+                            try:
+                                self._resolve(unpack(n.payload))
+                            except (ValueError, KeyError, TypeError, IndexError) as e:
+                                # Someone else NOTIFYed on our channel; the tables are the truth anyway.
+                                log.warning("ignoring a malformed outcome notification: %s", e)
                         self._recheck(conn)
             except psycopg.Error as e:
                 self._error = e

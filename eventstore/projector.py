@@ -16,16 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from eventstore.batch import (
     BatchResult,
     IntakeMessage,
+    PoisonBatchError,
     dead_letter_headers,
     load_offsets,
     write_batch,
 )
 from eventstore.db import converted_errors
+from eventstore.envelope import printable
 from eventstore.errors import StorageError, TransientStorageError
 from eventstore.events import import_app_modules, registry
 from eventstore.kafka import consumer_config, ensure_topics, producer_config
@@ -84,6 +86,7 @@ class Projector:
         self._thread: threading.Thread | None = None
         self._assigned: set[int] = set()
         self.ready = threading.Event()
+        self.error: BaseException | None = None
         self.publisher = Publisher(settings) if publish else None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -122,7 +125,15 @@ class Projector:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
-        """Consume until stop() (or SIGTERM via the CLI)."""
+        """Consume until stop() (or SIGTERM via the CLI). A fatal error is kept in ``self.error``."""
+        try:
+            self._run()
+        except BaseException as e:
+            self.error = e
+            log.error("projector stopped: %s", e)
+            raise
+
+    def _run(self) -> None:
         conn = self._connect()
         consumer = Consumer(consumer_config(self.settings, self.group))
         producer = Producer(producer_config(self.settings))
@@ -177,20 +188,28 @@ class Projector:
                  batch: list[IntakeMessage]) -> psycopg.Connection[Any]:
         result, conn = self._commit_with_retries(conn, batch, {})
         self.stats.add(result, len(batch))
-        for d in result.dead_letters:
-            producer.produce(self.settings.dead_letter_topic, value=d.message.value, key=d.message.key,
-                             headers=dead_letter_headers(d, self.topic))
-        for rejection in result.rejections:
-            key, value, headers = encode_rejection(rejection)
-            producer.produce(self.settings.rejections_topic, value=value, key=key, headers=headers)
-        if result.dead_letters or result.rejections:
-            producer.poll(0)
-        if result.next_offsets:
-            consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in result.next_offsets.items()],
-                            asynchronous=True)
-        for p, o in result.behind.items():
-            if p in self._assigned and p not in result.next_offsets:
-                consumer.seek(TopicPartition(self.topic, p, o))
+        # Topic copies of dead letters and rejections: the tables already hold them, so a broker
+        # problem here is logged and must not stop the projector.
+        try:
+            for d in result.dead_letters:
+                producer.produce(self.settings.dead_letter_topic, value=d.message.value, key=d.message.key,
+                                 headers=dead_letter_headers(d, self.topic))
+            for rejection in result.rejections:
+                key, value, headers = encode_rejection(rejection)
+                producer.produce(self.settings.rejections_topic, value=value, key=key, headers=headers)
+            if result.dead_letters or result.rejections:
+                producer.poll(0)
+        except (KafkaException, BufferError) as e:
+            log.error("could not publish dead letters/rejections to Kafka (they are in PostgreSQL): %s", e)
+        try:
+            if result.next_offsets:
+                consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in result.next_offsets.items()],
+                                asynchronous=True)
+            for p, o in result.behind.items():
+                if p in self._assigned and p not in result.next_offsets:
+                    consumer.seek(TopicPartition(self.topic, p, o))
+        except KafkaException as e:  # Kafka offsets are only a hint; PostgreSQL holds the real ones
+            log.warning("could not commit or seek Kafka offsets: %s", e)
         return conn
 
     def _commit_with_retries(
@@ -206,10 +225,10 @@ class Projector:
                 time.sleep(next(delays))
                 if conn.closed or conn.broken:
                     conn = self._reconnect()
-            except ReadModelError as e:
+            except (ReadModelError, PoisonBatchError) as e:
                 if len(batch) == 1:
                     m = batch[0]
-                    return self._write(conn, batch, {(m.partition, m.offset): str(e)}), conn
+                    return self._write(conn, batch, {(m.partition, m.offset): printable(str(e))}), conn
                 # Split the batch to isolate the event the handler cannot apply; the rest commit.
                 merged = BatchResult()
                 for m in batch:

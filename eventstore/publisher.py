@@ -19,11 +19,11 @@ import zlib
 from typing import Any
 
 import psycopg
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from eventstore import eventlog
 from eventstore.committed import encode_committed
-from eventstore.errors import BrokerError
+from eventstore.errors import BrokerError, EventStoreError
 from eventstore.kafka import ensure_topics, producer_config
 from eventstore.notify import COMMITTED_CHANNEL
 from eventstore.settings import Settings
@@ -74,6 +74,11 @@ class Publisher:
                     self._lead_and_publish(conn, producer)
             except psycopg.OperationalError as e:
                 log.warning("publisher lost PostgreSQL, retrying: %s", e)
+                self._stop.wait(1.0)
+            except (EventStoreError, KafkaException, BufferError) as e:
+                # Retry from the stored checkpoint; subscribers drop anything published twice and
+                # fill what is missing from PostgreSQL meanwhile.
+                log.error("publisher could not publish, retrying from the checkpoint: %s", e)
                 self._stop.wait(1.0)
         producer.flush(10)
 

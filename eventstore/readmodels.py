@@ -113,7 +113,10 @@ def apply_all(cur: Cursor, models: Sequence[ReadModel], events: Sequence[Recorde
         if not mine:
             continue
         try:
-            model.apply_batch(cur, mine)
+            # A nested pipeline block syncs at its end, so a failing handler statement raises here,
+            # where it can be attributed to this model, not later at commit.
+            with cur.connection.pipeline():
+                model.apply_batch(cur, mine)
         except psycopg.errors.OperationalError:
             raise
         except Exception as e:

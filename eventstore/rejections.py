@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import ClassVar
 
 from eventstore.envelope import Envelope, Headers
 from eventstore.events import Event
 
 
-class EventConflicted(Event):
+class RejectionRecord(Event):
+    """Base of the rejection records: published by the projector only."""
+
+    server_only: ClassVar[bool] = True
+    abstract_event: ClassVar[bool] = True
+
+
+class EventConflicted(RejectionRecord):
     """The agent's expected version did not match the stream's."""
 
     event_id: uuid.UUID
@@ -25,7 +33,7 @@ class EventConflicted(Event):
     actual_version: int
 
 
-class IdempotencyKeyReused(Event):
+class IdempotencyKeyReused(RejectionRecord):
     """A committed idempotency key came back with a different event."""
 
     event_id: uuid.UUID
@@ -35,7 +43,7 @@ class IdempotencyKeyReused(Event):
     original_position: int | None
 
 
-class EventRejected(Event):
+class EventRejected(RejectionRecord):
     """Refused for another reason: invalid or unknown event, stale lease, killed agent, failing handler."""
 
     event_id: uuid.UUID | None

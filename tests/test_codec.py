@@ -89,6 +89,21 @@ def test_sdk_refuses_ids_and_leases_of_the_wrong_type() -> None:
                        correlation_id=None, causation_id=None, lease=None)
 
 
+def test_sdk_refuses_nul_reserved_streams_and_server_only_types() -> None:
+    from eventstore.coordination.events import LeaseGranted
+
+    def env(event: object, stream: str) -> None:
+        build_envelope("a", event, stream, expected_version=None, idempotency_key=None,  # type: ignore[arg-type]
+                       correlation_id=None, causation_id=None, lease=None)
+
+    with pytest.raises(InvalidEventError, match="NUL"):
+        env(InventoryUpdated(sku="A\x00", quantity=1), "inventory-A")
+    with pytest.raises(InvalidEventError, match="reserved"):
+        env(InventoryUpdated(sku="A", quantity=1), "lease-inventory:A")
+    with pytest.raises(InvalidEventError, match="server only"):
+        env(LeaseGranted(resource="r", agent_id="a", mode="exclusive", token=1, ttl_seconds=1.0), "inventory-A")
+
+
 def test_registry_decodes_known_types_and_names_unknown_ones() -> None:
     assert registry.decode("InventoryAdjusted", 1, {"sku": "A", "delta": -1}) == InventoryAdjusted(sku="A", delta=-1)
     with pytest.raises(UnknownEventTypeError, match="EVENTSTORE_APP_MODULES"):

@@ -8,12 +8,13 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from eventstore import AgentClient, AsyncAgentClient, Outcome, Projector
+from eventstore import AgentClient, AsyncAgentClient, Outcome, Projector, ReadModel, RecordedEvent
 from eventstore.client import build_envelope
 from eventstore.db import convert
 from eventstore.envelope import encode
@@ -272,3 +273,70 @@ def test_read_model_failure_dead_letters_only_the_poison_event(settings: Setting
     assert all(r.status is Outcome.COMMITTED for r in results)
     assert bad.status is Outcome.REJECTED and "belong on" in (bad.reason or "")
     assert scalar(settings.database_url or "", "SELECT quantity FROM inventory WHERE sku = 'P'") == 10
+
+
+class _Fragile(ReadModel):
+    """A read model whose SQL fails on one payload (division by zero), to isolate a poison event."""
+
+    name = "fragile"
+    table = "fragile"
+
+    def setup(self, cur: psycopg.Cursor[Any]) -> None:
+        cur.execute("CREATE TABLE IF NOT EXISTS fragile (sku text PRIMARY KEY, total bigint NOT NULL)")
+
+    @ReadModel.on(InventoryAdjusted)
+    def adjusted(self, cur: psycopg.Cursor[Any], ev: RecordedEvent, typed: Any) -> None:
+        cur.execute("INSERT INTO fragile VALUES (%s, 100 / %s) ON CONFLICT (sku) DO UPDATE "
+                    "SET total = fragile.total + EXCLUDED.total", (typed.sku, typed.delta))
+
+
+def test_read_model_sql_error_rejects_only_that_event(settings: Settings) -> None:
+    with AgentClient("fragile-writer", settings) as c:
+        handles = [c.emit(InventoryAdjusted(sku="Q", delta=d), stream_for("Q")) for d in (1, 2, 0, 4)]
+        c.flush()
+        with Projector(settings, models=[_Fragile()]) as p:
+            assert p.ready.wait(30)
+            results = [h.result(30) for h in handles]
+    assert [r.status for r in results] == [Outcome.COMMITTED, Outcome.COMMITTED, Outcome.REJECTED,
+                                           Outcome.COMMITTED]
+    assert "fragile" in (results[2].reason or "") and "division by zero" in (results[2].reason or "")
+    assert scalar(settings.database_url or "", "SELECT total FROM fragile WHERE sku = 'Q'") == 100 + 50 + 25
+
+
+def test_values_postgres_cannot_store_and_forged_history_never_stop_the_projector(
+    settings: Settings, projector: Projector
+) -> None:
+    """Each of these once could have crash-looped a projector; now each is dead-lettered with a reason."""
+    db = settings.database_url or ""
+    with AgentClient("fuzzer", settings) as c:
+        first = c.emit_and_wait(InventoryUpdated(sku="N", quantity=1), stream_for("N"))
+        base = json.loads(encode(build_envelope("fuzzer", InventoryUpdated(sku="N", quantity=2), stream_for("N"),
+                                                expected_version=None, idempotency_key=None, correlation_id=None,
+                                                causation_id=None, lease=None))[1])
+
+        def variant(**changes: object) -> dict[str, object]:
+            return {**base, "event_id": str(uuid.uuid4()), "idempotency_key": str(uuid.uuid4()), **changes}
+
+        cases: dict[str, dict[str, object]] = {
+            "nul": variant(payload={"sku": "N\u0000", "quantity": 2}),
+            "bigint": variant(expected_version=2**64),
+            "reserved": variant(stream="lease-inventory:N"),
+            "forged": variant(type="LeaseGranted", payload={"resource": "r", "agent_id": "x", "mode": "exclusive",
+                                                            "token": 1, "ttl_seconds": 1.0}),
+            "id-reuse": variant(event_id=str(first.event_id)),
+            "nul-reason": {"\u0000": 1},
+        }
+        waiting = {name: c._listener.expect(uuid.UUID(str(v["event_id"]))) for name, v in cases.items()
+                   if "event_id" in v and name != "id-reuse"}
+        p = _raw_producer(settings)
+        for v in cases.values():
+            p.produce(settings.intake_topic, key=b"inventory-N", value=json.dumps(v).encode())
+        assert p.flush(10) == 0
+        after = c.emit_and_wait(InventoryUpdated(sku="N", quantity=3), stream_for("N"), timeout=30)
+        assert after.status is Outcome.COMMITTED and after.version == 2  # the projector carried on
+        reasons = {name: fut.result(30).reason or "" for name, fut in waiting.items()}
+    assert "NUL" in reasons["nul"] and "expected_version" in reasons["bigint"]
+    assert "reserved" in reasons["reserved"] and "server only" in reasons["forged"]
+    wait_until(lambda: scalar(db, "SELECT count(*) FROM dead_letters") == len(cases), what="all dead-lettered")
+    assert scalar(db, "SELECT count(*) FROM dead_letters WHERE reason LIKE %s", ("%refused%",)) == 1  # id reuse
+    assert scalar(db, "SELECT count(*) FROM events") == 2

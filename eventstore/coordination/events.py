@@ -3,10 +3,19 @@ same transaction as the change, so auditors and subscribers see it like any othe
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from eventstore.events import Event
 
 
-class LeaseGranted(Event):
+class LockEvent(Event):
+    """Base of the lock-history events: appended by the coordinator only, never accepted from agents."""
+
+    server_only: ClassVar[bool] = True
+    abstract_event: ClassVar[bool] = True
+
+
+class LeaseGranted(LockEvent):
     """A lease was granted (``waited_seconds`` on the database clock, 0 when not queued)."""
 
     resource: str
@@ -17,7 +26,7 @@ class LeaseGranted(Event):
     waited_seconds: float = 0.0
 
 
-class LeaseDenied(Event):
+class LeaseDenied(LockEvent):
     """A request was refused: busy (non-blocking try) or its wait ran out."""
 
     resource: str
@@ -27,7 +36,7 @@ class LeaseDenied(Event):
     held_by: list[str]
 
 
-class LeaseWaited(Event):
+class LeaseWaited(LockEvent):
     """A request joined the FIFO wait queue of a busy resource."""
 
     resource: str
@@ -37,7 +46,7 @@ class LeaseWaited(Event):
     expected_seconds: float | None = None
 
 
-class LeaseRenewed(Event):
+class LeaseRenewed(LockEvent):
     """The holder extended its lease by its TTL."""
 
     resource: str
@@ -46,7 +55,7 @@ class LeaseRenewed(Event):
     ttl_seconds: float
 
 
-class LeaseReleased(Event):
+class LeaseReleased(LockEvent):
     """The holder released its lease."""
 
     resource: str
@@ -55,7 +64,7 @@ class LeaseReleased(Event):
     held_seconds: float
 
 
-class LeaseExpired(Event):
+class LeaseExpired(LockEvent):
     """A holder's TTL ran out on the database clock; its token was fenced."""
 
     resource: str
@@ -64,7 +73,7 @@ class LeaseExpired(Event):
     fence_token: int
 
 
-class LeaseRevoked(Event):
+class LeaseRevoked(LockEvent):
     """A lease was taken away (kill switch or deadlock victim); its token was fenced."""
 
     resource: str
@@ -74,7 +83,7 @@ class LeaseRevoked(Event):
     reason: str
 
 
-class DeadlockFound(Event):
+class DeadlockFound(LockEvent):
     """A wait-for cycle was found; ``victim`` was aborted with DeadlockDetected."""
 
     cycle: list[str]
@@ -83,7 +92,7 @@ class DeadlockFound(Event):
     rule: str
 
 
-class WaitExceeded(Event):
+class WaitExceeded(LockEvent):
     """An agent waited longer than twice its declared expected duration."""
 
     resource: str
@@ -93,7 +102,7 @@ class WaitExceeded(Event):
     held_by: list[str]
 
 
-class AgentKilled(Event):
+class AgentKilled(LockEvent):
     """The kill switch stopped an agent: its leases are revoked and its new events are rejected."""
 
     agent_id: str
@@ -101,13 +110,13 @@ class AgentKilled(Event):
     revoked: list[str]
 
 
-class AgentRevived(Event):
+class AgentRevived(LockEvent):
     """An operator revived a killed agent."""
 
     agent_id: str
 
 
-class LockOrderViolated(Event):
+class LockOrderViolated(LockEvent):
     """A lease was requested out of the global lock order while a later resource was held."""
 
     agent_id: str
