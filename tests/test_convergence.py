@@ -33,21 +33,30 @@ def test_live_model_subscriber_views_and_rebuild_agree(settings: Settings, proje
     clients = [AgentClient(f"agent-{i}", settings) for i in range(AGENTS)]
     try:
         barrier = threading.Barrier(AGENTS)
+        errors: list[BaseException] = []
+        decided: list[int] = []
 
         def run(client: AgentClient, ops: list[tuple[int, str, int, bool]]) -> None:
-            barrier.wait(30)
-            for sku_i, kind, n, check in ops:
-                sku = f"{prefix}{sku_i}"
-                event = (InventoryUpdated(sku=sku, quantity=abs(n)) if kind == "set"
-                         else InventoryAdjusted(sku=sku, delta=n))
-                expected = client.stream_version(stream_for(sku)) if check else None
-                client.emit_and_wait(event, stream_for(sku), expected_version=expected, timeout=30)
+            try:
+                barrier.wait(30)
+                for sku_i, kind, n, check in ops:
+                    sku = f"{prefix}{sku_i}"
+                    event = (InventoryUpdated(sku=sku, quantity=abs(n)) if kind == "set"
+                             else InventoryAdjusted(sku=sku, delta=n))
+                    expected = client.stream_version(stream_for(sku)) if check else None
+                    r = client.emit_and_wait(event, stream_for(sku), expected_version=expected, timeout=30)
+                    assert r.status.value in ("committed", "conflict"), r
+                    decided.append(1)  # list.append is atomic across threads
+            except BaseException as e:  # reported by the test thread
+                errors.append(e)
 
         threads = [threading.Thread(target=run, args=(c, ops)) for c, ops in zip(clients, plan, strict=True)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(120)
+        assert not errors, errors
+        assert len(decided) == sum(len(ops) for ops in plan)
         with psycopg.connect(db) as conn, conn.cursor() as cur:
             head = head_position(cur)
             events = [e for e in read_all(cur, 0, 1_000_000) if e.stream.startswith(stream_for(prefix))]
@@ -58,8 +67,9 @@ def test_live_model_subscriber_views_and_rebuild_agree(settings: Settings, proje
             sequential[e.stream] = quantity_reducer(sequential.get(e.stream), e)
         rebuilt = LocalView(quantity_reducer)
         with Subscriber(f"rebuild-{prefix}", view=rebuilt, settings=settings, from_beginning=True,
-                        catch_up_from_db=False):
+                        catch_up_from_db=False) as rebuild:
             rebuilt.wait_for_position(head, 30)
+        assert rebuild.backfilled == 0  # rebuilt from the committed topic alone
         for v in views:
             v.wait_for_position(head, 30)
 

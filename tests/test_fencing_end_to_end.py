@@ -32,6 +32,9 @@ def test_stale_lease_is_fenced_and_killed_agent_is_rejected(settings: Settings, 
         plain = nxt.emit_and_wait(InventoryAdjusted(sku="F1", delta=3), stream)
         assert plain.status is Outcome.REJECTED and "kill switch" in (plain.reason or "")
         assert coord.revive("next-agent")
+        # Revived, the agent can write again, but not under the lease the kill revoked: it is fenced.
+        revoked_lease = nxt.emit_and_wait(InventoryAdjusted(sku="F1", delta=5), stream, lease=new)
+        assert revoked_lease.status is Outcome.REJECTED and "stale lease" in (revoked_lease.reason or "")
         assert nxt.emit_and_wait(InventoryAdjusted(sku="F1", delta=4), stream).status is Outcome.COMMITTED
     db = settings.database_url or ""
     assert scalar(db, "SELECT quantity FROM inventory WHERE sku = 'F1'") == 1 + 2 + 4
