@@ -51,6 +51,8 @@ class Coordinator:
     ``rank`` maps a resource id to its place in the global lock order (default: the id itself);
     ``enforce_lock_order`` makes out-of-order requests raise LockOrderViolation; ``alert_webhook``
     (default ``EVENTSTORE_ALERT_WEBHOOK``) receives deadlock, wait-exceeded and kill alerts.
+    ``synchronous_commit=False`` is for benchmarks only: after a server crash a grant the caller
+    believes it holds may be lost, which breaks the fencing guarantee.
     """
 
     def __init__(self, settings: Settings | str | None = None, *, rank: rules.OrderKey | None = None,

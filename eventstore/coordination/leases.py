@@ -31,12 +31,11 @@ from eventstore.coordination.sql import (
     FENCE_REJECTIONS,
     GRANT_NEW,
     GRANT_SHARED,
-    GRAPH_HOLDERS,
-    GRAPH_WAITERS,
     HEARTBEAT,
     HOLDERS,
     KILL,
     LOCK,
+    LOCK_AGENT_EARLY,
     MARK_ALERTED,
     NOTIFY,
     REENTER,
@@ -45,6 +44,7 @@ from eventstore.coordination.sql import (
     RENEW,
     REVIVE,
     SNAPSHOT,
+    WAIT_GRAPH,
 )
 from eventstore.errors import (
     AgentKilledError,
@@ -186,6 +186,7 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
     resources the agent holds; a violation is recorded and returned as the error.
     """
     _lock(cur, resource)
+    cur.execute(LOCK_AGENT_EARLY, (agent_id,))
     snap = _snapshot(cur, resource, agent_id, stale_after)
     expired, rows, waiters, fence = snap.expired, snap.holders, snap.waiters, snap.fence
     if expired:
@@ -337,11 +338,15 @@ def renew(cur: Cursor, resource: str, agent_id: str, token: int, ttl: float) -> 
 
 
 def wait_graph(cur: Cursor, stale_after: float) -> tuple[list[Holder], list[Waiter]]:
-    """Live holders and waiters of every resource, for the wait-for graph."""
-    cur.execute(GRAPH_HOLDERS)
-    holders = [Holder(str(r), str(a), Mode(m)) for r, a, m in cur.fetchall()]
-    cur.execute(GRAPH_WAITERS, (stale_after,))
-    waiters = [Waiter(str(r), str(a), Mode(m), int(s), t) for r, a, m, s, t in cur.fetchall()]
+    """Live holders and waiters of every resource, from one snapshot, for the wait-for graph."""
+    cur.execute(WAIT_GRAPH, (stale_after,))
+    holders: list[Holder] = []
+    waiters: list[Waiter] = []
+    for kind, r, a, m, s, t in cur.fetchall():
+        if kind == "h":
+            holders.append(Holder(str(r), str(a), Mode(m)))
+        else:
+            waiters.append(Waiter(str(r), str(a), Mode(m), int(s), t))
     return holders, waiters
 
 

@@ -9,6 +9,9 @@ ADVISORY_NS = 0x4C45  # "LE": keeps our keys apart from applications' own adviso
 
 LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
 AGENT_STATUS = "SELECT status, reason FROM agents WHERE agent_id = %s FOR SHARE"
+# Taken first in every attempt, so the agents row is locked before resources, streams and log_head,
+# the same order as the projector's (no lock cycle with a projector and a kill in between).
+LOCK_AGENT_EARLY = "SELECT 1 FROM agents WHERE agent_id = %s FOR SHARE"
 ENSURE_AGENT = "INSERT INTO agents (agent_id) VALUES (%s) ON CONFLICT (agent_id) DO NOTHING"
 BUMP_FENCE = """
 INSERT INTO resources (resource, fence_token) VALUES (%s, nextval('fencing_tokens'))
@@ -72,7 +75,9 @@ GRANT_SHARED = "WITH f AS (SELECT %(tok)s::bigint AS fence_token)," + _GRANT
 REENTER = """
 UPDATE lease_holders SET hold_count = hold_count + 1,
        expires_at = GREATEST(expires_at, clock_timestamp() + make_interval(secs => %s))
-WHERE resource = %s AND agent_id = %s RETURNING token, mode, expires_at
+WHERE resource = %s AND agent_id = %s
+  AND NOT EXISTS (SELECT 1 FROM agents g WHERE g.agent_id = lease_holders.agent_id AND g.status = 'killed')
+RETURNING token, mode, expires_at
 """
 DEQUEUE = """
 DELETE FROM lease_waiters WHERE resource = %s AND agent_id = %s
@@ -109,11 +114,16 @@ DECREMENT = "UPDATE lease_holders SET hold_count = hold_count - 1 WHERE resource
 RENEW = """
 UPDATE lease_holders SET expires_at = clock_timestamp() + make_interval(secs => %s), ttl_seconds = %s
 WHERE resource = %s AND agent_id = %s AND token = %s AND expires_at > clock_timestamp()
+  AND NOT EXISTS (SELECT 1 FROM agents g WHERE g.agent_id = lease_holders.agent_id AND g.status = 'killed')
 RETURNING expires_at
 """
-GRAPH_HOLDERS = "SELECT resource, agent_id, mode FROM lease_holders WHERE expires_at > clock_timestamp()"
-GRAPH_WAITERS = """
-SELECT resource, agent_id, mode, seq, enqueued_at FROM lease_waiters
+# Holders and waiters in ONE statement, so the wait-for graph comes from one snapshot: two statements
+# could pair an old holder with a new waiter and report a cycle that never existed.
+WAIT_GRAPH = """
+SELECT 'h', resource, agent_id, mode, NULL::bigint, NULL::timestamptz FROM lease_holders
+WHERE expires_at > clock_timestamp()
+UNION ALL
+SELECT 'w', resource, agent_id, mode, seq, enqueued_at FROM lease_waiters
 WHERE heartbeat_at >= clock_timestamp() - make_interval(secs => %s)
 """
 AGENT_RESOURCES = """
