@@ -232,7 +232,9 @@ class AgentClient:
     ) -> EmitResult | None:
         """Decide on the view's committed state of ``stream`` and emit with its version; on CONFLICT
         wait until the view shows the newer version and decide again. ``decide`` returns the event, or
-        None to give up (e.g. out of stock), which returns None. Needs :meth:`follow` first."""
+        None to give up (e.g. out of stock), which returns None. Needs :meth:`follow` first.
+        Pass ``idempotency_key`` to make calling it again (after an EmitTimeout) safe: all attempts
+        share the key, and a conflict does not consume it."""
         if self.view is None:
             raise ConfigurationError("call client.follow(...) before retry_on_conflict: it decides on the local view")
         key = idempotency_key or str(uuid.uuid4())

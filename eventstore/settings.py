@@ -37,6 +37,8 @@ class Settings:
                 f"EVENTSTORE_NAMESPACE={self.namespace!r} is not a valid topic prefix "
                 "(letters, digits, '.', '_', '-'; at most 100 characters)"
             )
+        if self.batch_wait_ms < 0:
+            raise ConfigurationError(f"EVENTSTORE_BATCH_WAIT_MS must be 0 or more, got {self.batch_wait_ms}")
         if self.batch_size < 1:
             raise ConfigurationError(f"EVENTSTORE_BATCH_SIZE must be at least 1, got {self.batch_size}")
         if not self.projector_group:
