@@ -39,6 +39,7 @@ from eventstore.retry import backoff_delays
 from eventstore.settings import Settings
 
 log = logging.getLogger(__name__)
+SETUP_LOCK = "SELECT pg_advisory_xact_lock(hashtext('eventstore read-model setup'))"
 
 
 @dataclass
@@ -96,6 +97,9 @@ class Projector:
                                       self.settings.dead_letter_topic: 1, self.settings.rejections_topic: 1,
                                       self.settings.committed_topic: 1})
         with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
+            # CREATE TABLE IF NOT EXISTS is not safe against itself: two projectors starting together
+            # can both try to create a table and one fails on a catalog unique index. Take turns.
+            cur.execute(SETUP_LOCK)
             for m in self.models:
                 m.setup(cur)
 

@@ -65,8 +65,12 @@ def test_two_projectors_in_one_group_one_killed_mid_run(
     db, total = settings.database_url or "", 20_000
     a = spawn_projector(EVENTSTORE_BATCH_SIZE="100")
     b = spawn_projector(EVENTSTORE_BATCH_SIZE="100")
-    wait_until(lambda: bool(a.assignments() and a.assignments()[-1] and b.assignments()
-                            and b.assignments()[-1]), 60, "both projectors to own partitions")
+    try:
+        wait_until(lambda: bool(a.assignments() and a.assignments()[-1] and b.assignments()
+                                and b.assignments()[-1]), 60, "both projectors to own partitions")
+    except pytest.fail.Exception:
+        logs = "\n".join(a.lines[-20:] + b.lines[-20:])
+        pytest.fail(f"assignments: a={a.assignments()} b={b.assignments()}\n{logs}")
     emit_many(settings, total // 2, agent="first-half")
     wait_until(lambda: (scalar(db, "SELECT position FROM log_head") or 0) > total // 8, 90,
                "the group to commit some batches")
