@@ -31,7 +31,7 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
     "auto.offset.reset": "earliest",
-    "fetch.wait.max.ms": 5,
+    "fetch.wait.max.ms": 10,
     "socket.nagle.disable": True,
     "max.poll.interval.ms": 6000,
     "session.timeout.ms": 6000,
