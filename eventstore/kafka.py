@@ -22,7 +22,6 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
     "linger.ms": 1,
     "partitioner": "murmur2_random",
     "compression.type": "none",
-    "socket.nagle.disable": True,  # small requests must not wait for Nagle's algorithm (latency)
 }
 # fetch.wait.max.ms bounds latency on brokers (tansu) that do not answer a waiting fetch early.
 # A small max.poll.interval.ms keeps the embedded broker's JoinGroup from stalling; a batch
@@ -32,7 +31,6 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "enable.auto.offset.store": False,
     "auto.offset.reset": "earliest",
     "fetch.wait.max.ms": 10,
-    "socket.nagle.disable": True,
     "max.poll.interval.ms": 6000,
     "session.timeout.ms": 6000,
     "heartbeat.interval.ms": 1000,
