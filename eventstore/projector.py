@@ -147,6 +147,13 @@ class Projector:
             conn.commit()
             for p in parts:
                 p.offset = stored.get(p.partition, OFFSET_BEGINNING)
+                _, high = c.get_watermark_offsets(TopicPartition(self.topic, p.partition), timeout=5)
+                if p.offset > high >= 0:
+                    # Offsets beyond the end: the topic was recreated or truncated. New messages at
+                    # lower offsets would look applied; an operator must decide (see README).
+                    log.error("stored offset %d of %s[%d] is beyond the topic's end %d: was the topic "
+                              "recreated? Messages below %d will be treated as applied", p.offset,
+                              self.topic, p.partition, high, p.offset)
             self._assigned = {p.partition for p in parts}
             c.assign(parts)
             self.ready.set()
