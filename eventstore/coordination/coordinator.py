@@ -58,7 +58,7 @@ class Coordinator:
     def __init__(self, settings: Settings | str | None = None, *, rank: rules.OrderKey | None = None,
                  enforce_lock_order: bool = True, alert_webhook: str | None = None,
                  detect_interval: float = 0.25, stale_waiter_after: float = 5.0, pool_size: int = 10,
-                 pipeline: bool = False, synchronous_commit: bool = True) -> None:
+                 pipeline: bool = True, synchronous_commit: bool = True) -> None:
         if settings is None:
             settings = Settings.from_env()
         url = settings if isinstance(settings, str) else settings.database_url
