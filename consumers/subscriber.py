@@ -29,13 +29,14 @@ from eventstore.errors import DecodeError
 from eventstore.eventlog import RecordedEvent
 from eventstore.events import Event
 from eventstore.kafka import consumer_config
+from eventstore.runner import BackgroundRunner
 from eventstore.settings import Settings
 
 log = logging.getLogger(__name__)
 Handler = Callable[[RecordedEvent], None]
 
 
-class Subscriber:
+class Subscriber(BackgroundRunner):
     """``Subscriber(group="pricing", handlers={InventoryUpdated: fn}, view=LocalView()).start()``."""
 
     def __init__(
@@ -50,6 +51,7 @@ class Subscriber:
         catch_up_from_db: bool = True,
         idle_check: float = 2.0,
     ) -> None:
+        super().__init__(f"subscriber-{group}")
         self.group = group
         self.settings = settings or Settings.from_env()
         self.view = view if view is not None else LocalView()
@@ -63,27 +65,7 @@ class Subscriber:
         self.repeats_dropped = 0
         self.backfilled = 0
         self.live = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._db: psycopg.Connection[Any] | None = None
-
-    # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> Subscriber:
-        self._thread = threading.Thread(target=self.run, name=f"subscriber-{self.group}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def __enter__(self) -> Subscriber:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _start_position(self) -> int:
         if self.from_beginning:

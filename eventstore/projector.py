@@ -36,6 +36,7 @@ from eventstore.publisher import Publisher
 from eventstore.readmodels import ReadModel, ReadModelError, read_models
 from eventstore.rejections import encode_rejection
 from eventstore.retry import backoff_delays
+from eventstore.runner import BackgroundRunner
 from eventstore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class ProjectorStats:
             self.dead_letters += len(r.dead_letters)
 
 
-class Projector:
+class Projector(BackgroundRunner):
     """Consume the intake topic and commit batches into PostgreSQL. Start several for scale."""
 
     def __init__(
@@ -76,6 +77,7 @@ class Projector:
         group: str | None = None,
         publish: bool = True,
     ) -> None:
+        super().__init__(f"projector-{group or settings.projector_group}")
         settings.require_servers()
         import_app_modules(settings.app_modules)
         self.settings = settings
@@ -83,8 +85,6 @@ class Projector:
         self.topic = settings.intake_topic
         self.models = list(models) if models is not None else read_models.create()
         self.stats = ProjectorStats()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._assigned: set[int] = set()
         self.ready = threading.Event()
         self.error: BaseException | None = None
@@ -103,24 +103,10 @@ class Projector:
             for m in self.models:
                 m.setup(cur)
 
-    def start(self) -> Projector:
-        """Run in a background thread (for tests and embedding)."""
+    stop_timeout = 15.0
+
+    def _before_start(self) -> None:
         self.setup()
-        self._thread = threading.Thread(target=self.run, name=f"projector-{self.group}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 15.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def __enter__(self) -> Projector:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _connect(self) -> psycopg.Connection[Any]:
         db, _ = self.settings.require_servers()

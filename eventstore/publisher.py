@@ -26,6 +26,7 @@ from eventstore.committed import encode_committed
 from eventstore.errors import BrokerError, EventStoreError
 from eventstore.kafka import ensure_topics, producer_config
 from eventstore.notify import COMMITTED_CHANNEL
+from eventstore.runner import BackgroundRunner
 from eventstore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,32 +39,22 @@ SAVE_CHECKPOINT = (
 TRY_LEAD = "SELECT pg_try_advisory_lock(%s)"
 
 
-class Publisher:
+class Publisher(BackgroundRunner):
     """Tail the event log and produce each committed event once (at least once across crashes)."""
 
     def __init__(self, settings: Settings, *, page: int = 5000, start_after: int | None = None) -> None:
+        super().__init__("publisher")
         self.settings = settings
         self.topic = settings.committed_topic
         self.page = page
         self.name = self.topic
         self._start_after = start_after
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.published = 0
         self.position = 0
         self.leading = threading.Event()
 
-    def start(self) -> Publisher:
+    def _before_start(self) -> None:
         ensure_topics(self.settings, {self.topic: 1})
-        self._thread = threading.Thread(target=self.run, name="publisher", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
     def run(self) -> None:
         db, _ = self.settings.require_servers()
