@@ -54,14 +54,21 @@ class LocalView:
         """Apply events (position order, each once) and advance the view to ``position``."""
         accept, reducer, streams = self._accept, self._reducer, self._streams
         with self._changed:
+            touched: dict[str, int] = {}
             for ev in events:
                 stream = ev.stream
                 if accept(stream):
                     prev = streams.get(stream)
                     state = reducer(None if prev is None else prev.state, ev)
                     streams[stream] = StreamState(stream, ev.version, ev.position, state)
-            self._position = max(self._position, position)
+                    touched[stream] = touched.get(stream, 0) + 1
+            position = max(self._position, position)
+            self._persist(touched, position)
+            self._position = position
             self._changed.notify_all()
+
+    def _persist(self, touched: dict[str, int], position: int) -> None:
+        """Keep the changed streams (name -> events applied) and the position; in memory: nothing to do."""
 
     def load_position(self) -> int:
         """Where a restarted subscriber resumes: an in-memory view starts empty."""
@@ -135,27 +142,17 @@ class SQLiteView(LocalView):
     def load_position(self) -> int:
         return self._position
 
-    def apply_batch(self, events: Sequence[RecordedEvent], position: int) -> None:
-        with self._changed:
-            touched: dict[str, int] = {}
-            for ev in events:
-                if self._accept(ev.stream):
-                    prev = self._streams.get(ev.stream)
-                    state = self._reducer(None if prev is None else prev.state, ev)
-                    self._streams[ev.stream] = StreamState(ev.stream, ev.version, ev.position, state)
-                    touched[ev.stream] = touched.get(ev.stream, 0) + 1
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT INTO view_streams (stream, version, position, state, applied) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (stream) DO UPDATE SET version = excluded.version, position = excluded.position, "
-                "state = excluded.state, applied = view_streams.applied + excluded.applied",
-                _rows(self._streams, touched),
-            )
-            self._db.execute("INSERT INTO view_position (id, position) VALUES (1, ?) ON CONFLICT (id) "
-                             "DO UPDATE SET position = excluded.position", (max(self._position, position),))
-            self._db.execute("COMMIT")
-            self._position = max(self._position, position)
-            self._changed.notify_all()
+    def _persist(self, touched: dict[str, int], position: int) -> None:
+        self._db.execute("BEGIN")
+        self._db.executemany(
+            "INSERT INTO view_streams (stream, version, position, state, applied) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (stream) DO UPDATE SET version = excluded.version, position = excluded.position, "
+            "state = excluded.state, applied = view_streams.applied + excluded.applied",
+            _rows(self._streams, touched),
+        )
+        self._db.execute("INSERT INTO view_position (id, position) VALUES (1, ?) ON CONFLICT (id) "
+                         "DO UPDATE SET position = excluded.position", (position,))
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from eventstore import eventlog
+from eventstore.db import convert
 from eventstore.decisions import Candidate, CommittedKey, Decision, KnownState, decide_batch
 from eventstore.envelope import Envelope, Headers, check_no_nul, check_stream, decode, printable, salvage_ids
 from eventstore.errors import DecodeError, EventStoreError, InvalidEventError, TransientStorageError
@@ -178,8 +179,8 @@ def write_batch(
     except psycopg.errors.DataError as e:
         # A value PostgreSQL cannot store slipped past validation: find the message and dead-letter it.
         raise PoisonBatchError(f"the database refused a value of this batch: {e.diag.message_primary}") from e
-    except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected, psycopg.OperationalError) as e:
-        raise TransientStorageError(f"batch transaction failed transiently; retrying: {e}") from e
+    except psycopg.Error as e:  # transient or not: db.convert decides, by SQLSTATE class
+        raise convert(e) from e
     return result
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import psycopg
 
@@ -80,7 +79,9 @@ def _agent_loop(client: AgentClient, stream: str, decide: Callable[[int], Event]
     for _attempt in range(5):
         events = client.read_stream(stream)
         version = events[-1].version if events else 0
-        quantity = _replay(events)
+        quantity = 0
+        for e in events:
+            quantity = quantity_reducer(quantity, e)
         if first:
             barrier.wait()  # both agents have read version 1 (stock 5) before either emits
             first = False
@@ -91,13 +92,6 @@ def _agent_loop(client: AgentClient, stream: str, decide: Callable[[int], Event]
             + (f" (stream is at v{r.current_version})" if r.status is Outcome.CONFLICT else f" as v{r.version}"))
         if r.status is not Outcome.CONFLICT:
             return
-
-
-def _replay(events: list[Any]) -> int:
-    q = 0
-    for e in events:
-        q = int(e.payload["quantity"]) if e.type == "InventoryUpdated" else q + int(e.payload["delta"])
-    return q
 
 
 def _describe(event: Event) -> str:

@@ -13,6 +13,8 @@ coordinator follows it too), so appenders never deadlock each other.
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from eventstore.errors import EmitTimeout
 from eventstore.events import Event, EventRegistry, registry
 from eventstore.hashing import GENESIS, canonical_json, chain_hash, intent_hash
 
@@ -166,8 +169,6 @@ def append(cur: Cursor, events: Sequence[NewEvent]) -> list[RecordedEvent]:
         ),
     )
     cur.execute(MOVE_HEAD, (head + len(events), prev))
-    import json
-
     return [
         RecordedEvent(
             position=p, event_id=e.event_id, stream=e.stream, version=e.version, type=e.type,
@@ -243,10 +244,6 @@ def head_position(cur: Cursor) -> int:
 
 def wait_for_position(cur: Cursor, position: int, timeout: float = 10.0) -> None:
     """Block until the log includes ``position`` (read-your-writes on a lagging reader)."""
-    import time
-
-    from eventstore.errors import EmitTimeout
-
     deadline = time.monotonic() + timeout
     while (head := head_position(cur)) < position:
         if time.monotonic() > deadline:

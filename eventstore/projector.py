@@ -240,12 +240,8 @@ class Projector(BackgroundRunner):
 
     def _write(self, conn: psycopg.Connection[Any], batch: list[IntakeMessage],
                poisoned: dict[tuple[int, int], str]) -> BatchResult:
-        try:
-            return write_batch(conn, group=self.group, topic=self.topic, messages=batch,
-                               models=self.models, types=registry, poisoned=poisoned)
-        except psycopg.Error as e:
-            with converted_errors():
-                raise e
+        return write_batch(conn, group=self.group, topic=self.topic, messages=batch,
+                           models=self.models, types=registry, poisoned=poisoned)
 
     def _reconnect(self) -> psycopg.Connection[Any]:
         delays = backoff_delays()

@@ -260,3 +260,35 @@ def test_sqlite_view_restores_its_state_and_position(tmp_path: Path) -> None:
     state = again.get("inventory-A")
     assert again.position == 2 and state is not None and (state.state, state.version) == (3, 2)
     again.close()
+
+
+def test_one_publisher_leads_and_a_republished_page_is_dropped_by_subscribers(
+    settings: Settings, projector: Projector
+) -> None:
+    """A publisher that crashed after producing but before its checkpoint publishes the page again:
+    subscribers recognise the repeats by position and apply nothing twice. A second publisher never
+    publishes while the first one leads."""
+    stream = stream_for("RP")
+    with AgentClient("rp", settings) as c:
+        assert all(h.result(30).ok for h in [c.emit(InventoryAdjusted(sku="RP", delta=1), stream) for _ in range(20)])
+    view = LocalView(quantity_reducer)
+    with Subscriber("republish", view=view, settings=settings, catch_up_from_db=False) as sub:
+        view.wait_for_position(20, 30)
+        standby = Publisher(settings).start()
+        time.sleep(1.5)
+        assert not standby.leading.is_set() and standby.published == 0  # the projector's publisher leads
+        standby.stop()
+        assert projector.publisher is not None
+        projector.publisher.stop()
+        with psycopg.connect(settings.database_url or "", autocommit=True) as conn:
+            conn.execute("UPDATE publisher_checkpoints SET position = 0")  # as if it died before saving
+        again = Publisher(settings).start()
+        try:
+            wait_until(lambda: again.published == 20, 30, "the restarted publisher to republish")
+            wait_until(lambda: sub.repeats_dropped == 20, 30, "the subscriber to drop the repeats")
+        finally:
+            again.stop()
+        state = view.get(stream)
+        assert state is not None and (state.state, state.version) == (20, 20)
+        assert sub.applied == 20 and sub.backfilled == 0
+    assert len(topic_messages(settings, settings.committed_topic, 40)) == 40
