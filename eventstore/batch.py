@@ -20,7 +20,7 @@ import psycopg
 
 from eventstore import eventlog
 from eventstore.db import convert
-from eventstore.decisions import Candidate, CommittedKey, Decision, KnownState, decide_batch
+from eventstore.decisions import INVALID, Candidate, CommittedKey, Decision, KnownState, decide_batch
 from eventstore.envelope import Envelope, Headers, check_no_nul, check_stream, decode, printable, salvage_ids
 from eventstore.errors import DecodeError, EventStoreError, InvalidEventError, TransientStorageError
 from eventstore.eventlog import NewEvent, RecordedEvent
@@ -58,9 +58,10 @@ COMMITTED_KEYS = (
 )
 INSERT_OUTCOMES = """
 INSERT INTO outcomes (event_id, agent_id, idempotency_key, stream, status, expected_version,
-                      current_version, original_position, reason, source_partition, source_offset)
+                      current_version, original_position, reason, source_partition, source_offset,
+                      reason_code)
 SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[],
-                     %b::bigint[], %b::bigint[], %b::text[], %b::int[], %b::bigint[])
+                     %b::bigint[], %b::bigint[], %b::text[], %b::int[], %b::bigint[], %b::text[])
 ON CONFLICT (event_id) DO NOTHING
 """
 INSERT_DEAD_LETTERS = """
@@ -274,7 +275,7 @@ def _record(
             result.rejections.extend(_rejection(e, d))
             rows.append((e.event_id, e.agent_id, e.idempotency_key, e.stream, d.status.value,
                          e.expected_version, d.current_version, pos, d.reason or "",
-                         p.message.partition, p.message.offset))
+                         p.message.partition, p.message.offset, d.code))
         per_agent[e.agent_id].append(res)
         result.results.append(res)
     for msg, reason in rejected:
@@ -286,7 +287,7 @@ def _record(
             result.rejections.append(EventRejected(event_id=event_id, agent_id=agent_id, stream=None,
                                                    reason=reason))
             rows.append((event_id, agent_id, key, None, "rejected", None, None, None, reason,
-                         msg.partition, msg.offset))
+                         msg.partition, msg.offset, INVALID))
             per_agent[agent_id].append(res)
             result.results.append(res)
     if rows:

@@ -32,6 +32,17 @@ class Candidate:
     intent: bytes
 
 
+# Reason codes, stored with every outcome that did not commit, so that tools count and select
+# outcomes by code instead of matching the human-readable reason text.
+DUPLICATE = "duplicate"
+KEY_REUSED = "key_reused"
+AGENT_KILLED = "agent_killed"
+LEASE_UNKNOWN = "lease_unknown"
+LEASE_STALE = "lease_stale"
+VERSION_CONFLICT = "version_conflict"
+INVALID = "invalid"  # undecodable, unknown type, invalid payload, refused by a read model or the database
+
+
 @dataclass
 class Decision:
     """The verdict on one candidate. For a duplicate of an event earlier in the same batch,
@@ -43,6 +54,7 @@ class Decision:
     original: CommittedKey | None = None
     duplicate_of: int | None = None
     reason: str | None = None
+    code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,31 +95,32 @@ def _decide_one(
     original = known.committed_keys.get(key)
     if original is not None:
         if original.intent == intent:
-            return Decision(Outcome.DUPLICATE, version=original.version, original=original,
+            return Decision(Outcome.DUPLICATE, version=original.version, original=original, code=DUPLICATE,
                             reason=f"idempotency key {key!r} was already committed at position {original.position}")
-        return Decision(Outcome.REJECTED, original=original, reason=_reuse_reason(key, original.stream))
+        return Decision(Outcome.REJECTED, original=original, reason=_reuse_reason(key, original.stream),
+                        code=KEY_REUSED)
     in_batch = batch_keys.get(key)
     if in_batch is not None:
         index, first = in_batch
         if first.intent == intent:
-            return Decision(Outcome.DUPLICATE, duplicate_of=index,
+            return Decision(Outcome.DUPLICATE, duplicate_of=index, code=DUPLICATE,
                             reason=f"idempotency key {key!r} was already committed")
-        return Decision(Outcome.REJECTED, reason=_reuse_reason(key, first.envelope.stream))
+        return Decision(Outcome.REJECTED, reason=_reuse_reason(key, first.envelope.stream), code=KEY_REUSED)
     if env.agent_id in known.killed_agents:
-        return Decision(Outcome.REJECTED, current_version=current,
+        return Decision(Outcome.REJECTED, current_version=current, code=AGENT_KILLED,
                         reason=f"agent {env.agent_id!r} was stopped by the kill switch "
                                f"({known.killed_agents[env.agent_id]}); an operator must revive it")
     if env.lease is not None:
         newest = known.fence_tokens.get(env.lease.resource)
         if newest is None or env.lease.token > newest:
-            return Decision(Outcome.REJECTED, current_version=current,
+            return Decision(Outcome.REJECTED, current_version=current, code=LEASE_UNKNOWN,
                             reason=f"lease token {env.lease.token} on {env.lease.resource!r} was never granted")
         if env.lease.token < newest:
-            return Decision(Outcome.REJECTED, current_version=current,
+            return Decision(Outcome.REJECTED, current_version=current, code=LEASE_STALE,
                             reason=f"stale lease on {env.lease.resource!r}: token {env.lease.token} is older than "
                                    f"the newest grant {newest}; the lease expired or was revoked")
     if env.expected_version is not None and env.expected_version != current:
-        return Decision(Outcome.CONFLICT, current_version=current,
+        return Decision(Outcome.CONFLICT, current_version=current, code=VERSION_CONFLICT,
                         reason=f"expected version {env.expected_version} of stream {env.stream!r}, "
                                f"but it is at {current}; re-read and retry")
     return Decision(Outcome.COMMITTED, current_version=current)

@@ -362,7 +362,8 @@ def test_metrics_snapshot_and_prometheus_text(coord: Coordinator, database_url: 
         assert coord.try_acquire("m", agent_id="b") is None
     with psycopg.connect(database_url) as conn:
         conn.execute(
-            "INSERT INTO outcomes (event_id, agent_id, status, reason) VALUES (%s, 'b', 'rejected', %s)",
+            "INSERT INTO outcomes (event_id, agent_id, status, reason, reason_code) "
+            "VALUES (%s, 'b', 'rejected', %s, 'lease_stale')",
             (uuid.uuid4(), "stale lease on 'm': token 1 is older than the newest grant 2"))
     assert coord.refresh_fence_rejections() == {"b": 1}
     snap = coord.metrics.snapshot()

@@ -99,3 +99,4 @@ def test_stale_and_unknown_lease_tokens_are_rejected_current_one_accepted() -> N
     assert stale.status is Outcome.REJECTED and stale.reason is not None and "stale lease" in stale.reason
     assert current.status is Outcome.COMMITTED
     assert forged.status is Outcome.REJECTED and never.status is Outcome.REJECTED
+    assert (stale.code, forged.code, never.code) == ("lease_stale", "lease_unknown", "lease_unknown")

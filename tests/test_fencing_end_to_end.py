@@ -41,3 +41,6 @@ def test_stale_lease_is_fenced_and_killed_agent_is_rejected(settings: Settings, 
     history = scalar(db, "SELECT string_agg(type, ',' ORDER BY position) FROM events WHERE stream LIKE %s",
                      ("agent-%",))
     assert "AgentKilled" in history and "AgentRevived" in history
+    codes = scalar(db, "SELECT string_agg(reason_code, ',' ORDER BY decided_at) FROM outcomes")
+    # late paused holder; both writes while killed (the kill check comes first); the revoked lease after revive
+    assert codes == "lease_stale,agent_killed,agent_killed,lease_stale"

@@ -139,6 +139,6 @@ REVIVE = (
 )
 FENCE_REJECTIONS = """
 SELECT agent_id, count(*) FROM outcomes
-WHERE status = 'rejected' AND (reason LIKE 'stale lease%%' OR reason LIKE 'lease token%%')
+WHERE status = 'rejected' AND reason_code IN ('lease_stale', 'lease_unknown')
 GROUP BY agent_id
 """
