@@ -23,14 +23,16 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from consumers.checkpoints import Checkpoint
 from consumers.views import LocalView
-from eventstore import eventlog
-from eventstore.committed import decode_committed
-from eventstore.errors import DecodeError
-from eventstore.eventlog import RecordedEvent
-from eventstore.events import Event
-from eventstore.kafka import consumer_config
-from eventstore.runner import BackgroundRunner
-from eventstore.settings import Settings
+from eventstore.core.errors import DecodeError
+from eventstore.core.events import Event
+from eventstore.core.lifecycle import BackgroundRunner
+from eventstore.core.records import RecordedEvent
+from eventstore.core.settings import Settings
+from eventstore.discovery import resolve_settings
+from eventstore.kafka.config import consumer_config
+from eventstore.postgres import eventlog
+from eventstore.postgres.connection import Database
+from eventstore.wire.committed import decode_committed
 
 log = logging.getLogger(__name__)
 Handler = Callable[[RecordedEvent], None]
@@ -53,7 +55,9 @@ class Subscriber(BackgroundRunner):
     ) -> None:
         super().__init__(f"subscriber-{group}")
         self.group = group
-        self.settings = settings or Settings.from_env()
+        self.settings = resolve_settings(settings, need_kafka=True)
+        self.database = Database(self.settings.require_database(),
+                                 application_name=f"eventstore-subscriber:{group}"[:63])
         self.view = view if view is not None else LocalView()
         self.handlers = {(k if isinstance(k, str) else k.event_type): v for k, v in (handlers or {}).items()}
         self.checkpoint = checkpoint
@@ -175,9 +179,8 @@ class Subscriber(BackgroundRunner):
         return events
 
     def _conn(self) -> psycopg.Connection[Any]:
-        if self._db is None or self._db.closed:
-            db, _ = self.settings.require_servers()
-            self._db = psycopg.connect(db, autocommit=True)
+        if self._db is None or self._db.closed or self._db.broken:
+            self._db = self.database.connect(autocommit=True)
         return self._db
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eventstore.errors import EmitTimeout
-from eventstore.eventlog import RecordedEvent
+from eventstore.core.errors import EmitTimeout
+from eventstore.core.records import RecordedEvent
 
 Reducer = Callable[[Any, RecordedEvent], Any]
 
@@ -92,22 +92,25 @@ class LocalView:
     def wait_for_position(self, position: int, timeout: float = 10.0) -> None:
         self._wait(lambda: self._position >= position, timeout, f"global position {position}")
 
-    def wait_for_version(self, stream: str, version: int, timeout: float = 10.0) -> StreamState:
+    def wait_for_version(self, stream: str, version: int, timeout: float = 10.0) -> StreamState | None:
+        """Block until the view has ``stream`` at ``version`` or later; its state then, or None for a
+        stream with no events yet (``version`` 0)."""
         self._wait(lambda: self.version_of(stream) >= version, timeout, f"{stream!r} at version {version}")
-        st = self._streams.get(stream)
-        assert st is not None
-        return st
+        return self._streams.get(stream)
 
     def wait_until(self, stream: str, predicate: Callable[[StreamState], bool], timeout: float = 10.0) -> StreamState:
         """Block until the stream's state satisfies ``predicate`` (e.g. stock > 0), bounded by ``timeout``."""
-        def ok() -> bool:
-            st = self._streams.get(stream)
-            return st is not None and predicate(st)
+        found: list[StreamState] = []
 
-        self._wait(ok, timeout, f"a condition on {stream!r}")
-        st = self._streams.get(stream)
-        assert st is not None
-        return st
+        def ok_and_keep() -> bool:
+            st = self._streams.get(stream)
+            if st is not None and predicate(st):
+                found[:] = [st]
+                return True
+            return False
+
+        self._wait(ok_and_keep, timeout, f"a condition on {stream!r}")
+        return found[0]
 
     def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from eventstore.errors import EmbeddedServerError
+from eventstore.core.errors import EmbeddedServerError
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -8,9 +8,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from eventstore.eventlog import RecordedEvent
-from eventstore.events import Event
-from eventstore.readmodels import ReadModel, read_models
+from eventstore.core.events import Event
+from eventstore.core.records import RecordedEvent
+from eventstore.postgres.readmodels import ReadModel, read_models
 
 
 class DocumentTitled(Event):

@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from eventstore.projector import Projector
-from eventstore.settings import Settings
+from eventstore.core.settings import Settings
+from eventstore.projection.projector import Projector
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:

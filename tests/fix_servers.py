@@ -21,10 +21,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from pydantic import SecretStr
 
+from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedBroker, EmbeddedPostgres
-from eventstore.migrate import upgrade
-from eventstore.settings import Settings
+from eventstore.postgres.migrate import upgrade
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def database_url(servers: Servers, template_db: str) -> Iterator[str]:
 def settings(servers: Servers, database_url: str) -> Settings:
     """Settings for one test: its own database and its own topic namespace."""
     return Settings(
-        database_url=database_url,
+        database_url=SecretStr(database_url),
         kafka_bootstrap=servers.kafka_bootstrap,
         namespace=f"t{uuid.uuid4().hex[:10]}",
         intake_partitions=4,

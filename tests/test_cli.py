@@ -53,5 +53,5 @@ def test_dev_serves_other_commands_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -
 
 def test_commands_without_servers_say_what_to_do(tmp_path: Path) -> None:
     result = run(["verify"], tmp_path)
-    assert result.returncode == 2
+    assert result.returncode == 3  # EXIT_CONFIG: configuration missing
     assert "EVENTSTORE_DATABASE_URL" in result.stderr and "Traceback" not in result.stderr

@@ -9,16 +9,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from eventstore.client import build_envelope
-from eventstore.envelope import Envelope, LeaseRef, decode, encode, salvage_ids
-from eventstore.errors import ConfigurationError, DecodeError, InvalidEventError, UnknownEventTypeError
-from eventstore.events import registry
+from eventstore.core.backoff import backoff_delays
+from eventstore.core.errors import ConfigurationError, DecodeError, InvalidEventError, UnknownEventTypeError
+from eventstore.core.events import registry
+from eventstore.core.hashing import GENESIS, canonical_json, chain_hash, intent_hash
+from eventstore.core.outcomes import EmitResult, Outcome
+from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryAdjusted, InventoryUpdated
-from eventstore.hashing import GENESIS, canonical_json, chain_hash, intent_hash
-from eventstore.notify import MAX_PAYLOAD, pack, unpack
-from eventstore.outcomes import EmitResult, Outcome
-from eventstore.retry import backoff_delays
-from eventstore.settings import Settings
+from eventstore.sdk.client import build_envelope
+from eventstore.wire.envelope import Envelope, LeaseRef, decode, encode, salvage_ids
+from eventstore.wire.notifications import MAX_PAYLOAD, pack, unpack
 
 
 def envelope(**kw: object) -> Envelope:
@@ -90,7 +90,7 @@ def test_sdk_refuses_ids_and_leases_of_the_wrong_type() -> None:
 
 
 def test_sdk_refuses_nul_reserved_streams_and_server_only_types() -> None:
-    from eventstore.coordination.events import LeaseGranted
+    from eventstore.core.lockevents import LeaseGranted
 
     def env(event: object, stream: str) -> None:
         build_envelope("a", event, stream, expected_version=None, idempotency_key=None,  # type: ignore[arg-type]
@@ -168,12 +168,15 @@ def test_settings_from_environment_and_errors_naming_the_variable() -> None:
 
 
 def test_committed_event_round_trips_and_bad_messages_are_named() -> None:
-    from eventstore.committed import decode_committed, encode_committed
-    from eventstore.eventlog import RecordedEvent
+    from eventstore.core.records import RecordedEvent
+    from eventstore.wire.committed import decode_committed, encode_committed
 
     eid = uuid.uuid4()
-    ev = RecordedEvent(7, eid, "inventory-A1", 3, "InventoryAdjusted", 1, {"sku": "A1", "delta": -1}, "agent",
-                       "key-1", eid, uuid.uuid4(), datetime.now(UTC), datetime.now(UTC), "inventory:A1", 4)
+    ev = RecordedEvent(position=7, event_id=eid, stream="inventory-A1", version=3, type="InventoryAdjusted",
+                       schema_version=1, payload={"sku": "A1", "delta": -1}, agent_id="agent",
+                       idempotency_key="key-1", correlation_id=eid, causation_id=uuid.uuid4(),
+                       occurred_at=datetime.now(UTC), recorded_at=datetime.now(UTC),
+                       lease_resource="inventory:A1", fencing_token=4)
     key, value, headers = encode_committed(ev)
     assert key == b"inventory-A1" and ("es-position", "7") in headers
     assert decode_committed(value) == ev

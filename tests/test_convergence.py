@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from consumers import LocalView, Subscriber
 from eventstore import AgentClient, Projector
-from eventstore.eventlog import head_position, read_all
+from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryAdjusted, InventoryUpdated, quantity_reducer, stream_for
-from eventstore.settings import Settings
+from eventstore.postgres.eventlog import head_position, read_all
 
 AGENTS = 6
 op = st.tuples(st.integers(0, 3), st.sampled_from(["set", "add"]), st.integers(-5, 20), st.booleans())
@@ -26,7 +26,7 @@ plans = st.lists(st.lists(op, max_size=8), min_size=AGENTS, max_size=AGENTS)
 @given(plan=plans)
 def test_live_model_subscriber_views_and_rebuild_agree(settings: Settings, projector: Projector,
                                                        plan: list[list[tuple[int, str, int, bool]]]) -> None:
-    db = settings.database_url or ""
+    db = settings.require_database()
     prefix = f"P{uuid.uuid4().hex[:6]}-"
     views = [LocalView(quantity_reducer) for _ in range(2)]
     subs = [Subscriber(f"live-{i}-{prefix}", view=v, settings=settings).start() for i, v in enumerate(views)]

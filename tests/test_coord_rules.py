@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from eventstore.coordination import rules
-from eventstore.coordination.rules import Holder, Mode, Waiter
+from eventstore.core import lockrules as rules
+from eventstore.core.lockrules import Holder, Mode, Waiter
 
 X, S = Mode.EXCLUSIVE, Mode.SHARED
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

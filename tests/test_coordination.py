@@ -22,17 +22,17 @@ import psycopg
 import pytest
 
 from eventstore.coordination import AsyncCoordinator, Coordinator, Lease, Mode
-from eventstore.coordination.leases import wait_graph
-from eventstore.decisions import Candidate, KnownState, decide_batch
-from eventstore.envelope import Envelope, LeaseRef
-from eventstore.errors import (
+from eventstore.core.decisions import Candidate, KnownState, decide_batch
+from eventstore.core.errors import (
     AgentKilledError,
     DeadlockDetected,
     LeaseNotHeldError,
     LeaseTimeout,
     LockOrderViolation,
 )
-from eventstore.outcomes import Outcome
+from eventstore.core.outcomes import Outcome
+from eventstore.postgres.leases import wait_graph
+from eventstore.wire.envelope import Envelope, LeaseRef
 
 
 @pytest.fixture
@@ -329,7 +329,7 @@ def test_wait_exceeded_alert_goes_to_webhook_and_event_log(database_url: str) ->
 
 def test_webhook_failure_is_logged_not_raised(database_url: str) -> None:
     from eventstore.coordination.alerts import Alerter
-    from eventstore.coordination.events import AgentRevived
+    from eventstore.core.lockevents import AgentRevived
 
     assert Alerter("http://127.0.0.1:9/nowhere", timeout=0.5).post(AgentRevived(agent_id="x")) is False
 
@@ -442,12 +442,12 @@ def test_a_waiting_agent_that_is_killed_stops_waiting(coord: Coordinator) -> Non
 
 
 def _queued(coord: Coordinator, agent: str) -> bool:
-    _, waiters = coord._tx(lambda cur: wait_graph(cur, 5.0))
+    _, waiters = coord.run_step(lambda cur: wait_graph(cur, 5.0))
     return any(w.agent_id == agent for w in waiters)
 
 
 def test_bad_requests_are_refused_before_touching_the_database(coord: Coordinator) -> None:
-    from eventstore.errors import ConfigurationError, InvalidEventError
+    from eventstore.core.errors import ConfigurationError, InvalidEventError
 
     with pytest.raises(ConfigurationError):
         coord.acquire("r", agent_id="a", ttl=0)

@@ -9,8 +9,8 @@ import psycopg
 import pytest
 
 from eventstore import AgentClient
+from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryAdjusted, stream_for
-from eventstore.settings import Settings
 from tests.fix_projector import ProjectorProcess, scalar, wait_until
 
 SKUS = 50
@@ -44,7 +44,7 @@ def assert_exactly_once(db: str, total: int) -> None:
 def test_projector_sigkilled_mid_stream_then_restarted_applies_everything_once(
     settings: Settings, spawn_projector: Callable[..., ProjectorProcess]
 ) -> None:
-    db, total = settings.database_url or "", 30_000
+    db, total = settings.require_database(), 30_000
     emit_many(settings, total)
     first = spawn_projector(EVENTSTORE_BATCH_SIZE="200")
     wait_until(lambda: (scalar(db, "SELECT position FROM log_head") or 0) > total // 10, 60,
@@ -62,7 +62,7 @@ def test_projector_sigkilled_mid_stream_then_restarted_applies_everything_once(
 def test_two_projectors_in_one_group_one_killed_mid_run(
     settings: Settings, spawn_projector: Callable[..., ProjectorProcess]
 ) -> None:
-    db, total = settings.database_url or "", 20_000
+    db, total = settings.require_database(), 20_000
     a = spawn_projector(EVENTSTORE_BATCH_SIZE="100")
     b = spawn_projector(EVENTSTORE_BATCH_SIZE="100")
     try:
@@ -89,13 +89,13 @@ def test_zombie_batch_is_fenced_by_the_stored_offsets(settings: Settings) -> Non
     missed: both try to commit at once; the offsets row lock lets exactly one apply them."""
     import threading
 
-    from eventstore.batch import BatchResult, IntakeMessage, write_batch
-    from eventstore.client import build_envelope
-    from eventstore.envelope import encode
-    from eventstore.events import registry
+    from eventstore.core.events import registry
     from eventstore.examples.inventory import InventoryModel
+    from eventstore.postgres.intake import BatchResult, IntakeMessage, write_batch
+    from eventstore.sdk.client import build_envelope
+    from eventstore.wire.envelope import encode
 
-    db = settings.database_url or ""
+    db = settings.require_database()
     msgs = []
     for off in range(50):
         env = build_envelope("z", InventoryAdjusted(sku="Z", delta=1), stream_for("Z"), expected_version=None,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from eventstore.decisions import Candidate, CommittedKey, KnownState, decide_batch
-from eventstore.envelope import Envelope, LeaseRef
-from eventstore.hashing import canonical_json, intent_hash
-from eventstore.outcomes import Outcome
+from eventstore.core.decisions import Candidate, CommittedKey, KnownState, decide_batch
+from eventstore.core.hashing import canonical_json, intent_hash
+from eventstore.core.outcomes import Outcome
+from eventstore.wire.envelope import Envelope, LeaseRef
 
 
 def cand(stream: str = "s", key: str | None = None, expected: int | None = None, payload: int = 1,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from eventstore import demo
-from eventstore.settings import Settings
+from eventstore.cli import demo
+from eventstore.core.settings import Settings
 
 
 def test_restock_in_flight_is_seen_as_soon_as_it_commits(settings: Settings) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 from eventstore import AgentClient, Coordinator, Outcome, Projector
+from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryAdjusted, stream_for
-from eventstore.settings import Settings
 from tests.fix_projector import scalar
 
 
@@ -36,7 +36,7 @@ def test_stale_lease_is_fenced_and_killed_agent_is_rejected(settings: Settings, 
         revoked_lease = nxt.emit_and_wait(InventoryAdjusted(sku="F1", delta=5), stream, lease=new)
         assert revoked_lease.status is Outcome.REJECTED and "stale lease" in (revoked_lease.reason or "")
         assert nxt.emit_and_wait(InventoryAdjusted(sku="F1", delta=4), stream).status is Outcome.COMMITTED
-    db = settings.database_url or ""
+    db = settings.require_database()
     assert scalar(db, "SELECT quantity FROM inventory WHERE sku = 'F1'") == 1 + 2 + 4
     history = scalar(db, "SELECT string_agg(type, ',' ORDER BY position) FROM events WHERE stream LIKE %s",
                      ("agent-%",))

@@ -8,15 +8,17 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventstore.eventlog import RecordedEvent
+from eventstore.core.records import RecordedEvent
 from eventstore.examples.inventory import SkuChange, fold
 
 
 def rec(version: int, sku: str, kind: str, n: int) -> RecordedEvent:
     payload: dict[str, object] = {"sku": sku, "quantity": n} if kind == "set" else {"sku": sku, "delta": n}
-    return RecordedEvent(version, uuid.uuid4(), f"inventory-{sku}", version,
-                         "InventoryUpdated" if kind == "set" else "InventoryAdjusted", 1, payload, "a", str(version),
-                         uuid.uuid4(), None, None, datetime.now(UTC))
+    eid = uuid.uuid4()
+    return RecordedEvent(position=version, event_id=eid, stream=f"inventory-{sku}", version=version,
+                         type="InventoryUpdated" if kind == "set" else "InventoryAdjusted", schema_version=1,
+                         payload=payload, agent_id="a", idempotency_key=str(version), correlation_id=eid,
+                         causation_id=None, occurred_at=None, recorded_at=datetime.now(UTC))
 
 
 def test_set_then_adjust_folds_into_one_change() -> None:

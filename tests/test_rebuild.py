@@ -13,13 +13,16 @@ import pytest
 from psycopg import sql
 
 from eventstore import AgentClient, Projector
-from eventstore.errors import ConfigurationError, TransientStorageError
-from eventstore.eventlog import DirectEvent, append_direct, read_all
-from eventstore.events import Event
+from eventstore.cli.main import EXIT_CONFIG
+from eventstore.cli.main import main as cli
+from eventstore.core.errors import ConfigurationError, TransientStorageError
+from eventstore.core.events import Event
+from eventstore.core.records import DirectEvent
+from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryAdjusted, InventoryModel, InventoryUpdated, stream_for
-from eventstore.readmodels import apply_all
-from eventstore.rebuild import cli_main, rebuild
-from eventstore.settings import Settings
+from eventstore.postgres.eventlog import append_direct, read_all
+from eventstore.postgres.readmodels import apply_all
+from eventstore.projection.rebuild import rebuild
 from tests.fix_projector import scalar, wait_until
 
 SKUS = [f"S{i:02d}" for i in range(50)]
@@ -90,7 +93,7 @@ class Emitter(threading.Thread):
 
 def test_rebuild_under_load_swaps_exactly_and_the_projector_follows(settings: Settings,
                                                                    projector: Projector) -> None:
-    db = settings.database_url or ""
+    db = settings.require_database()
     rng = random.Random(1)
     with AgentClient("seed-agent", settings) as client:
         for _ in range(2000):
@@ -124,16 +127,18 @@ def test_rebuild_under_load_swaps_exactly_and_the_projector_follows(settings: Se
     print(f"\nrebuild: {report.summary()}")
 
 
-def test_unknown_model_names_the_registered_ones(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_model_names_the_registered_ones(database_url: str, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError, match=r"unknown read model.*'nope'.*registered: \[.*'inventory'"):
         rebuild(database_url, "nope")
-    assert cli_main("nope", database_url) == 2
+    monkeypatch.setenv("EVENTSTORE_DATABASE_URL", database_url)
+    assert cli(["rebuild", "nope"]) == EXIT_CONFIG
     assert "registered" in capsys.readouterr().err
     assert not relations(database_url, "nope")
 
 
-def test_rebuild_twice_leftovers_and_prepared_statements(database_url: str,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_rebuild_twice_leftovers_and_prepared_statements(database_url: str, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A long-lived writer connection that prepares every statement (as psycopg does after five runs)
     keeps writing into whichever table carries the live name after each swap."""
     rng = random.Random(3)
@@ -160,7 +165,8 @@ def test_rebuild_twice_leftovers_and_prepared_statements(database_url: str,
         assert rows(database_url, "inventory") == sequential(database_url)
         with writer.transaction():  # a crashed earlier rebuild left a half-filled table behind
             writer.execute("CREATE TABLE inventory__rebuild (junk int)")
-        assert cli_main("inventory", database_url) == 0
+        monkeypatch.setenv("EVENTSTORE_DATABASE_URL", database_url)
+        assert cli(["rebuild", "inventory"]) == 0
         assert "swapped at log position 200" in capsys.readouterr().out
         project(50)
     assert rows(database_url, "inventory") == sequential(database_url)

@@ -19,11 +19,12 @@ from confluent_kafka import Consumer, TopicPartition
 
 from consumers import LocalView, SQLiteView, Subscriber
 from eventstore import AgentClient, Outcome, Projector
-from eventstore.committed import decode_committed
-from eventstore.eventlog import DirectEvent, append_direct, read_all
+from eventstore.core.records import DirectEvent
+from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryAdjusted, InventoryUpdated, quantity_reducer, stream_for
-from eventstore.publisher import Publisher
-from eventstore.settings import Settings
+from eventstore.postgres.eventlog import append_direct, read_all
+from eventstore.projection.publisher import Publisher
+from eventstore.wire.committed import decode_committed
 from tests.fix_projector import scalar, settings_env, wait_until
 
 
@@ -77,7 +78,7 @@ def test_only_committed_events_reach_the_committed_topic_in_position_order(setti
 def test_a_late_commit_cannot_carry_a_lower_position(settings: Settings) -> None:
     """The trap of sequence-based logs: transaction A starts appending first, B commits first. With the
     log-head lock B waits for A, so positions follow commit order and a tailing subscriber skips nothing."""
-    db = settings.database_url or ""
+    db = settings.require_database()
     publisher = Publisher(settings).start()
     view = LocalView()
     sub = Subscriber("tail", view=view, settings=settings, catch_up_from_db=False).start()
@@ -113,7 +114,7 @@ def test_a_late_commit_cannot_carry_a_lower_position(settings: Settings) -> None
 def test_subscriber_catches_up_from_postgres_when_kafka_lacks_the_start(settings: Settings) -> None:
     """The topic starts at position 31 (as after retention); a subscriber from the beginning reads
     1..30 from PostgreSQL and the rest from Kafka, without gap or repeat."""
-    db = settings.database_url or ""
+    db = settings.require_database()
     with Projector(settings, publish=False) as p, AgentClient("early", settings) as c:
         assert p.ready.wait(30)
         handles = [c.emit(InventoryAdjusted(sku=f"L{i % 3}", delta=1), stream_for(f"L{i % 3}")) for i in range(30)]
@@ -166,7 +167,7 @@ def test_agent_sees_a_restock_as_soon_as_it_commits_and_retries_on_conflict(sett
 
 
 def test_read_your_writes_everywhere(settings: Settings, projector: Projector) -> None:
-    db = settings.database_url or ""
+    db = settings.require_database()
     with AgentClient("writer", settings) as c:
         view = c.follow()
         r = c.emit_and_wait(InventoryUpdated(sku="RYW", quantity=7), stream_for("RYW"))
@@ -202,7 +203,7 @@ def follower(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], subpro
 def test_subscriber_sigkilled_and_restarted_has_no_gap_and_no_double_apply(
     settings: Settings, projector: Projector, follower: Callable[[], subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    db, path = settings.database_url or "", tmp_path / "view.sqlite"
+    db, path = settings.require_database(), tmp_path / "view.sqlite"
 
     def view_position() -> int:
         if not path.exists():
@@ -280,7 +281,7 @@ def test_one_publisher_leads_and_a_republished_page_is_dropped_by_subscribers(
         standby.stop()
         assert projector.publisher is not None
         projector.publisher.stop()
-        with psycopg.connect(settings.database_url or "", autocommit=True) as conn:
+        with psycopg.connect(settings.require_database(), autocommit=True) as conn:
             conn.execute("UPDATE publisher_checkpoints SET position = 0")  # as if it died before saving
         again = Publisher(settings).start()
         try:

@@ -7,7 +7,6 @@ import json
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -15,13 +14,13 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from eventstore import AgentClient, AsyncAgentClient, Outcome, Projector, ReadModel, RecordedEvent
-from eventstore.client import build_envelope
-from eventstore.db import convert
-from eventstore.envelope import encode
-from eventstore.errors import AppendOnlyViolation, InvalidEventError
-from eventstore.eventlog import verify_chain
+from eventstore.core.errors import AppendOnlyViolation, InvalidEventError
+from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryAdjusted, InventoryUpdated, stream_for
-from eventstore.settings import Settings
+from eventstore.postgres.connection import convert
+from eventstore.postgres.eventlog import verify_chain
+from eventstore.sdk.client import build_envelope
+from eventstore.wire.envelope import encode
 from tests.fix_projector import ProjectorProcess, scalar, wait_until
 
 
@@ -54,7 +53,7 @@ def test_emit_commit_and_read_back(settings: Settings, projector: Projector) -> 
         assert events[1].idempotency_key == "order-981" and events[1].event() == InventoryAdjusted(sku="A1", delta=-2)
         assert events[0].recorded_at <= events[1].recorded_at
         assert [e.version for e in client.read_stream(stream_for("A1"), from_version=1)] == [2]
-    assert scalar(settings.database_url or "", "SELECT quantity FROM inventory WHERE sku = 'A1'") == 3
+    assert scalar(settings.require_database(), "SELECT quantity FROM inventory WHERE sku = 'A1'") == 3
 
 
 def test_ten_agents_race_on_one_stream_exactly_one_wins_each_version(settings: Settings,
@@ -95,7 +94,7 @@ def test_ten_agents_race_on_one_stream_exactly_one_wins_each_version(settings: S
     first_round = [log[0] for log in outcomes.values()]
     assert sum(1 for s, _, _ in first_round if s is Outcome.COMMITTED) == 1
     assert sum(1 for s, _, _ in first_round if s is Outcome.CONFLICT) == agents - 1
-    db = settings.database_url or ""
+    db = settings.require_database()
     with psycopg.connect(db) as conn:
         rows = conn.execute("SELECT version, payload, agent_id FROM events WHERE stream = %s ORDER BY version",
                             (stream,)).fetchall()
@@ -120,7 +119,7 @@ def test_same_key_twice_and_after_a_producer_restart_has_one_effect(settings: Se
     for dup in (second, third):
         assert (dup.status, dup.position, dup.version) == (Outcome.DUPLICATE, first.position, first.version)
     assert reuse.status is Outcome.REJECTED and "already used" in (reuse.reason or "")
-    db = settings.database_url or ""
+    db = settings.require_database()
     assert scalar(db, "SELECT count(*) FROM events WHERE idempotency_key = 'order-1'") == 1
     assert scalar(db, "SELECT quantity FROM inventory WHERE sku = 'IDEM'") == -1
     assert scalar(db, "SELECT count(*) FROM outcomes WHERE idempotency_key = 'order-1'") == 3
@@ -134,7 +133,7 @@ def test_many_in_flight_emits_resolve_and_keep_stream_order(settings: Settings, 
     for sku in range(5):
         versions = [r.version for h, r in zip(handles, results, strict=True) if h.stream == stream_for(f"S{sku}")]
         assert versions == list(range(1, 101))  # emit order within a stream is commit order
-    assert scalar(settings.database_url or "", "SELECT sum(quantity) FROM inventory") == 500
+    assert scalar(settings.require_database(), "SELECT sum(quantity) FROM inventory") == 500
 
 
 def test_async_client(settings: Settings, projector: Projector) -> None:
@@ -168,7 +167,7 @@ def _raw_producer(settings: Settings) -> Producer:
 def test_garbage_and_unknown_types_are_dead_lettered_and_the_projector_carries_on(
     settings: Settings, projector: Projector
 ) -> None:
-    db = settings.database_url or ""
+    db = settings.require_database()
     with AgentClient("agent-x", settings) as c:
         good = build_envelope("agent-x", InventoryUpdated(sku="DL", quantity=1), stream_for("DL"),
                               expected_version=None, idempotency_key=None, correlation_id=None,
@@ -213,7 +212,7 @@ def test_garbage_and_unknown_types_are_dead_lettered_and_the_projector_carries_o
 
 
 def test_event_log_is_append_only_and_tamper_evident(settings: Settings, projector: Projector) -> None:
-    db = settings.database_url or ""
+    db = settings.require_database()
     with AgentClient("auditor-test", settings) as c:
         for q in (1, 2, 3):
             assert c.emit_and_wait(InventoryUpdated(sku="H", quantity=q), stream_for("H")).ok
@@ -243,7 +242,7 @@ def test_projector_learns_app_types_from_app_modules(
     """Agents and projector are separate codebases: the projector imports EVENTSTORE_APP_MODULES."""
     from tests.app_events import DocumentTitled
 
-    db = settings.database_url or ""
+    db = settings.require_database()
     plain = spawn_projector(EVENTSTORE_APP_MODULES="eventstore.examples.inventory")
     with AgentClient("writer", settings) as c:
         r = c.emit_and_wait(DocumentTitled(doc="d1", title="Draft"), "doc-d1", timeout=60)
@@ -258,7 +257,7 @@ def test_projector_learns_app_types_from_app_modules(
 def test_read_model_failure_dead_letters_only_the_poison_event(settings: Settings) -> None:
     """An inventory event on the wrong stream makes the handler fail: that event is rejected, the
     rest of its batch commits."""
-    s = replace(settings, batch_size=500)
+    s = settings.replace(batch_size=500)
     with AgentClient("mixed", s) as c:
         handles = [c.emit(InventoryAdjusted(sku="P", delta=1), stream_for("P")) for _ in range(5)]
         poison = c.emit(InventoryAdjusted(sku="P", delta=1), "inventory-not-P")
@@ -270,7 +269,7 @@ def test_read_model_failure_dead_letters_only_the_poison_event(settings: Setting
             bad = poison.result(30)
     assert all(r.status is Outcome.COMMITTED for r in results)
     assert bad.status is Outcome.REJECTED and "belong on" in (bad.reason or "")
-    assert scalar(settings.database_url or "", "SELECT quantity FROM inventory WHERE sku = 'P'") == 10
+    assert scalar(settings.require_database(), "SELECT quantity FROM inventory WHERE sku = 'P'") == 10
 
 
 class _Fragile(ReadModel):
@@ -298,14 +297,14 @@ def test_read_model_sql_error_rejects_only_that_event(settings: Settings) -> Non
     assert [r.status for r in results] == [Outcome.COMMITTED, Outcome.COMMITTED, Outcome.REJECTED,
                                            Outcome.COMMITTED]
     assert "fragile" in (results[2].reason or "") and "division by zero" in (results[2].reason or "")
-    assert scalar(settings.database_url or "", "SELECT total FROM fragile WHERE sku = 'Q'") == 100 + 50 + 25
+    assert scalar(settings.require_database(), "SELECT total FROM fragile WHERE sku = 'Q'") == 100 + 50 + 25
 
 
 def test_values_postgres_cannot_store_and_forged_history_never_stop_the_projector(
     settings: Settings, projector: Projector
 ) -> None:
     """Each of these once could have crash-looped a projector; now each is dead-lettered with a reason."""
-    db = settings.database_url or ""
+    db = settings.require_database()
     with AgentClient("fuzzer", settings) as c:
         first = c.emit_and_wait(InventoryUpdated(sku="N", quantity=1), stream_for("N"))
         base = json.loads(encode(build_envelope("fuzzer", InventoryUpdated(sku="N", quantity=2), stream_for("N"),

@@ -24,8 +24,9 @@ from typing import Any
 import psycopg
 
 from eventstore.coordination import Coordinator
-from eventstore.coordination.events import LeaseReleased
-from eventstore.eventlog import DirectEvent, append_direct
+from eventstore.core.lockevents import LeaseReleased
+from eventstore.core.records import DirectEvent
+from eventstore.postgres.eventlog import append_direct
 
 
 def pct(values: list[float], q: float) -> float:
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         bench(url, args.rounds, args.per_agent)
         return
     from eventstore.embedded import EmbeddedPostgres
-    from eventstore.migrate import upgrade
+    from eventstore.postgres.migrate import upgrade
 
     with tempfile.TemporaryDirectory(prefix="bench-leases-") as tmp:
         pg = EmbeddedPostgres(data_dir=Path(tmp) / "pg", ephemeral=True)

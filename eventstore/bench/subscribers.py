@@ -31,29 +31,32 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from psycopg.rows import dict_row
 
 from consumers.checkpoints import MemoryCheckpoint
 from consumers.subscriber import Subscriber
 from consumers.views import LocalView
-from eventstore import eventlog
 from eventstore.bench.writepath import SKUS, Latency, projector, wait_ready
-from eventstore.client import AgentClient
-from eventstore.committed import encode_committed
+from eventstore.core.hashing import canonical_json, intent_hash
+from eventstore.core.outcomes import Outcome
+from eventstore.core.records import NewEvent, RecordedEvent
+from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
-from eventstore.eventlog import EVENT_COLUMNS, NewEvent, RecordedEvent
 from eventstore.examples.inventory import InventoryAdjusted, quantity_reducer, stream_for
-from eventstore.hashing import canonical_json, intent_hash
-from eventstore.kafka import consumer_config
-from eventstore.migrate import upgrade
-from eventstore.outcomes import Outcome
-from eventstore.publisher import SAVE_CHECKPOINT, Publisher
-from eventstore.settings import Settings
+from eventstore.kafka.config import consumer_config
+from eventstore.postgres import eventlog
+from eventstore.postgres.eventlog import EVENT_COLUMNS, to_recorded
+from eventstore.postgres.migrate import upgrade
+from eventstore.projection.publisher import SAVE_CHECKPOINT, Publisher
+from eventstore.sdk.client import AgentClient
+from eventstore.wire.committed import encode_committed
 
 FILL_BATCH = 10_000
 NAIVE_SAMPLE = 20_000
@@ -200,12 +203,13 @@ def naive(conn: psycopg.Connection[Any], n: int) -> Rate:
     view = LocalView(quantity_reducer)
     query = f"SELECT {EVENT_COLUMNS} FROM events WHERE position = %s"
     t0 = time.perf_counter()
-    with conn.cursor() as cur:
+    with conn.cursor(row_factory=dict_row) as cur:
         for pos in range(1, n + 1):
             cur.execute(query, (pos,))
             row = cur.fetchone()
-            assert row is not None
-            view.apply_batch([RecordedEvent(*row)], pos)
+            if row is None:
+                raise RuntimeError(f"position {pos} is missing from the log")
+            view.apply_batch([to_recorded(row)], pos)
     return Rate(n, time.perf_counter() - t0)
 
 
@@ -227,9 +231,11 @@ def conditions(settings: Settings, conn: psycopg.Connection[Any], mode: str, eve
                latency_events: int) -> None:
     row = conn.execute("SELECT version()").fetchone()
     payload = canonical_json({"sku": "r-0001", "delta": -3})
-    sample = RecordedEvent(1, uuid.uuid4(), stream_for("r-0001"), 1, TYPE, 1, {"sku": "r-0001", "delta": -3},
-                           "bench-fill", f"bench:{uuid.uuid4()}", uuid.uuid4(), None, None,
-                           conn.execute("SELECT now()").fetchone()[0])  # type: ignore[index]
+    eid = uuid.uuid4()
+    sample = RecordedEvent(position=1, event_id=eid, stream=stream_for("r-0001"), version=1, type=TYPE,
+                           schema_version=1, payload={"sku": "r-0001", "delta": -3}, agent_id="bench-fill",
+                           idempotency_key=f"bench:{eid}", correlation_id=eid, causation_id=None,
+                           occurred_at=None, recorded_at=datetime.now(UTC))
     key, value, headers = encode_committed(sample)
     sub_cfg = {k: v for k, v in consumer_config(settings, "x").items() if k not in ("bootstrap.servers", "group.id")}
     print("Conditions")
@@ -266,9 +272,9 @@ def main(events: int = 1_000_000, rate: int = 1000, latency_events: int = 3000) 
         stack.callback(gc.collect)  # drop idle Kafka clients before the broker goes, so none logs a reconnect
         upgrade(servers.postgres.url)
         run = uuid.uuid4().hex[:6]
-        live = replace(Settings.from_env().with_servers(servers.postgres.url, servers.broker.bootstrap),
-                       namespace=f"bsub-{run}-live", projector_group=f"bsub-{run}-live")
-        rebuilt = replace(live, namespace=f"bsub-{run}-rebuild", projector_group=f"bsub-{run}-rebuild")
+        live = Settings.from_env().with_servers(servers.postgres.url, servers.broker.bootstrap).replace(
+            namespace=f"bsub-{run}-live", projector_group=f"bsub-{run}-live")
+        rebuilt = live.replace(namespace=f"bsub-{run}-rebuild", projector_group=f"bsub-{run}-rebuild")
         conn = stack.enter_context(psycopg.connect(servers.postgres.url, autocommit=True))
         conditions(live, conn, mode, events, rate, latency_events)
 

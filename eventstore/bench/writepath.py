@@ -32,21 +32,21 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from eventstore.client import AgentClient, build_envelope
+from eventstore.core.outcomes import EmitResult, Outcome
+from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
-from eventstore.envelope import encode
 from eventstore.examples.inventory import InventoryAdjusted, stream_for
-from eventstore.kafka import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS
-from eventstore.migrate import upgrade
-from eventstore.outcomes import EmitResult, Outcome
-from eventstore.projector import Projector
-from eventstore.settings import Settings
+from eventstore.kafka.config import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS
+from eventstore.postgres.migrate import upgrade
+from eventstore.projection.projector import Projector
+from eventstore.sdk.client import AgentClient, build_envelope
+from eventstore.wire.envelope import encode
 
 SKUS = 1000
 BASELINE_EVENTS = 10_000
@@ -339,10 +339,10 @@ def _run(events: int, latency_events: int, rate: int) -> int:
         upgrade(servers.postgres.url)
         env_settings = Settings.from_env()
         run = uuid.uuid4().hex[:6]
-        batched = replace(env_settings.with_servers(servers.postgres.url, servers.broker.bootstrap),
-                          namespace=f"bench-{run}-batched", projector_group=f"bench-{run}-batched")
-        single = replace(batched, namespace=f"bench-{run}-single", projector_group=f"bench-{run}-single",
-                         batch_size=1)
+        batched = env_settings.with_servers(servers.postgres.url, servers.broker.bootstrap).replace(
+            namespace=f"bench-{run}-batched", projector_group=f"bench-{run}-batched")
+        single = batched.replace(namespace=f"bench-{run}-single", projector_group=f"bench-{run}-single",
+                                 batch_size=1)
         with psycopg.connect(servers.postgres.url, autocommit=True) as conn:
             conditions(batched, conn, mode)
             row = conn.execute("SELECT pg_backend_pid()").fetchone()

@@ -5,22 +5,43 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
-from eventstore.coordination import events as ev
-from eventstore.coordination import leases as db
-from eventstore.coordination import rules
-from eventstore.coordination.rules import Mode
-from eventstore.envelope import LeaseRef
-from eventstore.errors import DeadlockDetected, LeaseNotHeldError, LeaseTimeout, LockOrderViolation
-from eventstore.eventlog import Cursor
-
-if TYPE_CHECKING:
-    from eventstore.coordination.coordinator import Coordinator
+from eventstore.coordination.alerts import Alerter
+from eventstore.coordination.metrics import LeaseMetrics
+from eventstore.coordination.wakeup import Wakeups
+from eventstore.core import lockevents as ev
+from eventstore.core import lockrules as rules
+from eventstore.core.errors import DeadlockDetected, LeaseNotHeldError, LeaseTimeout, LockOrderViolation
+from eventstore.core.lockrules import Mode
+from eventstore.core.records import LeaseRef
+from eventstore.postgres import leases as lease_store
+from eventstore.postgres.eventlog import Cursor
 
 log = logging.getLogger("eventstore.coordination")
+T = TypeVar("T")
+
+
+class LeaseHost(Protocol):
+    """What a Lease and an Acquisition need from the coordinator that made them (the Coordinator
+    implements it); declared here so that this module does not import the coordinator."""
+
+    rank: rules.OrderKey
+    enforce_lock_order: bool
+    detect_interval: float
+    stale_waiter_after: float
+    metrics: LeaseMetrics
+    alerter: Alerter
+    wakeups: Wakeups
+
+    def run_step(self, fn: Callable[[Cursor], T], attempts: int = 5) -> T: ...
+
+    def renew(self, lease: Lease, ttl: float | None = None) -> datetime: ...
+
+    def release(self, lease: Lease) -> None: ...
 
 VICTIM_RULE = (
     "youngest waiter in the cycle (latest enqueued_at on the database clock); ties: greatest agent id"
@@ -32,7 +53,7 @@ class Lease:
     """A granted lease. Pass it (or ``lease.ref``) with events written under it; the token fences
     them against later holders. Re-entrant grants to the same agent share the token."""
 
-    coordinator: Coordinator
+    coordinator: LeaseHost
     resource: str
     agent_id: str
     mode: Mode
@@ -78,7 +99,7 @@ class Lease:
         self._keeper = threading.Thread(target=run, name=f"lease-keepalive-{self.resource}", daemon=True)
         self._keeper.start()
 
-    def _stop_keeper(self) -> None:
+    def stop_keeper(self) -> None:
         self._stop.set()
         if self._keeper is not None and self._keeper is not threading.current_thread():
             self._keeper.join(timeout=5)
@@ -101,7 +122,7 @@ class Acquisition:
     """One request in progress: ``step()`` polls once and returns the Lease, None (refused without
     waiting), or the seconds to sleep before the next poll. Shared by the sync and asyncio APIs."""
 
-    def __init__(self, coord: Coordinator, resource: str, agent_id: str, mode: Mode, ttl: float,
+    def __init__(self, coord: LeaseHost, resource: str, agent_id: str, mode: Mode, ttl: float,
                  wait: float, expected: float | None) -> None:
         self.c, self.resource, self.agent_id, self.mode = coord, resource, agent_id, mode
         self.ttl, self.wait, self.expected = ttl, wait, expected
@@ -116,7 +137,7 @@ class Acquisition:
         self.polls += 1
         if self.wake is not None:
             self.wake.clear()  # a release committed after this point sets it again
-        res = self.c._tx(lambda cur: self._attempt(cur, first))
+        res = self.c.run_step(lambda cur: self._attempt(cur, first))
         c, r, a = self.c, self.resource, self.agent_id
         for x in res.expired:
             c.metrics.expired(x.resource, x.agent_id)
@@ -152,20 +173,20 @@ class Acquisition:
                 f"(held by {', '.join(res.held_by) or 'nobody'})")
         return min(rules.backoff(self.polls - 1), max(self.deadline - now, 0.001))
 
-    def _attempt(self, cur: Cursor, first: bool) -> db.StepResult:
+    def _attempt(self, cur: Cursor, first: bool) -> lease_store.StepResult:
         rank = self.c.rank
 
         def violation(requested: str, held: list[str]) -> str | None:
             return rules.order_violation(requested, held, rank)
 
         check = first and self.c.enforce_lock_order
-        return db.attempt(cur, self.resource, self.agent_id, self.mode, self.ttl, queue=self.wait > 0,
+        return lease_store.attempt(cur, self.resource, self.agent_id, self.mode, self.ttl, queue=self.wait > 0,
                           expected=self.expected, stale_after=self.c.stale_waiter_after,
                           violation_of=violation if check else None)
 
     def _detect(self) -> None:
         """Look for a wait-for cycle through this agent; abort this request if it is the victim."""
-        holders, waiters = self.c._tx(lambda cur: db.wait_graph(cur, self.c.stale_waiter_after))
+        holders, waiters = self.c.run_step(lambda cur: lease_store.wait_graph(cur, self.c.stale_waiter_after))
         cycle = rules.find_cycle(rules.wait_for_edges(holders, waiters), self.agent_id)
         if cycle is None:
             return
@@ -198,4 +219,5 @@ class Acquisition:
 
     def abandon(self, reason: str, deadlock: ev.DeadlockFound | None = None) -> None:
         """Leave the wait queue and record why (timeout, deadlock victim, cancellation)."""
-        self.c._tx(lambda cur: db.leave_queue(cur, self.resource, self.agent_id, self.mode, reason, deadlock))
+        self.c.run_step(lambda cur: lease_store.leave_queue(cur, self.resource, self.agent_id, self.mode, reason,
+                                                            deadlock))

@@ -14,9 +14,9 @@ from typing import Any
 
 from eventstore.coordination.acquisition import Lease
 from eventstore.coordination.coordinator import Coordinator
-from eventstore.coordination.rules import Mode
-from eventstore.errors import CoordinationError, LeaseTimeout
-from eventstore.settings import Settings
+from eventstore.core.errors import CoordinationError, LeaseTimeout
+from eventstore.core.lockrules import Mode
+from eventstore.core.settings import Settings
 
 
 class AsyncCoordinator:
@@ -71,7 +71,7 @@ class AsyncCoordinator:
                          ttl: float = 30.0, wait: float = 10.0,
                          expected_duration: float | None = None) -> AsyncIterator[list[Lease]]:
         """Several leases in the global lock order, released in reverse."""
-        from eventstore.coordination.rules import sort_resources
+        from eventstore.core.lockrules import sort_resources
 
         taken: list[Lease] = []
         loop = asyncio.get_running_loop()

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from eventstore.events import Event
+from eventstore.core.events import Event
 
 log = logging.getLogger("eventstore.coordination.alerts")
 
@@ -36,7 +36,7 @@ class Alerter:
                  background: bool = True) -> None:
         self.webhook_url = webhook_url if webhook_url is not None else (os.environ.get(WEBHOOK_ENV) or None)
         if self.webhook_url is not None and not self.webhook_url.startswith(("http://", "https://")):
-            from eventstore.errors import ConfigurationError
+            from eventstore.core.errors import ConfigurationError
 
             raise ConfigurationError(f"alert webhook must be an http(s) URL, got {self.webhook_url!r}")
         self.timeout = timeout
@@ -54,7 +54,8 @@ class Alerter:
 
     def post(self, event: Event) -> bool:
         """POST the alert as JSON; True on a 2xx answer. Failures are logged, never raised."""
-        assert self.webhook_url is not None
+        if self.webhook_url is None:
+            return False
         data = json.dumps(alert_body(event)).encode()
         req = urllib.request.Request(self.webhook_url, data=data, method="POST",
                                      headers={"Content-Type": "application/json"})

@@ -17,27 +17,26 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from psycopg_pool import ConnectionPool
-
-from eventstore.coordination import leases as db
-from eventstore.coordination import rules
 from eventstore.coordination.acquisition import Acquisition, Lease
 from eventstore.coordination.alerts import Alerter
-from eventstore.coordination.events import AgentKilled
 from eventstore.coordination.metrics import LeaseMetrics
-from eventstore.coordination.rules import Mode
 from eventstore.coordination.wakeup import Wakeups
-from eventstore.db import converted_errors
-from eventstore.envelope import check_name
-from eventstore.errors import (
+from eventstore.core import lockrules as rules
+from eventstore.core.errors import (
     ConfigurationError,
     CoordinationError,
     LeaseNotHeldError,
     LeaseTimeout,
     TransientStorageError,
 )
-from eventstore.eventlog import Cursor
-from eventstore.settings import Settings
+from eventstore.core.lockevents import AgentKilled
+from eventstore.core.lockrules import Mode
+from eventstore.core.settings import Settings
+from eventstore.core.validation import check_name
+from eventstore.discovery import resolve_settings
+from eventstore.postgres import leases as lease_store
+from eventstore.postgres.connection import Database, converted_errors
+from eventstore.postgres.eventlog import Cursor
 
 log = logging.getLogger("eventstore.coordination")
 T = TypeVar("T")
@@ -48,7 +47,8 @@ __all__ = ["Coordinator", "Lease"]
 class Coordinator:
     """Leases on named resources for agents in any process, stored in PostgreSQL.
 
-    ``rank`` maps a resource id to its place in the global lock order (default: the id itself);
+    ``settings`` (or just a database URL) default to the environment, completed from a running
+    ``eventstore dev``. ``rank`` maps a resource id to its place in the global lock order (default: the id itself);
     ``enforce_lock_order`` makes out-of-order requests raise LockOrderViolation; ``alert_webhook``
     (default ``EVENTSTORE_ALERT_WEBHOOK``) receives deadlock, wait-exceeded and kill alerts.
     ``synchronous_commit=False`` is for benchmarks only: after a server crash a grant the caller
@@ -59,14 +59,8 @@ class Coordinator:
                  enforce_lock_order: bool = True, alert_webhook: str | None = None,
                  detect_interval: float = 0.25, stale_waiter_after: float = 5.0, pool_size: int = 10,
                  pipeline: bool = True, synchronous_commit: bool = True) -> None:
-        if settings is None:
-            settings = Settings.from_env()
-        url = settings if isinstance(settings, str) else settings.database_url
-        if not url:
-            raise ConfigurationError(
-                "EVENTSTORE_DATABASE_URL is not set; the coordinator needs PostgreSQL "
-                "(or run `eventstore dev`)"
-            )
+        self.settings = resolve_settings(settings)
+        database = Database(self.settings.require_database(), application_name="eventstore-coordinator")
         self.rank: rules.OrderKey = rank or rules.default_rank
         self.enforce_lock_order = enforce_lock_order
         self.detect_interval = detect_interval
@@ -74,11 +68,9 @@ class Coordinator:
         self.pipeline = pipeline
         self.synchronous_commit = synchronous_commit
         self.metrics = LeaseMetrics()
-        self.alerter = Alerter(alert_webhook)
-        self.wakeups = Wakeups(url)
-        with converted_errors():
-            self._pool: ConnectionPool[Any] = ConnectionPool(
-                url, min_size=1, max_size=pool_size, open=True, name="eventstore-coordinator")
+        self.alerter = Alerter(alert_webhook if alert_webhook is not None else self.settings.alert_webhook)
+        self.wakeups = Wakeups(database)
+        self._pool = database.pool(min_size=1, max_size=pool_size, autocommit=False, name="eventstore-coordinator")
 
     def close(self) -> None:
         """Close the connection pool and the listener (held leases stay until released or expired)."""
@@ -91,7 +83,7 @@ class Coordinator:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _tx(self, fn: Callable[[Cursor], T], attempts: int = 5) -> T:
+    def run_step(self, fn: Callable[[Cursor], T], attempts: int = 5) -> T:
         """Run ``fn`` in one transaction, retrying transient failures with a short backoff."""
         for i in range(attempts):
             try:
@@ -110,7 +102,7 @@ class Coordinator:
                 if i == attempts - 1:
                     raise
                 time.sleep(rules.backoff(i, base=0.01, cap=0.2))
-        raise AssertionError("unreachable")
+        raise TransientStorageError(f"no attempt was made (attempts={attempts})")
 
     def acquisition(self, resource: str, *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE,
                     ttl: float = 30.0, wait: float = 10.0,
@@ -158,8 +150,7 @@ class Coordinator:
                     ttl: float = 30.0) -> Lease | None:
         """Take the lease if it is free now, else return None (recorded as a denial); never queues."""
         r = self.acquisition(resource, agent_id=agent_id, mode=mode, ttl=ttl, wait=0).step()
-        assert not isinstance(r, float)
-        return r
+        return r if isinstance(r, Lease) else None  # with wait=0 a busy resource is refused, never waited for
 
     @contextmanager
     def lease(self, resource: str, *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE, ttl: float = 30.0,
@@ -206,9 +197,10 @@ class Coordinator:
 
     def release(self, lease: Lease) -> None:
         """Release one hold; LeaseNotHeldError if the lease expired, was revoked or taken over."""
-        lease._stop_keeper()
+        lease.stop_keeper()
         try:
-            held, expired = self._tx(lambda cur: db.release(cur, lease.resource, lease.agent_id, lease.token))
+            held, expired = self.run_step(
+                lambda cur: lease_store.release(cur, lease.resource, lease.agent_id, lease.token))
         except LeaseNotHeldError:
             lease.released = True
             raise
@@ -226,7 +218,8 @@ class Coordinator:
         if lease.released:
             raise LeaseNotHeldError(f"the lease on {lease.resource!r} was already released")
         new_ttl = lease.ttl if ttl is None else float(ttl)
-        expires = self._tx(lambda cur: db.renew(cur, lease.resource, lease.agent_id, lease.token, new_ttl))
+        expires = self.run_step(
+            lambda cur: lease_store.renew(cur, lease.resource, lease.agent_id, lease.token, new_ttl))
         lease.expires_at = expires
         return expires
 
@@ -237,8 +230,9 @@ class Coordinator:
         check_name("agent_id", agent_id)
         if not reason:
             raise ConfigurationError("kill needs a reason; it is recorded and shown to the agent")
-        self._tx(lambda cur: db.mark_killed(cur, agent_id, reason))
-        revoked = self._tx(lambda cur: db.revoke_all(cur, agent_id, f"agent killed: {reason}", killed=True))
+        self.run_step(lambda cur: lease_store.mark_killed(cur, agent_id, reason))
+        revoked = self.run_step(
+            lambda cur: lease_store.revoke_all(cur, agent_id, f"agent killed: {reason}", killed=True))
         for r, _, _ in revoked:
             self.metrics.revoked(r, agent_id)
         resources = [r for r, _, _ in revoked]
@@ -248,20 +242,20 @@ class Coordinator:
     def revive(self, agent_id: str) -> bool:
         """Undo ``kill``; False if the agent was never known to the coordinator."""
         check_name("agent_id", agent_id)
-        return self._tx(lambda cur: db.revive(cur, agent_id))
+        return self.run_step(lambda cur: lease_store.revive(cur, agent_id))
 
     def holders(self, resources: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Current holders (with expired rows flagged), for operators and tests."""
-        return self._tx(lambda cur: db.holders_of(cur, resources))
+        return self.run_step(lambda cur: lease_store.holders_of(cur, resources))
 
     def deadlocks(self) -> list[list[str]]:
         """Wait-for cycles present now (an operator's view; waiters break them themselves)."""
-        holders, waiters = self._tx(lambda cur: db.wait_graph(cur, self.stale_waiter_after))
+        holders, waiters = self.run_step(lambda cur: lease_store.wait_graph(cur, self.stale_waiter_after))
         return rules.all_cycles(rules.wait_for_edges(holders, waiters))
 
     def refresh_fence_rejections(self) -> dict[str, int]:
         """Count events the projector refused for stale lease tokens (from outcomes) into the metrics."""
-        counts = self._tx(db.fence_rejections)
+        counts = self.run_step(lease_store.fence_rejections)
         self.metrics.set_fence_rejections(counts)
         return counts
 

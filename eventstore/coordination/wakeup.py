@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 
-import psycopg
+from eventstore.core.errors import EventStoreError
+from eventstore.postgres.connection import Database
 
 log = logging.getLogger("eventstore.coordination")
 
@@ -22,8 +23,8 @@ CHANNEL = "eventstore_leases"
 class Wakeups:
     """Registry of waiting threads per resource, fed by a daemon LISTEN thread started on first use."""
 
-    def __init__(self, database_url: str) -> None:
-        self._url = database_url
+    def __init__(self, database: Database) -> None:
+        self._database = database
         self._lock = threading.Lock()
         self._waiting: dict[str, set[threading.Event]] = {}
         self._thread: threading.Thread | None = None
@@ -53,19 +54,24 @@ class Wakeups:
             for event in self._waiting.get(resource, ()):
                 event.set()
 
+    def _listening(self, _conn: object) -> None:
+        """(Re)connected: a release may have gone unheard meanwhile, so every waiter polls once now."""
+        self.listening.set()
+        with self._lock:
+            for events in self._waiting.values():
+                for event in events:
+                    event.set()
+
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(self._url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self.listening.set()
-                    while not self._stop.is_set():
-                        for note in conn.notifies(timeout=0.5):
-                            self._wake(note.payload)
-            except psycopg.Error as e:
-                self.listening.clear()
-                log.warning("lease listener lost its connection (%s); waiters fall back to polling", e)
-                self._stop.wait(1.0)
+        try:
+            for note in self._database.listen([CHANNEL], self._stop, "lease listener",
+                                              on_listening=self._listening, timeout=0.5):
+                if note is not None:
+                    self._wake(note.payload)
+        except EventStoreError as e:  # waiters fall back to polling; correctness does not depend on this
+            log.error("lease listener stopped (%s); waiters fall back to polling", e)
+        finally:
+            self.listening.clear()
 
     def close(self) -> None:
         """Stop the listener thread."""

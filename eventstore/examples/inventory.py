@@ -15,9 +15,9 @@ import psycopg
 from psycopg import sql
 from pydantic import Field
 
-from eventstore.eventlog import RecordedEvent
-from eventstore.events import Event
-from eventstore.readmodels import ReadModel, read_models
+from eventstore.core.events import Event
+from eventstore.core.records import RecordedEvent
+from eventstore.postgres.readmodels import ReadModel, read_models
 
 Cursor = psycopg.Cursor[Any]
 STREAM_PREFIX = "inventory-"

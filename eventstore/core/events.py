@@ -1,0 +1,114 @@
+"""Typed domain events: subclass :class:`Event` and the type registers itself.
+
+The type name (default: the class name) and the schema version travel with every event, so a
+projector in another process decodes it with the class registered under the same pair. A projector
+learns an application's classes by importing the modules named in ``EVENTSTORE_APP_MODULES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from eventstore.core.errors import ConfigurationError, InvalidEventError, UnknownEventTypeError
+from eventstore.core.validation import check_no_nul
+
+
+class Event(BaseModel):
+    """Base class of domain events. Fields are the payload; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_type: ClassVar[str] = ""
+    schema_version: ClassVar[int] = 1
+    # Appended only by the server (lock history, rejection records); the projector refuses them from agents.
+    server_only: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "event_type" not in cls.__dict__ or not cls.__dict__["event_type"]:
+            cls.event_type = cls.__name__
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if not cls.__dict__.get("abstract_event", False):  # a shared base class is no event type
+            registry.register(cls)
+
+
+class EventRegistry:
+    """Maps (type name, schema version) to the Event class; one per process."""
+
+    def __init__(self) -> None:
+        self._types: dict[tuple[str, int], type[Event]] = {}
+        self._lock = threading.Lock()
+
+    def register(self, cls: type[Event]) -> None:
+        key = (cls.event_type, cls.schema_version)
+        with self._lock:
+            existing = self._types.get(key)
+            if existing is not None and existing.__qualname__ != cls.__qualname__:
+                raise ConfigurationError(
+                    f"event type {cls.event_type!r} v{cls.schema_version} is defined twice "
+                    f"({existing.__module__}.{existing.__qualname__} and {cls.__module__}.{cls.__qualname__}); "
+                    "give one of them another event_type"
+                )
+            self._types[key] = cls
+
+    def lookup(self, event_type: str, schema_version: int) -> type[Event]:
+        cls = self._types.get((event_type, schema_version))
+        if cls is None:
+            raise UnknownEventTypeError(
+                f"unknown event type {event_type!r} schema version {schema_version}: no imported module "
+                "defines it; add its module to EVENTSTORE_APP_MODULES of the projector"
+            )
+        return cls
+
+    def decode(self, event_type: str, schema_version: int, payload: dict[str, Any]) -> Event:
+        cls = self.lookup(event_type, schema_version)
+        try:
+            return cls.model_validate(payload)
+        except ValidationError as e:
+            raise InvalidEventError(f"invalid {event_type} v{schema_version} payload: {_summary(e)}") from e
+
+    def known(self) -> list[tuple[str, int]]:
+        return sorted(self._types)
+
+
+def _summary(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(payload)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def validate_event(event: Event) -> dict[str, Any]:
+    """The event's payload as JSON-ready data, re-validated so that ``model_construct`` cannot smuggle
+    an invalid event past the SDK."""
+    if not isinstance(event, Event) or type(event) is Event:
+        raise InvalidEventError(f"expected an instance of an eventstore.Event subclass, got {type(event).__name__}")
+    if event.server_only:
+        raise InvalidEventError(f"{event.event_type} events are written by the server only; agents cannot emit them")
+    payload = event.model_dump(mode="json")
+    check_no_nul(event.event_type, payload)
+    try:
+        type(event).model_validate(payload)
+    except ValidationError as e:
+        raise InvalidEventError(f"invalid {event.event_type} event: {_summary(e)}") from e
+    return payload
+
+
+def import_app_modules(modules: tuple[str, ...] | list[str]) -> None:
+    """Import the modules that define an application's events and read models."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigurationError(f"EVENTSTORE_APP_MODULES names {name!r}, which cannot be imported: {e}") from e
+
+
+registry = EventRegistry()

@@ -1,0 +1,1 @@
+"""The Kafka adapter: client configurations from Settings and topic management."""

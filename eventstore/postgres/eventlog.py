@@ -1,0 +1,223 @@
+"""The event log adapter: append under the log-head lock, read streams and the global log.
+
+Why a lock on one row: positions must be handed out in commit order. With a plain sequence, two
+projector transactions can take positions 10 and 11 and commit 11 first; a reader tailing
+``position > 10`` then moves past 10 and never sees it (promise 4). Appenders therefore lock the
+single ``log_head`` row for the rest of their transaction: the next appender waits, positions have
+no holes, and the hash chain has one well-defined predecessor. The lock is taken last, after all
+checks; it is then held through the inserts, the read-model updates and the commit, which is the
+price of commit-ordered positions (every appender's write phase is serialised; a batch of 2,000
+keeps that cheap per event). Lock order everywhere: agents, resources, streams, log_head (the
+coordinator follows it too), so appenders never deadlock each other.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row, kwargs_row
+
+from eventstore.core.errors import EmitTimeout, SchemaNotReadyError
+from eventstore.core.hashing import GENESIS, canonical_json, chain_hash, intent_hash
+from eventstore.core.records import RECORDED_FIELDS, DirectEvent, NewEvent, RecordedEvent
+
+Cursor = psycopg.Cursor[Any]
+
+LOCK_HEAD = "SELECT position, hash, clock_timestamp() FROM log_head FOR UPDATE"
+MOVE_HEAD = "UPDATE log_head SET position = %b, hash = %b"
+ENSURE_STREAMS = (
+    "INSERT INTO streams (stream, version) SELECT s, 0 FROM unnest(%b::text[]) AS s ORDER BY s "
+    "ON CONFLICT (stream) DO NOTHING"
+)
+LOCK_STREAMS = "SELECT stream, version FROM streams WHERE stream = ANY(%b::text[]) ORDER BY stream FOR UPDATE"
+SET_STREAM_VERSIONS = (
+    "UPDATE streams SET version = v.version FROM unnest(%b::text[], %b::bigint[]) AS v(stream, version) "
+    "WHERE streams.stream = v.stream"
+)
+INSERT_EVENTS = """
+INSERT INTO events (position, event_id, stream, version, type, schema_version, payload, agent_id,
+                    idempotency_key, correlation_id, causation_id, occurred_at, recorded_at,
+                    lease_resource, fencing_token, intent_hash, prev_hash, hash)
+SELECT p, e, s, v, t, sv, pl::jsonb, a, k, c, ca, o, %b::timestamptz, lr, ft, ih, ph, h
+FROM unnest(%b::bigint[], %b::uuid[], %b::text[], %b::bigint[], %b::text[], %b::int[], %b::text[],
+            %b::text[], %b::text[], %b::uuid[], %b::uuid[], %b::timestamptz[], %b::text[], %b::bigint[],
+            %b::bytea[], %b::bytea[], %b::bytea[])
+     AS x(p, e, s, v, t, sv, pl, a, k, c, ca, o, lr, ft, ih, ph, h)
+"""
+EVENT_COLUMNS = ", ".join(RECORDED_FIELDS)
+READ_STREAM = (
+    f"SELECT {EVENT_COLUMNS} FROM events WHERE stream = %s AND version > %s ORDER BY version LIMIT %s"
+)
+READ_ALL = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > %s ORDER BY position LIMIT %s"
+STREAM_VERSION = "SELECT version FROM streams WHERE stream = %s"
+HEAD_POSITION = "SELECT position FROM log_head"
+READ_CHAIN = (
+    f"SELECT {EVENT_COLUMNS}, intent_hash, prev_hash, hash FROM events WHERE position > %s "
+    "ORDER BY position LIMIT %s"
+)
+
+
+def to_recorded(row: dict[str, Any]) -> RecordedEvent:
+    """The one row mapper: a row read as a dict (``dict_row``) onto RecordedEvent, by column name."""
+    return RecordedEvent(**{name: row[name] for name in RECORDED_FIELDS})
+
+
+def lock_streams(cur: Cursor, streams: Iterable[str]) -> dict[str, int]:
+    """Create missing stream rows at version 0 and lock all of them (sorted, so lockers never deadlock)."""
+    names = sorted(set(streams))
+    if not names:
+        return {}
+    cur.execute(ENSURE_STREAMS, (names,))
+    cur.execute(LOCK_STREAMS, (names,))
+    return {s: int(v) for s, v in cur.fetchall()}
+
+
+def set_stream_versions(cur: Cursor, versions: dict[str, int]) -> None:
+    if versions:
+        names = list(versions)
+        cur.execute(SET_STREAM_VERSIONS, (names, [versions[n] for n in names]))
+
+
+def append(cur: Cursor, events: Sequence[NewEvent]) -> list[RecordedEvent]:
+    """Append events in the caller's transaction; positions follow the order given.
+
+    The caller must hold the stream locks and have decided the versions.
+    """
+    if not events:
+        return []
+    cur.execute(LOCK_HEAD)
+    row = cur.fetchone()
+    if row is None:
+        raise SchemaNotReadyError("the log_head row is missing; run `eventstore migrate`")
+    head, prev, recorded_at = int(row[0]), bytes(row[1]), row[2]
+    positions, prevs, hashes = [], [], []
+    for i, ev in enumerate(events, start=1):
+        h = chain_hash(
+            prev, position=head + i, event_id=str(ev.event_id), stream=ev.stream, version=ev.version,
+            agent_id=ev.agent_id, idempotency_key=ev.idempotency_key, correlation_id=str(ev.correlation_id),
+            causation_id=None if ev.causation_id is None else str(ev.causation_id),
+            occurred_at=ev.occurred_at, recorded_at=recorded_at, lease_resource=ev.lease_resource,
+            fencing_token=ev.fencing_token, intent=ev.intent,
+        )
+        positions.append(head + i)
+        prevs.append(prev)
+        hashes.append(h)
+        prev = h
+    cur.execute(
+        INSERT_EVENTS,
+        (
+            recorded_at, positions, [e.event_id for e in events], [e.stream for e in events],
+            [e.version for e in events], [e.type for e in events], [e.schema_version for e in events],
+            [e.payload_json for e in events], [e.agent_id for e in events],
+            [e.idempotency_key for e in events], [e.correlation_id for e in events],
+            [e.causation_id for e in events], [e.occurred_at for e in events],
+            [e.lease_resource for e in events], [e.fencing_token for e in events],
+            [e.intent for e in events], prevs, hashes,
+        ),
+    )
+    cur.execute(MOVE_HEAD, (head + len(events), prev))
+    return [e.recorded(p, recorded_at, e.payload if e.payload is not None else json.loads(e.payload_json))
+            for p, e in zip(positions, events, strict=True)]
+
+
+def append_direct(cur: Cursor, items: Sequence[DirectEvent]) -> list[RecordedEvent]:
+    """Append events at the streams' next versions, in the caller's transaction."""
+    versions = lock_streams(cur, (i.stream for i in items))
+    new: list[NewEvent] = []
+    for item in items:
+        versions[item.stream] += 1
+        payload_json = canonical_json(item.event.model_dump(mode="json"))
+        event_id = uuid.uuid4()
+        new.append(NewEvent(
+            event_id=event_id, stream=item.stream, version=versions[item.stream],
+            type=item.event.event_type, schema_version=item.event.schema_version, payload_json=payload_json,
+            agent_id=item.agent_id, idempotency_key=item.idempotency_key or f"direct:{event_id}",
+            correlation_id=item.correlation_id or event_id, causation_id=item.causation_id,
+            occurred_at=None, lease_resource=item.lease_resource, fencing_token=item.fencing_token,
+            intent=intent_hash(item.event.event_type, item.event.schema_version, item.stream, payload_json),
+        ))
+    recorded = append(cur, new)
+    set_stream_versions(cur, versions)
+    return recorded
+
+
+def stream_version(cur: Cursor, stream: str) -> int:
+    cur.execute(STREAM_VERSION, (stream,))
+    row = cur.fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def read_stream(cur: Cursor, stream: str, from_version: int = 0, limit: int = 10_000) -> list[RecordedEvent]:
+    """Events of a stream with version > from_version, in version order."""
+    with cur.connection.cursor(row_factory=kwargs_row(RecordedEvent)) as rc:
+        rc.execute(READ_STREAM, (stream, from_version, limit))
+        return rc.fetchall()
+
+
+def read_all(cur: Cursor, after_position: int = 0, limit: int = 10_000) -> list[RecordedEvent]:
+    """Committed events with position > after_position, in position order."""
+    with cur.connection.cursor(row_factory=kwargs_row(RecordedEvent)) as rc:
+        rc.execute(READ_ALL, (after_position, limit))
+        return rc.fetchall()
+
+
+def head_position(cur: Cursor) -> int:
+    cur.execute(HEAD_POSITION)
+    row = cur.fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def wait_for_position(cur: Cursor, position: int, timeout: float = 10.0) -> None:
+    """Block until the log includes ``position`` (read-your-writes on a lagging reader)."""
+    deadline = time.monotonic() + timeout
+    while (head := head_position(cur)) < position:
+        if time.monotonic() > deadline:
+            raise EmitTimeout(f"the event log is at position {head}, not yet {position}, after {timeout}s")
+        time.sleep(0.01)
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    checked: int
+    first_bad_position: int | None
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_bad_position is None
+
+
+def verify_chain(cur: Cursor, page: int = 5000) -> ChainReport:
+    """Recompute every hash from the stored fields; report the first event that does not verify."""
+    prev, expected_pos, checked = GENESIS, 1, 0
+    while True:
+        with cur.connection.cursor(row_factory=dict_row) as rc:
+            rc.execute(READ_CHAIN, (expected_pos - 1, page))
+            rows = rc.fetchall()
+        if not rows:
+            return ChainReport(checked, None, None)
+        for r in rows:
+            ev = to_recorded(r)
+            intent, stored_prev, stored_hash = bytes(r["intent_hash"]), bytes(r["prev_hash"]), bytes(r["hash"])
+            if ev.position != expected_pos:
+                return ChainReport(checked, expected_pos, f"position {expected_pos} is missing")
+            payload_json = canonical_json(ev.payload)
+            if intent != intent_hash(ev.type, ev.schema_version, ev.stream, payload_json):
+                return ChainReport(checked, ev.position, "type, stream or payload changed after commit")
+            h = chain_hash(
+                prev, position=ev.position, event_id=str(ev.event_id), stream=ev.stream, version=ev.version,
+                agent_id=ev.agent_id, idempotency_key=ev.idempotency_key,
+                correlation_id=str(ev.correlation_id),
+                causation_id=None if ev.causation_id is None else str(ev.causation_id),
+                occurred_at=ev.occurred_at, recorded_at=ev.recorded_at, lease_resource=ev.lease_resource,
+                fencing_token=ev.fencing_token, intent=intent,
+            )
+            if stored_prev != prev or stored_hash != h:
+                return ChainReport(checked, ev.position, "hash chain broken: a recorded field was changed")
+            prev, expected_pos, checked = h, expected_pos + 1, checked + 1

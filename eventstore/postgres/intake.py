@@ -1,0 +1,324 @@
+"""One intake batch, one PostgreSQL transaction (promises 1, 2, 5).
+
+Order inside the transaction: lock and check the stored offsets (fences a zombie projector whose
+partitions moved to another member) -> load what the log knows -> decide (pure) -> append ->
+apply read models -> record the other outcomes and dead letters -> store the offsets -> notify the
+agents. Either all of it commits or none of it, so a crash anywhere replays the batch from the stored
+offsets and the decisions come out the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from eventstore.core.decisions import Candidate, CommittedKey, Decision, KnownState, decide_batch
+from eventstore.core.errors import DecodeError, EventStoreError, InvalidEventError, TransientStorageError
+from eventstore.core.events import Event, EventRegistry
+from eventstore.core.hashing import canonical_json, intent_hash
+from eventstore.core.outcomes import EmitResult, Outcome, ReasonCode
+from eventstore.core.records import Envelope, NewEvent, RecordedEvent
+from eventstore.core.validation import check_no_nul, check_stream, printable
+from eventstore.postgres import eventlog
+from eventstore.postgres.connection import convert
+from eventstore.postgres.offsets import ENSURE_OFFSETS, LOCK_OFFSETS, STORE_OFFSETS
+from eventstore.postgres.readmodels import ReadModel, apply_all
+from eventstore.wire.envelope import Headers, decode, salvage_ids
+from eventstore.wire.notifications import COMMITTED_CHANNEL, channel_for, pack
+from eventstore.wire.rejections import EventRejected, IdempotencyKeyReused, conflict
+
+log = logging.getLogger(__name__)
+Cursor = psycopg.Cursor[Any]
+
+LOCK_AGENTS = "SELECT agent_id, status, reason FROM agents WHERE agent_id = ANY(%b::text[]) ORDER BY agent_id FOR SHARE"
+LOCK_RESOURCES = (
+    "SELECT resource, fence_token FROM resources WHERE resource = ANY(%b::text[]) ORDER BY resource FOR SHARE"
+)
+COMMITTED_KEYS = (
+    "SELECT idempotency_key, position, stream, version, intent_hash FROM events "
+    "WHERE idempotency_key = ANY(%b::text[])"
+)
+INSERT_OUTCOMES = """
+INSERT INTO outcomes (event_id, agent_id, idempotency_key, stream, status, expected_version,
+                      current_version, original_position, reason, source_partition, source_offset,
+                      reason_code)
+SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[],
+                     %b::bigint[], %b::bigint[], %b::text[], %b::int[], %b::bigint[], %b::text[])
+ON CONFLICT (event_id) DO NOTHING
+"""
+INSERT_DEAD_LETTERS = """
+INSERT INTO dead_letters (topic, partition, "offset", key, value, reason)
+SELECT %b, * FROM unnest(%b::int[], %b::bigint[], %b::bytea[], %b::bytea[], %b::text[])
+ON CONFLICT DO NOTHING
+"""
+NOTIFY = "SELECT pg_notify(c, p) FROM unnest(%b::text[], %b::text[]) AS x(c, p)"
+IDEMPOTENCY_KEY_CONSTRAINT = "events_idempotency_key_key"
+
+
+class PoisonBatchError(EventStoreError):
+    """Some message of the batch cannot be stored; the projector splits the batch to dead-letter it."""
+
+
+@dataclass(frozen=True)
+class IntakeMessage:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    message: IntakeMessage
+    reason: str
+
+
+@dataclass
+class BatchResult:
+    committed: list[RecordedEvent] = field(default_factory=list)
+    results: list[EmitResult] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    # Partitions where this batch was behind the stored offsets (replay or zombie): seek there.
+    behind: dict[int, int] = field(default_factory=dict)
+    rejections: list[Event] = field(default_factory=list)
+
+    def count(self, status: Outcome) -> int:
+        return sum(1 for r in self.results if r.status is status)
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    message: IntakeMessage
+    envelope: Envelope
+    payload_json: str
+    payload: dict[str, Any]
+    intent: bytes
+
+
+def parse(msg: IntakeMessage, types: EventRegistry) -> _Parsed:
+    """Decode the envelope and validate its payload against the registered event class."""
+    env = decode(msg.value)
+    check_stream(env.stream)
+    typed = types.decode(env.type, env.schema_version, env.payload)
+    if typed.server_only:
+        raise InvalidEventError(f"{env.type} events are written by the server only; agents cannot emit them")
+    payload = typed.model_dump(mode="json")
+    check_no_nul(env.type, payload)
+    payload_json = canonical_json(payload)
+    return _Parsed(msg, env, payload_json, payload,
+                   intent_hash(env.type, env.schema_version, env.stream, payload_json))
+
+
+def write_batch(
+    conn: psycopg.Connection[Any],
+    *,
+    group: str,
+    topic: str,
+    messages: Sequence[IntakeMessage],
+    models: Sequence[ReadModel],
+    types: EventRegistry,
+    poisoned: Mapping[tuple[int, int], str] | None = None,
+) -> BatchResult:
+    """Decide and commit one batch; raises TransientStorageError when a retry may succeed."""
+    poisoned = poisoned or {}
+    result = BatchResult()
+    try:
+        # Pipeline mode: statements whose results are not read at once (ensure-then-lock pairs, the
+        # inserts, read-model writes, offsets, NOTIFY) travel together, so a batch costs a handful of
+        # round trips instead of one per statement; results that decide something still sync first.
+        with conn.pipeline() as pipe, conn.transaction(), conn.cursor() as cur:
+            fresh = _fence(cur, group, topic, messages, result)
+            parsed: list[_Parsed] = []
+            rejected: list[tuple[IntakeMessage, str]] = []
+            for msg in fresh:
+                reason = poisoned.get((msg.partition, msg.offset))
+                if reason is None:
+                    try:
+                        parsed.append(parse(msg, types))
+                        continue
+                    except (DecodeError, InvalidEventError) as e:
+                        reason = str(e)
+                rejected.append((msg, printable(reason)))
+            decisions = decide_batch([Candidate(p.envelope, p.intent) for p in parsed], _known(cur, parsed))
+            recorded = _append(cur, parsed, decisions)
+            pipe.sync()  # an append error must surface here, not be blamed on a read model below
+            result.committed = recorded
+            apply_all(cur, models, recorded)
+            _record(cur, topic, parsed, decisions, recorded, rejected, result)
+            _store_offsets(cur, group, topic, fresh, result)
+    except psycopg.errors.UniqueViolation as e:
+        if e.diag.constraint_name == IDEMPOTENCY_KEY_CONSTRAINT:
+            # Another projector appended the same key between our check and our insert: on retry
+            # the key is committed and this event is decided DUPLICATE (or a key reuse).
+            raise TransientStorageError(f"concurrent append of the same idempotency key; retrying: {e}") from e
+        raise PoisonBatchError(f"the database refused an event of this batch: {e.diag.message_primary}") from e
+    except psycopg.errors.DataError as e:
+        # A value PostgreSQL cannot store slipped past validation: find the message and dead-letter it.
+        raise PoisonBatchError(f"the database refused a value of this batch: {e.diag.message_primary}") from e
+    except psycopg.Error as e:  # transient or not: db.convert decides, by SQLSTATE class
+        raise convert(e) from e
+    return result
+
+
+def _fence(cur: Cursor, group: str, topic: str, messages: Sequence[IntakeMessage],
+           result: BatchResult) -> list[IntakeMessage]:
+    """Lock this batch's offset rows; drop messages another member (or an earlier run) already applied."""
+    parts = sorted({m.partition for m in messages})
+    cur.execute(ENSURE_OFFSETS, (group, topic, parts))
+    cur.execute(LOCK_OFFSETS, (group, topic, parts))
+    stored = {int(p): int(o) for p, o in cur.fetchall()}
+    fresh = [m for m in messages if m.offset >= stored[m.partition]]
+    for m in messages:
+        if m.offset < stored[m.partition]:
+            result.behind[m.partition] = stored[m.partition]
+    if len(fresh) < len(messages):
+        log.info("dropped %d already-applied intake messages (replay or zombie batch)", len(messages) - len(fresh))
+    return fresh
+
+
+def _known(cur: Cursor, parsed: Sequence[_Parsed]) -> KnownState:
+    if not parsed:
+        return KnownState({}, {})
+    envs = [p.envelope for p in parsed]
+    cur.execute(LOCK_AGENTS, (sorted({e.agent_id for e in envs}),))
+    killed = {a: (r or "no reason given") for a, status, r in cur.fetchall() if status == "killed"}
+    resources = sorted({e.lease.resource for e in envs if e.lease is not None})
+    tokens: dict[str, int] = {}
+    if resources:
+        cur.execute(LOCK_RESOURCES, (resources,))
+        tokens = {r: int(t) for r, t in cur.fetchall()}
+    cur.execute(COMMITTED_KEYS, ([e.idempotency_key for e in envs],))
+    keys = {k: CommittedKey(int(p), s, int(v), bytes(h)) for k, p, s, v, h in cur.fetchall()}
+    versions = eventlog.lock_streams(cur, (e.stream for e in envs))
+    return KnownState(versions, keys, killed, tokens)
+
+
+def _append(cur: Cursor, parsed: Sequence[_Parsed], decisions: Sequence[Decision]) -> list[RecordedEvent]:
+    new: list[NewEvent] = []
+    versions: dict[str, int] = {}
+    for p, d in zip(parsed, decisions, strict=True):
+        if d.status is not Outcome.COMMITTED:
+            continue
+        e = p.envelope
+        if d.version is None:  # decide_batch sets it on every COMMITTED decision
+            raise EventStoreError(f"internal error: committed event {e.event_id} has no version")
+        versions[e.stream] = d.version
+        new.append(NewEvent(
+            event_id=e.event_id, stream=e.stream, version=d.version, type=e.type,
+            schema_version=e.schema_version, payload_json=p.payload_json, payload=p.payload, agent_id=e.agent_id,
+            idempotency_key=e.idempotency_key, correlation_id=e.correlation_id, causation_id=e.causation_id,
+            occurred_at=e.occurred_at, lease_resource=e.lease.resource if e.lease else None,
+            fencing_token=e.lease.token if e.lease else None, intent=p.intent,
+        ))
+    recorded = eventlog.append(cur, new)
+    eventlog.set_stream_versions(cur, versions)
+    return recorded
+
+
+def _record(
+    cur: Cursor,
+    topic: str,
+    parsed: Sequence[_Parsed],
+    decisions: Sequence[Decision],
+    recorded: Sequence[RecordedEvent],
+    rejected: Sequence[tuple[IntakeMessage, str]],
+    result: BatchResult,
+) -> None:
+    """Outcomes (table + notifications) and dead letters."""
+    by_index: dict[int, RecordedEvent] = {}
+    it = iter(recorded)
+    for i, d in enumerate(decisions):
+        if d.status is Outcome.COMMITTED:
+            by_index[i] = next(it)
+    rows: list[tuple[Any, ...]] = []
+    per_agent: dict[str, list[EmitResult]] = defaultdict(list)
+    for i, (p, d) in enumerate(zip(parsed, decisions, strict=True)):
+        e = p.envelope
+        if d.status is Outcome.COMMITTED:
+            ev = by_index[i]
+            res = EmitResult(e.event_id, Outcome.COMMITTED, e.stream, ev.version, ev.position, ev.version)
+        else:
+            # A duplicate points at the original event; a key reuse names the event that owns the key.
+            pos: int | None = None
+            ver: int | None = None
+            if d.duplicate_of is not None:
+                pos, ver = by_index[d.duplicate_of].position, by_index[d.duplicate_of].version
+            elif d.original is not None:
+                pos, ver = d.original.position, d.original.version
+            if d.status is not Outcome.DUPLICATE:
+                ver = None
+            res = EmitResult(e.event_id, d.status, e.stream, ver, pos, d.current_version, d.reason, d.code)
+            result.rejections.extend(_rejection(e, d))
+            rows.append((e.event_id, e.agent_id, e.idempotency_key, e.stream, d.status.value,
+                         e.expected_version, d.current_version, pos, d.reason or "",
+                         p.message.partition, p.message.offset, None if d.code is None else d.code.value))
+        per_agent[e.agent_id].append(res)
+        result.results.append(res)
+    for msg, reason in rejected:
+        result.dead_letters.append(DeadLetter(msg, reason))
+        ids = salvage_ids(msg.value)
+        if ids is not None:
+            event_id, agent_id, key = ids
+            res = EmitResult(event_id, Outcome.REJECTED, None, None, None, None, reason, ReasonCode.INVALID)
+            result.rejections.append(EventRejected(event_id=event_id, agent_id=agent_id, stream=None,
+                                                   reason=reason))
+            rows.append((event_id, agent_id, key, None, "rejected", None, None, None, reason,
+                         msg.partition, msg.offset, ReasonCode.INVALID.value))
+            per_agent[agent_id].append(res)
+            result.results.append(res)
+    if rows:
+        cur.execute(INSERT_OUTCOMES, tuple(list(col) for col in zip(*rows, strict=True)))
+    if result.dead_letters:
+        dl = result.dead_letters
+        cur.execute(INSERT_DEAD_LETTERS, (
+            topic, [d.message.partition for d in dl], [d.message.offset for d in dl],
+            [d.message.key for d in dl], [d.message.value for d in dl], [d.reason for d in dl],
+        ))
+    channels: list[str] = []
+    payloads: list[str] = []
+    if recorded:  # wakes the committed-topic publisher
+        channels.append(COMMITTED_CHANNEL)
+        payloads.append(str(recorded[-1].position))
+    for agent_id, results in per_agent.items():
+        for chunk in pack(results):
+            channels.append(channel_for(agent_id))
+            payloads.append(chunk)
+    if channels:
+        cur.execute(NOTIFY, (channels, payloads))
+
+
+def _rejection(e: Envelope, d: Decision) -> list[Event]:
+    if d.status is Outcome.CONFLICT and d.current_version is not None and e.expected_version is not None:
+        return [conflict(e, e.expected_version, d.current_version)]
+    if d.status is Outcome.REJECTED and d.original is not None:
+        return [IdempotencyKeyReused(event_id=e.event_id, agent_id=e.agent_id, stream=e.stream,
+                                     idempotency_key=e.idempotency_key, original_position=d.original.position)]
+    if d.status is Outcome.REJECTED:
+        return [EventRejected(event_id=e.event_id, agent_id=e.agent_id, stream=e.stream, reason=d.reason or "")]
+    return []
+
+
+def _store_offsets(cur: Cursor, group: str, topic: str, fresh: Sequence[IntakeMessage],
+                   result: BatchResult) -> None:
+    nxt: dict[int, int] = {}
+    for m in fresh:
+        nxt[m.partition] = max(nxt.get(m.partition, 0), m.offset + 1)
+    if nxt:
+        parts = sorted(nxt)
+        cur.execute(STORE_OFFSETS, (parts, [nxt[p] for p in parts], group, topic))
+    result.next_offsets = nxt
+
+
+def dead_letter_headers(d: DeadLetter, topic: str) -> Headers:
+    return [
+        ("es-dead-letter-reason", d.reason.encode()[:4000]),
+        ("es-source", json.dumps({"topic": topic, "partition": d.message.partition,
+                                  "offset": d.message.offset}).encode()),
+    ]

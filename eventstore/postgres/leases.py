@@ -1,0 +1,411 @@
+"""The PostgreSQL adapter of the coordinator: one function per short transaction step.
+
+Each function runs inside the caller's transaction and appends the lock event it causes in that same
+transaction, so state and history never disagree. Lock order, shared with the projector: the
+resource's advisory lock (namespace ``ADVISORY_NS``) -> lease tables -> agents -> resources ->
+streams -> log_head. Every transaction that hands out or bumps a fencing token (grant, expiry,
+revocation) holds that resource's advisory lock, so those steps of one resource are serialised and the
+tokens increase in commit order. A plain release or renew touches only the holder's own row, whose
+row lock serialises it against a concurrent expiry, so it skips the advisory lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from eventstore.core import lockevents as ev
+from eventstore.core.errors import (
+    AgentKilledError,
+    CoordinationError,
+    EventStoreError,
+    LeaseNotHeldError,
+    LockOrderViolation,
+    StorageError,
+)
+from eventstore.core.events import Event
+from eventstore.core.lockrules import Holder, Mode, Waiter, key_of, may_grant, wait_exceeded
+from eventstore.core.records import DirectEvent
+from eventstore.postgres.eventlog import Cursor, append_direct
+from eventstore.postgres.lease_sql import (
+    ADVISORY_NS,
+    AGENT_RESOURCES,
+    AGENT_STATUS,
+    BUMP_FENCE,
+    DECREMENT,
+    DEQUEUE,
+    DROP_HOLDER,
+    ENQUEUE,
+    ENSURE_AGENT,
+    FENCE_REJECTIONS,
+    GRANT_NEW,
+    GRANT_SHARED,
+    HEARTBEAT,
+    HOLDERS,
+    KILL,
+    LOCK,
+    LOCK_AGENT_EARLY,
+    MARK_ALERTED,
+    NOTIFY,
+    REENTER,
+    RELEASE_FAST,
+    RELEASE_ROW,
+    RENEW,
+    REVIVE,
+    SNAPSHOT,
+    WAIT_GRAPH,
+)
+
+
+def lease_stream(resource: str) -> str:
+    """The stream that holds a resource's lock history."""
+    return f"lease-{resource}"
+
+
+def agent_stream(agent_id: str) -> str:
+    """The stream that holds an agent's kill-switch and lock-order history."""
+    return f"agent-{agent_id}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A granted (or re-entered) lease as the database recorded it."""
+
+    resource: str
+    agent_id: str
+    mode: Mode
+    token: int
+    expires_at: datetime
+    waited_seconds: float = 0.0
+    reentered: bool = False
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """A holder whose TTL ran out and was fenced during some step."""
+
+    resource: str
+    agent_id: str
+    token: int
+    held_seconds: float
+
+
+@dataclass
+class StepResult:
+    """What one attempt decided. ``error`` is raised by the caller after the commit, so the event
+    that explains it (denial, violation) is durable."""
+
+    grant: Grant | None = None
+    held_by: list[str] = field(default_factory=list)
+    newly_queued: bool = False
+    waited_seconds: float = 0.0
+    alert: ev.WaitExceeded | None = None
+    expired: list[Expiry] = field(default_factory=list)
+    error: EventStoreError | None = None
+
+
+def _record(cur: Cursor, stream: str, event: Event, agent_id: str, resource: str | None = None,
+            token: int | None = None) -> None:
+    append_direct(cur, [DirectEvent(stream=stream, event=event, agent_id=agent_id,
+                                    lease_resource=resource, fencing_token=token)])
+
+
+def _lock(cur: Cursor, resource: str) -> None:
+    cur.execute(LOCK, (ADVISORY_NS, key_of(resource)))
+
+
+def _notify(cur: Cursor, resource: str) -> None:
+    """Wake the waiters of a resource (delivered at commit) if it has any; see wakeup.py."""
+    cur.execute(NOTIFY, {"r": resource})
+
+
+def _bump(cur: Cursor, resource: str) -> int:
+    cur.execute(BUMP_FENCE, (resource,))
+    row = cur.fetchone()
+    if row is None:  # INSERT ... ON CONFLICT DO UPDATE ... RETURNING always returns the row
+        raise StorageError(f"bumping the fence token of {resource!r} returned no row")
+    return int(row[0])
+
+
+def _agent_killed(cur: Cursor, agent_id: str) -> str | None:
+    """The kill reason if the agent is killed; locks its row FOR SHARE so a kill waits for this step."""
+    cur.execute(AGENT_STATUS, (agent_id,))
+    row = cur.fetchone()
+    if row is None:
+        cur.execute(ENSURE_AGENT, (agent_id,))
+        cur.execute(AGENT_STATUS, (agent_id,))
+        row = cur.fetchone()
+    if row is not None and row[0] == "killed":
+        return str(row[1] or "no reason given")
+    return None
+
+
+@dataclass
+class _Snapshot:
+    """What one SNAPSHOT statement read about a resource and the requesting agent."""
+
+    expired: list[Expiry] = field(default_factory=list)
+    holders: list[tuple[str, Mode, int]] = field(default_factory=list)
+    waiters: list[Waiter] = field(default_factory=list)
+    fence: int | None = None
+    held_elsewhere: list[str] = field(default_factory=list)
+    agent: tuple[str, str | None] | None = None
+    my_wait: tuple[float, bool, float | None, float] | None = None  # waited, alerted, expected, heartbeat age
+
+
+def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> _Snapshot:
+    """In one statement: expire overdue holders and purge abandoned waiters of the resource, then read
+    its live holders, its queue, its fence token, the other resources the agent holds, and the agent's
+    status (re-checked under a lock by the grant itself)."""
+    cur.execute(SNAPSHOT, {"r": resource, "a": agent_id, "stale": stale_after})
+    snap = _Snapshot()
+    for kind, name, mode, num, seq, at, held, expected, age in cur.fetchall():
+        if kind == "expired":
+            snap.expired.append(Expiry(resource, str(name), int(num), float(held)))
+        elif kind == "holder":
+            snap.holders.append((str(name), Mode(mode), int(num)))
+        elif kind == "waiter":
+            snap.waiters.append(Waiter(resource, str(name), Mode(mode), int(seq), at))
+        elif kind == "fence":
+            snap.fence = int(num)
+        elif kind == "mywait":
+            snap.my_wait = (float(held), bool(num), None if expected is None else float(expected), float(age))
+        elif kind == "agent":
+            snap.agent = (str(name), None if mode is None else str(mode))
+        else:
+            snap.held_elsewhere.append(str(name))
+    snap.waiters.sort(key=lambda w: w.seq)
+    return snap
+
+
+def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool,
+            expected: float | None, stale_after: float,
+            violation_of: Callable[[str, list[str]], str | None] | None = None) -> StepResult:
+    """One try to get a lease: grant it, re-enter it, or (if ``queue``) keep a place in the FIFO queue.
+
+    With ``violation_of`` (the pure lock-order rule) the request is first checked against the other
+    resources the agent holds; a violation is recorded and returned as the error.
+    """
+    _lock(cur, resource)
+    cur.execute(LOCK_AGENT_EARLY, (agent_id,))
+    snap = _snapshot(cur, resource, agent_id, stale_after)
+    expired, rows, waiters, fence = snap.expired, snap.holders, snap.waiters, snap.fence
+    if expired:
+        fence = _bump(cur, resource)
+        for g in expired:
+            _record(cur, lease_stream(resource), ev.LeaseExpired(
+                resource=resource, agent_id=g.agent_id, token=g.token, fence_token=fence),
+                g.agent_id, resource, g.token)
+        _notify(cur, resource)
+    if violation_of is not None and (later := violation_of(resource, snap.held_elsewhere)) is not None:
+        _record(cur, agent_stream(agent_id), ev.LockOrderViolated(
+            agent_id=agent_id, requested=resource, held=later), agent_id)
+        return StepResult(expired=expired, error=LockOrderViolation(agent_id, resource, later))
+    if snap.agent is None:
+        reason = _agent_killed(cur, agent_id)  # first request of this agent: create its row
+    else:
+        reason = (snap.agent[1] or "no reason given") if snap.agent[0] == "killed" else None
+    if reason is not None:
+        cur.execute(DEQUEUE, (resource, agent_id))
+        return StepResult(expired=expired, error=AgentKilledError(
+            f"agent {agent_id!r} was stopped by the kill switch ({reason}); an operator must revive it"))
+    holders = [Holder(resource, a, m) for a, m, _ in rows]
+    mine = [h for h in holders if h.agent_id == agent_id]
+    if mine:
+        if mine[0].mode is Mode.SHARED and mode is Mode.EXCLUSIVE:
+            return StepResult(expired=expired, error=CoordinationError(
+                f"agent {agent_id!r} holds a shared lease on {resource!r} and asked for an exclusive one; "
+                "upgrades are not supported (they deadlock): release the shared lease first"))
+        cur.execute(REENTER, (ttl, resource, agent_id))
+        again = cur.fetchone()
+        if again is None:  # revoked by a kill between the snapshot and now
+            return StepResult(expired=expired, error=LeaseNotHeldError(
+                f"the lease of {agent_id!r} on {resource!r} was revoked while it was re-entered"))
+        tok, held_mode, expires_at = again
+        return StepResult(expired=expired, grant=Grant(resource, agent_id, Mode(held_mode), int(tok),
+                                                       expires_at, reentered=True))
+    others = sorted({h.agent_id for h in holders})
+    if may_grant(agent_id, mode, holders, waiters):
+        # Joining a shared group shares its token, unless the group was fenced meanwhile.
+        share = holders and fence is not None and all(t == fence for _, _, t in rows)
+        cur.execute(GRANT_SHARED if share else GRANT_NEW,
+                    {"r": resource, "a": agent_id, "m": mode.value, "ttl": ttl, "tok": fence})
+        granted = cur.fetchone()
+        if granted is None:  # killed between the snapshot and the grant
+            return StepResult(expired=expired, error=AgentKilledError(
+                f"agent {agent_id!r} was stopped by the kill switch; an operator must revive it"))
+        token, expires_at, waited = granted
+        token, waited = int(token), float(waited or 0.0)
+        _record(cur, lease_stream(resource), ev.LeaseGranted(
+            resource=resource, agent_id=agent_id, mode=mode.value, token=token, ttl_seconds=ttl,
+            waited_seconds=waited), agent_id, resource, token)
+        return StepResult(expired=expired, grant=Grant(resource, agent_id, mode, token, expires_at, waited))
+    held_by = others or sorted({w.agent_id for w in waiters if w.agent_id != agent_id})
+    if not queue:
+        _record(cur, lease_stream(resource), ev.LeaseDenied(
+            resource=resource, agent_id=agent_id, mode=mode.value, reason="busy", held_by=held_by), agent_id)
+        return StepResult(expired=expired, held_by=held_by)
+    # Keep the place in the queue. Most polls only read: the heartbeat is refreshed when it is a quarter
+    # of the way to stale, so a waiting poll rarely needs a WAL flush at commit.
+    if snap.my_wait is None:
+        cur.execute(ENQUEUE, (resource, agent_id, mode.value, expected))
+        waited, alerted, expected_db = 0.0, False, expected
+        _record(cur, lease_stream(resource), ev.LeaseWaited(
+            resource=resource, agent_id=agent_id, mode=mode.value, held_by=held_by,
+            expected_seconds=expected), agent_id)
+    else:
+        waited, alerted, expected_db, age = snap.my_wait
+        if age > stale_after / 4:
+            cur.execute(HEARTBEAT, (resource, agent_id))
+    result = StepResult(expired=expired, held_by=held_by, newly_queued=snap.my_wait is None,
+                        waited_seconds=waited)
+    if expected_db is not None and wait_exceeded(waited, expected_db, alerted):
+        cur.execute(MARK_ALERTED, (resource, agent_id))
+        result.alert = ev.WaitExceeded(resource=resource, agent_id=agent_id, waited_seconds=waited,
+                                       expected_seconds=expected_db, held_by=held_by)
+        _record(cur, lease_stream(resource), result.alert, agent_id)
+    return result
+
+
+def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: str,
+                deadlock: ev.DeadlockFound | None = None) -> float | None:
+    """Give up waiting (timeout, deadlock victim, interruption): remove the queue entry and record why.
+    Returns how long it waited, or None if it was not queued."""
+    _lock(cur, resource)
+    cur.execute(DEQUEUE, (resource, agent_id))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    if deadlock is not None:
+        _record(cur, lease_stream(resource), deadlock, agent_id)
+    _notify(cur, resource)  # those queued behind may be grantable now
+    cur.execute(HOLDERS, (resource,))
+    held_by = sorted({str(a) for a, _, _ in cur.fetchall()})
+    _record(cur, lease_stream(resource), ev.LeaseDenied(
+        resource=resource, agent_id=agent_id, mode=mode.value, reason=reason, held_by=held_by), agent_id)
+    return float(row[0])
+
+
+def release(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple[float | None, Expiry | None]:
+    """Release one hold. Returns (held seconds if the lease is now free of this agent, expiry if it had
+    expired). Raises LeaseNotHeldError if the agent does not hold this grant.
+
+    The common case (a live, non-re-entered hold) is one DELETE and needs no advisory lock: it hands
+    out no token, and a concurrent expiry of the same row is serialised by the row lock.
+    """
+    cur.execute(RELEASE_FAST, {"r": resource, "a": agent_id, "t": token})
+    row = cur.fetchone()
+    if row is not None:
+        held_fast = float(row[0])
+        _record(cur, lease_stream(resource), ev.LeaseReleased(
+            resource=resource, agent_id=agent_id, token=token, held_seconds=held_fast),
+            agent_id, resource, token)
+        return held_fast, None
+    _lock(cur, resource)
+    cur.execute(RELEASE_ROW, (resource, agent_id))
+    row = cur.fetchone()
+    if row is None or int(row[0]) != token:
+        raise LeaseNotHeldError(
+            f"agent {agent_id!r} does not hold the lease on {resource!r} with token {token} "
+            "(it expired and was taken over, was revoked, or was never granted)")
+    count, alive, held = int(row[1]), bool(row[2]), float(row[3])
+    if not alive:
+        cur.execute(DROP_HOLDER, (resource, agent_id))
+        fence = _bump(cur, resource)
+        _notify(cur, resource)
+        _record(cur, lease_stream(resource), ev.LeaseExpired(
+            resource=resource, agent_id=agent_id, token=token, fence_token=fence), agent_id, resource, token)
+        return None, Expiry(resource, agent_id, token, held)
+    if count > 1:
+        cur.execute(DECREMENT, (resource, agent_id))
+        return None, None
+    cur.execute(DROP_HOLDER, (resource, agent_id))
+    _notify(cur, resource)
+    _record(cur, lease_stream(resource), ev.LeaseReleased(
+        resource=resource, agent_id=agent_id, token=token, held_seconds=held), agent_id, resource, token)
+    return held, None
+
+
+def renew(cur: Cursor, resource: str, agent_id: str, token: int, ttl: float) -> datetime:
+    """Extend a live lease by ``ttl`` from now (database clock); LeaseNotHeldError if it is gone."""
+    cur.execute(RENEW, (ttl, ttl, resource, agent_id, token))
+    row = cur.fetchone()
+    if row is None:
+        raise LeaseNotHeldError(
+            f"agent {agent_id!r} cannot renew {resource!r} token {token}: the lease expired or was revoked")
+    _record(cur, lease_stream(resource), ev.LeaseRenewed(
+        resource=resource, agent_id=agent_id, token=token, ttl_seconds=ttl), agent_id, resource, token)
+    return row[0]  # type: ignore[no-any-return]
+
+
+def wait_graph(cur: Cursor, stale_after: float) -> tuple[list[Holder], list[Waiter]]:
+    """Live holders and waiters of every resource, from one snapshot, for the wait-for graph."""
+    cur.execute(WAIT_GRAPH, (stale_after,))
+    holders: list[Holder] = []
+    waiters: list[Waiter] = []
+    for kind, r, a, m, s, t in cur.fetchall():
+        if kind == "h":
+            holders.append(Holder(str(r), str(a), Mode(m)))
+        else:
+            waiters.append(Waiter(str(r), str(a), Mode(m), int(s), t))
+    return holders, waiters
+
+
+def mark_killed(cur: Cursor, agent_id: str, reason: str) -> None:
+    """Step 1 of the kill switch: from its commit on, no grant succeeds and the projector rejects the
+    agent's events. Grants in flight hold the agent row FOR SHARE, so this waits for them."""
+    cur.execute(KILL, (agent_id, reason))
+
+
+def revoke_all(cur: Cursor, agent_id: str, reason: str, killed: bool) -> list[tuple[str, int, int]]:
+    """Step 2 of the kill switch: revoke every lease and wait of the agent at once, fencing each token.
+    Returns (resource, revoked token, new fence token) per revoked lease."""
+    cur.execute(AGENT_RESOURCES, (agent_id, agent_id))
+    resources = sorted({str(r[0]) for r in cur.fetchall()}, key=lambda r: (key_of(r), r))
+    for r in resources:
+        _lock(cur, r)
+    revoked: list[tuple[str, int, int]] = []
+    if resources:
+        cur.execute("DELETE FROM lease_waiters WHERE agent_id = %s", (agent_id,))
+        cur.execute("DELETE FROM lease_holders WHERE agent_id = %s RETURNING resource, token", (agent_id,))
+        for r, t in sorted(cur.fetchall()):
+            fence = _bump(cur, str(r))
+            _notify(cur, str(r))
+            revoked.append((str(r), int(t), fence))
+            _record(cur, lease_stream(str(r)), ev.LeaseRevoked(
+                resource=str(r), agent_id=agent_id, token=int(t), fence_token=fence, reason=reason),
+                agent_id, str(r), int(t))
+    if killed:
+        _record(cur, agent_stream(agent_id), ev.AgentKilled(
+            agent_id=agent_id, reason=reason, revoked=[r for r, _, _ in revoked]), agent_id)
+    return revoked
+
+
+def revive(cur: Cursor, agent_id: str) -> bool:
+    """Mark the agent active again and record it; False if it was never known."""
+    cur.execute(REVIVE, (agent_id,))
+    if cur.fetchone() is None:
+        return False
+    _record(cur, agent_stream(agent_id), ev.AgentRevived(agent_id=agent_id), agent_id)
+    return True
+
+
+def fence_rejections(cur: Cursor) -> dict[str, int]:
+    """Events the projector refused for a stale or never-granted lease token, per agent."""
+    cur.execute(FENCE_REJECTIONS)
+    return {str(a): int(n) for a, n in cur.fetchall()}
+
+
+def holders_of(cur: Cursor, resources: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Current holders (for operators and tests), optionally limited to some resources."""
+    sql = ("SELECT resource, agent_id, mode, token, hold_count, granted_at, expires_at, "
+           "expires_at <= clock_timestamp() FROM lease_holders")
+    params: tuple[Any, ...] = ()
+    if resources is not None:
+        sql += " WHERE resource = ANY(%s)"
+        params = (list(resources),)
+    cur.execute(sql + " ORDER BY resource, agent_id", params)
+    keys = ("resource", "agent_id", "mode", "token", "hold_count", "granted_at", "expires_at", "expired")
+    return [dict(zip(keys, row, strict=True)) for row in cur.fetchall()]

@@ -1,0 +1,69 @@
+"""The outcome store: what was decided about each emitted event, read back by event id.
+
+Committed events are their rows in ``events``; every other decision (duplicate, conflict, rejected)
+is a row in ``outcomes``. Both tables are append-only and only the projector role writes them, so an
+outcome read here is what the projector decided (a notification is only a wake-up).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import psycopg
+from psycopg.rows import dict_row
+
+from eventstore.core.outcomes import EmitResult, Outcome, ReasonCode
+
+LOOKUP_OUTCOMES = """
+SELECT event_id, 'committed' AS status, stream, version, position, version AS current_version,
+       NULL AS reason, NULL AS reason_code
+  FROM events WHERE event_id = ANY(%(ids)s::uuid[])
+UNION ALL
+SELECT o.event_id, o.status, o.stream, CASE WHEN o.status = 'duplicate' THEN e.version END AS version,
+       o.original_position AS position, o.current_version, o.reason, o.reason_code
+  FROM outcomes o LEFT JOIN events e ON e.position = o.original_position
+ WHERE o.event_id = ANY(%(ids)s::uuid[])
+"""
+
+
+class OutcomeStore(Protocol):
+    """Recorded decisions by event id (the contract suite in tests/test_contract_outcomes.py)."""
+
+    def lookup(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, EmitResult]: ...
+
+
+def result_from_row(row: dict[str, Any]) -> EmitResult:
+    """An outcome row (by column name) as the EmitResult the agent receives."""
+    code = row["reason_code"]
+    return EmitResult(event_id=row["event_id"], status=Outcome(row["status"]), stream=row["stream"],
+                      version=row["version"], position=row["position"], current_version=row["current_version"],
+                      reason=row["reason"], reason_code=None if code is None else ReasonCode(code))
+
+
+def lookup_outcomes(cur: psycopg.Cursor[Any], ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, EmitResult]:
+    """Recorded outcomes of these event ids; a committed row wins over any other record."""
+    found: dict[uuid.UUID, EmitResult] = {}
+    if not ids:
+        return found
+    with cur.connection.cursor(row_factory=dict_row) as rc:
+        rc.execute(LOOKUP_OUTCOMES, {"ids": list(ids)})
+        for row in rc.fetchall():
+            r = result_from_row(row)
+            if r.event_id not in found or r.status is Outcome.COMMITTED:
+                found[r.event_id] = r
+    return found
+
+
+class PostgresOutcomeStore:
+    """The outcome store over a connection pool."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def lookup(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, EmitResult]:
+        from eventstore.postgres.connection import converted_errors
+
+        with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
+            return lookup_outcomes(cur, ids)

@@ -1,0 +1,1 @@
+"""The projector side: the consumer loop, read models, the committed-topic publisher, rebuilds."""

@@ -1,0 +1,245 @@
+"""The projector: a consumer-group member that turns intake messages into committed events.
+
+Kafka offsets are only a hint here: the truth is the ``consumer_offsets`` table, written in the
+batch transaction. On assignment the consumer seeks to the stored offsets, and every batch re-checks
+them under a row lock, so a member that lost its partitions in a rebalance (a zombie) cannot apply
+anything twice. Kafka offsets are committed after the database commit, for lag tooling only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from eventstore.core.backoff import backoff_delays
+from eventstore.core.errors import StorageError, TransientStorageError
+from eventstore.core.events import import_app_modules, registry
+from eventstore.core.lifecycle import BackgroundRunner
+from eventstore.core.outcomes import Outcome
+from eventstore.core.settings import Settings
+from eventstore.core.validation import printable
+from eventstore.kafka.config import consumer_config, ensure_topics, producer_config
+from eventstore.postgres.connection import Database
+from eventstore.postgres.intake import (
+    BatchResult,
+    IntakeMessage,
+    PoisonBatchError,
+    dead_letter_headers,
+    write_batch,
+)
+from eventstore.postgres.offsets import load_offsets
+from eventstore.postgres.readmodels import ReadModel, ReadModelError, read_models
+from eventstore.projection.publisher import Publisher
+from eventstore.wire.rejections import encode_rejection
+
+log = logging.getLogger(__name__)
+SETUP_LOCK = "SELECT pg_advisory_xact_lock(hashtext('eventstore read-model setup'))"
+
+
+@dataclass
+class ProjectorStats:
+    batches: int = 0
+    messages: int = 0
+    committed: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+    dead_letters: int = 0
+    retries: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, r: BatchResult, messages: int) -> None:
+        with self.lock:
+            self.batches += 1
+            self.messages += messages
+            self.committed += len(r.committed)
+            self.duplicates += r.count(Outcome.DUPLICATE)
+            self.conflicts += r.count(Outcome.CONFLICT)
+            self.rejected += r.count(Outcome.REJECTED)
+            self.dead_letters += len(r.dead_letters)
+
+
+class Projector(BackgroundRunner):
+    """Consume the intake topic and commit batches into PostgreSQL. Start several for scale."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        models: Sequence[ReadModel] | None = None,
+        group: str | None = None,
+        publish: bool = True,
+    ) -> None:
+        super().__init__(f"projector-{group or settings.projector_group}")
+        import_app_modules(settings.app_modules)
+        self.settings = settings
+        self.database = Database(settings.require_database(), application_name="eventstore-projector")
+        settings.require_kafka()
+        self.group = group or settings.projector_group
+        self.topic = settings.intake_topic
+        self.models = list(models) if models is not None else read_models.create()
+        self.stats = ProjectorStats()
+        self._assigned: set[int] = set()
+        self.ready = threading.Event()
+        self.publisher = Publisher(settings) if publish else None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Create the topics and the read models' tables if missing."""
+        ensure_topics(self.settings, {self.topic: self.settings.intake_partitions,
+                                      self.settings.dead_letter_topic: 1, self.settings.rejections_topic: 1,
+                                      self.settings.committed_topic: 1})
+        with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
+            # CREATE TABLE IF NOT EXISTS is not safe against itself: two projectors starting together
+            # can both try to create a table and one fails on a catalog unique index. Take turns.
+            cur.execute(SETUP_LOCK)
+            for m in self.models:
+                m.setup(cur)
+
+    stop_timeout = 15.0
+
+    def _before_start(self) -> None:
+        self.setup()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return self.database.connect()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> None:
+        """Consume until stop() (or SIGTERM via the CLI). A fatal error ends the loop; run in a
+        thread (``start()``), it is kept in ``self.error``."""
+        conn = self._connect()
+        consumer = Consumer(consumer_config(self.settings, self.group))
+        producer = Producer(producer_config(self.settings))
+
+        def on_assign(c: Consumer, parts: list[TopicPartition]) -> None:
+            stored = load_offsets(conn, self.group, self.topic)
+            conn.commit()
+            for p in parts:
+                p.offset = stored.get(p.partition, OFFSET_BEGINNING)
+                _, high = c.get_watermark_offsets(TopicPartition(self.topic, p.partition), timeout=5)
+                if p.offset > high >= 0:
+                    # Offsets beyond the end: the topic was recreated or truncated. New messages at
+                    # lower offsets would look applied; an operator must decide (see README).
+                    log.error("stored offset %d of %s[%d] is beyond the topic's end %d: was the topic "
+                              "recreated? Messages below %d will be treated as applied", p.offset,
+                              self.topic, p.partition, high, p.offset)
+            self._assigned = {p.partition for p in parts}
+            c.assign(parts)
+            self.ready.set()
+            log.info("assigned partitions %s", sorted(self._assigned))
+
+        def on_revoke(c: Consumer, parts: list[TopicPartition]) -> None:
+            self._assigned -= {p.partition for p in parts}
+            c.unassign()
+
+        consumer.subscribe([self.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
+        if self.publisher is not None:
+            self.publisher.start()
+        try:
+            while not self._stop.is_set():
+                batch = self._next_batch(consumer)
+                if batch:
+                    conn = self._process(conn, consumer, producer, batch)
+        finally:
+            if self.publisher is not None:
+                self.publisher.stop()
+            consumer.close()
+            producer.flush(5)
+            conn.close()
+
+    def _next_batch(self, consumer: Consumer) -> list[IntakeMessage]:
+        first = consumer.poll(0.1)
+        if first is None:
+            return []
+        msgs: list[Message] = [first]
+        if self.settings.batch_size > 1:
+            msgs.extend(consumer.consume(self.settings.batch_size - 1, timeout=self.settings.batch_wait_ms / 1000))
+        out = []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("intake consumer error: %s", err.str())
+                continue
+            out.append(IntakeMessage(int(m.partition() or 0), int(m.offset() or 0), m.key(), m.value()))
+        return out
+
+    def _process(self, conn: psycopg.Connection[Any], consumer: Consumer, producer: Producer,
+                 batch: list[IntakeMessage]) -> psycopg.Connection[Any]:
+        result, conn = self._commit_with_retries(conn, batch, {})
+        self.stats.add(result, len(batch))
+        # Topic copies of dead letters and rejections: the tables already hold them, so a broker
+        # problem here is logged and must not stop the projector.
+        try:
+            for d in result.dead_letters:
+                producer.produce(self.settings.dead_letter_topic, value=d.message.value, key=d.message.key,
+                                 headers=dead_letter_headers(d, self.topic))
+            for rejection in result.rejections:
+                key, value, headers = encode_rejection(rejection)
+                producer.produce(self.settings.rejections_topic, value=value, key=key, headers=headers)
+            if result.dead_letters or result.rejections:
+                producer.poll(0)
+        except (KafkaException, BufferError) as e:
+            log.error("could not publish dead letters/rejections to Kafka (they are in PostgreSQL): %s", e)
+        try:
+            if result.next_offsets:
+                consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in result.next_offsets.items()],
+                                asynchronous=True)
+            for p, o in result.behind.items():
+                if p in self._assigned and p not in result.next_offsets:
+                    consumer.seek(TopicPartition(self.topic, p, o))
+        except KafkaException as e:  # Kafka offsets are only a hint; PostgreSQL holds the real ones
+            log.warning("could not commit or seek Kafka offsets: %s", e)
+        return conn
+
+    def _commit_with_retries(
+        self, conn: psycopg.Connection[Any], batch: list[IntakeMessage], poisoned: dict[tuple[int, int], str]
+    ) -> tuple[BatchResult, psycopg.Connection[Any]]:
+        delays = backoff_delays()
+        while True:
+            try:
+                return self._write(conn, batch, poisoned), conn
+            except TransientStorageError as e:
+                self.stats.retries += 1
+                log.warning("%s", e)
+                time.sleep(next(delays))
+                if conn.closed or conn.broken:
+                    conn = self._reconnect()
+            except (ReadModelError, PoisonBatchError) as e:
+                if len(batch) == 1:
+                    m = batch[0]
+                    return self._write(conn, batch, {(m.partition, m.offset): printable(str(e))}), conn
+                # Split the batch to isolate the event the handler cannot apply; the rest commit.
+                merged = BatchResult()
+                for m in batch:
+                    r, conn = self._commit_with_retries(conn, [m], poisoned)
+                    merged.committed += r.committed
+                    merged.results += r.results
+                    merged.dead_letters += r.dead_letters
+                    merged.next_offsets.update(r.next_offsets)
+                    merged.behind.update(r.behind)
+                    merged.rejections += r.rejections
+                return merged, conn
+
+    def _write(self, conn: psycopg.Connection[Any], batch: list[IntakeMessage],
+               poisoned: dict[tuple[int, int], str]) -> BatchResult:
+        return write_batch(conn, group=self.group, topic=self.topic, messages=batch,
+                           models=self.models, types=registry, poisoned=poisoned)
+
+    def _reconnect(self) -> psycopg.Connection[Any]:
+        delays = backoff_delays()
+        while not self._stop.is_set():
+            try:
+                return self._connect()
+            except StorageError as e:
+                log.warning("reconnecting to PostgreSQL: %s", e)
+                time.sleep(next(delays))
+        raise TransientStorageError("projector stopped while reconnecting")

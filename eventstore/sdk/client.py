@@ -1,0 +1,284 @@
+"""The agent SDK: emit typed events through Kafka and learn the projector's decision.
+
+Every emit validates the event and its envelope fields first and raises InvalidEventError before
+anything is sent. Producing uses Kafka's idempotent producer (acks=all), keyed by stream, so one
+stream's events stay in one partition and in order.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from eventstore.core.errors import BrokerError, ConfigurationError, EmitTimeout, InvalidEventError
+from eventstore.core.events import Event, validate_event
+from eventstore.core.outcomes import EmitResult, Outcome
+from eventstore.core.records import Envelope, LeaseRef, RecordedEvent
+from eventstore.core.settings import Settings
+from eventstore.core.validation import check_name, check_stream
+from eventstore.discovery import resolve_settings
+from eventstore.kafka.config import ensure_topics, producer_config
+from eventstore.postgres import eventlog
+from eventstore.postgres.connection import Database, converted_errors
+from eventstore.postgres.outcomes import lookup_outcomes
+from eventstore.sdk.listener import OutcomeListener
+from eventstore.wire.envelope import encode
+
+if TYPE_CHECKING:
+    from consumers.subscriber import Subscriber
+    from consumers.views import LocalView, Reducer, StreamState
+
+
+class HasLeaseRef(Protocol):
+    @property
+    def ref(self) -> LeaseRef: ...
+
+
+class EmitHandle:
+    """An emitted event whose outcome may still be pending."""
+
+    def __init__(self, event_id: uuid.UUID, stream: str, idempotency_key: str,
+                 future: Future[EmitResult]) -> None:
+        self.event_id = event_id
+        self.stream = stream
+        self.idempotency_key = idempotency_key
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self, timeout: float | None = 10.0) -> EmitResult:
+        """Wait for the decision; EmitTimeout if none arrives (retry with the same idempotency key)."""
+        try:
+            return self.future.result(timeout)
+        except FutureTimeout as e:
+            raise EmitTimeout(
+                f"no outcome for event {self.event_id} on stream {self.stream!r} within {timeout}s; is a "
+                f"projector running? Re-emit with idempotency_key={self.idempotency_key!r} to be safe"
+            ) from e
+
+
+def build_envelope(
+    agent_id: str,
+    event: Event,
+    stream: str,
+    *,
+    expected_version: int | None,
+    idempotency_key: str | None,
+    correlation_id: uuid.UUID | None,
+    causation_id: uuid.UUID | None,
+    lease: LeaseRef | HasLeaseRef | None,
+) -> Envelope:
+    """Validate everything an agent gave and wrap it; InvalidEventError names what is wrong."""
+    payload = validate_event(event)
+    check_stream(stream)
+    if expected_version is not None and (
+        isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 0
+    ):
+        raise InvalidEventError(f"expected_version must be None or an int >= 0, got {expected_version!r}")
+    event_id = uuid.uuid4()
+    key = check_name("idempotency_key", idempotency_key) if idempotency_key is not None else str(event_id)
+    ref = lease if lease is None or isinstance(lease, LeaseRef) else getattr(lease, "ref", None)
+    if lease is not None and not isinstance(ref, LeaseRef):
+        raise InvalidEventError(f"lease must be a Lease or LeaseRef, got {type(lease).__name__}")
+    for name, value in (("correlation_id", correlation_id), ("causation_id", causation_id)):
+        if value is not None and not isinstance(value, uuid.UUID):
+            raise InvalidEventError(f"{name} must be a uuid.UUID, got {value!r}")
+    # Every field was checked above (the payload by its own model), so the envelope is built without
+    # validating it a second time: this is the SDK's hot path.
+    return Envelope.model_construct(
+        event_id=event_id, idempotency_key=key, stream=stream, expected_version=expected_version,
+        agent_id=check_name("agent_id", agent_id), correlation_id=correlation_id or event_id,
+        causation_id=causation_id, occurred_at=datetime.now(UTC), type=event.event_type,
+        schema_version=event.schema_version, payload=payload, lease=ref,
+    )
+
+
+class AgentClient:
+    """Emit events and read streams as one agent. Thread-safe; use as a context manager."""
+
+    def __init__(self, agent_id: str, settings: Settings | None = None, *, ensure_topic: bool = True) -> None:
+        self.agent_id = check_name("agent_id", agent_id)
+        self.settings = resolve_settings(settings, need_kafka=True)
+        self.settings.require_kafka()
+        database = Database(self.settings.require_database(), application_name=f"eventstore-agent:{agent_id}"[:63])
+        if ensure_topic:
+            ensure_topics(self.settings, {self.settings.intake_topic: self.settings.intake_partitions})
+        self._listener = OutcomeListener(database, agent_id)
+        self._pool = database.pool(min_size=1, max_size=4, name=f"agent-{agent_id}")
+        # The delivery callback acts only on failures; successful deliveries need no Python call.
+        self._producer = Producer(producer_config(self.settings, **{"delivery.report.only.error": True}))
+        self._closed = threading.Event()
+        self._subscriber: Subscriber | None = None
+        self.view: LocalView | None = None
+        self._poller = threading.Thread(target=self._poll, name=f"producer-{agent_id}", daemon=True)
+        self._poller.start()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._producer.flush(10)
+        if self._subscriber is not None:
+            self._subscriber.stop()
+        self._closed.set()
+        self._poller.join(5)
+        self._listener.close()
+        self._pool.close()
+
+    def _poll(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+
+    # -- writing -----------------------------------------------------------------------------
+    def emit(
+        self,
+        event: Event,
+        stream: str,
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        lease: LeaseRef | HasLeaseRef | None = None,
+    ) -> EmitHandle:
+        """Send an event without waiting for its outcome. Without an idempotency key, each call
+        is a new intent; pass the same key on a retry."""
+        env = build_envelope(self.agent_id, event, stream, expected_version=expected_version,
+                             idempotency_key=idempotency_key, correlation_id=correlation_id,
+                             causation_id=causation_id, lease=lease)
+        return self.emit_envelope(env)
+
+    def emit_envelope(self, env: Envelope) -> EmitHandle:
+        """Send a prepared envelope (built by :func:`build_envelope`)."""
+        if self._closed.is_set():
+            raise BrokerError("the client is closed")
+        fut = self._listener.expect(env.event_id)
+        key, value, headers = encode(env)
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._listener.fail(env.event_id, BrokerError(
+                    f"the broker did not take event {env.event_id}: {err.str()}; re-emit with the same key"))
+
+        while True:
+            try:
+                self._producer.produce(self.settings.intake_topic, value=value, key=key, headers=headers,
+                                       on_delivery=delivered)
+                break
+            except BufferError:
+                self._producer.poll(0.01)  # local queue full: let deliveries drain
+        return EmitHandle(env.event_id, env.stream, env.idempotency_key, fut)
+
+    def emit_and_wait(
+        self,
+        event: Event,
+        stream: str,
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        lease: LeaseRef | HasLeaseRef | None = None,
+        timeout: float = 10.0,
+    ) -> EmitResult:
+        """Emit and wait for the decision: COMMITTED, DUPLICATE, CONFLICT or REJECTED."""
+        handle = self.emit(event, stream, expected_version=expected_version, idempotency_key=idempotency_key,
+                           correlation_id=correlation_id, causation_id=causation_id, lease=lease)
+        self._producer.poll(0)
+        return handle.result(timeout)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until the broker acknowledged everything emitted so far."""
+        left = self._producer.flush(timeout)
+        if left:
+            raise BrokerError(f"{left} event(s) still unacknowledged by the broker after {timeout}s")
+
+    # -- deciding on committed state ---------------------------------------------------------
+    def follow(self, streams: str | Callable[[str], bool] | None = None, *, reducer: Reducer | None = None,
+               timeout: float = 30.0) -> LocalView:
+        """Keep a local view of committed events (all streams, those starting with a prefix, or those a
+        predicate accepts), fed by a subscriber; returns once the view has caught up with the log."""
+        from consumers.subscriber import Subscriber
+        from consumers.views import LocalView, merge_payloads
+
+        if self.view is not None:
+            return self.view
+        accept = (lambda s, p=streams: s.startswith(p)) if isinstance(streams, str) else streams
+        self.view = LocalView(reducer or merge_payloads, accept)
+        self._subscriber = Subscriber(f"agent-{self.agent_id}", view=self.view, settings=self.settings).start()
+        with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
+            head = eventlog.head_position(cur)
+        self.view.wait_for_position(head, timeout)
+        return self.view
+
+    def retry_on_conflict(
+        self,
+        stream: str,
+        decide: Callable[[StreamState | None], Event | None],
+        *,
+        attempts: int = 5,
+        idempotency_key: str | None = None,
+        timeout: float = 10.0,
+    ) -> EmitResult | None:
+        """Decide on the view's committed state of ``stream`` and emit with its version; on CONFLICT
+        wait until the view shows the newer version and decide again. ``decide`` returns the event, or
+        None to give up (e.g. out of stock), which returns None. Needs :meth:`follow` first.
+        Pass ``idempotency_key`` to make calling it again (after an EmitTimeout) safe: all attempts
+        share the key, and a conflict does not consume it."""
+        if self.view is None:
+            raise ConfigurationError("call client.follow(...) before retry_on_conflict: it decides on the local view")
+        key = idempotency_key or str(uuid.uuid4())
+        self.view.wait_for_version(stream, self.stream_version(stream), timeout)
+        result: EmitResult | None = None
+        for _ in range(attempts):
+            state = self.view.get(stream)
+            event = decide(state)
+            if event is None:
+                return None
+            result = self.emit_and_wait(event, stream, expected_version=state.version if state else 0,
+                                        idempotency_key=key, timeout=timeout)
+            if result.status is not Outcome.CONFLICT:
+                return result
+            current = result.current_version if result.current_version is not None else self.stream_version(stream)
+            self.view.wait_for_version(stream, current, timeout)
+        return result
+
+    # -- reading -----------------------------------------------------------------------------
+    def wait_for_position(self, position: int, timeout: float = 10.0) -> None:
+        """Read-your-writes for database reads: wait until the log (and with it every read model,
+        which commits in the same transaction) includes ``position``."""
+        with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
+            eventlog.wait_for_position(cur, position, timeout)
+
+    def stream_version(self, stream: str, *, min_position: int | None = None) -> int:
+        """The stream's committed version (0 for a stream with no events)."""
+        if min_position is not None:
+            self.wait_for_position(min_position)
+        with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
+            return eventlog.stream_version(cur, stream)
+
+    def read_stream(self, stream: str, from_version: int = 0, *,
+                    min_position: int | None = None) -> list[RecordedEvent]:
+        """Committed events of a stream after ``from_version``, in version order."""
+        if min_position is not None:
+            self.wait_for_position(min_position)
+        with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
+            return eventlog.read_stream(cur, stream, from_version)
+
+    def outcome(self, event_id: uuid.UUID) -> EmitResult | None:
+        """The recorded decision on an event id, or None while it is undecided."""
+        with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
+            return lookup_outcomes(cur, [event_id]).get(event_id)
