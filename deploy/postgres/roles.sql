@@ -39,4 +39,5 @@ GRANT eventstore_auditor TO es_follower;
 -- operator: kill switch, offsets reset, verify.
 GRANT eventstore_operator TO es_operator;
 
-GRANT CONNECT ON DATABASE eventstore TO es_projector, es_api, es_follower, es_operator;
+SELECT format('GRANT CONNECT ON DATABASE %I TO es_projector, es_api, es_follower, es_operator',
+              current_database()) \gexec

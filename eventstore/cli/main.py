@@ -226,6 +226,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_topics(args: argparse.Namespace) -> int:
+    from eventstore.cli import topics
+
+    return EXIT_OK if topics.run(args) else EXIT_FAILURE
+
+
 def cmd_agents(args: argparse.Namespace) -> int:
     from eventstore.coordination import Coordinator
     from eventstore.discovery import configured
@@ -279,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     ag.set_defaults(fn=cmd_agents)
     from eventstore.cli import topics
 
-    topics.add_parser(sub)
+    topics.add_parser(sub).set_defaults(fn=cmd_topics)
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
     bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases", "scale"])
     bn.add_argument("--events", type=int, default=None,

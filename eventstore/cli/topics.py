@@ -46,14 +46,11 @@ def plan(wanted: list[TopicSpec], existing: Mapping[str, int]) -> TopicPlan:
     return TopicPlan(create, ok, wrong)
 
 
-def cmd_topics(args: argparse.Namespace) -> int:
-    from eventstore.cli.main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+def run(args: argparse.Namespace) -> bool:
+    """Carry out ``topics create``; False when an existing topic has a wrong partition count."""
     from eventstore.discovery import configured
     from eventstore.kafka.admin import create_topics, partition_counts
 
-    if args.replication_factor == 0 or args.replication_factor < -1:
-        print("eventstore topics: --replication-factor must be >= 1 (or -1 for the broker default)")
-        return EXIT_USAGE
     settings = Settings.from_env()
     if not settings.kafka_bootstrap:  # only the broker is needed; else a running `eventstore dev`
         settings = configured()
@@ -76,21 +73,35 @@ def cmd_topics(args: argparse.Namespace) -> int:
             rf = "broker default" if t.replication_factor == -1 else str(t.replication_factor)
             print(f"{'exists  ' if t.name in raced else 'created '} {t.name} ({t.partitions} partitions, "
                   f"replication factor {rf})")
-    return EXIT_FAILURE if p.wrong else EXIT_OK
+    return not p.wrong
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``topics create`` on the main parser's subcommands."""
+def _replication(text: str) -> int:
+    n = int(text)
+    if n == 0 or n < -1:
+        raise argparse.ArgumentTypeError("must be >= 1, or -1 for the broker's default")
+    return n
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return n
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Register ``topics create`` on the main parser's subcommands; the caller sets ``fn``."""
     tp = sub.add_parser("topics", help="create the namespace's Kafka topics up front (production)")
     tp_sub = tp.add_subparsers(dest="action", required=True, metavar="ACTION")
     cr = tp_sub.add_parser("create", help="create missing topics; existing ones with a wrong partition count fail")
-    cr.add_argument("--replication-factor", type=int, default=-1,
+    cr.add_argument("--replication-factor", type=_replication, default=-1,
                     help="replicas per partition (default -1: the broker's default.replication.factor)")
-    cr.add_argument("--min-insync-replicas", type=int, default=None,
+    cr.add_argument("--min-insync-replicas", type=_positive, default=None,
                     help="topic config min.insync.replicas (default: the broker's)")
-    cr.add_argument("--partitions", type=int, default=None,
+    cr.add_argument("--partitions", type=_positive, default=None,
                     help="intake partitions (default EVENTSTORE_INTAKE_PARTITIONS)")
-    cr.add_argument("--dead-letter-partitions", type=int, default=1, help="default 1")
-    cr.add_argument("--rejections-partitions", type=int, default=1, help="default 1")
+    cr.add_argument("--dead-letter-partitions", type=_positive, default=1, help="default 1")
+    cr.add_argument("--rejections-partitions", type=_positive, default=1, help="default 1")
     cr.add_argument("--dry-run", action="store_true", help="only report what exists and what is missing")
-    tp.set_defaults(fn=cmd_topics)
+    return tp
