@@ -3,7 +3,7 @@
 # pointing at a Docker or Kubernetes secret), export VAR with the file's content, then run
 # `eventstore "$@"`. Setting both VAR and VAR_FILE is refused: one source per secret.
 set -eu
-for name in EVENTSTORE_DATABASE_URL EVENTSTORE_KAFKA_CONFIG EVENTSTORE_ALERT_WEBHOOK EVENTSTORE_API_TOKENS; do
+for name in EVENTSTORE_DATABASE_URL EVENTSTORE_KAFKA_CONFIG EVENTSTORE_ALERT_WEBHOOK; do
     file_var="${name}_FILE"
     eval "file=\${$file_var:-}"
     eval "value=\${$name:-}"

@@ -42,7 +42,6 @@ from eventstore.postgres.migrate import upgrade
 from eventstore.sdk.client import build_envelope
 from eventstore.wire.envelope import encode
 
-PARTITIONS = 8
 SAMPLE_INTERVAL = 0.005
 READY_TIMEOUT = 120.0
 STALL_TIMEOUT = 60.0
@@ -162,9 +161,12 @@ def produce(producer: Producer, topic: str, messages: list[Message], partitions:
 
 def run_one(base: Settings, nproc: int, events: int, logdir: Path) -> Run:
     ns = f"scale{nproc}-{uuid.uuid4().hex[:6]}"
-    settings = base.replace(namespace=ns, projector_group=f"{ns}.projector", intake_partitions=PARTITIONS)
+    # The projector processes inherit EVENTSTORE_INTAKE_PARTITIONS from this environment, so the topics
+    # are created with the same count (settings.intake_partitions) they expect.
+    settings = base.replace(namespace=ns, projector_group=f"{ns}.projector")
+    parts = settings.intake_partitions
     create_topics(settings, [TopicSpec(t, n, 1) for t, n in (
-        (settings.intake_topic, PARTITIONS), (settings.committed_topic, 1),
+        (settings.intake_topic, parts), (settings.committed_topic, 1),
         (settings.dead_letter_topic, 1), (settings.rejections_topic, 1))])
     db = settings.require_database()
     with psycopg.connect(db, autocommit=True) as conn, ExitStack() as stack:
@@ -209,7 +211,8 @@ def conditions(settings: Settings, conn: psycopg.Connection[Any], events: int, c
     print(f"  PostgreSQL : {row[0] if row else '?'} (embedded, stock settings, synchronous_commit on)")
     print("  broker     : tansu (embedded, in-memory storage), one broker")
     print(f"  workload   : {events} InventoryAdjusted events over {SKUS} SKUs per run, no expected version, "
-          f"{PARTITIONS} intake partitions; encoded up front, produced by one raw producer while the projectors drain")
+          f"{settings.intake_partitions} intake partitions;")
+    print("               encoded up front, produced by one raw producer while the projectors drain")
     print(f"  projectors : {', '.join(map(str, counts))} separate processes in one consumer group; batch size "
           f"{settings.batch_size}; each also runs a committed-topic publisher candidate")
     print(f"  lock wait  : pg_stat_activity sampled every ~{SAMPLE_INTERVAL * 1000:.0f} ms "
