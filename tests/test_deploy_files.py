@@ -311,7 +311,8 @@ def test_roles_script_grants_the_group_roles_to_login_roles(database_url: str, t
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "pgpass").stat().st_mode & 0o077 == 0  # the password file is private
     r = subprocess.run([str(bin_dir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
-                        "-v", f"projector_password={password}", "-v", "api_password=a", "-v", "follower_password=f", "-v", "operator_password=o",
+                        "-v", f"projector_password={password}", "-v", "api_password=a",
+                        "-v", "follower_password=f", "-v", "operator_password=o",
                         "-f", str(DEPLOY / "postgres" / "roles.sql"), database_url],
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
