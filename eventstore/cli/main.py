@@ -212,6 +212,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import writepath
 
         return writepath.main(events=args.events or 100_000, latency_events=args.latency_events, rate=args.rate)
+    if args.which == "scale":
+        from eventstore.bench import scale
+
+        return scale.main(events=args.events or 40_000, processes=args.processes)
     if args.which == "subscribers":
         from eventstore.bench import subscribers
 
@@ -220,6 +224,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     leases.main(["--rounds", str(args.rounds), "--per-agent", str(args.per_agent)])
     return EXIT_OK
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from eventstore.cli import topics
+
+    return EXIT_OK if topics.run(args) else EXIT_FAILURE
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
@@ -273,10 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     kill.add_argument("--reason", required=True, help="recorded in the event log")
     ag_sub.add_parser("revive", help="let a killed agent work again").add_argument("agent")
     ag.set_defaults(fn=cmd_agents)
+    from eventstore.cli import topics
+
+    topics.add_parser(sub).set_defaults(fn=cmd_topics)
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
-    bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases"])
+    bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases", "scale"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers 1,000,000)")
+    bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
     bn.add_argument("--latency-events", type=int, default=3000, help="events for the latency run")
