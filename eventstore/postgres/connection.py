@@ -129,12 +129,13 @@ class Database:
                 if on_listening is not None:
                     on_listening(conn)
                 while not stop.is_set():
-                    got = False
-                    for n in conn.notifies(timeout=timeout):
-                        got = True
-                        yield n
-                    if not got:
+                    # psycopg's notifies() holds the connection lock while it is suspended at a yield, so
+                    # a caller that queried this connection between two notifications (the outcome
+                    # listener's re-check does) would wait for that lock forever: collect, then yield.
+                    notes = list(conn.notifies(timeout=timeout, stop_after=1))
+                    if not notes:
                         yield None
+                    yield from notes
             except psycopg.Error as e:
                 if not is_transient(e):
                     raise convert(e) from e
