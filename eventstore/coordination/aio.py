@@ -53,7 +53,6 @@ class AsyncCoordinator:
         finally:
             acq.done()
 
-
     @asynccontextmanager
     async def lease(self, resource: str, *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE,
                     ttl: float = 30.0, wait: float = 10.0, expected_duration: float | None = None,

@@ -36,13 +36,18 @@ class offload(Generic[P, R]):  # noqa: N801 - used like a decorator/function, na
         twin.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
         self.coroutine_function = twin
 
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.coroutine_function.__qualname__ = f"{owner.__qualname__}.{name}"
+
     @overload
-    def __get__(self, instance: None, owner: type) -> offload[P, R]: ...
+    def __get__(self, instance: None, owner: type) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]: ...
     @overload
     def __get__(self, instance: object, owner: type) -> Callable[P, Coroutine[Any, Any, R]]: ...
     def __get__(self, instance: object | None, owner: type) -> Any:
+        # On the class: the coroutine function itself, so help(), inspect.signature() and
+        # inspect.iscoroutinefunction() see what a hand-written ``async def`` would show.
         if instance is None:
-            return self
+            return self.coroutine_function
         return types.MethodType(self.coroutine_function, instance)
 
 
