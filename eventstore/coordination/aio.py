@@ -9,6 +9,7 @@ recorded). Every other method is generated from its sync twin by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -36,9 +37,12 @@ class AsyncCoordinator:
         """Take a lease, waiting up to ``wait`` seconds without blocking the loop."""
         acq = self.sync.acquisition(resource, agent_id=agent_id, mode=mode, ttl=ttl, wait=wait,
                                     expected_duration=expected_duration)
+        polling: asyncio.Future[Lease | float | None] | None = None
         try:
             while True:
-                r = await asyncio.to_thread(acq.step)
+                polling = asyncio.ensure_future(asyncio.to_thread(acq.step))
+                r = await asyncio.shield(polling)
+                polling = None
                 if isinstance(r, Lease):
                     if keep_alive:
                         r.keep_alive()
@@ -47,6 +51,16 @@ class AsyncCoordinator:
                     raise LeaseTimeout(f"{resource!r} is busy and wait=0 was given; use try_acquire()")
                 await asyncio.sleep(r)
         except BaseException as e:  # cancellation included: leave the queue, recorded
+            if polling is not None:
+                # A cancelled poll runs on in its worker thread. Let it finish first: it could queue
+                # again after we left the queue, or be granted the lease nobody would then release.
+                try:
+                    late = await asyncio.shield(polling)
+                except Exception:
+                    late = None
+                if isinstance(late, Lease):
+                    with contextlib.suppress(LeaseNotHeldError):
+                        await asyncio.shield(asyncio.to_thread(self.sync.release, late))
             if acq.queued and not isinstance(e, CoordinationError):
                 await asyncio.shield(asyncio.to_thread(acq.abandon, f"interrupted: {type(e).__name__}"))
             raise
