@@ -5,7 +5,13 @@ longer has (or never had) events, and applies committed events in position order
 repeats to its view (and at least once to handlers across crashes).
 """
 
-from consumers.checkpoints import CallbackCheckpoint, Checkpoint, MemoryCheckpoint, SQLiteCheckpoint
+from consumers.checkpoints import (
+    CallbackCheckpoint,
+    Checkpoint,
+    MemoryCheckpoint,
+    PostgresCheckpoint,
+    SQLiteCheckpoint,
+)
 from consumers.subscriber import Subscriber
 from consumers.views import LocalView, SQLiteView, StreamState
 
@@ -14,6 +20,7 @@ __all__ = [
     "Checkpoint",
     "LocalView",
     "MemoryCheckpoint",
+    "PostgresCheckpoint",
     "SQLiteCheckpoint",
     "SQLiteView",
     "StreamState",

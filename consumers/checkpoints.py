@@ -2,6 +2,7 @@
 
 Keep the checkpoint where the handlers keep their effects and save both together, and a restart
 neither repeats nor skips anything. A purely in-memory view needs no checkpoint: it rebuilds.
+Every implementation passes the contract in tests/test_contract_checkpoints.py.
 """
 
 from __future__ import annotations
@@ -10,18 +11,30 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
+
+import psycopg
+from psycopg import sql
+
+from eventstore.postgres.connection import Database, converted_errors
 
 
+@runtime_checkable
 class Checkpoint(Protocol):
+    """How far a subscriber group got: the last global position whose events it applied."""
+
     def load(self) -> int:
-        """The last position applied (0: nothing yet)."""
+        """The last position saved (0: nothing yet)."""
         ...
 
-    def save(self, position: int) -> None: ...
+    def save(self, position: int) -> None:
+        """Remember ``position``; the next ``load`` (after a restart, for durable ones) returns it."""
+        ...
 
 
 class MemoryCheckpoint:
+    """A checkpoint in memory: for views that rebuild on start anyway."""
+
     def __init__(self, position: int = 0) -> None:
         self.position = position
 
@@ -67,3 +80,36 @@ class SQLiteCheckpoint:
 
     def close(self) -> None:
         self._db.close()
+
+
+class PostgresCheckpoint:
+    """A checkpoint per subscriber group in a PostgreSQL table (by default ``subscriber_checkpoints``),
+    for subscribers that keep their effects in PostgreSQL: call :meth:`save_in` with the cursor of the
+    transaction that applies the effects, and effects and checkpoint commit together (exactly once).
+    The database may be the event store's or the application's own; the table is created if missing.
+    """
+
+    def __init__(self, database: Database | str, group: str, *, table: str = "subscriber_checkpoints") -> None:
+        self.group = group
+        self._db = database if isinstance(database, Database) else Database(
+            database, application_name=f"eventstore-checkpoint:{group}"[:63])
+        self._table = sql.Identifier(table)
+        with converted_errors(), self._db.connect(autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (grp text PRIMARY KEY, position bigint NOT NULL)")
+                         .format(self._table))
+
+    def load(self) -> int:
+        with converted_errors(), self._db.connect(autocommit=True) as conn:
+            row = conn.execute(sql.SQL("SELECT position FROM {} WHERE grp = %s").format(self._table),
+                               (self.group,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def save(self, position: int) -> None:
+        with converted_errors(), self._db.connect(autocommit=True) as conn, conn.cursor() as cur:
+            self.save_in(cur, position)
+
+    def save_in(self, cur: psycopg.Cursor[Any], position: int) -> None:
+        """Save within the caller's transaction (a psycopg cursor), next to the effects it covers."""
+        cur.execute(sql.SQL("INSERT INTO {} (grp, position) VALUES (%s, %s) ON CONFLICT (grp) "
+                            "DO UPDATE SET position = excluded.position").format(self._table),
+                    (self.group, position))

@@ -6,7 +6,7 @@ import uuid
 
 from eventstore.core.decisions import Candidate, CommittedKey, KnownState, decide_batch
 from eventstore.core.hashing import canonical_json, intent_hash
-from eventstore.core.outcomes import Outcome
+from eventstore.core.outcomes import Outcome, ReasonCode
 from eventstore.wire.envelope import Envelope, LeaseRef
 
 
@@ -59,7 +59,7 @@ def test_committed_key_with_other_payload_is_rejected_as_reuse() -> None:
     original = cand(key="k", payload=1)
     known = KnownState({"s": 1}, {"k": CommittedKey(7, "s", 1, original.intent)})
     d = decide_batch([cand(key="k", payload=2)], known)[0]
-    assert d.status is Outcome.REJECTED and d.reason is not None and "already used" in d.reason
+    assert d.status is Outcome.REJECTED and d.code is ReasonCode.KEY_REUSED
 
 
 def test_duplicate_inside_one_batch_points_at_the_first() -> None:
@@ -87,7 +87,7 @@ def test_rejected_and_conflicting_events_do_not_move_the_version() -> None:
 
 def test_killed_agent_is_rejected() -> None:
     d = decide_batch([cand(agent="bad")], KnownState({}, {}, killed_agents={"bad": "looping"}))[0]
-    assert d.status is Outcome.REJECTED and d.reason is not None and "kill switch" in d.reason
+    assert d.status is Outcome.REJECTED and d.code is ReasonCode.AGENT_KILLED
 
 
 def test_stale_and_unknown_lease_tokens_are_rejected_current_one_accepted() -> None:
@@ -96,7 +96,7 @@ def test_stale_and_unknown_lease_tokens_are_rejected_current_one_accepted() -> N
     current = decide_batch([cand(lease=LeaseRef(resource="r", token=5))], known)[0]
     forged = decide_batch([cand(lease=LeaseRef(resource="r", token=6))], known)[0]
     never = decide_batch([cand(lease=LeaseRef(resource="q", token=1))], known)[0]
-    assert stale.status is Outcome.REJECTED and stale.reason is not None and "stale lease" in stale.reason
+    assert stale.status is Outcome.REJECTED and stale.code is ReasonCode.LEASE_STALE
     assert current.status is Outcome.COMMITTED
     assert forged.status is Outcome.REJECTED and never.status is Outcome.REJECTED
     assert (stale.code, forged.code, never.code) == ("lease_stale", "lease_unknown", "lease_unknown")

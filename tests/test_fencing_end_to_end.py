@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from eventstore import AgentClient, Coordinator, Outcome, Projector
+from eventstore.core.outcomes import ReasonCode
 from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryAdjusted, stream_for
 from tests.fix_projector import scalar
@@ -22,19 +23,19 @@ def test_stale_lease_is_fenced_and_killed_agent_is_rejected(settings: Settings, 
         new = coord.acquire("inventory:F1", agent_id="next-agent", ttl=10.0, wait=5.0)
         assert new.token > old.token
         late = slow.emit_and_wait(InventoryAdjusted(sku="F1", delta=100), stream, lease=old)
-        assert late.status is Outcome.REJECTED and "stale lease" in (late.reason or "")
+        assert late.status is Outcome.REJECTED and late.reason_code is ReasonCode.LEASE_STALE
         assert nxt.emit_and_wait(InventoryAdjusted(sku="F1", delta=2), stream, lease=new).status is Outcome.COMMITTED
         # Kill switch: the holder's lease is revoked (its token is now stale) and its new events rejected.
         revoked = coord.kill("next-agent", "runaway loop")
         assert "inventory:F1" in revoked
         fenced = nxt.emit_and_wait(InventoryAdjusted(sku="F1", delta=3), stream, lease=new)
-        assert fenced.status is Outcome.REJECTED
+        assert fenced.status is Outcome.REJECTED and fenced.reason_code is ReasonCode.AGENT_KILLED
         plain = nxt.emit_and_wait(InventoryAdjusted(sku="F1", delta=3), stream)
-        assert plain.status is Outcome.REJECTED and "kill switch" in (plain.reason or "")
+        assert plain.status is Outcome.REJECTED and plain.reason_code is ReasonCode.AGENT_KILLED
         assert coord.revive("next-agent")
         # Revived, the agent can write again, but not under the lease the kill revoked: it is fenced.
         revoked_lease = nxt.emit_and_wait(InventoryAdjusted(sku="F1", delta=5), stream, lease=new)
-        assert revoked_lease.status is Outcome.REJECTED and "stale lease" in (revoked_lease.reason or "")
+        assert revoked_lease.status is Outcome.REJECTED and revoked_lease.reason_code is ReasonCode.LEASE_STALE
         assert nxt.emit_and_wait(InventoryAdjusted(sku="F1", delta=4), stream).status is Outcome.COMMITTED
     db = settings.require_database()
     assert scalar(db, "SELECT quantity FROM inventory WHERE sku = 'F1'") == 1 + 2 + 4

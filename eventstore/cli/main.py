@@ -235,8 +235,12 @@ def cmd_topics(args: argparse.Namespace) -> int:
 def cmd_agents(args: argparse.Namespace) -> int:
     from eventstore.coordination import Coordinator
     from eventstore.discovery import configured
+    from eventstore.postgres.connection import connect
 
-    with Coordinator(configured(need_kafka=False)) as coord:
+    settings = configured(need_kafka=False)
+    # Reach the server once first: the coordinator's pool would retry an unreachable one for minutes.
+    connect(settings.require_database()).close()
+    with Coordinator(settings) as coord:
         if args.action == "kill":
             revoked = coord.kill(args.agent, args.reason)
             print(f"agent {args.agent!r} killed ({args.reason}); revoked leases: {', '.join(revoked) or 'none'}")

@@ -1,22 +1,28 @@
-"""asyncio variants of the coordinator: the same requests, polled without blocking the event loop.
+"""asyncio face of the coordinator, with the same surface as :class:`Coordinator`.
 
-Each poll is one short transaction run in a worker thread; the sleeps between polls are
-``asyncio.sleep``, so a waiting task can be cancelled (it then leaves the queue, recorded).
+Waiting is written by hand: each poll is one short transaction run in a worker thread and the sleeps
+between polls are ``asyncio.sleep``, so a waiting task can be cancelled (it then leaves the queue,
+recorded). Every other method is generated from its sync twin by
+:class:`~eventstore.core.mirroring.offload`; tests/test_surfaces.py fails if a sync method has no twin.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Any
 
-from eventstore.coordination.acquisition import Lease
+from eventstore.coordination.acquisition import Acquisition, Lease
 from eventstore.coordination.coordinator import Coordinator
-from eventstore.core.errors import CoordinationError, LeaseTimeout
-from eventstore.core.lockrules import Mode
+from eventstore.core.errors import CoordinationError, LeaseNotHeldError, LeaseTimeout
+from eventstore.core.lockrules import Mode, sort_resources
+from eventstore.core.mirroring import offload
 from eventstore.core.settings import Settings
+
+log = logging.getLogger("eventstore.coordination")
 
 
 class AsyncCoordinator:
@@ -31,9 +37,12 @@ class AsyncCoordinator:
         """Take a lease, waiting up to ``wait`` seconds without blocking the loop."""
         acq = self.sync.acquisition(resource, agent_id=agent_id, mode=mode, ttl=ttl, wait=wait,
                                     expected_duration=expected_duration)
+        polling: asyncio.Future[Lease | float | None] | None = None
         try:
             while True:
-                r = await asyncio.to_thread(acq.step)
+                polling = asyncio.ensure_future(asyncio.to_thread(acq.step))
+                r = await asyncio.shield(polling)
+                polling = None
                 if isinstance(r, Lease):
                     if keep_alive:
                         r.keep_alive()
@@ -42,16 +51,21 @@ class AsyncCoordinator:
                     raise LeaseTimeout(f"{resource!r} is busy and wait=0 was given; use try_acquire()")
                 await asyncio.sleep(r)
         except BaseException as e:  # cancellation included: leave the queue, recorded
+            if polling is not None:
+                # A cancelled poll runs on in its worker thread. Let it finish first: it could queue
+                # again after we left the queue, or be granted the lease nobody would then release.
+                try:
+                    late = await asyncio.shield(polling)
+                except Exception:
+                    late = None
+                if isinstance(late, Lease):
+                    with contextlib.suppress(LeaseNotHeldError):
+                        await asyncio.shield(asyncio.to_thread(self.sync.release, late))
             if acq.queued and not isinstance(e, CoordinationError):
                 await asyncio.shield(asyncio.to_thread(acq.abandon, f"interrupted: {type(e).__name__}"))
             raise
         finally:
             acq.done()
-
-    async def try_acquire(self, resource: str, *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE,
-                          ttl: float = 30.0) -> Lease | None:
-        """The lease if it is free now, else None."""
-        return await asyncio.to_thread(self.sync.try_acquire, resource, agent_id=agent_id, mode=mode, ttl=ttl)
 
     @asynccontextmanager
     async def lease(self, resource: str, *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE,
@@ -67,12 +81,22 @@ class AsyncCoordinator:
                 await asyncio.to_thread(self.sync.release, held)
 
     @asynccontextmanager
-    async def lease_many(self, resources: Sequence[str], *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE,
-                         ttl: float = 30.0, wait: float = 10.0,
-                         expected_duration: float | None = None) -> AsyncIterator[list[Lease]]:
-        """Several leases in the global lock order, released in reverse."""
-        from eventstore.core.lockrules import sort_resources
+    async def try_lease(self, resource: str, *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE,
+                        ttl: float = 30.0) -> AsyncIterator[Lease | None]:
+        """Non-blocking ``lease``: yields None when the resource is busy."""
+        held = await self.try_acquire(resource, agent_id=agent_id, mode=mode, ttl=ttl)
+        try:
+            yield held
+        finally:
+            if held is not None and not held.released:
+                await asyncio.to_thread(self.sync.release, held)
 
+    @asynccontextmanager
+    async def lease_many(self, resources: Sequence[str], *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE,
+                         ttl: float = 30.0, wait: float = 10.0, expected_duration: float | None = None,
+                         keep_alive: bool = False) -> AsyncIterator[list[Lease]]:
+        """Take several leases in the global lock order (``wait`` bounds the whole set), yield them in
+        that order, release them in reverse order (also on error or cancellation)."""
         taken: list[Lease] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
@@ -80,27 +104,37 @@ class AsyncCoordinator:
             for r in sort_resources(resources, self.sync.rank):
                 taken.append(await self.acquire(r, agent_id=agent_id, mode=mode, ttl=ttl,
                                                 wait=max(deadline - loop.time(), 0.0),
-                                                expected_duration=expected_duration))
+                                                expected_duration=expected_duration, keep_alive=keep_alive))
             yield taken
         finally:
             for held in reversed(taken):
                 if not held.released:
-                    await asyncio.to_thread(self.sync.release, held)
+                    try:
+                        await asyncio.to_thread(self.sync.release, held)
+                    except LeaseNotHeldError as e:
+                        log.warning("lease_many: %s", e)
 
-    async def release(self, lease: Lease) -> None:
-        await asyncio.to_thread(self.sync.release, lease)
+    # -- generated: the sync method in a worker thread ---------------------------------------------
+    try_acquire = offload(Coordinator.try_acquire)
+    release = offload(Coordinator.release)
+    renew = offload(Coordinator.renew)
+    kill = offload(Coordinator.kill)
+    revive = offload(Coordinator.revive)
+    holders = offload(Coordinator.holders)
+    deadlocks = offload(Coordinator.deadlocks)
+    refresh_fence_rejections = offload(Coordinator.refresh_fence_rejections)
+    run_step = offload(Coordinator.run_step)
+    close = offload(Coordinator.close)
 
-    async def renew(self, lease: Lease, ttl: float | None = None) -> datetime:
-        return await asyncio.to_thread(self.sync.renew, lease, ttl)
+    def acquisition(self, resource: str, *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE,
+                    ttl: float = 30.0, wait: float = 10.0, expected_duration: float | None = None) -> Acquisition:
+        """A validated request for callers that drive the polling themselves (no I/O, so not a coroutine)."""
+        return self.sync.acquisition(resource, agent_id=agent_id, mode=mode, ttl=ttl, wait=wait,
+                                     expected_duration=expected_duration)
 
-    async def kill(self, agent_id: str, reason: str) -> list[str]:
-        return await asyncio.to_thread(self.sync.kill, agent_id, reason)
-
-    async def revive(self, agent_id: str) -> bool:
-        return await asyncio.to_thread(self.sync.revive, agent_id)
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self.sync.close)
+    def metrics_text(self) -> bytes:
+        """Prometheus text exposition of the coordinator's metrics (in memory, so not a coroutine)."""
+        return self.sync.metrics_text()
 
     async def __aenter__(self) -> AsyncCoordinator:
         return self

@@ -37,6 +37,7 @@ from eventstore.discovery import resolve_settings
 from eventstore.postgres import leases as lease_store
 from eventstore.postgres.connection import Database, converted_errors
 from eventstore.postgres.eventlog import Cursor
+from eventstore.postgres.leasestore import PostgresLeaseStore
 
 log = logging.getLogger("eventstore.coordination")
 T = TypeVar("T")
@@ -71,6 +72,8 @@ class Coordinator:
         self.alerter = Alerter(alert_webhook if alert_webhook is not None else self.settings.alert_webhook)
         self.wakeups = Wakeups(database)
         self._pool = database.pool(min_size=1, max_size=pool_size, autocommit=False, name="eventstore-coordinator")
+        # The storage steps behind one typed interface (tests/test_contract_leases.py); the policy is here.
+        self.store = PostgresLeaseStore(self, stale_after=stale_waiter_after)
 
     def close(self) -> None:
         """Close the connection pool and the listener (held leases stay until released or expired)."""
@@ -199,8 +202,7 @@ class Coordinator:
         """Release one hold; LeaseNotHeldError if the lease expired, was revoked or taken over."""
         lease.stop_keeper()
         try:
-            held, expired = self.run_step(
-                lambda cur: lease_store.release(cur, lease.resource, lease.agent_id, lease.token))
+            held, expired = self.store.release(lease.resource, lease.agent_id, lease.token)
         except LeaseNotHeldError:
             lease.released = True
             raise
@@ -218,8 +220,7 @@ class Coordinator:
         if lease.released:
             raise LeaseNotHeldError(f"the lease on {lease.resource!r} was already released")
         new_ttl = lease.ttl if ttl is None else float(ttl)
-        expires = self.run_step(
-            lambda cur: lease_store.renew(cur, lease.resource, lease.agent_id, lease.token, new_ttl))
+        expires = self.store.renew(lease.resource, lease.agent_id, lease.token, new_ttl)
         lease.expires_at = expires
         return expires
 
@@ -230,23 +231,20 @@ class Coordinator:
         check_name("agent_id", agent_id)
         if not reason:
             raise ConfigurationError("kill needs a reason; it is recorded and shown to the agent")
-        self.run_step(lambda cur: lease_store.mark_killed(cur, agent_id, reason))
-        revoked = self.run_step(
-            lambda cur: lease_store.revoke_all(cur, agent_id, f"agent killed: {reason}", killed=True))
-        for r, _, _ in revoked:
+        resources = self.store.kill(agent_id, reason)
+        for r in resources:
             self.metrics.revoked(r, agent_id)
-        resources = [r for r, _, _ in revoked]
         self.alerter.send(AgentKilled(agent_id=agent_id, reason=reason, revoked=resources))
         return resources
 
     def revive(self, agent_id: str) -> bool:
         """Undo ``kill``; False if the agent was never known to the coordinator."""
         check_name("agent_id", agent_id)
-        return self.run_step(lambda cur: lease_store.revive(cur, agent_id))
+        return self.store.revive(agent_id)
 
     def holders(self, resources: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Current holders (with expired rows flagged), for operators and tests."""
-        return self.run_step(lambda cur: lease_store.holders_of(cur, resources))
+        return self.store.holders(resources)
 
     def deadlocks(self) -> list[list[str]]:
         """Wait-for cycles present now (an operator's view; waiters break them themselves)."""
