@@ -106,9 +106,16 @@ class Subscriber(BackgroundRunner):
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
-        self.last, self.last_hash = self._start()
-        if self.catch_up_from_db:
-            self._fill_from_log(None)
+        try:
+            self.last, self.last_hash = self._start()
+            if self.catch_up_from_db:
+                self._fill_from_log(None)
+            self._follow()
+        finally:
+            if self._db is not None:
+                self._db.close()
+
+    def _follow(self) -> None:
         topic = self.settings.committed_topic
         consumer = Consumer(consumer_config(self.settings, f"{self.settings.namespace}.subscriber.{self.group}"))
         try:
@@ -131,8 +138,6 @@ class Subscriber(BackgroundRunner):
                     idle_since = time.monotonic()
         finally:
             consumer.close()
-            if self._db is not None:
-                self._db.close()
 
     def _take(self, values: Sequence[bytes | None]) -> None:
         """Apply the messages that chain onto the last applied event; fill gaps and replace anything
