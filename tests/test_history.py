@@ -17,6 +17,7 @@ from eventstore.core.errors import AppendOnlyViolation
 from eventstore.core.events import Event, registry
 from eventstore.core.hashing import GENESIS, canonical_json, chain_hash, intent_hash
 from eventstore.core.records import DirectEvent, Envelope, NewEvent
+from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryUpdated, stream_for
 from eventstore.postgres import eventlog, history
 from eventstore.postgres.connection import convert
@@ -206,3 +207,19 @@ def test_outcomes_and_dead_letters_are_chained_and_append_only(database_url: str
         conn.rollback()
     assert bad.first_bad_seq == 1 and "changed" in (bad.problem or "")
     assert not gone.ok and "deleted" in (gone.problem or ""), gone
+
+
+def test_an_anchor_also_goes_to_the_configured_topic(settings: Settings, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_subscribers import topic_messages
+
+    key, anchors, topic = tmp_path / "k.pem", tmp_path / "a.jsonl", f"{settings.namespace}.anchors"
+    monkeypatch.setenv("EVENTSTORE_DATABASE_URL", settings.require_database())
+    monkeypatch.setenv("EVENTSTORE_KAFKA_BOOTSTRAP", settings.require_kafka())
+    monkeypatch.setenv("EVENTSTORE_ANCHOR_TOPIC", topic)
+    assert main(["anchor", "--init-key", str(key)]) == EXIT_OK
+    _fill(settings.require_database(), 1)
+    assert main(["anchor", "--key", str(key), "--file", str(anchors)]) == EXIT_OK
+    (message,) = topic_messages(settings, topic, 1)
+    assert message.decode() == anchors.read_text().strip()
+    assert main(["verify", "--anchor", str(anchors), "--key", str(key) + ".pub"]) == EXIT_OK  # public half

@@ -214,6 +214,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import subscribers
 
         return subscribers.main(events=args.events or 1_000_000, rate=args.rate, latency_events=args.latency_events)
+    if args.which == "chain-check":
+        from eventstore.bench import chaincheck
+
+        return chaincheck.main(events=args.events or 100_000)
     from eventstore.bench import leases
 
     leases.main(["--rounds", str(args.rounds), "--per-agent", str(args.per_agent)])
@@ -284,9 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     ag_sub.add_parser("revive", help="let a killed agent work again").add_argument("agent")
     ag.set_defaults(fn=cmd_agents)
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
-    bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases"])
+    bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases",
+                                                                  "chain-check"])
     bn.add_argument("--events", type=int, default=None,
-                    help="events for the throughput run (write-path 100,000; subscribers 1,000,000)")
+                    help="events for the throughput run (write-path 100,000; subscribers 1,000,000; "
+                    "chain-check 100,000)")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
     bn.add_argument("--latency-events", type=int, default=3000, help="events for the latency run")
