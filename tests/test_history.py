@@ -22,7 +22,9 @@ from eventstore.examples.inventory import InventoryUpdated, stream_for
 from eventstore.postgres import eventlog, history
 from eventstore.postgres.connection import convert
 from eventstore.postgres.intake import IntakeMessage, write_batch
+from eventstore.postgres.migrate import upgrade
 from eventstore.wire.envelope import encode
+from tests.fix_servers import Servers, with_dbname
 
 
 class Measured(Event):
@@ -223,3 +225,59 @@ def test_an_anchor_also_goes_to_the_configured_topic(settings: Settings, tmp_pat
     (message,) = topic_messages(settings, topic, 1)
     assert message.decode() == anchors.read_text().strip()
     assert main(["verify", "--anchor", str(anchors), "--key", str(key) + ".pub"]) == EXIT_OK  # public half
+
+
+def test_migration_0006_chains_the_rows_already_there(servers: Servers) -> None:
+    """A database with outcomes and dead letters from before 0006: the migration chains them, oldest
+    first, and new rows continue the chains."""
+    name = f"es_mig_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(servers.database_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = with_dbname(servers.database_url, name)
+    try:
+        upgrade(url, "0004")
+        with psycopg.connect(url) as conn:
+            for i in range(3):
+                conn.execute("INSERT INTO outcomes (event_id, agent_id, status, reason, decided_at, reason_code) "
+                             "VALUES (%s, 'old', 'conflict', 'stale', now() - make_interval(secs => %s), "
+                             "'version_conflict')", (uuid.uuid4(), 10 - i))
+                conn.execute('INSERT INTO dead_letters (topic, partition, "offset", key, value, reason) '
+                             "VALUES ('intake', 0, %s, NULL, %s, 'not json')", (i, b"\x00\xffjunk"))
+        upgrade(url)
+        with psycopg.connect(url) as conn:
+            conn.execute("INSERT INTO outcomes (event_id, agent_id, status, reason) VALUES (%s, 'new', 'rejected', "
+                         "'r')", (uuid.uuid4(),))
+            conn.commit()
+            with conn.cursor() as cur:
+                reports = {r.name: r for r in history.verify_all(cur)}
+        assert (reports["outcomes"].ok, reports["outcomes"].checked) == (True, 4), reports
+        assert (reports["dead_letters"].ok, reports["dead_letters"].checked) == (True, 3), reports
+    finally:
+        with psycopg.connect(servers.database_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_side_chains_stay_whole_across_statements_savepoints_and_rollbacks(database_url: str) -> None:
+    """The running head travels from row to row inside a transaction: a rolled-back savepoint, a
+    rolled-back transaction, a skipped duplicate and several statements must leave no hole."""
+
+    def outcome(conn: psycopg.Connection[Any], *ids: uuid.UUID) -> None:
+        conn.execute("INSERT INTO outcomes (event_id, agent_id, status, reason) SELECT e, 'a', 'rejected', 'x' "
+                     "FROM unnest(%s::uuid[]) e ON CONFLICT (event_id) DO NOTHING", (list(ids),))
+
+    first = uuid.uuid4()
+    with psycopg.connect(database_url) as conn:
+        with conn.transaction():
+            outcome(conn, first, uuid.uuid4())
+            with pytest.raises(ZeroDivisionError), conn.transaction():
+                outcome(conn, uuid.uuid4())
+                raise ZeroDivisionError  # the savepoint is rolled back
+            outcome(conn, uuid.uuid4(), first)  # one new, one skipped duplicate
+        with pytest.raises(ZeroDivisionError), conn.transaction():
+            outcome(conn, uuid.uuid4())
+            raise ZeroDivisionError
+        outcome(conn, uuid.uuid4())
+        conn.commit()
+        with conn.cursor() as cur:
+            report = history.verify(cur, "outcomes", history.heads(cur)["outcomes"])
+    assert (report.ok, report.checked, report.head_seq) == (True, 4, 4), report

@@ -138,16 +138,16 @@ def field_text(value: Any) -> RowField:
 
 
 def row_hash(prev: bytes, fields: Sequence[RowField]) -> bytes:
-    """sha256(prev || d1 || d2 ...) where d is 0x00 for NULL, else 0x01 || sha256(value): prefix-free,
-    so no two rows give the same input."""
-    h = hashlib.sha256(prev)
+    """sha256(prev || f1 || f2 ...) where f is 0x00 for NULL, else 0x01, the value's length (4 bytes,
+    big-endian) and its bytes: prefix-free, so no two rows give the same input."""
+    parts = [prev]
     for value in fields:
         if value is None:
-            h.update(b"\x00")
+            parts.append(b"\x00")
         else:
-            h.update(b"\x01")
-            h.update(hashlib.sha256(value if isinstance(value, bytes) else value.encode()).digest())
-    return h.digest()
+            raw = value if isinstance(value, bytes) else value.encode()
+            parts.append(b"\x01" + len(raw).to_bytes(4, "big") + raw)
+    return hashlib.sha256(b"".join(parts)).digest()
 
 
 def recorded_hash(ev: RecordedEvent, prev: bytes) -> bytes:
