@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from consumers.checkpoints import Checkpoint
 from consumers.views import LocalView
-from eventstore.core.errors import DecodeError, IntegrityError
+from eventstore.core.errors import DecodeError, IntegrityError, TransientStorageError
 from eventstore.core.events import Event
 from eventstore.core.hashing import GENESIS, recorded_hash
 from eventstore.core.lifecycle import BackgroundRunner
@@ -38,7 +38,7 @@ from eventstore.core.settings import Settings
 from eventstore.discovery import resolve_settings
 from eventstore.kafka.config import consumer_config
 from eventstore.postgres import eventlog
-from eventstore.postgres.connection import Database
+from eventstore.postgres.connection import Database, convert, is_transient
 from eventstore.wire.committed import decode_committed
 
 log = logging.getLogger(__name__)
@@ -131,13 +131,28 @@ class Subscriber(BackgroundRunner):
                 msgs = [] if first is None else [first, *consumer.consume(999, timeout=0)]
                 values = [m.value() for m in msgs if not _skip(m)]
                 if values:
-                    self._take(values)
+                    self._retrying(lambda: self._take(values))  # noqa: B023 (called at once)
                     idle_since = time.monotonic()
                 elif self.catch_up_from_db and time.monotonic() - idle_since > self.idle_check:
-                    self._fill_from_log(None)  # the publisher may be down: the log is the truth
+                    self._retrying(lambda: self._fill_from_log(None))  # the publisher may be down: the log is the truth
                     idle_since = time.monotonic()
         finally:
             consumer.close()
+
+    def _retrying(self, work: Callable[[], None]) -> None:
+        """Run ``work`` until it gets through a PostgreSQL outage (a lost connection, a restart): nothing
+        is applied from the topic without the log's word, and retrying is safe (repeats are dropped)."""
+        while not self._stop.is_set():
+            try:
+                work()
+                return
+            except (psycopg.Error, TransientStorageError) as e:
+                if isinstance(e, psycopg.Error) and not is_transient(e):
+                    raise convert(e) from e
+                log.warning("subscriber %s lost PostgreSQL, retrying in 1 s: %s", self.group, e)
+                if self._db is not None:
+                    self._db.close()
+                self._stop.wait(1.0)
 
     def _take(self, values: Sequence[bytes | None]) -> None:
         """Apply the messages that chain onto the last applied event; fill gaps and replace anything

@@ -10,6 +10,7 @@ import sys
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -170,3 +171,24 @@ def test_follow_exits_non_zero_when_the_subscriber_fails(settings: Settings, tmp
                              "badreducer:fold"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result
     assert "reducer bug" in result.stderr
+
+
+def test_a_postgres_outage_is_waited_out_not_fatal(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run of messages needs the log's word; a lost connection (simulated here: the lookup of
+    the log's hash raises the driver's OperationalError twice) is retried, not a reason to stop."""
+    real = eventlog.hash_at
+    calls = {"n": 0, "failed": 0}
+
+    def flaky(cur: psycopg.Cursor[Any], position: int) -> bytes | None:
+        calls["n"] += 1
+        if calls["n"] in (2, 3):  # call 1 is the start position's check
+            calls["failed"] += 1
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return real(cur, position)
+
+    monkeypatch.setattr(eventlog, "hash_at", flaky)
+    commit(settings, 1, 2, 3)
+    view = LocalView(quantity_reducer)
+    with Publisher(settings), Subscriber("outage", view=view, settings=settings, catch_up_from_db=False) as sub:
+        view.wait_for_position(3, 30)
+    assert calls["failed"] == 2 and sub.error is None and sub.forgeries == 0
