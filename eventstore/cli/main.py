@@ -193,13 +193,13 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from eventstore.cli.history import verify
+    from eventstore.cli.integrity import verify
 
     return EXIT_OK if verify(args) else EXIT_INTEGRITY
 
 
 def cmd_anchor(args: argparse.Namespace) -> int:
-    from eventstore.cli.history import anchor
+    from eventstore.cli.integrity import anchor
 
     anchor(args)
     return EXIT_OK

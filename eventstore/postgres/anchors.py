@@ -10,7 +10,7 @@ import psycopg
 
 from eventstore.core.anchoring import Anchor, Heads
 from eventstore.core.errors import SchemaNotReadyError
-from eventstore.postgres import eventlog, history
+from eventstore.postgres import eventlog, sidechains
 
 Cursor = psycopg.Cursor[Any]
 
@@ -48,7 +48,7 @@ def check(cur: Cursor, anchor: Anchor) -> list[str]:
                         f"{logged.hex()[:16]}... instead of {h.hash.hex()[:16]}...): history was rewritten")
     for name, seq, expected in (("outcomes", h.outcomes_seq, h.outcomes_hash),
                                 ("dead_letters", h.dead_letters_seq, h.dead_letters_hash)):
-        stored = history.hash_at(cur, name, seq)
+        stored = sidechains.hash_at(cur, name, seq)
         if stored is None:
             problems.append(f"{name} no longer reach anchored row {seq}: rows were deleted")
         elif stored != expected:

@@ -46,7 +46,7 @@ $$;
 ALTER TABLE outcomes ADD COLUMN chain_seq bigint, ADD COLUMN prev_hash bytea, ADD COLUMN hash bytea;
 ALTER TABLE dead_letters ADD COLUMN chain_seq bigint, ADD COLUMN prev_hash bytea, ADD COLUMN hash bytea;
 
--- The bytes hashed after prev_hash, columns in this order (eventstore/postgres/history.py lists the same).
+-- The bytes hashed after prev_hash, columns in this order (eventstore/postgres/sidechains.py lists the same).
 CREATE FUNCTION eventstore_outcome_bytes(o outcomes) RETURNS bytea LANGUAGE sql STABLE AS $$
     SELECT eventstore_field(o.chain_seq::text) || eventstore_field(o.event_id::text)
         || eventstore_field(o.agent_id) || eventstore_field(o.idempotency_key) || eventstore_field(o.stream)

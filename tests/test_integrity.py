@@ -19,7 +19,7 @@ from eventstore.core.hashing import GENESIS, canonical_json, chain_hash, intent_
 from eventstore.core.records import DirectEvent, Envelope, NewEvent
 from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryUpdated, stream_for
-from eventstore.postgres import eventlog, history
+from eventstore.postgres import eventlog, sidechains
 from eventstore.postgres.connection import convert
 from eventstore.postgres.intake import IntakeMessage, write_batch
 from eventstore.postgres.migrate import upgrade
@@ -189,7 +189,7 @@ def test_outcomes_and_dead_letters_are_chained_and_append_only(database_url: str
                      '"offset", reason FROM dead_letters ON CONFLICT DO NOTHING')
         conn.commit()
         with conn.cursor() as cur:
-            reports = {r.name: r for r in history.verify_all(cur)}
+            reports = {r.name: r for r in sidechains.verify_all(cur)}
         assert reports["dead_letters"].ok and reports["dead_letters"].checked == 2, reports
         assert reports["outcomes"].ok and reports["outcomes"].checked == 2, reports
     for statement in ("UPDATE dead_letters SET reason = 'edited'", "DELETE FROM dead_letters",
@@ -201,11 +201,11 @@ def test_outcomes_and_dead_letters_are_chained_and_append_only(database_url: str
     with psycopg.connect(database_url) as conn, conn.cursor() as cur:
         cur.execute("ALTER TABLE dead_letters DISABLE TRIGGER dead_letters_append_only")
         cur.execute("UPDATE dead_letters SET reason = 'nothing to see' WHERE chain_seq = 1")
-        bad = history.verify(cur, "dead_letters", history.heads(cur)["dead_letters"])
+        bad = sidechains.verify(cur, "dead_letters", sidechains.heads(cur)["dead_letters"])
         conn.rollback()
         cur.execute("ALTER TABLE outcomes DISABLE TRIGGER outcomes_append_only")
         cur.execute("DELETE FROM outcomes WHERE chain_seq = (SELECT max(chain_seq) FROM outcomes)")
-        gone = history.verify(cur, "outcomes", history.heads(cur)["outcomes"])
+        gone = sidechains.verify(cur, "outcomes", sidechains.heads(cur)["outcomes"])
         conn.rollback()
     assert bad.first_bad_seq == 1 and "changed" in (bad.problem or "")
     assert not gone.ok and "deleted" in (gone.problem or ""), gone
@@ -249,7 +249,7 @@ def test_migration_0006_chains_the_rows_already_there(servers: Servers) -> None:
                          "'r')", (uuid.uuid4(),))
             conn.commit()
             with conn.cursor() as cur:
-                reports = {r.name: r for r in history.verify_all(cur)}
+                reports = {r.name: r for r in sidechains.verify_all(cur)}
         assert (reports["outcomes"].ok, reports["outcomes"].checked) == (True, 4), reports
         assert (reports["dead_letters"].ok, reports["dead_letters"].checked) == (True, 3), reports
     finally:
@@ -279,5 +279,5 @@ def test_side_chains_stay_whole_across_statements_savepoints_and_rollbacks(datab
         outcome(conn, uuid.uuid4())
         conn.commit()
         with conn.cursor() as cur:
-            report = history.verify(cur, "outcomes", history.heads(cur)["outcomes"])
+            report = sidechains.verify(cur, "outcomes", sidechains.heads(cur)["outcomes"])
     assert (report.ok, report.checked, report.head_seq) == (True, 4, 4), report

@@ -104,7 +104,7 @@ def verify(args: argparse.Namespace) -> bool:
     """Check every chain up to its head and, with ``--anchor``, every signed head; print what was found.
     False if anything does not verify."""
     from eventstore.discovery import configured
-    from eventstore.postgres import anchors, history
+    from eventstore.postgres import anchors, sidechains
     from eventstore.postgres.connection import connect, converted_errors
     from eventstore.postgres.eventlog import verify_chain
 
@@ -118,7 +118,7 @@ def verify(args: argparse.Namespace) -> bool:
     failed = False
     with connect(settings.require_database()) as conn, converted_errors(), conn.cursor() as cur:
         report = verify_chain(cur)
-        sides = history.verify_all(cur)
+        sides = sidechains.verify_all(cur)
         print(f"event log head: position {report.head_position}, hash {report.head_hash.hex()}")
         if report.ok:
             print(f"event log intact: {report.checked} events, hash chain verified up to the head")
