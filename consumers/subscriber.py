@@ -6,8 +6,14 @@ so a handler should be idempotent by position or keep the position with its own 
 Positions in the log are gapless, so continuity is the whole safety argument: a message at or below
 the last applied position is a republish and is dropped; a message beyond ``last + 1`` means Kafka
 lost (retention) or never had (late publisher) the events in between, which are read from the
-PostgreSQL event log before going on. The same rule makes a fresh subscriber catch up from
-PostgreSQL and then go live without a gap or a repeat.
+PostgreSQL event log (in bounded pages) before going on. The same rule makes a fresh subscriber
+catch up from PostgreSQL and then go live without a gap or a repeat.
+
+The topic is not trusted (anyone who can produce to it could forge a message): a message is applied
+only if its ``prev_hash`` is the hash of the last applied event and its fields recompute to its
+``hash``, and each run of such messages is confirmed by one lookup of the log's hash at the run's last
+position (the chain vouches for the rest). Anything else is logged as a forgery and the log's own
+events are applied instead; a position beyond the log's head is never applied or checkpointed.
 """
 
 from __future__ import annotations
@@ -23,15 +29,16 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from consumers.checkpoints import Checkpoint
 from consumers.views import LocalView
-from eventstore.core.errors import DecodeError
+from eventstore.core.errors import DecodeError, IntegrityError, TransientStorageError
 from eventstore.core.events import Event
+from eventstore.core.hashing import GENESIS, recorded_hash
 from eventstore.core.lifecycle import BackgroundRunner
 from eventstore.core.records import RecordedEvent
 from eventstore.core.settings import Settings
 from eventstore.discovery import resolve_settings
 from eventstore.kafka.config import consumer_config
 from eventstore.postgres import eventlog
-from eventstore.postgres.connection import Database
+from eventstore.postgres.connection import Database, convert, is_transient
 from eventstore.wire.committed import decode_committed
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,7 @@ class Subscriber(BackgroundRunner):
         from_beginning: bool = False,
         catch_up_from_db: bool = True,
         idle_check: float = 2.0,
+        page: int = 10_000,
     ) -> None:
         super().__init__(f"subscriber-{group}")
         self.group = group
@@ -68,21 +76,46 @@ class Subscriber(BackgroundRunner):
         self.applied = 0
         self.repeats_dropped = 0
         self.backfilled = 0
+        self.forgeries = 0  # committed-topic messages refused (not chaining, not in the log)
+        self.page = page
+        self.last_hash = GENESIS
         self.live = threading.Event()
         self._db: psycopg.Connection[Any] | None = None
 
-    def _start_position(self) -> int:
+    def _start(self) -> tuple[int, bytes]:
+        """Where to resume and the hash of the event there, checked against the log."""
         if self.from_beginning:
-            return 0
+            return 0, GENESIS
         if self.checkpoint is not None:
-            return self.checkpoint.load()
-        return self.view.load_position()
+            position, saved = self.checkpoint.load(), None  # a checkpoint keeps no hash: the log has it
+        else:
+            position, saved = self.view.load_head()
+        with self._conn().cursor() as cur:
+            logged = eventlog.hash_at(cur, position)
+        if logged is None:
+            raise IntegrityError(
+                f"subscriber {self.group!r} was saved at position {position}, beyond the event log's head: "
+                "the log lost its newest events or the position came from a forged message; run "
+                "`eventstore verify` and rebuild this subscriber's view from the beginning")
+        if saved is not None and saved != logged:
+            raise IntegrityError(
+                f"subscriber {self.group!r} was saved at position {position} with hash {saved.hex()[:16]}..., but "
+                f"the log has {logged.hex()[:16]}... there: the view was built from a history the log no longer "
+                "holds; run `eventstore verify` and rebuild the view from the beginning")
+        return position, logged
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
-        self.last = self._start_position()
-        if self.catch_up_from_db:
-            self._catch_up()
+        try:
+            self.last, self.last_hash = self._start()
+            if self.catch_up_from_db:
+                self._fill_from_log(None)
+            self._follow()
+        finally:
+            if self._db is not None:
+                self._db.close()
+
+    def _follow(self) -> None:
         topic = self.settings.committed_topic
         consumer = Consumer(consumer_config(self.settings, f"{self.settings.namespace}.subscriber.{self.group}"))
         try:
@@ -96,21 +129,36 @@ class Subscriber(BackgroundRunner):
             while not self._stop.is_set():
                 first = consumer.poll(0.1)  # wakes on the first message; the rest is what is already here
                 msgs = [] if first is None else [first, *consumer.consume(999, timeout=0)]
-                events = self._in_order([m.value() for m in msgs if not _skip(m)])
-                if events:
-                    self._apply(events)
+                values = [m.value() for m in msgs if not _skip(m)]
+                if values:
+                    self._retrying(lambda: self._take(values))  # noqa: B023 (called at once)
                     idle_since = time.monotonic()
                 elif self.catch_up_from_db and time.monotonic() - idle_since > self.idle_check:
-                    self._catch_up()  # the publisher may be down: the log is the truth
+                    self._retrying(lambda: self._fill_from_log(None))  # the publisher may be down: the log is the truth
                     idle_since = time.monotonic()
         finally:
             consumer.close()
-            if self._db is not None:
-                self._db.close()
 
-    def _in_order(self, values: Sequence[bytes | None]) -> list[RecordedEvent]:
-        out: list[RecordedEvent] = []
-        last = self.last
+    def _retrying(self, work: Callable[[], None]) -> None:
+        """Run ``work`` until it gets through a PostgreSQL outage (a lost connection, a restart): nothing
+        is applied from the topic without the log's word, and retrying is safe (repeats are dropped)."""
+        while not self._stop.is_set():
+            try:
+                work()
+                return
+            except (psycopg.Error, TransientStorageError) as e:
+                if isinstance(e, psycopg.Error) and not is_transient(e):
+                    raise convert(e) from e
+                log.warning("subscriber %s lost PostgreSQL, retrying in 1 s: %s", self.group, e)
+                if self._db is not None:
+                    self._db.close()
+                self._stop.wait(1.0)
+
+    def _take(self, values: Sequence[bytes | None]) -> None:
+        """Apply the messages that chain onto the last applied event; fill gaps and replace anything
+        that does not chain (or claims a position the log does not have) from the PostgreSQL log."""
+        run: list[RecordedEvent] = []
+        last, prev = self.last, self.last_hash
         for value in values:
             try:
                 ev = decode_committed(value)
@@ -120,13 +168,46 @@ class Subscriber(BackgroundRunner):
             if ev.position <= last:
                 self.repeats_dropped += 1
                 continue
-            if ev.position > last + 1:
-                missing = self._read_log(last, ev.position - 1)
-                self.backfilled += len(missing)
-                out.extend(missing)
-            out.append(ev)
-            last = ev.position
-        return self._fill_stream_gaps(out)
+            if ev.position > last + 1:  # Kafka lacks events (retention, a late publisher): the log has them
+                self._confirm_and_apply(run)
+                run = []
+                self._fill_from_log(ev.position - 1)
+                last, prev = self.last, self.last_hash
+                if ev.position > last + 1:
+                    self.forgeries += 1
+                    log.error("committed-topic message claims position %d but the event log ends at %d: "
+                              "forged or from another log; dropped, never applied or checkpointed",
+                              ev.position, last)
+                    continue
+            if ev.prev_hash == prev and ev.hash is not None and recorded_hash(ev, prev) == ev.hash:
+                run.append(ev)
+                last, prev = ev.position, ev.hash
+                continue
+            self.forgeries += 1
+            log.error("committed-topic message at position %d does not chain onto the event at %d (or its "
+                      "fields do not hash to its hash): forged or corrupt; reading the event log instead",
+                      ev.position, last)
+            self._confirm_and_apply(run)
+            run = []
+            self._fill_from_log(ev.position)
+            last, prev = self.last, self.last_hash
+        self._confirm_and_apply(run)
+
+    def _confirm_and_apply(self, run: list[RecordedEvent]) -> None:
+        """A run of messages that chain onto each other is the log's if its last hash is the log's hash
+        at that position (one lookup; the chain vouches for the rest). Otherwise the log replaces it."""
+        if not run:
+            return
+        with self._conn().cursor() as cur:
+            logged = eventlog.hash_at(cur, run[-1].position)
+        if logged == run[-1].hash:
+            self._apply(self._fill_stream_gaps(run))
+            return
+        self.forgeries += 1
+        log.error("committed-topic messages %d..%d chain onto the last applied event but the event log holds "
+                  "%s at %d: forged; reading the event log instead", run[0].position, run[-1].position,
+                  "nothing" if logged is None else "another event", run[-1].position)
+        self._fill_from_log(run[-1].position)
 
     def _fill_stream_gaps(self, events: list[RecordedEvent]) -> list[RecordedEvent]:
         """Per-stream continuity: a version beyond the view's next is filled from the log."""
@@ -151,32 +232,33 @@ class Subscriber(BackgroundRunner):
         return out
 
     def _apply(self, events: list[RecordedEvent]) -> None:
+        newest = max(events, key=lambda e: e.position)
         for ev in events:
             handler = self.handlers.get(ev.type)
             if handler is not None:
-                handler(ev)
-        last = max(self.last, events[-1].position)
-        self.view.apply_batch(events, last)
+                handler(ev)  # an error stops the subscriber (kept in .error) before anything is saved
+        self.view.apply_batch(events, newest.position)
         if self.checkpoint is not None:
-            self.checkpoint.save(last)
-        self.last = last
+            self.checkpoint.save(newest.position)
+        self.last = newest.position
+        self.last_hash = newest.hash or self.last_hash
         self.applied += len(events)
 
-    def _catch_up(self) -> None:
-        while not self._stop.is_set():
-            page = self._read_log(self.last, None)
+    def _fill_from_log(self, upto: int | None) -> None:
+        """Apply the log's events after ``last`` up to ``upto`` (None: the head), page by page, so a
+        gap of any size costs bounded memory. The log's events must chain onto the last applied one."""
+        while not self._stop.is_set() and (upto is None or self.last < upto):
+            limit = self.page if upto is None else min(self.page, upto - self.last)
+            with self._conn().cursor() as cur:
+                page = eventlog.read_all(cur, self.last, limit)
             if not page:
                 return
+            if page[0].prev_hash != self.last_hash:
+                raise IntegrityError(
+                    f"the event log's event at position {page[0].position} does not chain onto the hash this "
+                    f"subscriber applied at {self.last}: the log was rewritten; run `eventstore verify`")
             self.backfilled += len(page)
             self._apply(page)
-
-    def _read_log(self, after: int, upto: int | None, page: int = 10_000) -> list[RecordedEvent]:
-        limit = page if upto is None else min(page, upto - after)
-        with self._conn().cursor() as cur:
-            events = eventlog.read_all(cur, after, limit)
-        if upto is not None and events and events[-1].position < upto:
-            events += self._read_log(events[-1].position, upto, page)
-        return events
 
     def _conn(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.closed or self._db.broken:

@@ -40,6 +40,7 @@ class LocalView:
         self._accept = streams or (lambda _s: True)
         self._streams: dict[str, StreamState] = {}
         self._position = 0
+        self._head_hash: bytes | None = None  # the chain hash of the event at _position, when known
         self._changed = threading.Condition()
 
     # -- writing (by the subscriber) ------------------------------------------------------------
@@ -63,16 +64,26 @@ class LocalView:
                     streams[stream] = StreamState(stream, ev.version, ev.position, state)
                     touched[stream] = touched.get(stream, 0) + 1
             position = max(self._position, position)
+            newest = max(events, key=lambda e: e.position, default=None)
+            head_hash = newest.hash if newest is not None and newest.position == position else None
+            if position != self._position or head_hash is not None:
+                self._head_hash = head_hash
             self._persist(touched, position)
             self._position = position
             self._changed.notify_all()
 
     def _persist(self, touched: dict[str, int], position: int) -> None:
-        """Keep the changed streams (name -> events applied) and the position; in memory: nothing to do."""
+        """Keep the changed streams (name -> events applied), the position and ``_head_hash`` (the hash
+        of the event at that position); in memory: nothing to do."""
 
     def load_position(self) -> int:
         """Where a restarted subscriber resumes: an in-memory view starts empty."""
         return 0
+
+    def load_head(self) -> tuple[int, bytes | None]:
+        """Where a restarted subscriber resumes and the chain hash of the event there (None: unknown, the
+        subscriber reads it from the log)."""
+        return self.load_position(), None
 
     # -- reading ---------------------------------------------------------------------------------
     @property
@@ -136,14 +147,20 @@ class SQLiteView(LocalView):
             "position INTEGER NOT NULL, state TEXT NOT NULL, applied INTEGER NOT NULL);"
             "CREATE TABLE IF NOT EXISTS view_position (id INTEGER PRIMARY KEY CHECK (id = 1), position INTEGER);"
         )
+        if "hash" not in {r[1] for r in self._db.execute("PRAGMA table_info(view_position)")}:
+            self._db.execute("ALTER TABLE view_position ADD COLUMN hash BLOB")  # files from before issue 9
         for stream, version, position, state in self._db.execute(
                 "SELECT stream, version, position, state FROM view_streams"):
             self._streams[stream] = StreamState(stream, version, position, json.loads(state))
-        row = self._db.execute("SELECT position FROM view_position").fetchone()
+        row = self._db.execute("SELECT position, hash FROM view_position").fetchone()
         self._position = int(row[0]) if row else 0
+        self._head_hash = bytes(row[1]) if row and row[1] is not None else None
 
     def load_position(self) -> int:
         return self._position
+
+    def load_head(self) -> tuple[int, bytes | None]:
+        return self._position, self._head_hash
 
     def _persist(self, touched: dict[str, int], position: int) -> None:
         self._db.execute("BEGIN")
@@ -153,8 +170,9 @@ class SQLiteView(LocalView):
             "state = excluded.state, applied = view_streams.applied + excluded.applied",
             _rows(self._streams, touched),
         )
-        self._db.execute("INSERT INTO view_position (id, position) VALUES (1, ?) ON CONFLICT (id) "
-                         "DO UPDATE SET position = excluded.position", (position,))
+        self._db.execute("INSERT INTO view_position (id, position, hash) VALUES (1, ?, ?) ON CONFLICT (id) "
+                         "DO UPDATE SET position = excluded.position, hash = excluded.hash",
+                         (position, self._head_hash))
         self._db.execute("COMMIT")
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from eventstore.core.errors import (
     ConfigurationError,
     EmbeddedServerError,
     EventStoreError,
+    IntegrityError,
     SchemaNotReadyError,
     TransientStorageError,
 )
@@ -192,19 +193,16 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from eventstore.discovery import configured
-    from eventstore.postgres.connection import connect, converted_errors
-    from eventstore.postgres.eventlog import verify_chain
+    from eventstore.cli.integrity import verify
 
-    with connect(configured(need_kafka=False).require_database()) as conn, converted_errors(), \
-            conn.cursor() as cur:
-        report = verify_chain(cur)
-    if report.ok:
-        print(f"event log intact: {report.checked} events, hash chain verified")
-        return EXIT_OK
-    print(f"event log TAMPERED at position {report.first_bad_position}: {report.problem} "
-          f"({report.checked} events verified before it)")
-    return EXIT_INTEGRITY
+    return EXIT_OK if verify(args) else EXIT_INTEGRITY
+
+
+def cmd_anchor(args: argparse.Namespace) -> int:
+    from eventstore.cli.integrity import anchor
+
+    anchor(args)
+    return EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -220,6 +218,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import subscribers
 
         return subscribers.main(events=args.events or 1_000_000, rate=args.rate, latency_events=args.latency_events)
+    if args.which == "chain-check":
+        from eventstore.bench import chaincheck
+
+        return chaincheck.main(events=args.events or 100_000)
     from eventstore.bench import leases
 
     leases.main(["--rounds", str(args.rounds), "--per-agent", str(args.per_agent)])
@@ -269,7 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
     dv.set_defaults(fn=cmd_dev)
     sub.add_parser("demo", help="the founding document's lost-update scenario, naive and through the backbone"
                    ).set_defaults(fn=cmd_demo)
-    sub.add_parser("verify", help="check the event log's hash chain (PostgreSQL only)").set_defaults(fn=cmd_verify)
+    ve = sub.add_parser("verify", help="check the hash chains of the event log, outcomes and dead letters up to "
+                        "their heads (PostgreSQL only)")
+    ve.add_argument("--anchor", default=None, metavar="FILE",
+                    help="also check that the log still holds every signed head in this anchor file")
+    ve.add_argument("--key", default=None, help="key file (public or private PEM) for --anchor "
+                    "(default EVENTSTORE_ANCHOR_KEY)")
+    ve.set_defaults(fn=cmd_verify)
+    an = sub.add_parser("anchor", help="sign the current heads of the history and append them to a file "
+                        "(and EVENTSTORE_ANCHOR_TOPIC if set)")
+    an.add_argument("--file", default=None, help="anchor file (JSON lines; default EVENTSTORE_ANCHOR_FILE)")
+    an.add_argument("--key", default=None, help="private key file (default EVENTSTORE_ANCHOR_KEY)")
+    an.add_argument("--init-key", default=None, metavar="PATH", help="create a new Ed25519 key file and stop")
+    an.set_defaults(fn=cmd_anchor)
     rb = sub.add_parser("rebuild", help="replay the log into a fresh copy of a read model and swap it in")
     rb.add_argument("model", help="read model name, e.g. inventory (models come from EVENTSTORE_APP_MODULES)")
     rb.set_defaults(fn=cmd_rebuild)
@@ -291,9 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics.add_parser(sub).set_defaults(fn=cmd_topics)
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
-    bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases", "scale"])
+    bn.add_argument("which", nargs="?", default="write-path",
+                    choices=["write-path", "subscribers", "leases", "scale", "chain-check"])
     bn.add_argument("--events", type=int, default=None,
-                    help="events for the throughput run (write-path 100,000; subscribers 1,000,000)")
+                    help="events for the throughput run (write-path 100,000; subscribers 1,000,000; "
+                    "chain-check 100,000)")
     bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
@@ -308,6 +324,8 @@ def exit_code(e: EventStoreError) -> int:
     if isinstance(e, ConfigurationError | SchemaNotReadyError | TransientStorageError | BrokerError
                   | EmbeddedServerError):
         return EXIT_CONFIG
+    if isinstance(e, IntegrityError):
+        return EXIT_INTEGRITY
     return EXIT_FAILURE
 
 

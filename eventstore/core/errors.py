@@ -43,6 +43,11 @@ class AppendOnlyViolation(StorageError):
     """Someone tried to UPDATE, DELETE or TRUNCATE the event log, which the database forbids."""
 
 
+class IntegrityError(EventStoreError):
+    """History does not verify: a broken hash chain, a log shorter than its head or than an anchor, a
+    position or hash that the log does not hold. Nothing is applied from it; run ``eventstore verify``."""
+
+
 class BrokerError(EventStoreError):
     """The Kafka-API broker refused or could not deliver a message."""
 

@@ -74,6 +74,10 @@ class RecordedEvent:
     recorded_at: datetime
     lease_resource: str | None = None
     fencing_token: int | None = None
+    # The chain link (see eventstore.core.hashing.chain_hash): what lets a subscriber check a message
+    # from the committed topic against the log. None only where an event was built without the log.
+    prev_hash: bytes | None = None
+    hash: bytes | None = None
 
     def event(self, types: EventRegistry = registry) -> Event:
         """The payload as its typed Event class."""
@@ -103,14 +107,15 @@ class NewEvent:
     intent: bytes
     payload: dict[str, Any] | None = None  # the parsed payload, when the caller has it (saves a parse)
 
-    def recorded(self, position: int, recorded_at: datetime, payload: dict[str, Any]) -> RecordedEvent:
-        """The event as the log stores it once appended at ``position``."""
+    def recorded(self, position: int, recorded_at: datetime, payload: dict[str, Any],
+                 prev_hash: bytes | None = None, hash: bytes | None = None) -> RecordedEvent:
+        """The event as the log stores it once appended at ``position`` with that chain link."""
         return RecordedEvent(
             position=position, event_id=self.event_id, stream=self.stream, version=self.version, type=self.type,
             schema_version=self.schema_version, payload=payload, agent_id=self.agent_id,
             idempotency_key=self.idempotency_key, correlation_id=self.correlation_id,
             causation_id=self.causation_id, occurred_at=self.occurred_at, recorded_at=recorded_at,
-            lease_resource=self.lease_resource, fencing_token=self.fencing_token,
+            lease_resource=self.lease_resource, fencing_token=self.fencing_token, prev_hash=prev_hash, hash=hash,
         )
 
 

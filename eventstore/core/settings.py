@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=2000, ge=1)
     batch_wait_ms: int = Field(default=0, ge=0)
     alert_webhook: str | None = None
+    # History anchors (eventstore anchor / verify --anchor): the Ed25519 key file, kept outside the
+    # database; the JSON-lines file anchors are appended to; optionally a topic they are also sent to.
+    anchor_key: str | None = None
+    anchor_file: str = "eventstore-anchors.jsonl"
+    anchor_topic: str | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -24,7 +24,7 @@ import psycopg
 from psycopg.rows import dict_row, kwargs_row
 
 from eventstore.core.errors import EmitTimeout, SchemaNotReadyError
-from eventstore.core.hashing import GENESIS, canonical_json, chain_hash, intent_hash
+from eventstore.core.hashing import GENESIS, canonical_json, chain_hash, intent_hash, legacy_payload_texts
 from eventstore.core.records import RECORDED_FIELDS, DirectEvent, NewEvent, RecordedEvent
 
 Cursor = psycopg.Cursor[Any]
@@ -57,8 +57,10 @@ READ_STREAM = (
 READ_ALL = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > %s ORDER BY position LIMIT %s"
 STREAM_VERSION = "SELECT version FROM streams WHERE stream = %s"
 HEAD_POSITION = "SELECT position FROM log_head"
+HEAD = "SELECT position, hash FROM log_head"
+HASH_AT = "SELECT hash FROM events WHERE position = %s"
 READ_CHAIN = (
-    f"SELECT {EVENT_COLUMNS}, intent_hash, prev_hash, hash FROM events WHERE position > %s "
+    f"SELECT {EVENT_COLUMNS}, intent_hash FROM events WHERE position > %s AND position <= %s "
     "ORDER BY position LIMIT %s"
 )
 
@@ -122,8 +124,8 @@ def append(cur: Cursor, events: Sequence[NewEvent]) -> list[RecordedEvent]:
         ),
     )
     cur.execute(MOVE_HEAD, (head + len(events), prev))
-    return [e.recorded(p, recorded_at, e.payload if e.payload is not None else json.loads(e.payload_json))
-            for p, e in zip(positions, events, strict=True)]
+    return [e.recorded(p, recorded_at, e.payload if e.payload is not None else json.loads(e.payload_json), ph, h)
+            for p, e, ph, h in zip(positions, events, prevs, hashes, strict=True)]
 
 
 def append_direct(cur: Cursor, items: Sequence[DirectEvent]) -> list[RecordedEvent]:
@@ -184,32 +186,67 @@ def wait_for_position(cur: Cursor, position: int, timeout: float = 10.0) -> None
 
 @dataclass(frozen=True)
 class ChainReport:
+    """What ``verify_chain`` found: events checked, the head it checked against, the first bad link."""
+
     checked: int
     first_bad_position: int | None
     problem: str | None
+    head_position: int = 0
+    head_hash: bytes = GENESIS
 
     @property
     def ok(self) -> bool:
         return self.first_bad_position is None
 
 
+def head(cur: Cursor) -> tuple[int, bytes]:
+    """The log head: the newest position and its hash (0 and GENESIS for an empty log)."""
+    cur.execute(HEAD)
+    row = cur.fetchone()
+    if row is None:
+        raise SchemaNotReadyError("the log_head row is missing; run `eventstore migrate`")
+    return int(row[0]), bytes(row[1])
+
+
+def hash_at(cur: Cursor, position: int) -> bytes | None:
+    """The stored hash of the event at ``position`` (GENESIS for 0), or None if the log has no such event."""
+    if position == 0:
+        return GENESIS
+    cur.execute(HASH_AT, (position,))
+    row = cur.fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _intent_matches(ev: RecordedEvent, intent: bytes) -> bool:
+    if intent == intent_hash(ev.type, ev.schema_version, ev.stream, canonical_json(ev.payload)):
+        return True
+    return any(intent == intent_hash(ev.type, ev.schema_version, ev.stream, text)
+               for text in legacy_payload_texts(ev.payload))
+
+
 def verify_chain(cur: Cursor, page: int = 5000) -> ChainReport:
-    """Recompute every hash from the stored fields; report the first event that does not verify."""
+    """Recompute every hash from the stored fields up to the log head; report the first event that does
+    not verify, a log shorter than its head (the newest events deleted) or a head that is not the last hash."""
+    head_pos, head_hash = head(cur)
     prev, expected_pos, checked = GENESIS, 1, 0
-    while True:
+
+    def bad(position: int, problem: str) -> ChainReport:
+        return ChainReport(checked, position, problem, head_pos, head_hash)
+
+    while expected_pos <= head_pos:
         with cur.connection.cursor(row_factory=dict_row) as rc:
-            rc.execute(READ_CHAIN, (expected_pos - 1, page))
+            rc.execute(READ_CHAIN, (expected_pos - 1, head_pos, page))
             rows = rc.fetchall()
         if not rows:
-            return ChainReport(checked, None, None)
+            return bad(expected_pos, f"the log ends at position {expected_pos - 1} but its head says {head_pos}: "
+                                     "the newest events were deleted")
         for r in rows:
             ev = to_recorded(r)
-            intent, stored_prev, stored_hash = bytes(r["intent_hash"]), bytes(r["prev_hash"]), bytes(r["hash"])
+            intent = bytes(r["intent_hash"])
             if ev.position != expected_pos:
-                return ChainReport(checked, expected_pos, f"position {expected_pos} is missing")
-            payload_json = canonical_json(ev.payload)
-            if intent != intent_hash(ev.type, ev.schema_version, ev.stream, payload_json):
-                return ChainReport(checked, ev.position, "type, stream or payload changed after commit")
+                return bad(expected_pos, f"position {expected_pos} is missing")
+            if not _intent_matches(ev, intent):
+                return bad(ev.position, "type, stream or payload changed after commit")
             h = chain_hash(
                 prev, position=ev.position, event_id=str(ev.event_id), stream=ev.stream, version=ev.version,
                 agent_id=ev.agent_id, idempotency_key=ev.idempotency_key,
@@ -218,6 +255,9 @@ def verify_chain(cur: Cursor, page: int = 5000) -> ChainReport:
                 occurred_at=ev.occurred_at, recorded_at=ev.recorded_at, lease_resource=ev.lease_resource,
                 fencing_token=ev.fencing_token, intent=intent,
             )
-            if stored_prev != prev or stored_hash != h:
-                return ChainReport(checked, ev.position, "hash chain broken: a recorded field was changed")
+            if ev.prev_hash != prev or ev.hash != h:
+                return bad(ev.position, "hash chain broken: a recorded field was changed")
             prev, expected_pos, checked = h, expected_pos + 1, checked + 1
+    if prev != head_hash:
+        return bad(head_pos, "the log head's hash is not the hash of the last event")
+    return ChainReport(checked, None, None, head_pos, head_hash)

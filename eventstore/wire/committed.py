@@ -1,7 +1,9 @@
 """The committed-event wire format (pure): what the publisher writes to ``<ns>.committed``.
 
 Key: the stream. Value: the recorded event as JSON, including ``position`` (global, gapless) and
-``version`` (per stream). Headers repeat position, version and type. A subscriber recognises a
+``version`` (per stream), and the event's chain link ``prev_hash`` and ``hash`` (hex), so that a
+subscriber can check that a message chains onto the last event it applied and that its fields
+recompute to its hash. Headers repeat position, version and type. A subscriber recognises a
 republished event by its position.
 """
 
@@ -30,6 +32,8 @@ def encode_committed(ev: RecordedEvent) -> tuple[bytes, bytes, Headers]:
         "occurred_at": None if ev.occurred_at is None else ev.occurred_at.isoformat(),
         "recorded_at": ev.recorded_at.isoformat(), "lease_resource": ev.lease_resource,
         "fencing_token": ev.fencing_token,
+        "prev_hash": None if ev.prev_hash is None else ev.prev_hash.hex(),
+        "hash": None if ev.hash is None else ev.hash.hex(),
     }
     headers: Headers = [
         ("es-format", FORMAT), ("es-position", str(ev.position)), ("es-stream-version", str(ev.version)),
@@ -61,6 +65,12 @@ def decode_committed(value: bytes | None) -> RecordedEvent:
             correlation_id=event_id if cid == eid else _UUID(cid), causation_id=None if caus is None else _UUID(caus),
             occurred_at=None if occ is None else _fromiso(occ), recorded_at=_fromiso(d["recorded_at"]),
             lease_resource=d["lease_resource"], fencing_token=d["fencing_token"],
+            prev_hash=_hex(d.get("prev_hash")), hash=_hex(d.get("hash")),
         )
     except (ValueError, KeyError, TypeError) as e:
         raise DecodeError(f"not a committed-event message: {e!r}") from e
+
+
+def _hex(value: Any) -> bytes | None:
+    """A chain hash from its hex form; a message without one (an older publisher) carries None."""
+    return None if value is None else bytes.fromhex(str(value))
