@@ -216,6 +216,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import subscribers
 
         return subscribers.main(events=args.events or 1_000_000, rate=args.rate, latency_events=args.latency_events)
+    if args.which == "history":
+        from eventstore.bench import history
+
+        return history.main(events=args.events or 1_000_000)
     from eventstore.bench import leases
 
     leases.main(["--rounds", str(args.rounds), "--per-agent", str(args.per_agent)])
@@ -273,8 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     kill.add_argument("--reason", required=True, help="recorded in the event log")
     ag_sub.add_parser("revive", help="let a killed agent work again").add_argument("agent")
     ag.set_defaults(fn=cmd_agents)
+    from eventstore.cli import audit
+
+    audit.register(sub)
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
-    bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases"])
+    bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases", "history"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers 1,000,000)")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
