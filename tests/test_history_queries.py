@@ -71,7 +71,8 @@ def written(settings: Settings, projector: Projector) -> dict[str, Any]:
                     results.append(c.emit_and_wait(InventoryAdjusted(sku="S1", delta=1), stream_for("S1"),
                                                    idempotency_key=f"{agent}-shared-{i}"))
                     results.append(c.emit_and_wait(PriceSet(sku=f"{agent}-{i}", price=i),
-                                                   f"price-{agent.replace('-', '_')}", idempotency_key=f"{agent}-price-{i}"))
+                                                   f"price-{agent.replace('-', '_')}",
+                                                   idempotency_key=f"{agent}-price-{i}"))
                 facts["results"][agent] = results
         except BaseException as e:  # reported by the test
             errors.append(e)

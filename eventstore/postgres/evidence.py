@@ -89,7 +89,7 @@ TABLE_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
 GUARD_TABLES = ("guarded_patterns", "guarded_resources", "resource_guards")
 
 
-def _one(conn: Connection, query: str | sql.Composable, params: tuple[Any, ...] = ()) -> Any:
+def _one(conn: Connection, query: str | sql.Composed, params: tuple[Any, ...] = ()) -> Any:
     row = conn.execute(query, params).fetchone()
     return None if row is None else row[0]
 
