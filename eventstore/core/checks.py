@@ -49,6 +49,7 @@ class Evidence:
     chain_ok: bool = False
     chain_checked: int = 0
     chain_problem: str | None = None
+    chain_bad_position: int | None = None
     head: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,7 +117,8 @@ def evaluate(e: Evidence, s: Settings) -> list[CheckLine]:
     lines.append(CheckLine("Kill switch", *kill))
     lines.append(CheckLine("History", e.chain_ok,
                            f"chain verified to position {e.head:,}" if e.chain_ok else
-                           f"chain broken: {e.chain_problem} ({e.chain_checked:,} events verified before it)"))
+                           f"chain broken at position {e.chain_bad_position}: {e.chain_problem} "
+                           f"({e.chain_checked:,} events verified before it)"))
     return lines
 
 

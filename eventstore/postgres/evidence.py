@@ -127,6 +127,7 @@ def gather(conn: Connection, settings: Settings) -> Evidence:
     with conn.cursor() as cur:
         report = verify_chain(cur)
     e.chain_ok, e.chain_checked, e.chain_problem = report.ok, report.checked, report.problem
+    e.chain_bad_position = report.first_bad_position
     if not conn.autocommit:
         conn.rollback()
     return e
