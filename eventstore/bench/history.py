@@ -3,7 +3,8 @@ log of 1,000,000 events, and the readiness check's run time on the same log.
 
 Run with ``eventstore bench history [--events N]``. It starts a fresh ephemeral embedded PostgreSQL,
 migrates, fills the log directly with ``eventlog.append`` in batches of 10,000 (hash chain included):
-20,000 streams in 4 categories, 50 agents, 6 event types, causal chains of 5 events per correlation id.
+20,000 streams in 4 categories, 50 agents, 6 event types and a rare one (1 in 1,000), causal
+chains of 5 events per correlation id.
 Each query form runs as the API runs it (``postgres.history.query`` with outcomes and lock events
 attached). Baselines from the same run: the same queries without migration 0007's indexes (dropped
 inside a transaction that is rolled back), and a deep page fetched with OFFSET instead of the cursor.
@@ -39,6 +40,7 @@ STREAMS = 20_000
 AGENTS = 50
 CHAIN = 5
 TYPES = ("InventoryAdjusted", "InventoryUpdated", "OrderPlaced", "OrderShipped", "PriceSet", "NoteAdded")
+RARE = "LimitOverridden"  # one event in 1,000: where an index on type matters most
 CATEGORIES = ("inventory", "orders", "prices", "notes")
 SAMPLES = 200
 BASELINE_SAMPLES = 10
@@ -61,7 +63,7 @@ def fill(conn: psycopg.Connection[Any], n: int) -> tuple[float, list[uuid.UUID]]
                 correlations.append(corr)
             stream = f"{CATEGORIES[rnd.randrange(4)]}-{rnd.randrange(STREAMS // 4):05d}"
             versions[stream] = versions.get(stream, 0) + 1
-            etype = TYPES[rnd.randrange(len(TYPES))]
+            etype = RARE if rnd.randrange(1000) == 0 else TYPES[rnd.randrange(len(TYPES))]
             payload = canonical_json({"n": done + i, "delta": rnd.randint(-5, 9)})
             eid = uuid.uuid4()
             batch.append(NewEvent(
@@ -104,6 +106,7 @@ def forms(rnd: random.Random, correlations: list[uuid.UUID]) -> dict[str, Callab
                                              from_position=rnd.randrange(1, 900_000)),
         "type": lambda: HistoryQuery.create(type=TYPES[rnd.randrange(len(TYPES))],
                                             from_position=rnd.randrange(1, 900_000)),
+        "rare type": lambda: HistoryQuery.create(type=RARE, from_position=rnd.randrange(1, 900_000)),
         "correlation": lambda: HistoryQuery.create(
             correlation=str(correlations[rnd.randrange(len(correlations))])),
     }
