@@ -114,8 +114,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
         if args.api_port:
             from eventstore.api.server import ServerThread
 
-            api = ServerThread(settings, port=args.api_port).start()
-            print(f"HTTP API and live page on {api.url}/ (tokens: `eventstore tokens add NAME --role operator`)")
+            try:
+                api = ServerThread(settings, port=args.api_port).start()
+                print(f"HTTP API and live page on {api.url}/ (tokens: `eventstore tokens add NAME --role operator`)")
+            except ConfigurationError as e:  # a busy port must not stop the servers and the projector
+                print(f"HTTP API not started: {e}; pick another --api-port")
         write_dev_file(settings)
         print("eventstore dev is running (PostgreSQL data kept in "
               f"{Path(args.data_dir).resolve() / 'pg'}; the broker keeps messages in memory).")
