@@ -31,6 +31,8 @@ class ApiState:
         self.pool = self.database.pool(min_size=1, max_size=6, autocommit=True, name="eventstore-api")
         self._coordinator: Coordinator | None = None
         self._lock = threading.Lock()
+        self.check_lock = threading.Lock()
+        self.check_cache: tuple[float, dict[str, Any]] | None = None
 
     def coordinator(self) -> Coordinator:
         with self._lock:
