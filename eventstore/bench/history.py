@@ -2,12 +2,13 @@
 log of 1,000,000 events, and the readiness check's run time on the same log.
 
 Run with ``eventstore bench history [--events N]``. It starts a fresh ephemeral embedded PostgreSQL,
-migrates, fills the log directly with ``eventlog.append`` in batches of 10,000 (hash chain included):
+migrates, fills the log directly with ``eventlog.append`` in batches of 2,000 (hash chain included):
 20,000 streams in 4 categories, 50 agents, 6 event types and a rare one (1 in 1,000), causal
 chains of 5 events per correlation id.
 Each query form runs as the API runs it (``postgres.history.query`` with outcomes and lock events
-attached). Baselines from the same run: the same queries without migration 0007's indexes (dropped
-inside a transaction that is rolled back), and a deep page fetched with OFFSET instead of the cursor.
+attached). Baselines from the same run: the same queries on the indexes before migration 0007 (its
+indexes dropped, 0001's events(recorded_at) recreated, inside a transaction that is rolled back),
+and a deep page fetched with OFFSET instead of the cursor.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedPostgres
 from eventstore.postgres import eventlog
 from eventstore.postgres.evidence import gather
-from eventstore.postgres.history import query
+from eventstore.postgres.history import query, writers
 from eventstore.postgres.migrate import upgrade
 
-BATCH = 10_000
+BATCH = 2_000  # the projector's default batch: events of one batch share recorded_at
 STREAMS = 20_000
 AGENTS = 50
 CHAIN = 5
@@ -45,7 +46,7 @@ CATEGORIES = ("inventory", "orders", "prices", "notes")
 SAMPLES = 200
 BASELINE_SAMPLES = 10
 INDEXES = ("events_stream_position_idx", "events_type_position_idx", "events_correlation_idx",
-           "events_causation_idx")
+           "events_causation_idx", "events_recorded_at_position_idx")
 
 
 def fill(conn: psycopg.Connection[Any], n: int) -> tuple[float, list[uuid.UUID]]:
@@ -98,7 +99,14 @@ def pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
-def forms(rnd: random.Random, correlations: list[uuid.UUID]) -> dict[str, Callable[[], HistoryQuery]]:
+def time_range(rnd: random.Random, times: list[Any]) -> HistoryQuery:
+    """A random window of about a tenth of the log (database time, recorded_at)."""
+    i = rnd.randrange(len(times) - len(times) // 10)
+    return HistoryQuery.create(since=times[i], until=times[i + len(times) // 10])
+
+
+def forms(rnd: random.Random, correlations: list[uuid.UUID],
+          times: list[Any]) -> dict[str, Callable[[], HistoryQuery]]:
     return {
         "stream": lambda: HistoryQuery.create(
             stream=f"{CATEGORIES[rnd.randrange(4)]}-{rnd.randrange(STREAMS // 4):05d}"),
@@ -107,6 +115,7 @@ def forms(rnd: random.Random, correlations: list[uuid.UUID]) -> dict[str, Callab
         "type": lambda: HistoryQuery.create(type=TYPES[rnd.randrange(len(TYPES))],
                                             from_position=rnd.randrange(1, 900_000)),
         "rare type": lambda: HistoryQuery.create(type=RARE, from_position=rnd.randrange(1, 900_000)),
+        "time range": lambda: time_range(rnd, times),
         "correlation": lambda: HistoryQuery.create(
             correlation=str(correlations[rnd.randrange(len(correlations))])),
     }
@@ -129,14 +138,18 @@ def main(events: int = 1_000_000) -> int:
             seconds, correlations = fill(conn, events)
             print(f"filled in {seconds:.1f}s ({events / seconds:,.0f} events/s, hash chain included)\n", flush=True)
             rnd = random.Random(11)
-            print(f"{'form':<12} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}   baseline (no 0007 index) p50 / p99 ms")
-            for name, make in forms(rnd, correlations).items():
+            print(f"{'form':<12} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}   "
+                  "baseline (schema before 0007) p50 / p99 ms")
+            times = [r[0] for r in conn.execute(
+                "SELECT recorded_at FROM events WHERE position % 1000 = 1 ORDER BY position").fetchall()]
+            for name, make in forms(rnd, correlations, times).items():
                 for _ in range(20):  # warm the cache and the plans
                     query(conn, make())
                 ms = timed(lambda make=make: query(conn, make()), SAMPLES)  # type: ignore[misc]
                 with conn.transaction():
                     for ix in INDEXES:
                         conn.execute(f"DROP INDEX {ix}")  # constant names; rolled back below
+                    conn.execute("CREATE INDEX events_recorded_at_idx ON events (recorded_at)")  # as in 0001
                     base = timed(lambda make=make: query(conn, make()), BASELINE_SAMPLES)  # type: ignore[misc]
                     raise psycopg.Rollback()  # the dropped indexes come back
                 print(f"{name:<12} {pct(ms, 50):8.2f} {pct(ms, 99):8.2f} {max(ms):8.2f}   "
@@ -154,6 +167,10 @@ def main(events: int = 1_000_000) -> int:
                                                 "OFFSET %s LIMIT 100", (deep,)).fetchall(), 10)
             print(f"\ndeep page (type, {deep:,} rows in): cursor p50 {pct(keyset, 50):.2f} ms, OFFSET p50 "
                   f"{pct(offset, 50):.2f} ms (x{pct(offset, 50) / pct(keyset, 50):,.0f})")
+            t = time.perf_counter()
+            mapped = writers(conn)
+            print(f"\nwrite map (eventstore writers) on the same log: {time.perf_counter() - t:.2f}s, "
+                  f"{len(mapped)} rows")
             t = time.perf_counter()
             evidence = gather(conn, Settings())
             check_s = time.perf_counter() - t

@@ -26,8 +26,14 @@ FILTERS: dict[str, str] = {
     "stream": "stream = %(stream)s",
     "agent": "agent_id = %(agent)s",
     "type": "type = %(type)s",
-    "since": "recorded_at >= %(since)s",
-    "until": "recorded_at < %(until)s",
+    # A time range also bounds the position, so the page walks the primary key from the first event
+    # of the range instead of sorting every event of a wide range. Both bounds are found through the
+    # recorded_at index. recorded_at never decreases along positions (both are taken under the
+    # log-head lock); if the server's clock ever stepped back, the window's edges follow position order.
+    "since": "recorded_at >= %(since)s AND position >= coalesce((SELECT position FROM events "
+             "WHERE recorded_at >= %(since)s ORDER BY recorded_at, position LIMIT 1), 0)",
+    "until": "recorded_at < %(until)s AND position <= coalesce((SELECT position FROM events "
+             "WHERE recorded_at < %(until)s ORDER BY recorded_at DESC, position DESC LIMIT 1), 0)",
     "from_position": "position >= %(from_position)s",
     "to_position": "position <= %(to_position)s",
 }

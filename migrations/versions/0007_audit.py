@@ -17,11 +17,16 @@ def upgrade() -> None:
         """
 -- Keyset pages (ORDER BY position) per filter: by stream and by type in position order; the
 -- causal chain of a correlation id, followed both ways through causation_id. events(agent_id,
--- position) and events(recorded_at) exist since 0001, events(stream, version) is unique.
+-- position) exists since 0001, events(stream, version) is unique.
 CREATE INDEX IF NOT EXISTS events_stream_position_idx ON events (stream, position);
 CREATE INDEX IF NOT EXISTS events_type_position_idx ON events (type, position);
 CREATE INDEX IF NOT EXISTS events_correlation_idx ON events (correlation_id);
 CREATE INDEX IF NOT EXISTS events_causation_idx ON events (causation_id) WHERE causation_id IS NOT NULL;
+-- Time ranges: the first/last position recorded at or after/before a time (ties broken by position,
+-- events of one batch share recorded_at). Replaces 0001's events(recorded_at): same size class,
+-- one index on the write path either way.
+CREATE INDEX IF NOT EXISTS events_recorded_at_position_idx ON events (recorded_at, position);
+DROP INDEX IF EXISTS events_recorded_at_idx;
 -- The lock events of a lease stream by fencing token (the lock history that covered a write).
 CREATE INDEX IF NOT EXISTS events_lease_token_idx ON events (stream, fencing_token)
     WHERE fencing_token IS NOT NULL;
@@ -46,6 +51,8 @@ def downgrade() -> None:
     op.execute(
         """
 DROP TABLE IF EXISTS api_tokens;
+CREATE INDEX IF NOT EXISTS events_recorded_at_idx ON events (recorded_at);
+DROP INDEX IF EXISTS events_recorded_at_position_idx;
 DROP INDEX IF EXISTS events_stream_position_idx, events_type_position_idx, events_correlation_idx,
     events_causation_idx, events_lease_token_idx, outcomes_stream_version_idx, outcomes_original_idx;
 """
