@@ -13,7 +13,7 @@ import pytest
 
 from eventstore import AgentClient, Coordinator, Projector
 from eventstore.cli.main import main
-from eventstore.core.checks import CheckLine, Evidence, evaluate
+from eventstore.core.checks import CheckLine, Evidence, evaluate, lock_order_let_through
 from eventstore.core.errors import LockOrderViolation
 from eventstore.core.records import DirectEvent
 from eventstore.core.settings import Settings
@@ -159,6 +159,17 @@ def test_rules_fail_exactly_one_control(field: str, value: Any, control: str) ->
     assert all(ln.ok for ln in evaluate(base, s))
     setattr(base, field, value)
     assert [ln.control for ln in evaluate(base, s) if not ln.ok] == [control]
+
+
+def test_lock_order_replay() -> None:
+    rows = [("LeaseGranted", "a", "b-res", 1), ("LeaseGranted", "a", "a-res", 2),  # a-res while b-res held
+            ("LeaseGranted", "b", "a-res", 3),  # another agent: no violation
+            ("LeaseReleased", "a", "b-res", 1), ("LeaseGranted", "a", "a-res", 2),  # re-entry after release
+            ("LeaseGranted", "a", "z-res", 4), ("LeaseExpired", "a", "z-res", 9),  # wrong token: still held
+            ("LeaseGranted", "a", "c-res", 5),  # z-res still held by a: violation
+            ("LeaseRevoked", "a", "z-res", 4), ("LeaseGranted", "a", "d-res", 6)]  # z revoked: d after c is fine
+    assert lock_order_let_through(rows) == 2
+    assert lock_order_let_through([]) == 0
 
 
 def test_thresholds_come_from_settings() -> None:

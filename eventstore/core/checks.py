@@ -6,10 +6,14 @@ The rules only compare numbers with thresholds from Settings; they never assume 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from eventstore.core.lockrules import order_violation
 from eventstore.core.settings import Settings
+
+LockRow = tuple[str, str, str, int]  # (event type, agent id, resource, token), in log order
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,23 @@ class Evidence:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def lock_order_let_through(rows: Iterable[LockRow]) -> int:
+    """Grants made while the same agent held a resource that comes later in the global order (the
+    coordinator's default order, resource ids), replayed from the lock history in position order.
+    The same rule the coordinator enforces (lockrules.order_violation), applied after the fact."""
+    held: dict[str, dict[str, int]] = {}
+    count = 0
+    for kind, agent, resource, token in rows:
+        mine = held.setdefault(agent, {})
+        if kind == "LeaseGranted":
+            if order_violation(resource, list(mine)) is not None:
+                count += 1
+            mine[resource] = token
+        elif mine.get(resource) == token:  # released, expired or revoked
+            del mine[resource]
+    return count
 
 
 def _n(x: float) -> str:

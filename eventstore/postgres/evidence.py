@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from eventstore.core.checks import Evidence
+from eventstore.core.checks import Evidence, lock_order_let_through
 from eventstore.core.settings import Settings
 from eventstore.postgres.eventlog import head_position, verify_chain
 
@@ -51,21 +51,10 @@ SELECT count(*), mode() WITHIN GROUP (ORDER BY (payload->>'ttl_seconds')::float8
 FROM events WHERE type = 'LeaseGranted'
 """
 COUNT_TYPE = "SELECT count(*) FROM events WHERE type = %s"
-# Grants made while the same agent still held a resource that comes later in the global order
-# (granted before, not yet released, expired or revoked): lock-order violations that went through.
-LET_THROUGH = """
-WITH g AS MATERIALIZED (
-    SELECT position, agent_id, payload->>'resource' AS r, (payload->>'token')::bigint AS t
-    FROM events WHERE type = 'LeaseGranted'
-), ends AS MATERIALIZED (
-    SELECT position, agent_id, payload->>'resource' AS r, (payload->>'token')::bigint AS t
-    FROM events WHERE type IN ('LeaseReleased', 'LeaseExpired', 'LeaseRevoked')
-)
-SELECT count(*) FROM g WHERE EXISTS (
-    SELECT 1 FROM g h
-    WHERE h.agent_id = g.agent_id AND h.position < g.position AND h.r COLLATE "C" > g.r COLLATE "C"
-      AND NOT EXISTS (SELECT 1 FROM ends x WHERE x.agent_id = h.agent_id AND x.r = h.r AND x.t = h.t
-                      AND x.position > h.position AND x.position < g.position))
+# The lock history the lock-order replay needs (core.checks.lock_order_let_through), in log order.
+LOCK_HISTORY = """
+SELECT type, agent_id, payload->>'resource', (payload->>'token')::bigint FROM events
+WHERE type IN ('LeaseGranted', 'LeaseReleased', 'LeaseExpired', 'LeaseRevoked') ORDER BY position
 """
 # The SDK uses the event id as the idempotency key when the agent gives none.
 UNKEYED = """
@@ -111,7 +100,9 @@ def gather(conn: Connection, settings: Settings) -> Evidence:
             e.guarded_patterns = int(_one(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))))
             break
     e.order_refused = int(_one(conn, COUNT_TYPE, ("LockOrderViolated",)))
-    e.order_let_through = int(_one(conn, LET_THROUGH))
+    with conn.cursor() as cur:  # streamed row by row: the lock history can be long
+        e.order_let_through = lock_order_let_through(
+            (str(t), str(a), str(r), int(k)) for t, a, r, k in cur.stream(LOCK_HISTORY))
     e.unkeyed_by_agent = {str(a): int(n) for a, n in conn.execute(UNKEYED, ()).fetchall()}
     e.head = head_position(conn.cursor())
     e.publishers = {str(n): e.head - int(p) for n, p in conn.execute(PUBLISHERS).fetchall()}
