@@ -13,6 +13,7 @@ and a deep page fetched with OFFSET instead of the cursor.
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 import sys
@@ -85,6 +86,14 @@ def fill(conn: psycopg.Connection[Any], n: int) -> tuple[float, list[uuid.UUID]]
     return time.perf_counter() - t0, correlations
 
 
+def load() -> str:
+    """The machine's load average (1, 5, 15 min): latency here follows how busy the cores are."""
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def timed(fn: Callable[[], Any], samples: int) -> list[float]:
     out = []
     for _ in range(samples):
@@ -134,7 +143,7 @@ def main(events: int = 1_000_000) -> int:
             print(f"eventstore history benchmark: {events:,} events, {STREAMS:,} streams, {AGENTS} agents, "
                   f"{len(TYPES)} types, chains of {CHAIN}; page of 100; PostgreSQL {version} (embedded, stock "
                   f"settings), Python {platform.python_version()}, {platform.machine()}; one connection, "
-                  f"{SAMPLES} samples per form", flush=True)
+                  f"{SAMPLES} samples per form; load average {load()}", flush=True)
             seconds, correlations = fill(conn, events)
             print(f"filled in {seconds:.1f}s ({events / seconds:,.0f} events/s, hash chain included)\n", flush=True)
             rnd = random.Random(11)
@@ -167,6 +176,7 @@ def main(events: int = 1_000_000) -> int:
                                                 "OFFSET %s LIMIT 100", (deep,)).fetchall(), 10)
             print(f"\ndeep page (type, {deep:,} rows in): cursor p50 {pct(keyset, 50):.2f} ms, OFFSET p50 "
                   f"{pct(offset, 50):.2f} ms (x{pct(offset, 50) / pct(keyset, 50):,.0f})")
+            print(f"load average after the queries: {load()}")
             t = time.perf_counter()
             mapped = writers(conn)
             print(f"\nwrite map (eventstore writers) on the same log: {time.perf_counter() - t:.2f}s, "
