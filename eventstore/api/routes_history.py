@@ -14,6 +14,7 @@ from eventstore.postgres.history import query, writers
 
 router = APIRouter(prefix="/api", tags=["history"])
 Name = Annotated[str | None, Query(max_length=200)]
+HEAD = "SELECT position FROM log_head"
 
 
 @router.get("/history", summary="Committed events by filters, keyset-paginated on the global position")
@@ -44,7 +45,7 @@ def tail(request: Request, _who: Auditor,
          limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50) -> dict[str, Any]:
     try:
         with state(request).conn() as conn:
-            head = int(conn.execute("SELECT position FROM log_head").fetchone()[0])  # type: ignore[index]
+            head = int(conn.execute(HEAD).fetchone()[0])  # type: ignore[index]
             start = max(0, head - limit) if after_position is None else after_position
             page = query(conn, HistoryQuery.create(from_position=start + 1, limit=limit), context=False)
     except EventStoreError as e:
