@@ -1,8 +1,8 @@
 """Evidence for the readiness check, gathered from the live database (named, parameterised SQL).
 
 Each field of :class:`eventstore.core.checks.Evidence` is measured here; the pass/fail rules are
-pure and live in eventstore/core/checks.py. Lock order uses the coordinator's default order (resource
-ids compared as strings, byte order): a deployment with its own ``rank`` function is judged by ids.
+pure and live in eventstore/core/checks.py. Lock order is replayed with the coordinator's default order
+(resource ids compared as strings): a deployment with its own ``rank`` function is judged by ids.
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ def gather(conn: Connection, settings: Settings) -> Evidence:
         e.order_let_through = lock_order_let_through(
             (str(t), str(a), str(r), int(k)) for t, a, r, k in cur.stream(LOCK_HISTORY))
     e.unkeyed_by_agent = {str(a): int(n) for a, n in conn.execute(UNKEYED, ()).fetchall()}
-    e.head = head_position(conn.cursor())
+    with conn.cursor() as cur:
+        e.head = head_position(cur)
     e.publishers = {str(n): e.head - int(p) for n, p in conn.execute(PUBLISHERS).fetchall()}
     if e.publishers:
         behind = max(e.publishers.values())
