@@ -23,7 +23,9 @@ def run(args: list[str], cwd: Path, timeout: float = 60) -> subprocess.Completed
 @pytest.mark.slow
 def test_dev_serves_other_commands_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTORE_")}
-    dev = subprocess.Popen([sys.executable, "-m", "eventstore.cli", "dev", "--broker-port", str(free_port())],
+    api_port = free_port()
+    dev = subprocess.Popen([sys.executable, "-m", "eventstore.cli", "dev", "--broker-port", str(free_port()),
+                            "--api-port", str(api_port)],
                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert dev.stdout is not None
@@ -35,6 +37,7 @@ def test_dev_serves_other_commands_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -
                 break
             seen.append(line)
         assert any("export EVENTSTORE_DATABASE_URL=" in line for line in seen), seen
+        assert any(f"HTTP API and live page on http://127.0.0.1:{api_port}/" in line for line in seen), seen
         verify = run(["verify"], tmp_path)
         assert verify.returncode == 0 and "hash chain verified" in verify.stdout, verify
         killed = run(["agents", "kill", "rogue", "--reason", "test"], tmp_path)

@@ -33,6 +33,7 @@ RANKS = {
     "consumers": 3,  # subscribers: a peer of the SDK (AgentClient.follow keeps a local view with them)
     "eventstore.examples": 4,
     "eventstore.bench": 5,
+    "eventstore.api": 5,  # the HTTP API: reads the adapters, acts through the coordinator
     "eventstore.cli": 6,
     "eventstore": 7,  # the package's own __init__/__main__: the public face
 }

@@ -111,6 +111,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
         with connect(s.postgres.url) as conn:
             forget_topic(conn, settings.intake_topic, settings.committed_topic)
         projector = Projector(settings).start()
+        api = None
+        if args.api_port:
+            from eventstore.api.server import ServerThread
+
+            try:
+                api = ServerThread(settings, port=args.api_port).start()
+                print(f"HTTP API and live page on {api.url}/ (tokens: `eventstore tokens add NAME --role operator`)")
+            except ConfigurationError as e:  # a busy port must not stop the servers and the projector
+                print(f"HTTP API not started: {e}; pick another --api-port")
         write_dev_file(settings)
         print("eventstore dev is running (PostgreSQL data kept in "
               f"{Path(args.data_dir).resolve() / 'pg'}; the broker keeps messages in memory).")
@@ -126,6 +135,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         finally:
             print("stopping ...", flush=True)
             projector.stop()
+            if api is not None:
+                api.stop()
             remove_dev_file()
         projector.raise_if_failed()
     print("stopped cleanly")
@@ -222,6 +233,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import chaincheck
 
         return chaincheck.main(events=args.events or 100_000)
+    if args.which == "history":
+        from eventstore.bench import history
+
+        return history.main(events=args.events or 1_000_000)
     from eventstore.bench import leases
 
     leases.main(["--rounds", str(args.rounds), "--per-agent", str(args.per_agent)])
@@ -268,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     dv = sub.add_parser("dev", help="start embedded PostgreSQL + broker + projector for local work")
     dv.add_argument("--data-dir", default=".eventstore", help="where PostgreSQL keeps its data (default .eventstore)")
     dv.add_argument("--broker-port", type=int, default=19092, help="broker port on 127.0.0.1 (default 19092)")
+    dv.add_argument("--api-port", type=int, default=8080, help="HTTP API port on 127.0.0.1 (0: no API)")
     dv.set_defaults(fn=cmd_dev)
     sub.add_parser("demo", help="the founding document's lost-update scenario, naive and through the backbone"
                    ).set_defaults(fn=cmd_demo)
@@ -301,12 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     kill.add_argument("--reason", required=True, help="recorded in the event log")
     ag_sub.add_parser("revive", help="let a killed agent work again").add_argument("agent")
     ag.set_defaults(fn=cmd_agents)
-    from eventstore.cli import topics
+    from eventstore.cli import audit, topics
 
     topics.add_parser(sub).set_defaults(fn=cmd_topics)
+    audit.register(sub)
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
     bn.add_argument("which", nargs="?", default="write-path",
-                    choices=["write-path", "subscribers", "leases", "scale", "chain-check"])
+                    choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers 1,000,000; "
                     "chain-check 100,000)")

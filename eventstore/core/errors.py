@@ -99,3 +99,8 @@ class DeadlockDetected(CoordinationError):
 
 class AgentKilledError(CoordinationError):
     """The agent has been stopped by the kill switch; an operator must ``revive`` it."""
+
+
+class InvalidQueryError(EventStoreError):
+    """An audit query's parameters are invalid (absurd range, huge page, malformed id or cursor);
+    the HTTP API answers it with 422 and this message."""

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     anchor_key: str | None = None
     anchor_file: str = "eventstore-anchors.jsonl"
     anchor_topic: str | None = None
+    # Thresholds of `eventstore check` and /readyz (docs/auditors.md).
+    check_max_lag_seconds: float = Field(default=60.0, gt=0)  # committed-topic publisher behind the log
+    check_max_unkeyed_events: int = Field(default=0, ge=0)  # events per agent without an idempotency key
+    check_max_lease_ttl_seconds: float = Field(default=3600.0, gt=0)  # longer is a lock nobody expires
+    ready_max_intake_lag: int = Field(default=1000, ge=0)  # intake messages not yet projected
 
     @classmethod
     def settings_customise_sources(

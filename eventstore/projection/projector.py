@@ -36,6 +36,7 @@ from eventstore.postgres.intake import (
 )
 from eventstore.postgres.offsets import load_offsets
 from eventstore.postgres.readmodels import ReadModel, ReadModelError, read_models
+from eventstore.projection import metrics as projector_metrics
 from eventstore.projection.publisher import Publisher
 from eventstore.wire.rejections import encode_rejection
 
@@ -174,8 +175,10 @@ class Projector(BackgroundRunner):
 
     def _process(self, conn: psycopg.Connection[Any], consumer: Consumer, producer: Producer,
                  batch: list[IntakeMessage]) -> psycopg.Connection[Any]:
+        started = time.perf_counter()
         result, conn = self._commit_with_retries(conn, batch, {})
         self.stats.add(result, len(batch))
+        projector_metrics.observe(result, len(batch), time.perf_counter() - started)
         # Topic copies of dead letters and rejections: the tables already hold them, so a broker
         # problem here is logged and must not stop the projector.
         try:

@@ -1,0 +1,169 @@
+"""History queries for auditors: the event log filtered, keyset-paginated on the global position,
+with the outcomes around each write and the lock events that covered it; and the write map.
+
+Every statement is a fixed, named text with bound parameters. A query's WHERE clause is assembled
+from the fixed fragments in ``FILTERS`` (chosen by which filters are set, never from input), so each
+combination gets a plan that uses its own index (see migration 0007) instead of one generic plan of
+``(param IS NULL OR column = param)`` that uses none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from eventstore.core.history_query import HistoryQuery
+from eventstore.postgres.eventlog import EVENT_COLUMNS, to_recorded
+
+Cursor = psycopg.Cursor[Any]
+
+FILTERS: dict[str, str] = {
+    "stream": "stream = %(stream)s",
+    "agent": "agent_id = %(agent)s",
+    "type": "type = %(type)s",
+    # A time range also bounds the position, so the page walks the primary key from the first event
+    # of the range instead of sorting every event of a wide range. Both bounds are found through the
+    # recorded_at index. recorded_at never decreases along positions (both are taken under the
+    # log-head lock); if the server's clock ever stepped back, the window's edges follow position order.
+    "since": "recorded_at >= %(since)s AND position >= coalesce((SELECT position FROM events "
+             "WHERE recorded_at >= %(since)s ORDER BY recorded_at, position LIMIT 1), 0)",
+    "until": "recorded_at < %(until)s AND position <= coalesce((SELECT position FROM events "
+             "WHERE recorded_at < %(until)s ORDER BY recorded_at DESC, position DESC LIMIT 1), 0)",
+    "from_position": "position >= %(from_position)s",
+    "to_position": "position <= %(to_position)s",
+}
+# The causal chain of a correlation id: its events, then causation links followed both ways (an
+# event's cause, and the events it caused), until nothing new is found. UNION (not ALL) ends cycles.
+CHAIN = """
+WITH RECURSIVE chain(event_id, causation_id) AS (
+    SELECT event_id, causation_id FROM events WHERE correlation_id = %(correlation)s
+    UNION
+    SELECT e.event_id, e.causation_id FROM events e JOIN chain c
+        ON e.causation_id = c.event_id OR e.event_id = c.causation_id
+)
+"""
+PAGE = "SELECT {columns} FROM events WHERE position > %(after)s{filters} ORDER BY position LIMIT %(limit)s"
+CHAIN_FILTER = " AND event_id IN (SELECT event_id FROM chain)"
+# Decisions made while the stream stood at the write's version (conflicts and rejections that lost
+# against it), and duplicates that point at it.
+OUTCOMES_AROUND = """
+SELECT o.event_id, o.agent_id, o.idempotency_key, o.stream, o.status, o.reason_code, o.reason,
+       o.expected_version, o.current_version, o.original_position, o.decided_at, w.position AS write_position
+FROM unnest(%(positions)s::bigint[], %(streams)s::text[], %(versions)s::bigint[]) AS w(position, stream, version)
+JOIN outcomes o ON o.stream = w.stream AND o.current_version = w.version AND o.status <> 'duplicate'
+UNION ALL
+SELECT o.event_id, o.agent_id, o.idempotency_key, o.stream, o.status, o.reason_code, o.reason,
+       o.expected_version, o.current_version, o.original_position, o.decided_at, o.original_position
+FROM outcomes o WHERE o.original_position = ANY(%(positions)s::bigint[])
+ORDER BY decided_at
+"""
+# The lock history of the leases that writes were made under: the resource's lease stream, same token.
+LOCK_EVENTS = """
+SELECT e.position, e.type, e.agent_id, e.lease_resource, e.fencing_token, e.recorded_at, e.payload
+FROM unnest(%(resources)s::text[], %(tokens)s::bigint[]) AS l(resource, token)
+JOIN events e ON e.stream = 'lease-' || l.resource AND e.fencing_token = l.token
+ORDER BY e.position
+"""
+CATEGORY = "CASE WHEN stream ~ '.-[^-]*$' THEN regexp_replace(stream, '-[^-]*$', '') ELSE stream END"
+WRITERS = f"""
+SELECT {CATEGORY} AS resource, agent_id, count(*) AS writes, min(recorded_at) AS first_write,
+       max(recorded_at) AS last_write, count(*) FILTER (WHERE lease_resource IS NOT NULL) AS under_lease
+FROM events
+WHERE stream NOT LIKE 'lease-%%' AND stream NOT LIKE 'agent-%%'
+GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+
+@dataclass
+class HistoryRow:
+    """One committed event with what happened around it."""
+
+    event: dict[str, Any]
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    lock_events: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class HistoryPage:
+    rows: list[HistoryRow]
+    next_cursor: str | None  # continue after this page (also to tail: later writes get higher positions)
+    more: bool  # the page was full: more rows may follow right now
+
+
+def page_sql(q: HistoryQuery) -> sql.SQL:
+    """The statement for a query: fixed fragments only, chosen by which filters are set."""
+    parts = [f" AND {frag}" for name, frag in FILTERS.items() if getattr(q, name) is not None]
+    if q.correlation is not None:
+        parts.append(CHAIN_FILTER)
+    text = PAGE.format(columns=EVENT_COLUMNS, filters="".join(parts))
+    if q.correlation is not None:
+        text = CHAIN + text
+    return sql.SQL(text)  # assembled from the constants above only, never from input
+
+
+def params(q: HistoryQuery) -> dict[str, Any]:
+    return {"stream": q.stream, "agent": q.agent, "type": q.type, "since": q.since, "until": q.until,
+            "from_position": q.from_position, "to_position": q.to_position, "correlation": q.correlation,
+            "limit": q.limit, "after": q.after}
+
+
+def event_dict(row: dict[str, Any]) -> dict[str, Any]:
+    ev = to_recorded(row)
+    return {"position": ev.position, "event_id": str(ev.event_id), "stream": ev.stream, "version": ev.version,
+            "type": ev.type, "schema_version": ev.schema_version, "agent_id": ev.agent_id,
+            "idempotency_key": ev.idempotency_key, "correlation_id": str(ev.correlation_id),
+            "causation_id": None if ev.causation_id is None else str(ev.causation_id),
+            "occurred_at": None if ev.occurred_at is None else ev.occurred_at.isoformat(),
+            "recorded_at": ev.recorded_at.isoformat(), "lease_resource": ev.lease_resource,
+            "fencing_token": ev.fencing_token, "payload": ev.payload}
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, datetime) else str(v) if k == "event_id" else v)
+            for k, v in row.items()}
+
+
+def query(conn: psycopg.Connection[Any], q: HistoryQuery, *, context: bool = True) -> HistoryPage:
+    """One page of history; with ``context`` each write carries its outcomes and lock events."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(page_sql(q), params(q))
+        rows = [HistoryRow(event_dict(r)) for r in cur.fetchall()]
+        if rows and context:
+            _attach_context(cur, rows)
+    last = rows[-1].event["position"] if rows else q.after
+    return HistoryPage(rows, q.next_cursor(last) if last else None, len(rows) == q.limit)
+
+
+def _attach_context(cur: psycopg.Cursor[dict[str, Any]], rows: list[HistoryRow]) -> None:
+    by_pos = {r.event["position"]: r for r in rows}
+    cur.execute(OUTCOMES_AROUND, {"positions": list(by_pos), "streams": [r.event["stream"] for r in rows],
+                                  "versions": [r.event["version"] for r in rows]})
+    for o in cur.fetchall():
+        pos = o.pop("write_position")
+        by_pos[pos].outcomes.append(_jsonable(o))
+    leases = sorted({(r.event["lease_resource"], r.event["fencing_token"]) for r in rows
+                     if r.event["lease_resource"] is not None and r.event["fencing_token"] is not None})
+    if not leases:
+        return
+    cur.execute(LOCK_EVENTS, {"resources": [r for r, _ in leases], "tokens": [t for _, t in leases]})
+    locks: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for e in cur.fetchall():
+        locks.setdefault((e["lease_resource"], e["fencing_token"]), []).append(_jsonable(e))
+    for r in rows:
+        key = (r.event["lease_resource"], r.event["fencing_token"])
+        # Lock events of the writes' own lease stream are themselves history rows: skip self-reference.
+        r.lock_events = [e for e in locks.get(key, []) if e["position"] != r.event["position"]]
+
+
+def writers(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Who writes what: per resource (stream category) and agent, the count of writes, the first
+    and last (database time), and how many were made under a lease. The coordinator's own lock and
+    agent history streams are left out."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(WRITERS)
+        return [_jsonable(r) for r in cur.fetchall()]
