@@ -220,6 +220,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import subscribers
 
         return subscribers.main(events=args.events or 1_000_000, rate=args.rate, latency_events=args.latency_events)
+    if args.which == "references":
+        from eventstore.bench import references
+
+        return references.main(events=args.events or 1_000_000, quick=args.quick)
     from eventstore.bench import leases
 
     leases.main(["--rounds", str(args.rounds), "--per-agent", str(args.per_agent)])
@@ -287,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics.add_parser(sub).set_defaults(fn=cmd_topics)
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
-    bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases", "scale"])
+    bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases", "scale",
+                                                                    "references"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers 1,000,000)")
     bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
@@ -295,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
     bn.add_argument("--latency-events", type=int, default=3000, help="events for the latency run")
     bn.add_argument("--rate", type=int, default=1000, help="steady rate (events/s) for the latency run")
+    bn.add_argument("--quick", action="store_true", help="references: smaller runs (drain of 100,000 events)")
     bn.set_defaults(fn=cmd_bench)
     return p
 
