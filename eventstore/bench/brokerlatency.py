@@ -161,6 +161,31 @@ def probes(bootstrap: str, label: str) -> None:
               flush=True)
 
 
+def aged_topic_probe(bootstrap: str, messages: int, linger_ms: int) -> None:
+    """The same probe on one partition that already holds ``messages`` messages produced with
+    ``linger_ms`` (tansu's in-memory store keeps one object per produced batch and lists them all on
+    every fetch, so its fetch cost grows with the partition's history)."""
+    admin_settings = Settings.from_env().with_servers("postgresql://unused", bootstrap)
+    topic = f"aged-{uuid.uuid4().hex[:8]}"
+    ensure_topics(admin_settings, {topic: 1})
+    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS, "linger.ms": linger_ms})
+    t0 = time.perf_counter()
+    for i in range(messages):
+        while True:
+            try:
+                producer.produce(topic, value=b"x" * 100, partition=0)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if i % 1000 == 0:
+            producer.poll(0)
+    producer.flush(120)
+    fill = time.perf_counter() - t0
+    lat = broker_probe(bootstrap, topic, 10, 1)
+    print(f"  topic aged by {messages:,} messages (linger.ms={linger_ms}, produced in {fill:.1f} s), "
+          f"fetch.wait.max.ms=10: {lat.line()}", flush=True)
+
+
 def print_split(label: str, rate: int, sp: Split) -> None:
     print(f"  [{label}] emit -> outcome at {rate}/s, total          : {sp.total.line()}")
     print(f"  [{label}]   emit -> projector has it (broker) : {sp.broker.line()}")
@@ -197,6 +222,9 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000) -> int:
         finally:
             proj.stop()
         probes(bootstrap, "after heavy traffic")
+        print("\n3) one partition's history (same broker)")
+        for messages, linger in ((0, 0), (20_000, 0), (heavy, 0), (heavy, 20)):
+            aged_topic_probe(bootstrap, messages, linger)
     print(f"\nload average after the run {os.getloadavg()[0]:.2f}")
     return 0
 
