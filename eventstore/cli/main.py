@@ -220,6 +220,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import subscribers
 
         return subscribers.main(events=args.events or 1_000_000, rate=args.rate, latency_events=args.latency_events)
+    if args.which == "profile":
+        from eventstore.bench import profile
+
+        return profile.main(events=args.events or 100_000)
     if args.which == "latency":
         from eventstore.bench import brokerlatency
 
@@ -296,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_parser(sub).set_defaults(fn=cmd_topics)
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
     bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases", "scale",
-                                                                    "references", "latency"])
+                                                                    "references", "latency", "profile"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers 1,000,000)")
     bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
