@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases", "scale",
                                                                     "references", "latency", "profile"])
     bn.add_argument("--events", type=int, default=None,
-                    help="events for the throughput run (write-path 100,000; subscribers 1,000,000)")
+                    help="events for the throughput run (write-path 100,000; subscribers 1,000,000; references: the "
+                         "drain, 1,000,000; latency: the heavy traffic, 100,000; profile 100,000)")
     bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
