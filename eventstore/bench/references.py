@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 
 from eventstore.bench import ceiling, drain, peers
-from eventstore.bench.writepath import make_events
+from eventstore.bench.writepath import CpuMeter, make_events, projector, throughput, wait_ready
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.postgres.migrate import upgrade
@@ -119,6 +119,30 @@ def main(events: int = 1_000_000, quick: bool = False) -> int:
                 pids["tansu"] = servers.broker._proc.pid
             d = drain.drain(base.replace(namespace=f"refs-{run}-drain", projector_group=f"refs-{run}-drain"),
                             events, conn, pids, logdir)
-        print("\n".join("  " + line for line in drain.report(d, ceil.unnest_rate)), flush=True)
+            print("\n".join("  " + line for line in drain.report(d, ceil.unnest_rate)), flush=True)
+            e2e_n = 20_000 if quick else 100_000
+            print(f"\n[5] end to end: {e2e_n:,} events emitted by one agent until the read model shows them ...",
+                  flush=True)
+            e2e = base.replace(namespace=f"refs-{run}-e2e", projector_group=f"refs-{run}-e2e")
+            with projector(e2e, "process", logdir / "projector-e2e.log") as ppid, \
+                    AgentClient("bench-refs-e2e", e2e) as client:
+                wait_ready(client, "ew")
+                cpu = CpuMeter({**pids, **({"projector process": ppid} if ppid else {})})
+                tp = throughput(client, conn, e2e_n, "et", cpu)
+            print(f"  end to end: {tp.rate:,.0f} events/s ({tp.events:,} events in {tp.seconds:.1f} s; aim >= 25,000/s"
+                  ")")
+            print("  CPU per event: " + ", ".join(f"{k} {v / e2e_n * 1e6:.0f} us" for k, v in cpu.used.items()))
+            print(f"  correctness: {'PASS' if tp.ok else 'FAIL'}: {tp.detail}", flush=True)
+        print("\n[6] raw PostgreSQL ceiling again (the load may have changed) ...", flush=True)
+        ceil2 = ceiling.measure(url, 20_000 if quick else 50_000, 50_000 if quick else 100_000)
+        print("\n".join("  " + line for line in ceil2.lines()), flush=True)
+    ref = (ceil.unnest_rate + ceil2.unnest_rate) / 2
+    print("\nSummary (ratios against the mean of the two ceiling measurements, "
+          f"{ceil.unnest_rate:,.0f} and {ceil2.unnest_rate:,.0f} events/s)")
+    print(f"  projector drain / ceiling: {d.rate / ref:.2f}x   end to end / ceiling: {tp.rate / ref:.2f}x   "
+          "(aim >= 0.5x)")
+    if peer.one_per_save:
+        print(f"  end to end / eventsourcing 1 event per save: {tp.rate / peer.one_per_save:.1f}x; "
+              f"/ 10 events per save: {tp.rate / (peer.ten_per_save or 1):.1f}x")
     print(f"\nload average after the run {os.getloadavg()[0]:.2f}; total {time.monotonic() - started:.0f} s")
-    return 0 if d.ok else 1
+    return 0 if d.ok and tp.ok else 1
