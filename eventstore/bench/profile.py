@@ -17,10 +17,12 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
-from eventstore.bench.writepath import CpuMeter, projector, throughput, wait_ready
+from eventstore.bench.drain import prefill
+from eventstore.bench.writepath import CpuMeter, Throughput, head, projector, throughput, wait_ready
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.postgres.migrate import upgrade
@@ -81,6 +83,53 @@ def _stop(spy: subprocess.Popen[bytes]) -> None:
         spy.wait()
 
 
+def _profile_write_path(servers: EmbeddedServers, settings: Settings, conn: psycopg.Connection[Any], events: int,
+                        logdir: Path) -> tuple[dict[str, int], Throughput, CpuMeter]:
+    """Sample the agent and the projector process during one end-to-end throughput run."""
+    with projector(settings, "process", logdir / "projector.log") as ppid, \
+            AgentClient("bench-profile", settings) as client:
+        if ppid is None:
+            raise RuntimeError("the profile needs a projector process")
+        wait_ready(client, "pw")
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        pids = {"agent (this process)": os.getpid(), "projector process": ppid, "postgres": postmaster}
+        if servers.broker._proc is not None:
+            pids["tansu"] = servers.broker._proc.pid
+        spies = {"agent": _spy(os.getpid(), logdir / "agent.txt"),
+                 "projector": _spy(ppid, logdir / "projector.txt")}
+        time.sleep(1.0)  # py-spy attaches
+        cpu = CpuMeter(pids)
+        tp = throughput(client, conn, events, "pt", cpu)
+        for spy in spies.values():
+            _stop(spy)
+    return pids, tp, cpu
+
+
+def _profile_drain(settings: Settings, n: int, conn: psycopg.Connection[Any], pids: dict[str, int],
+                   logdir: Path) -> tuple[dict[str, float], float]:
+    """Pre-fill n events, then sample a fresh projector process while it drains them."""
+    prefill(settings, n)
+    start = head(conn)
+    with projector(settings, "process", logdir / "projector-drain.log") as ppid:
+        if ppid is None:
+            raise RuntimeError("the profile needs a projector process")
+        spy = _spy(ppid, logdir / "projector-drain.txt")
+        cpu = CpuMeter({**{k: v for k, v in pids.items() if not k.startswith(("projector", "agent"))},
+                        "projector process": ppid})
+        cpu.start()
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + 600
+        while head(conn) < start + n:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the drain did not finish within 600 s")
+            time.sleep(0.01)
+        seconds = time.perf_counter() - t0
+        cpu.stop()
+        _stop(spy)
+    return cpu.used, n / seconds
+
+
 def main(events: int = 100_000) -> int:
     """Profile one throughput run; 1 when py-spy is missing or the run's correctness check failed."""
     if shutil.which("py-spy") is None:
@@ -95,29 +144,19 @@ def main(events: int = 100_000) -> int:
         run = uuid.uuid4().hex[:6]
         settings = Settings.from_env().with_servers(url, servers.broker.bootstrap).replace(
             namespace=f"prof-{run}", projector_group=f"prof-{run}")
-        with psycopg.connect(url, autocommit=True) as conn, \
-                projector(settings, "process", logdir / "projector.log") as ppid, \
-                AgentClient("bench-profile", settings) as client:
-            if ppid is None:
-                raise RuntimeError("the profile needs a projector process")
-            wait_ready(client, "pw")
-            row = conn.execute("SELECT pg_backend_pid()").fetchone()
-            postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            pids = {"agent (this process)": os.getpid(), "projector process": ppid, "postgres": postmaster}
-            if servers.broker._proc is not None:
-                pids["tansu"] = servers.broker._proc.pid
-            spies = {"agent": _spy(os.getpid(), logdir / "agent.txt"),
-                     "projector": _spy(ppid, logdir / "projector.txt")}
-            time.sleep(1.0)  # py-spy attaches
-            cpu = CpuMeter(pids)
-            tp = throughput(client, conn, events, "pt", cpu)
-            for spy in spies.values():
-                _stop(spy)
+        with psycopg.connect(url, autocommit=True) as conn:
+            pids, tp, cpu = _profile_write_path(servers, settings, conn, events, logdir)
+            drain_cpu, drain_rate = _profile_drain(settings.replace(namespace=f"profd-{run}",
+                                                                    projector_group=f"profd-{run}"),
+                                                   events, conn, pids, logdir)
     print(f"\nthroughput while sampled: {tp.rate:,.0f} events/s ({tp.events:,} events in {tp.seconds:.1f} s; "
           f"sampling costs some speed); correctness {'PASS' if tp.ok else 'FAIL'}")
     print("CPU per event: " + ", ".join(f"{k} {v / events * 1e6:.0f} us" for k, v in cpu.used.items()))
-    for name in ("agent", "projector"):
-        print(f"\n{name}:")
+    print(f"drain of {events:,} pre-filled events while sampled: {drain_rate:,.0f} events/s; CPU per event: " +
+          ", ".join(f"{k} {v / events * 1e6:.0f} us" for k, v in drain_cpu.items()))
+    for name in ("agent", "projector", "projector-drain"):
+        print(f"\n{name}{' (the drain: no agent)' if name == 'projector-drain' else ''}:")
         raw = logdir / f"{name}.txt"
-        print("\n".join("  " + line for line in (summarise(raw, PARTS[name]) if raw.exists() else ["no profile"])))
+        parts = PARTS[name.split("-")[0]]
+        print("\n".join("  " + line for line in (summarise(raw, parts) if raw.exists() else ["no profile"])))
     return 0 if tp.ok else 1
