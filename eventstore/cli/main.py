@@ -237,6 +237,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import history
 
         return history.main(events=args.events or 1_000_000)
+    if args.which == "profile":
+        from eventstore.bench import profile
+
+        return profile.main(events=args.events or 100_000)
+    if args.which == "latency":
+        from eventstore.bench import brokerlatency
+
+        return brokerlatency.main(heavy=args.events or 100_000, rate=args.rate)
+    if args.which == "references":
+        from eventstore.bench import references
+
+        return references.main(events=args.events or 1_000_000, quick=args.quick)
     from eventstore.bench import leases
 
     leases.main(["--rounds", str(args.rounds), "--per-agent", str(args.per_agent)])
@@ -323,15 +335,18 @@ def build_parser() -> argparse.ArgumentParser:
     audit.register(sub)
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
     bn.add_argument("which", nargs="?", default="write-path",
-                    choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history"])
+                    choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history",
+                             "references", "latency", "profile"])
     bn.add_argument("--events", type=int, default=None,
-                    help="events for the throughput run (write-path 100,000; subscribers 1,000,000; "
-                    "chain-check 100,000)")
+                    help="events for the throughput run (write-path 100,000; subscribers 1,000,000; chain-check "
+                         "100,000; history 1,000,000; references: the drain, 1,000,000; latency: the heavy "
+                         "traffic, 100,000; profile 100,000)")
     bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
     bn.add_argument("--latency-events", type=int, default=3000, help="events for the latency run")
     bn.add_argument("--rate", type=int, default=1000, help="steady rate (events/s) for the latency run")
+    bn.add_argument("--quick", action="store_true", help="references: smaller runs (drain of 100,000 events)")
     bn.set_defaults(fn=cmd_bench)
     return p
 

@@ -119,9 +119,9 @@ class Database:
     def listen(self, channels: list[str], stop: threading.Event, what: str, *,
                on_listening: Callable[[Connection], None] | None = None,
                timeout: float = 0.25) -> Iterator[list[psycopg.Notify]]:
-        """LISTEN on ``channels`` and yield the notifications that arrived within each ``timeout``
-        (an empty list when none did, so the caller can do periodic work on the connection between
-        batches); reconnects (and calls ``on_listening`` again) after a lost connection, because a
+        """LISTEN on ``channels`` and yield notifications in batches as soon as they arrive (an empty
+        list after ``timeout`` seconds without any, so the caller can do periodic work on the connection
+        between batches); reconnects (and calls ``on_listening`` again) after a lost connection, because a
         notification may have been missed meanwhile. Ends when ``stop`` is set.
 
         The batch is collected before it is yielded: psycopg holds the connection while its
@@ -133,7 +133,9 @@ class Database:
                 if on_listening is not None:
                     on_listening(conn)
                 while not stop.is_set():
-                    yield list(conn.notifies(timeout=timeout))
+                    # stop_after=1: hand over what arrived as soon as something did (a whole packet may
+                    # hold several); only a quiet connection waits out the timeout.
+                    yield list(conn.notifies(timeout=timeout, stop_after=1))
             except psycopg.Error as e:
                 if not is_transient(e):
                     raise convert(e) from e

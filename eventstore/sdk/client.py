@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -282,3 +282,39 @@ class AgentClient:
         """The recorded decision on an event id, or None while it is undecided."""
         with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
             return lookup_outcomes(cur, [event_id]).get(event_id)
+
+    def emit_many(
+        self,
+        items: Iterable[tuple[Event, str] | tuple[Event, str, EmitOptions]],
+    ) -> list[EmitHandle]:
+        """Send many events at once, without waiting for outcomes; one handle per item, in order.
+
+        Each item is ``(event, stream)`` or ``(event, stream, options)`` with the keyword arguments of
+        :meth:`emit` in ``options``. Every envelope is built (and validated) before anything is sent, so
+        an invalid item raises InvalidEventError and nothing is produced; then all are produced through
+        :meth:`emit_envelope` (one code path to the broker) and the producer is polled once. Order per
+        stream is the order of ``items``.
+        """
+        envelopes = []
+        for i, item in enumerate(items):
+            options: EmitOptions = item[2] if len(item) == 3 else {}
+            try:
+                envelopes.append(build_envelope(
+                    self.agent_id, item[0], item[1], expected_version=options.get("expected_version"),
+                    idempotency_key=options.get("idempotency_key"), correlation_id=options.get("correlation_id"),
+                    causation_id=options.get("causation_id"), lease=options.get("lease")))
+            except InvalidEventError as e:
+                raise InvalidEventError(f"emit_many item {i}: {e} (nothing was sent)") from e
+        handles = [self.emit_envelope(env) for env in envelopes]
+        self._producer.poll(0)
+        return handles
+
+
+class EmitOptions(TypedDict, total=False):
+    """The per-event keyword arguments of :meth:`AgentClient.emit`, for :meth:`AgentClient.emit_many`."""
+
+    expected_version: int | None
+    idempotency_key: str | None
+    correlation_id: uuid.UUID | None
+    causation_id: uuid.UUID | None
+    lease: LeaseRef | HasLeaseRef | None

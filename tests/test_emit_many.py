@@ -1,0 +1,59 @@
+"""AgentClient.emit_many against the real broker and database: every outcome arrives, per-stream order
+is the order of the items, per-item options apply, and an invalid item sends nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventstore import AgentClient, Outcome, Projector
+from eventstore.core.errors import InvalidEventError
+from eventstore.core.settings import Settings
+from eventstore.examples.inventory import InventoryAdjusted, InventoryUpdated, stream_for
+from tests.fix_projector import scalar
+
+
+def test_emit_many_all_outcomes_arrive_in_stream_order(settings: Settings, projector: Projector) -> None:
+    skus = [f"M{i}" for i in range(7)]
+    items: list[tuple[InventoryAdjusted, str]] = [
+        (InventoryAdjusted(sku=skus[i % 7], delta=i), stream_for(skus[i % 7])) for i in range(700)]
+    with AgentClient("many-agent", settings) as client:
+        handles = client.emit_many(items)
+        results = [h.result(60) for h in handles]
+        assert [r.status for r in results] == [Outcome.COMMITTED] * 700
+        for k, sku in enumerate(skus):
+            mine = results[k::7]
+            # versions follow the order of the items on each stream, without a gap
+            assert [r.version for r in mine] == list(range(1, 101))
+            stored = client.read_stream(stream_for(sku))
+            assert [e.payload["delta"] for e in stored] == [i for i in range(700) if i % 7 == k]
+            assert [e.event_id for e in stored] == [h.event_id for h in handles[k::7]]
+    total = scalar(settings.require_database(), "SELECT sum(quantity) FROM inventory WHERE sku LIKE 'M%%'")
+    assert total == sum(range(700))
+
+
+def test_emit_many_applies_per_item_options(settings: Settings, projector: Projector) -> None:
+    s = stream_for("OPT")
+    with AgentClient("many-opts", settings) as client:
+        first = client.emit_many([
+            (InventoryUpdated(sku="OPT", quantity=5), s, {"expected_version": 0, "idempotency_key": "k-1"}),
+            (InventoryAdjusted(sku="OPT", delta=1), s, {"expected_version": 0}),  # stale: conflict
+        ])
+        r1, r2 = (h.result(30) for h in first)
+        assert (r1.status, r1.version) == (Outcome.COMMITTED, 1)
+        assert (r2.status, r2.current_version) == (Outcome.CONFLICT, 1)
+        again = client.emit_many([(InventoryUpdated(sku="OPT", quantity=5), s, {"idempotency_key": "k-1"})])
+        dup = again[0].result(30)
+        assert (dup.status, dup.position) == (Outcome.DUPLICATE, r1.position)
+
+
+def test_emit_many_invalid_item_sends_nothing(settings: Settings, projector: Projector) -> None:
+    good = (InventoryAdjusted(sku="BAD0", delta=1), stream_for("BAD0"))
+    with AgentClient("many-bad", settings) as client:
+        with pytest.raises(InvalidEventError, match="item 1"):
+            client.emit_many([good, (InventoryAdjusted(sku="BAD0", delta=2), "")])
+        # a later event on the same stream is the first one there: nothing of the failed call arrived
+        r = client.emit_and_wait(InventoryAdjusted(sku="BAD0", delta=3), stream_for("BAD0"), timeout=30)
+        assert (r.status, r.version) == (Outcome.COMMITTED, 1)
+        client.flush()
+    assert scalar(settings.require_database(), "SELECT count(*) FROM events WHERE stream = %s",
+                  (stream_for("BAD0"),)) == 1
