@@ -104,6 +104,8 @@ class Projector(BackgroundRunner):
         self._retry_attempts = 0
         self._alerted = False
         self._batch_watermarks: dict[int, tuple[int, int]] = {}
+        self._fresh_watermarks = False
+        self._consumer: Consumer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -131,6 +133,7 @@ class Projector(BackgroundRunner):
         thread (``start()``), it is kept in ``self.error``."""
         conn = self._connect()
         consumer = Consumer(consumer_config(self.settings, self.group))
+        self._consumer = consumer
         producer = Producer(producer_config(self.settings))
 
         def on_assign(c: Consumer, parts: list[TopicPartition]) -> None:
@@ -210,15 +213,22 @@ class Projector(BackgroundRunner):
                 log.warning("reading stored offsets at assignment: %s", e)
                 time.sleep(next(delays))
 
-    def _watermarks(self, consumer: Consumer, batch: list[IntakeMessage]) -> dict[int, tuple[int, int]]:
-        """The (low, high) offsets the consumer last learned from its fetches (no broker round trip)."""
+    def _watermarks(self, consumer: Consumer, batch: list[IntakeMessage], *,
+                    cached: bool = True) -> dict[int, tuple[int, int]]:
+        """The partitions' (low, high) offsets: by default what the consumer last learned from its
+        fetches (no broker round trip; may lag), widened by the batch's own offsets, which exist."""
         out: dict[int, tuple[int, int]] = {}
         for p in {m.partition for m in batch}:
             try:
-                low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+                low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=cached,
+                                                           timeout=5)
             except KafkaException:
                 continue
-            out[p] = (int(low), int(high))
+            if low < 0 or high < 0:
+                continue
+            offsets = [m.offset for m in batch if m.partition == p]
+            out[p] = (min(int(low), min(offsets)), max(int(high), max(offsets) + 1))
+        self._fresh_watermarks = not cached
         return out
 
     def _retry_noted(self, error: Exception, partitions: list[int]) -> None:
@@ -307,9 +317,16 @@ class Projector(BackgroundRunner):
 
     def _write(self, conn: psycopg.Connection[Any], batch: list[IntakeMessage],
                poisoned: dict[tuple[int, int], str]) -> BatchResult:
-        return write_batch(conn, group=self.group, topic=self.topic, messages=batch,
-                           models=self.models, types=registry, poisoned=poisoned,
-                           max_event_bytes=self.settings.max_event_bytes, watermarks=self._batch_watermarks)
+        try:
+            return write_batch(conn, group=self.group, topic=self.topic, messages=batch,
+                               models=self.models, types=registry, poisoned=poisoned,
+                               max_event_bytes=self.settings.max_event_bytes, watermarks=self._batch_watermarks)
+        except OffsetsNotTrustedError:
+            if self._fresh_watermarks or self._consumer is None:
+                raise
+            # Cached watermarks may lag the broker: decide on fresh ones before stopping.
+            self._batch_watermarks = self._watermarks(self._consumer, batch, cached=False)
+            return self._write(conn, batch, poisoned)
 
     def _reconnect(self, batch: list[IntakeMessage]) -> psycopg.Connection[Any]:
         delays = backoff_delays()
