@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
+from typing import Any
 
 import psycopg
 import pytest
@@ -106,3 +107,47 @@ def test_an_index_row_too_large_in_a_read_model_dead_letters_only_its_event(sett
     assert p.stats.retries == 0
     assert DocumentTitled.event_type == "DocumentTitled"
 
+
+
+def test_a_retry_loop_longer_than_the_threshold_raises_one_alert(settings: Settings) -> None:
+    """A batch that keeps meeting a transient error (here: its offsets row locked by another session,
+    with a short lock_timeout -> 55P03) raises one alert: counter, log, and the webhook."""
+    import http.server
+    import threading
+
+    received: list[dict[str, Any]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    db = settings.require_database()
+    s = settings.replace(retry_alert_seconds=0.5, alert_webhook=f"http://127.0.0.1:{server.server_port}/")
+    p = Projector(s, models=[], publish=False)
+    msg = IntakeMessage(0, 0, b"inventory-H1", variant())
+    try:
+        with psycopg.connect(db, autocommit=True) as blocker, psycopg.connect(db) as conn:
+            conn.execute("SET lock_timeout = '50ms'")
+            conn.commit()
+            blocker.execute("INSERT INTO consumer_offsets VALUES (%s, %s, 0, 0)", (p.group, p.topic))
+            blocker.execute("BEGIN")
+            blocker.execute("SELECT * FROM consumer_offsets FOR UPDATE")
+            done = threading.Timer(1.5, lambda: blocker.execute("COMMIT"))
+            done.start()
+            result, _ = p._commit_with_retries(conn, [msg], {})
+            done.join()
+        assert len(result.committed) == 1, "the batch commits once the lock is gone"
+        assert p.stats.retries >= 2 and p.stats.stalled_alerts == 1
+        wait_until(lambda: len(received) == 1, 10, "the webhook to receive the alert")
+        assert received[0]["type"] == "ProjectorStalled" and received[0]["payload"]["partitions"] == [0]
+        assert "lock" in received[0]["payload"]["last_error"]
+    finally:
+        server.shutdown()
+        server.server_close()
