@@ -56,6 +56,15 @@ def check_size(size: int, limit: int, what: str, setting: str) -> None:
 
 
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# What can put a surrogate or a non-finite float into parsed JSON: a \uD800-\uDFFF escape (raw UTF-8
+# cannot encode one), NaN / Infinity, or an exponent of three digits or more. A text without any of
+# these needs no walk through its values (the hot path).
+_SUSPECT = re.compile(rb"\\[uU][dD][89a-fA-F]|NaN|Infinity|[0-9][eE][+]?[0-9]{3}")
+
+
+def may_hold_odd_values(raw: bytes) -> bool:
+    """Whether :func:`check_values` can find anything in the value parsed from ``raw``."""
+    return _SUSPECT.search(raw) is not None
 
 
 def check_values(event_type: str, payload: Any) -> None:
