@@ -34,8 +34,9 @@ _DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 def json_depth(raw: bytes) -> int:
     """The deepest nesting of arrays and objects in a JSON text (a plain text scan, no recursion)."""
-    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
-        return raw.count(b"[") + raw.count(b"{")  # an upper bound that is already within the limit
+    opened = raw.count(b"[") + raw.count(b"{")
+    if opened <= MAX_JSON_DEPTH:
+        return opened  # an upper bound that is already within the limit
     brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
     return max(accumulate(_DEPTH_STEP[b] for b in brackets), default=0)
 
@@ -56,15 +57,19 @@ def check_size(size: int, limit: int, what: str, setting: str) -> None:
 
 
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
-# What can put a surrogate or a non-finite float into parsed JSON: a \uD800-\uDFFF escape (raw UTF-8
-# cannot encode one), NaN / Infinity, or an exponent of three digits or more. A text without any of
-# these needs no walk through its values (the hot path).
-_SUSPECT = re.compile(rb"\\[uU][dD][89a-fA-F]|NaN|Infinity|[0-9][eE][+]?[0-9]{3}")
+# Lone surrogates can only come from a \uD800-\uDFFF escape (raw UTF-8 cannot encode one); encoders
+# rarely escape at all, so a fast substring test spares the regex and the walk on the hot path.
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 
-def may_hold_odd_values(raw: bytes) -> bool:
-    """Whether :func:`check_values` can find anything in the value parsed from ``raw``."""
-    return _SUSPECT.search(raw) is not None
+def may_hold_surrogates(raw: bytes) -> bool:
+    """Whether JSON parsed from ``raw`` can contain a lone surrogate (a cheap test before :func:`check_values`)."""
+    return b"\\u" in raw and _SURROGATE_ESCAPE.search(raw) is not None
+
+
+def may_hold_non_finite(canonical: str) -> bool:
+    """Whether a canonical JSON text can hold NaN or an infinity (``json`` writes them as these words)."""
+    return "NaN" in canonical or "Infinity" in canonical
 
 
 def check_values(event_type: str, payload: Any) -> None:

@@ -33,7 +33,8 @@ from eventstore.core.limits import (
     check_size,
     check_timestamp,
     check_values,
-    may_hold_odd_values,
+    may_hold_non_finite,
+    may_hold_surrogates,
     offset_problem,
 )
 from eventstore.core.outcomes import EmitResult, Outcome, ReasonCode
@@ -124,7 +125,7 @@ def parse(msg: IntakeMessage, types: EventRegistry, *, max_event_bytes: int = DE
     env = decode(msg.value)
     check_stream(env.stream)
     check_key(msg.key, env.stream)
-    odd = msg.value is not None and may_hold_odd_values(msg.value)
+    odd = msg.value is not None and may_hold_surrogates(msg.value)
     if odd:
         strings = [env.idempotency_key, env.stream, env.agent_id, env.type]
         check_values("the envelope", strings + ([env.lease.resource] if env.lease else []))
@@ -134,9 +135,9 @@ def parse(msg: IntakeMessage, types: EventRegistry, *, max_event_bytes: int = DE
         raise InvalidEventError(f"{env.type} events are written by the server only; agents cannot emit them")
     payload = typed.model_dump(mode="json")
     check_no_nul(env.type, payload)
-    if odd:
-        check_values(env.type, payload)
     payload_json = canonical_json(payload)
+    if odd or may_hold_non_finite(payload_json):
+        check_values(env.type, payload)
     return _Parsed(msg, env, payload_json, payload,
                    intent_hash(env.type, env.schema_version, env.stream, payload_json))
 
