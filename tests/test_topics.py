@@ -259,3 +259,23 @@ def test_the_batch_transaction_refuses_a_gap_and_a_start_beyond_the_stored_offse
                         types=registry, watermarks={0: (0, 0)})
     assert scalar(db, "SELECT next_offset FROM consumer_offsets WHERE group_id = 'g'") == 1
     assert scalar(db, "SELECT count(*) FROM events") == 1
+
+
+def test_the_publisher_sends_a_stub_when_the_client_refuses_a_message_as_too_large(settings: Settings) -> None:
+    """A broker or client limit below EVENTSTORE_MAX_COMMITTED_BYTES: librdkafka refuses the message
+    (MSG_SIZE_TOO_LARGE); the publisher sends the stub instead and carries on with the next event."""
+    from eventstore.core.records import DirectEvent
+    from eventstore.postgres import eventlog
+    from eventstore.projection.publisher import Publisher
+
+    db = settings.require_database()
+    with psycopg.connect(db) as conn, conn.transaction(), conn.cursor() as cur:
+        eventlog.append_direct(cur, [DirectEvent("doc-a", DocumentTitled(doc="a", title="w" * 30_000), "t"),
+                                     DirectEvent("doc-b", DocumentTitled(doc="b", title="small"), "t")])
+    tight = settings.replace(kafka_config={"message.max.bytes": 10_000})
+    with Publisher(tight) as pub:
+        wait_until(lambda: pub.published == 2, 30, "both events published")
+        assert pub.stubs == 1 and not pub.finished.is_set()
+    first, second = (json.loads(v) for v in _committed_values(settings, 2))
+    assert first["payload_omitted"] is True and first["position"] == 1
+    assert second["payload"] == {"doc": "b", "title": "small"}
