@@ -62,6 +62,8 @@ HOSTILE: list[tuple[str, bytes | None, bytes | None, str]] = [
      b"inventory-H1", ""),
     ("lone surrogate in stream", variant(stream="inventory-\ud800").replace(b"\\ud800", b"\\udc00"),
      b"inventory-\xed\xb0\x80", ""),
+    ("lone surrogate in agent_id and key", variant(agent_id="a\udc00", idempotency_key="k\udc00"), b"inventory-H1",
+     "surrogate"),
     ("key disagrees with stream", variant(), b"inventory-OTHER", "inventory-OTHER"),
     ("no key", variant(), None, "no key"),
     ("control char in stream", variant(stream="inventory-\x07"), b"inventory-\x07", "control"),
@@ -117,8 +119,11 @@ json_leaf = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30),
     st.sampled_from(["\ud800", "\x00", "\x1b[31m", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]),
 )
-json_values = st.recursive(json_leaf, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=20)
+# Two levels of containers, built by hand (bounded, and without st.recursive's self-checks).
+_level1 = st.one_of(json_leaf, st.lists(json_leaf, max_size=4),
+                    st.dictionaries(st.text(max_size=8), json_leaf, max_size=4))
+json_values = st.one_of(_level1, st.lists(_level1, max_size=3), st.dictionaries(st.text(max_size=8), _level1,
+                                                                                  max_size=3))
 FIELDS = ["event_id", "idempotency_key", "stream", "expected_version", "agent_id", "correlation_id",
           "causation_id", "occurred_at", "type", "schema_version", "payload", "lease", "extra"]
 

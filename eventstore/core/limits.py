@@ -68,6 +68,11 @@ def may_hold_surrogates(raw: bytes) -> bool:
     return b"\\u" in raw and _SURROGATE_ESCAPE.search(raw) is not None
 
 
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone UTF-16 surrogate, which UTF-8 (and so PostgreSQL) cannot store."""
+    return _LONE_SURROGATE.search(text) is not None
+
+
 def may_hold_non_finite(canonical: str) -> bool:
     """Whether a canonical JSON text can hold NaN or an infinity (``json`` writes them as these words)."""
     return "NaN" in canonical or "Infinity" in canonical

@@ -14,7 +14,7 @@ import pydantic_core
 from pydantic import ValidationError
 
 from eventstore.core.errors import DecodeError, InvalidEventError
-from eventstore.core.limits import check_json_depth
+from eventstore.core.limits import check_json_depth, has_lone_surrogate
 from eventstore.core.records import Envelope, LeaseRef
 from eventstore.core.validation import CONTROL_CHARS, MAX_NAME, check_name
 
@@ -64,8 +64,12 @@ def salvage_ids(value: bytes | None) -> tuple[uuid.UUID, str, str | None] | None
         if not isinstance(obj, dict):  # valid JSON that is no object ([], "x", 1, null) names nobody
             return None
         key = obj.get("idempotency_key")
-        readable = isinstance(key, str) and key and len(key) <= MAX_NAME and not CONTROL_CHARS.search(key)
+        readable = (isinstance(key, str) and key and len(key) <= MAX_NAME and not CONTROL_CHARS.search(key)
+                    and not has_lone_surrogate(key))
         safe_key = key if readable else None
-        return uuid.UUID(str(obj["event_id"])), check_name("agent_id", obj["agent_id"]), safe_key
+        agent_id = check_name("agent_id", obj["agent_id"])
+        if has_lone_surrogate(agent_id):  # not storable: nobody to tell
+            return None
+        return uuid.UUID(str(obj["event_id"])), agent_id, safe_key
     except (ValueError, KeyError, TypeError, InvalidEventError, RecursionError):
         return None
