@@ -16,13 +16,15 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from eventstore.core.errors import BrokerError, EventStoreError
 from eventstore.core.lifecycle import BackgroundRunner
+from eventstore.core.records import RecordedEvent
 from eventstore.core.settings import Settings
 from eventstore.kafka.config import ensure_topics, producer_config
 from eventstore.postgres import eventlog
@@ -54,6 +56,9 @@ class Publisher(BackgroundRunner):
         self.published = 0
         self.position = 0
         self.leading = threading.Event()
+        # Positions the broker refused as too large (its limit is below ours): sent as stubs on retry.
+        self._too_large: set[int] = set()
+        self.stubs = 0
 
     def _before_start(self) -> None:
         ensure_topics(self.settings, {self.topic: 1})
@@ -95,6 +100,29 @@ class Publisher(BackgroundRunner):
                 for _ in conn.notifies(timeout=0.25, stop_after=1):
                     pass
 
+    def _produce(self, producer: Producer, ev: RecordedEvent, delivered: Callable[[Any, Any], None]) -> None:
+        """Produce one committed event; one the client or the broker refuses as too large goes out as a
+        stub (subscribers read it from PostgreSQL), so no single event can hold the publisher up."""
+        limit = 0 if ev.position in self._too_large else self.settings.max_committed_bytes
+        key, value, headers = encode_committed(ev, limit)
+        if b'"payload_omitted":true,"size":' in value[-40:]:
+            self.stubs += 1
+            log.warning("event at position %d is too large for %s; published as a stub that subscribers "
+                        "complete from PostgreSQL", ev.position, self.topic)
+        while True:
+            try:
+                producer.produce(self.topic, value=value, key=key, headers=headers, on_delivery=delivered)
+                return
+            except BufferError:
+                producer.poll(0.01)
+            except KafkaException as e:
+                err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+                if err is None or err.code() != KafkaError.MSG_SIZE_TOO_LARGE or ev.position in self._too_large:
+                    raise
+                self._too_large.add(ev.position)
+                self._produce(producer, ev, delivered)
+                return
+
     def _publish_page(self, conn: psycopg.Connection[Any], producer: Producer) -> bool:
         with conn.cursor() as cur:
             events = eventlog.read_all(cur, self.position, self.page)
@@ -102,18 +130,15 @@ class Publisher(BackgroundRunner):
             return False
         failures: list[str] = []
 
-        def delivered(err: Any, _msg: Any) -> None:
+        def delivered(err: Any, msg: Any) -> None:
             if err is not None:
                 failures.append(err.str())
+                position = dict(msg.headers() or []).get("es-position")
+                if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and position is not None:
+                    self._too_large.add(int(position))
 
         for ev in events:
-            key, value, headers = encode_committed(ev)
-            while True:
-                try:
-                    producer.produce(self.topic, value=value, key=key, headers=headers, on_delivery=delivered)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
+            self._produce(producer, ev, delivered)
         if producer.flush(30) or failures:
             raise BrokerError(f"committed topic did not take events after position {self.position}: {failures[:1]}")
         self.position = events[-1].position
