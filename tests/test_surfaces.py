@@ -20,7 +20,8 @@ PAIRS = [(AgentClient, AsyncAgentClient), (Coordinator, AsyncCoordinator)]
 # Twins that are deliberately not coroutine functions: they do no blocking I/O (emit only queues a
 # message in the producer; acquisition validates; metrics_text renders memory) or are async context
 # managers (which are called without await and entered with ``async with``).
-NOT_COROUTINES = {"emit", "emit_envelope", "acquisition", "metrics_text", "lease", "try_lease", "lease_many"}
+NOT_COROUTINES = {"emit", "emit_envelope", "emit_many", "acquisition", "metrics_text", "lease", "try_lease",
+                  "lease_many"}
 
 
 def params(sig: inspect.Signature) -> list[tuple[str, object, object, object]]:

@@ -3,14 +3,15 @@
 Every method that only blocks on I/O is generated from its sync twin by
 :class:`~eventstore.core.mirroring.offload` (same parameters and docstring, run in a worker thread),
 so the two surfaces cannot drift; tests/test_surfaces.py fails if a sync method has no twin. Written by
-hand: ``emit``/``emit_envelope`` (producing never blocks, so they return the handle at once) and
-``emit_and_wait``/``result``, which await the outcome future instead of parking a thread on it.
+hand: ``emit``/``emit_envelope``/``emit_many`` (producing never blocks, so they return handles at once)
+and ``emit_and_wait``/``result``, which await the outcome future instead of parking a thread on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from eventstore.core.errors import ClientClosedError, EmitTimeout
@@ -19,7 +20,7 @@ from eventstore.core.mirroring import offload
 from eventstore.core.outcomes import EmitResult
 from eventstore.core.records import Envelope, LeaseRef
 from eventstore.core.settings import Settings
-from eventstore.sdk.client import AgentClient, EmitHandle, HasLeaseRef
+from eventstore.sdk.client import AgentClient, EmitHandle, EmitOptions, HasLeaseRef
 
 if TYPE_CHECKING:
     from consumers.views import LocalView
@@ -81,6 +82,10 @@ class AsyncAgentClient:
     def emit_envelope(self, env: Envelope) -> EmitHandle:
         """Send a prepared envelope (built by ``build_envelope``) without waiting."""
         return self.sync.emit_envelope(env)
+
+    def emit_many(self, items: Iterable[tuple[Event, str] | tuple[Event, str, EmitOptions]]) -> list[EmitHandle]:
+        """Send many events without waiting (see ``AgentClient.emit_many``); await each handle's result."""
+        return self.sync.emit_many(items)
 
     async def result(self, handle: EmitHandle, timeout: float = 10.0) -> EmitResult:
         """Await the decision on an emitted event; EmitTimeout if none arrives in time."""
