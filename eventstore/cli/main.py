@@ -92,8 +92,10 @@ def cmd_project(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    from eventstore.cli.demo import AGENTS as DEV_AGENTS
     from eventstore.discovery import remove_dev_file, write_dev_file
     from eventstore.embedded import EmbeddedServers
+    from eventstore.postgres.agents import register as register_agent
     from eventstore.postgres.connection import connect
     from eventstore.postgres.migrate import upgrade
     from eventstore.postgres.offsets import forget_topic
@@ -109,8 +111,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
         # the new topics' first messages as already applied, so they are dropped.
         with connect(s.postgres.url) as conn:
             forget_topic(conn, settings.intake_topic, settings.committed_topic)
+            # The README's agents get credentials at once, so the quick start needs no extra command.
+            credentials = {name: str(register_agent(conn.cursor(), name)) for name in DEV_AGENTS}
+            conn.commit()
         projector = Projector(settings).start()
-        write_dev_file(settings)
+        write_dev_file(settings, credentials)
         print("eventstore dev is running (PostgreSQL data kept in "
               f"{Path(args.data_dir).resolve() / 'pg'}; the broker keeps messages in memory).")
         print("Commands and SDK clients started in this folder find these servers by themselves;")
@@ -216,26 +221,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import subscribers
 
         return subscribers.main(events=args.events or 1_000_000, rate=args.rate, latency_events=args.latency_events)
+    if args.which == "auth":
+        from eventstore.bench import auth
+
+        return auth.main(events=args.events or 20_000)
     from eventstore.bench import leases
 
     leases.main(["--rounds", str(args.rounds), "--per-agent", str(args.per_agent)])
     return EXIT_OK
-
-
-def cmd_agents(args: argparse.Namespace) -> int:
-    from eventstore.coordination import Coordinator
-    from eventstore.discovery import configured
-
-    with Coordinator(configured(need_kafka=False)) as coord:
-        if args.action == "kill":
-            revoked = coord.kill(args.agent, args.reason)
-            print(f"agent {args.agent!r} killed ({args.reason}); revoked leases: {', '.join(revoked) or 'none'}")
-            return EXIT_OK
-        if coord.revive(args.agent):
-            print(f"agent {args.agent!r} is active (revived)")
-            return EXIT_OK
-        print(f"agent {args.agent!r} is not known to the coordinator", file=sys.stderr)
-        return EXIT_FAILURE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,15 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--reducer", default=None, help="module:function folding (state, event) -> state")
     fo.add_argument("--from-beginning", action="store_true", help="ignore the stored position and rebuild")
     fo.set_defaults(fn=cmd_follow)
-    ag = sub.add_parser("agents", help="the kill switch: stop or revive an agent")
-    ag_sub = ag.add_subparsers(dest="action", required=True, metavar="ACTION")
-    kill = ag_sub.add_parser("kill", help="revoke the agent's leases and reject its new events")
-    kill.add_argument("agent")
-    kill.add_argument("--reason", required=True, help="recorded in the event log")
-    ag_sub.add_parser("revive", help="let a killed agent work again").add_argument("agent")
-    ag.set_defaults(fn=cmd_agents)
+    from eventstore.cli.agents import add_parsers
+
+    add_parsers(sub)
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
-    bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases"])
+    bn.add_argument("which", nargs="?", default="write-path",
+                    choices=["write-path", "subscribers", "leases", "auth"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers 1,000,000)")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")

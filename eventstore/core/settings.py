@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=2000, ge=1)
     batch_wait_ms: int = Field(default=0, ge=0)
     alert_webhook: str | None = None
+    # The agent's credential for the SDK (``es1.<key id>.<secret>``, from `eventstore agents add`).
+    agent_credential: SecretStr | None = None
+    # The projector refuses unsigned events unless this is off (EVENTSTORE_AUTH=off: unsafe, any process
+    # can then emit as any agent; docs/security.md).
+    auth: bool = True
 
     @classmethod
     def settings_customise_sources(

@@ -129,12 +129,10 @@ class Database:
                 if on_listening is not None:
                     on_listening(conn)
                 while not stop.is_set():
-                    got = False
-                    for n in conn.notifies(timeout=timeout):
-                        got = True
-                        yield n
-                    if not got:
-                        yield None
+                    # One at a time, and yielded outside notifies(): the generator holds the connection's
+                    # lock, so a caller that queries on this connection per notification would deadlock.
+                    notes = list(conn.notifies(timeout=timeout, stop_after=1))
+                    yield notes[0] if notes else None
             except psycopg.Error as e:
                 if not is_transient(e):
                     raise convert(e) from e

@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from eventstore.core.auth import AgentKey, Guard, HolderRow, guard_for, split_signed
 from eventstore.core.decisions import Candidate, CommittedKey, Decision, KnownState, decide_batch
 from eventstore.core.errors import DecodeError, EventStoreError, InvalidEventError, TransientStorageError
 from eventstore.core.events import Event, EventRegistry
@@ -40,9 +41,24 @@ LOCK_AGENTS = "SELECT agent_id, status, reason FROM agents WHERE agent_id = ANY(
 LOCK_RESOURCES = (
     "SELECT resource, fence_token FROM resources WHERE resource = ANY(%b::text[]) ORDER BY resource FOR SHARE"
 )
+# Keys are scoped per agent (unique index events_agent_key_key).
 COMMITTED_KEYS = (
-    "SELECT idempotency_key, position, stream, version, intent_hash FROM events "
-    "WHERE idempotency_key = ANY(%b::text[])"
+    "SELECT agent_id, idempotency_key, position, stream, version, intent_hash FROM events "
+    "WHERE (agent_id, idempotency_key) IN (SELECT * FROM unnest(%b::text[], %b::text[]))"
+)
+TAKEN_IDS = "SELECT event_id, agent_id FROM events WHERE event_id = ANY(%b::uuid[])"
+GUARDS = "SELECT pattern, resource FROM guarded_streams ORDER BY pattern"
+# Lock order (shared with the coordinator, see eventlog.py and leases.py): lease tables -> credentials
+# -> agents -> resources -> streams -> log_head. FOR SHARE makes a renew, release, revoke or reclaim of
+# these leases wait until the batch commits, so the holder checked here is the holder at commit.
+LOCK_HOLDERS = (
+    "SELECT resource, agent_id, mode, token, expires_at <= clock_timestamp() FROM lease_holders "
+    "WHERE resource = ANY(%b::text[]) ORDER BY resource, agent_id FOR SHARE"
+)
+LOCK_KEYS = (
+    "SELECT c.key_id, c.agent_id, c.secret, c.status, p.stream_patterns, p.event_types "
+    "FROM agent_credentials c LEFT JOIN agent_permissions p ON p.agent_id = c.agent_id "
+    "WHERE c.key_id = ANY(%b::text[]) ORDER BY c.key_id FOR SHARE OF c"
 )
 INSERT_OUTCOMES = """
 INSERT INTO outcomes (event_id, agent_id, idempotency_key, stream, status, expected_version,
@@ -58,7 +74,7 @@ SELECT %b, * FROM unnest(%b::int[], %b::bigint[], %b::bytea[], %b::bytea[], %b::
 ON CONFLICT DO NOTHING
 """
 NOTIFY = "SELECT pg_notify(c, p) FROM unnest(%b::text[], %b::text[]) AS x(c, p)"
-IDEMPOTENCY_KEY_CONSTRAINT = "events_idempotency_key_key"
+IDEMPOTENCY_KEY_CONSTRAINT = "events_agent_key_key"
 
 
 class PoisonBatchError(EventStoreError):
@@ -125,8 +141,12 @@ def write_batch(
     models: Sequence[ReadModel],
     types: EventRegistry,
     poisoned: Mapping[tuple[int, int], str] | None = None,
+    authenticate: bool = True,
 ) -> BatchResult:
-    """Decide and commit one batch; raises TransientStorageError when a retry may succeed."""
+    """Decide and commit one batch; raises TransientStorageError when a retry may succeed.
+
+    With ``authenticate`` (the default; off only with EVENTSTORE_AUTH=off, which is unsafe) every event
+    must be signed by an active credential of its agent (docs/security.md)."""
     poisoned = poisoned or {}
     result = BatchResult()
     try:
@@ -146,7 +166,8 @@ def write_batch(
                     except (DecodeError, InvalidEventError) as e:
                         reason = str(e)
                 rejected.append((msg, printable(reason)))
-            decisions = decide_batch([Candidate(p.envelope, p.intent) for p in parsed], _known(cur, parsed))
+            candidates = [Candidate(p.envelope, p.intent, split_signed(p.message.value)) for p in parsed]
+            decisions = decide_batch(candidates, _known(cur, candidates, authenticate))
             recorded = _append(cur, parsed, decisions)
             pipe.sync()  # an append error must surface here, not be blamed on a read model below
             result.committed = recorded
@@ -183,10 +204,17 @@ def _fence(cur: Cursor, group: str, topic: str, messages: Sequence[IntakeMessage
     return fresh
 
 
-def _known(cur: Cursor, parsed: Sequence[_Parsed]) -> KnownState:
-    if not parsed:
+def _known(cur: Cursor, candidates: Sequence[Candidate], authenticate: bool) -> KnownState:
+    if not candidates:
         return KnownState({}, {})
-    envs = [p.envelope for p in parsed]
+    envs = [c.envelope for c in candidates]
+    guards, holders = _guards_and_holders(cur, envs)
+    keys: dict[str, AgentKey] = {}
+    key_ids = sorted({c.signed.key_id for c in candidates if c.signed is not None})
+    if authenticate and key_ids:
+        cur.execute(LOCK_KEYS, (key_ids,))
+        keys = {k: AgentKey(k, a, bytes(s), st, None if sp is None else tuple(sp), None if ty is None else tuple(ty))
+                for k, a, s, st, sp, ty in cur.fetchall()}
     cur.execute(LOCK_AGENTS, (sorted({e.agent_id for e in envs}),))
     killed = {a: (r or "no reason given") for a, status, r in cur.fetchall() if status == "killed"}
     resources = sorted({e.lease.resource for e in envs if e.lease is not None})
@@ -194,10 +222,27 @@ def _known(cur: Cursor, parsed: Sequence[_Parsed]) -> KnownState:
     if resources:
         cur.execute(LOCK_RESOURCES, (resources,))
         tokens = {r: int(t) for r, t in cur.fetchall()}
-    cur.execute(COMMITTED_KEYS, ([e.idempotency_key for e in envs],))
-    keys = {k: CommittedKey(int(p), s, int(v), bytes(h)) for k, p, s, v, h in cur.fetchall()}
+    cur.execute(COMMITTED_KEYS, ([e.agent_id for e in envs], [e.idempotency_key for e in envs]))
+    committed: dict[str | tuple[str, str], CommittedKey] = {
+        (a, k): CommittedKey(int(p), s, int(v), bytes(h)) for a, k, p, s, v, h in cur.fetchall()}
+    cur.execute(TAKEN_IDS, ([e.event_id for e in envs],))
+    taken = {eid: str(a) for eid, a in cur.fetchall()}
     versions = eventlog.lock_streams(cur, (e.stream for e in envs))
-    return KnownState(versions, keys, killed, tokens)
+    return KnownState(versions, committed, killed, tokens, authenticate=authenticate, keys=keys,
+                      taken_ids=taken, guards=guards, holders=holders)
+
+
+def _guards_and_holders(cur: Cursor, envs: Sequence[Envelope]) -> tuple[list[Guard], dict[str, list[HolderRow]]]:
+    """The guarded-stream policy, and the lease holders of the resources this batch's streams need."""
+    cur.execute(GUARDS)
+    guards = [Guard(str(p), str(r)) for p, r in cur.fetchall()]
+    resources = sorted({g.resource_for(e.stream) for e in envs if (g := guard_for(e.stream, guards)) is not None})
+    holders: dict[str, list[HolderRow]] = defaultdict(list)
+    if resources:
+        cur.execute(LOCK_HOLDERS, (resources,))
+        for r, a, m, t, expired in cur.fetchall():
+            holders[str(r)].append(HolderRow(str(a), str(m), int(t), bool(expired)))
+    return guards, dict(holders)
 
 
 def _append(cur: Cursor, parsed: Sequence[_Parsed], decisions: Sequence[Decision]) -> list[RecordedEvent]:

@@ -232,7 +232,8 @@ class Projector(BackgroundRunner):
     def _write(self, conn: psycopg.Connection[Any], batch: list[IntakeMessage],
                poisoned: dict[tuple[int, int], str]) -> BatchResult:
         return write_batch(conn, group=self.group, topic=self.topic, messages=batch,
-                           models=self.models, types=registry, poisoned=poisoned)
+                           models=self.models, types=registry, poisoned=poisoned,
+                           authenticate=self.settings.auth)
 
     def _reconnect(self) -> psycopg.Connection[Any]:
         delays = backoff_delays()

@@ -20,13 +20,15 @@ from eventstore.sdk.client import AgentClient, EmitHandle, HasLeaseRef
 class AsyncAgentClient:
     """``async with AsyncAgentClient("agent") as c: await c.emit_and_wait(...)``."""
 
-    def __init__(self, agent_id: str, settings: Settings | None = None) -> None:
+    def __init__(self, agent_id: str, settings: Settings | None = None, *, credential: str | None = None) -> None:
         self._agent_id = agent_id
         self._settings = settings
+        self._credential = credential
         self._client: AgentClient | None = None
 
     async def __aenter__(self) -> AsyncAgentClient:
-        self._client = await asyncio.to_thread(AgentClient, self._agent_id, self._settings)
+        self._client = await asyncio.to_thread(AgentClient, self._agent_id, self._settings,
+                                               credential=self._credential)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
