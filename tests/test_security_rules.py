@@ -148,3 +148,23 @@ def test_guard_applies_in_the_batch_decision_after_dedup() -> None:
     unguarded, _ = signed_value(stream="orders-1")
     assert decide_batch([unguarded], known)[0].status is Outcome.COMMITTED
 
+
+
+def test_settings_auth_switch_and_secret_credential() -> None:
+    from eventstore.core.settings import Settings
+
+    s = Settings.from_env({"EVENTSTORE_AUTH": "off", "EVENTSTORE_AGENT_CREDENTIAL": str(ALICE)})
+    assert s.auth is False and str(ALICE) not in repr(s)
+    assert s.agent_credential is not None and Credential.parse(s.agent_credential.get_secret_value()) == ALICE
+    assert Settings.from_env({}).auth is True  # on unless the operator turns it off
+
+
+def test_cli_parses_agent_and_resource_commands() -> None:
+    from eventstore.cli.main import build_parser
+
+    p = build_parser()
+    a = p.parse_args(["agents", "add", "feed", "--streams", "inventory-*", "orders-*", "--types", "X"])
+    assert (a.action, a.agent, a.streams, a.types) == ("add", "feed", ["inventory-*", "orders-*"], ["X"])
+    r = p.parse_args(["resources", "guard", "inventory-*", "--resource", "lock:{stream}"])
+    assert (r.action, r.pattern, r.resource) == ("guard", "inventory-*", "lock:{stream}")
+    assert p.parse_args(["agents", "kill", "x", "--reason", "r"]).action == "kill"

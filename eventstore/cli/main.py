@@ -76,6 +76,9 @@ def cmd_project(args: argparse.Namespace) -> int:
     from eventstore.projection.projector import Projector
 
     settings = configured()
+    if not settings.auth:
+        print("eventstore: WARNING: EVENTSTORE_AUTH=off: events are not authenticated, any process that can "
+              "produce to the intake topic can emit as any agent (docs/security.md)", file=sys.stderr)
     projector = Projector(settings, group=args.group)
     stop = threading.Event()
     _stop_on_signals(stop)

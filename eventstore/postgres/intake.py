@@ -43,8 +43,9 @@ LOCK_RESOURCES = (
 )
 # Keys are scoped per agent (unique index events_agent_key_key).
 COMMITTED_KEYS = (
-    "SELECT agent_id, idempotency_key, position, stream, version, intent_hash FROM events "
-    "WHERE (agent_id, idempotency_key) IN (SELECT * FROM unnest(%b::text[], %b::text[]))"
+    "SELECT e.agent_id, e.idempotency_key, e.position, e.stream, e.version, e.intent_hash "
+    "FROM (SELECT DISTINCT a, k FROM unnest(%b::text[], %b::text[]) AS x(a, k)) x "
+    "JOIN events e ON e.agent_id = x.a AND e.idempotency_key = x.k"
 )
 TAKEN_IDS = "SELECT event_id, agent_id FROM events WHERE event_id = ANY(%b::uuid[])"
 GUARDS = "SELECT pattern, resource FROM guarded_streams ORDER BY pattern"
