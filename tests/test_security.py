@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 
 import psycopg
@@ -165,3 +166,46 @@ def test_guarded_stream_refuses_writes_without_the_current_lease(
     assert scalar(settings.require_database(), "SELECT count(*) FROM events WHERE stream = %s",
                   (stream_for("G1"),)) == 2
 
+
+
+def test_outcome_listener_memory_is_bounded(database_url: str) -> None:
+    from eventstore.postgres.connection import Database
+    from eventstore.sdk.listener import OutcomeListener
+
+    listener = OutcomeListener(Database(database_url), "bounded", max_pending=2)
+    try:
+        ids = [uuid.uuid4() for _ in range(3)]
+        futures = [listener.expect(i) for i in ids]
+        assert listener.pending == 2
+        assert isinstance(futures[0].exception(1), EmitTimeout)  # the oldest was let go, with a reason
+        assert not futures[1].done() and not futures[2].done()
+        listener.forget(ids[1])
+        assert listener.pending == 1
+    finally:
+        listener.close()
+
+
+def test_cli_as_an_operator_login_registers_guards_and_rotates(
+        settings: Settings, projector: Projector, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from eventstore.cli.main import main
+
+    db = settings.require_database()
+    with login_role(db, "eventstore_operator") as operator_url:
+        monkeypatch.setenv("EVENTSTORE_DATABASE_URL", operator_url)
+        assert main(["agents", "add", "cli-agent", "--streams", "inventory-*"]) == 0
+        cred = capsys.readouterr().out.strip().splitlines()[-1]
+        assert main(["agents", "list"]) == 0
+        assert "cli-agent" in capsys.readouterr().out
+        assert main(["resources", "guard", "inventory-Z*"]) == 0
+        assert main(["resources", "list"]) == 0
+        assert "inventory-Z*" in capsys.readouterr().out
+        with AgentClient("cli-agent", settings, credential=cred) as c:
+            assert emit(c, "Z1").reason_code is ReasonCode.NO_LEASE
+            assert main(["resources", "unguard", "inventory-Z*"]) == 0
+            assert emit(c, "Z1").status is Outcome.COMMITTED
+            other = c.emit_and_wait(InventoryAdjusted(sku="Z1", delta=1), "orders-1", timeout=30)
+            assert other.reason_code is ReasonCode.NOT_PERMITTED
+            assert main(["agents", "rotate", "cli-agent"]) == 0
+            assert emit(c, "Z1").reason_code is ReasonCode.CREDENTIAL_REVOKED
+        assert main(["agents", "remove", "nobody"]) == 1

@@ -72,12 +72,10 @@ def mac(secret: bytes, signed: bytes) -> str:
 
 def sign(value: bytes, credential: Credential) -> bytes:
     """The envelope JSON object ``value`` (without an auth member) with the auth member appended."""
-    body = value.rstrip()
-    if not body.endswith(b"}") or len(body) < 2:
-        raise ValueError("sign() needs a JSON object")
-    tag = mac(credential.secret, body)
-    sep = b"" if body[:-1].rstrip().endswith(b"{") else b","
-    return body[:-1] + sep + b'"auth":{"key_id":"' + credential.key_id.encode() + b'","mac":"' + tag.encode() + b'"}}'
+    if len(value) < 3 or not value.endswith(b"}"):
+        raise ValueError("sign() needs a non-empty JSON object without trailing whitespace")
+    tag = base64.urlsafe_b64encode(hmac.digest(credential.secret, value, hashlib.sha256))[:43]
+    return b"".join((value[:-1], b',"auth":{"key_id":"', credential.key_id.encode(), b'","mac":"', tag, b'"}}'))
 
 
 @dataclass(frozen=True)
