@@ -128,6 +128,29 @@ def test_operator_acts_through_functions_that_record_who(database_url: str) -> N
         assert actions == ["register", "rotate", "kill", "revive", "guard", "remove"]
 
 
+def test_auditor_verifies_the_chain(settings: Settings) -> None:
+    from eventstore.postgres.eventlog import verify_chain
+
+    with login_role(settings.require_database(), "eventstore_auditor") as url, psycopg.connect(url) as conn, \
+            conn.cursor() as cur:
+        assert verify_chain(cur).ok
+
+
+def test_coordinator_role_grants_and_kills_but_cannot_rewrite(settings: Settings) -> None:
+    from eventstore import Coordinator
+
+    db = settings.require_database()
+    with login_role(db, "eventstore_coordinator") as url:
+        with Coordinator(url) as coord:
+            lease = coord.acquire("r1", agent_id="a1", ttl=5.0)
+            assert coord.kill("a1", "test") == ["r1"] and lease.token > 0
+            assert coord.revive("a1")
+        for stmt in [*EVERYONE_DENIED[1:3], *EVERYONE_DENIED[4:7], "SELECT secret FROM agent_credentials",
+                     "SELECT eventstore_register_agent('x', '0000000000000000', '\\x00', NULL, NULL)"]:
+            assert denied(url, stmt), stmt
+    assert scalar(db, "SELECT count(*) FROM events WHERE type = 'AgentKilled'") == 1
+
+
 def test_write_path_runs_with_the_least_roles(settings: Settings) -> None:
     """A projector logged in as an eventstore_projector member and an agent logged in as an
     eventstore_agent member: an event commits, its outcome reaches the agent, the agent reads it back."""

@@ -209,3 +209,54 @@ def test_cli_as_an_operator_login_registers_guards_and_rotates(
             assert main(["agents", "rotate", "cli-agent"]) == 0
             assert emit(c, "Z1").reason_code is ReasonCode.CREDENTIAL_REVOKED
         assert main(["agents", "remove", "nobody"]) == 1
+
+
+def test_guarded_writes_and_lease_traffic_run_concurrently_without_deadlock(
+        settings: Settings, projector: Projector) -> None:
+    """Four agents take turns on one guarded stream through the coordinator (acquire, emit under the
+    lease, release) while a rogue agent keeps writing without a lease. Every holder's write commits,
+    every rogue write is refused, and PostgreSQL counted no deadlock between projector and coordinator."""
+    import threading
+
+    db = settings.require_database()
+    stream = stream_for("C1")
+    with psycopg.connect(db, autocommit=True) as conn, conn.cursor() as cur:
+        agents.guard(cur, "inventory-C*")
+    names = [f"worker-{i}" for i in range(4)]
+    creds = {n: register(settings, n) for n in [*names, "rogue"]}
+    results: dict[str, list[EmitResult]] = {n: [] for n in creds}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def worker(name: str, coord: Coordinator) -> None:
+        try:
+            with AgentClient(name, settings, credential=creds[name]) as c:
+                for _ in range(5):
+                    with coord.lease(stream, agent_id=name, ttl=10.0, wait=60.0) as lease:
+                        results[name].append(emit(c, "C1", lease=lease))
+        except BaseException as e:
+            errors.append(e)
+
+    def rogue() -> None:
+        with AgentClient("rogue", settings, credential=creds["rogue"]) as c:
+            while not stop.is_set():
+                results["rogue"].append(emit(c, "C1"))
+
+    with Coordinator(settings) as coord:
+        threads = [threading.Thread(target=worker, args=(n, coord)) for n in names]
+        bad = threading.Thread(target=rogue)
+        for t in [*threads, bad]:
+            t.start()
+        for t in threads:
+            t.join(180)
+        stop.set()
+        bad.join(60)
+    assert not errors, errors
+    assert all(r.status is Outcome.COMMITTED for n in names for r in results[n]), results
+    assert results["rogue"] and all(r.reason_code in (ReasonCode.NOT_HOLDER, ReasonCode.NO_LEASE)
+                                    for r in results["rogue"])
+    assert scalar(db, "SELECT count(*) FROM events WHERE stream = %s", (stream,)) == 4 * 5
+    assert scalar(db, "SELECT count(*) FROM events WHERE stream = %s AND lease_resource IS DISTINCT FROM %s",
+                  (stream, stream)) == 0
+    time.sleep(1.0)  # statistics reach pg_stat_database when backends flush them
+    assert scalar(db, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()") == 0

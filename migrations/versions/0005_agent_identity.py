@@ -21,7 +21,8 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-ROLES = ("eventstore_projector", "eventstore_agent", "eventstore_auditor", "eventstore_operator")
+ROLES = ("eventstore_projector", "eventstore_agent", "eventstore_auditor", "eventstore_operator",
+         "eventstore_coordinator")
 
 
 def upgrade() -> None:
@@ -166,7 +167,8 @@ GRANT EXECUTE ON FUNCTION eventstore_register_agent(text, text, bytea, text[], t
 -- Nobody but the owner gets anything by default; then each role gets exactly what it needs.
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM PUBLIC;
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-GRANT USAGE ON SCHEMA public TO eventstore_projector, eventstore_agent, eventstore_auditor, eventstore_operator;
+GRANT USAGE ON SCHEMA public TO eventstore_projector, eventstore_agent, eventstore_auditor, eventstore_operator,
+    eventstore_coordinator;
 
 -- Projector: appends the log, writes outcomes, dead letters, offsets, stream versions and read models.
 -- SELECT ... FOR SHARE needs an UPDATE privilege on some column: it gets one on a harmless column only.
@@ -197,6 +199,15 @@ GRANT SELECT (key_id, agent_id, status, created_at, created_by, retired_at, reti
 -- Operator: the functions above, and what it needs to see before acting.
 GRANT SELECT ON agents, agent_permissions, guarded_streams, operator_actions, lease_holders, lease_waiters,
     resources TO eventstore_operator;
+
+-- Coordinator: the lease tables, agents (kill/revive), fencing tokens, and the lock history it appends
+-- to the log. It is trusted with leases (it grants them), so it is not an agent's role (docs/security.md).
+GRANT SELECT, INSERT, UPDATE, DELETE ON lease_holders, lease_waiters TO eventstore_coordinator;
+GRANT SELECT, INSERT, UPDATE ON agents, resources, streams TO eventstore_coordinator;
+GRANT SELECT, INSERT ON events TO eventstore_coordinator;
+GRANT SELECT, UPDATE ON log_head TO eventstore_coordinator;
+GRANT SELECT ON outcomes TO eventstore_coordinator;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO eventstore_coordinator;
 
 -- Read models the projector creates later are readable by agents and auditors (needs a migrating role
 -- that is a superuser or a member of eventstore_projector; otherwise grant SELECT on them by hand).
