@@ -260,3 +260,26 @@ def test_guarded_writes_and_lease_traffic_run_concurrently_without_deadlock(
                   (stream, stream)) == 0
     time.sleep(1.0)  # statistics reach pg_stat_database when backends flush them
     assert scalar(db, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()") == 0
+
+
+def test_unsigned_garbage_naming_another_agents_event_tells_that_agent_nothing(
+        settings: Settings, projector: Projector, creds: dict[str, Credential]) -> None:
+    """An undecodable message naming alice and one of her pending event ids is dead-lettered, but no
+    outcome is recorded for alice (before, alice's handle resolved as REJECTED from the table)."""
+    from confluent_kafka import Producer
+
+    with AgentClient("alice", settings, credential=creds["alice"]) as alice:
+        pending = uuid.uuid4()
+        fut = alice._listener.expect(pending)
+        forged = {"event_id": str(pending), "agent_id": "alice", "idempotency_key": "k", "type": "Nope"}
+        p = Producer({"bootstrap.servers": settings.require_kafka()})
+        p.produce(settings.intake_topic, key=b"inventory-X", value=json.dumps(forged).encode())
+        assert p.flush(10) == 0
+        db = settings.require_database()
+        deadline = time.monotonic() + 30
+        while scalar(db, "SELECT count(*) FROM dead_letters") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scalar(db, "SELECT count(*) FROM dead_letters") == 1
+        time.sleep(1.5)  # past the listener's re-check interval
+        assert not fut.done()
+        assert scalar(db, "SELECT count(*) FROM outcomes WHERE event_id = %s", (pending,)) == 0

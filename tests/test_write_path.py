@@ -179,7 +179,8 @@ def test_garbage_and_unknown_types_are_dead_lettered_and_the_projector_carries_o
         unknown_handle = c._listener.expect(uuid.UUID(unknown["event_id"]))
         p = _raw_producer(settings)
         p.produce(settings.intake_topic, key=b"inventory-DL", value=b"\x00\x01 not json at all")
-        p.produce(settings.intake_topic, key=b"inventory-DL", value=json.dumps(unknown).encode())
+        assert c._credential is not None  # the agent signs it, so the agent is told (tests/fix_agents.py)
+        p.produce(settings.intake_topic, key=b"inventory-DL", value=sign(json.dumps(unknown).encode(), c._credential))
         p.produce(settings.intake_topic, key=b"inventory-DL", value=json.dumps(bad_payload).encode())
         p.produce(settings.intake_topic, key=b"inventory-DL", value=None)
         assert p.flush(10) == 0

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from eventstore.core.auth import AgentKey, Guard, HolderRow, guard_for, split_signed
+from eventstore.core.auth import authenticate as signature_problem
 from eventstore.core.decisions import Candidate, CommittedKey, Decision, KnownState, decide_batch
 from eventstore.core.errors import DecodeError, EventStoreError, InvalidEventError, TransientStorageError
 from eventstore.core.events import Event, EventRegistry
@@ -168,12 +169,15 @@ def write_batch(
                         reason = str(e)
                 rejected.append((msg, printable(reason)))
             candidates = [Candidate(p.envelope, p.intent, split_signed(p.message.value)) for p in parsed]
-            decisions = decide_batch(candidates, _known(cur, candidates, authenticate))
+            # Dead-lettered messages are answered to the agent they name only if that agent signed them.
+            unparsed = [sv.key_id for m, _ in rejected if (sv := split_signed(m.value)) is not None]
+            known = _known(cur, candidates, authenticate, unparsed)
+            decisions = decide_batch(candidates, known)
             recorded = _append(cur, parsed, decisions)
             pipe.sync()  # an append error must surface here, not be blamed on a read model below
             result.committed = recorded
             apply_all(cur, models, recorded)
-            _record(cur, topic, parsed, decisions, recorded, rejected, result)
+            _record(cur, topic, parsed, decisions, recorded, rejected, result, known)
             _store_offsets(cur, group, topic, fresh, result)
     except psycopg.errors.UniqueViolation as e:
         if e.diag.constraint_name == IDEMPOTENCY_KEY_CONSTRAINT:
@@ -205,17 +209,18 @@ def _fence(cur: Cursor, group: str, topic: str, messages: Sequence[IntakeMessage
     return fresh
 
 
-def _known(cur: Cursor, candidates: Sequence[Candidate], authenticate: bool) -> KnownState:
-    if not candidates:
-        return KnownState({}, {})
+def _known(cur: Cursor, candidates: Sequence[Candidate], authenticate: bool,
+           unparsed_key_ids: Sequence[str] = ()) -> KnownState:
     envs = [c.envelope for c in candidates]
-    guards, holders = _guards_and_holders(cur, envs)
+    guards, holders = _guards_and_holders(cur, envs) if envs else ([], {})
     keys: dict[str, AgentKey] = {}
-    key_ids = sorted({c.signed.key_id for c in candidates if c.signed is not None})
+    key_ids = sorted({c.signed.key_id for c in candidates if c.signed is not None} | set(unparsed_key_ids))
     if authenticate and key_ids:
         cur.execute(LOCK_KEYS, (key_ids,))
         keys = {k: AgentKey(k, a, bytes(s), st, None if sp is None else tuple(sp), None if ty is None else tuple(ty))
                 for k, a, s, st, sp, ty in cur.fetchall()}
+    if not envs:
+        return KnownState({}, {}, authenticate=authenticate, keys=keys)
     cur.execute(LOCK_AGENTS, (sorted({e.agent_id for e in envs}),))
     killed = {a: (r or "no reason given") for a, status, r in cur.fetchall() if status == "killed"}
     resources = sorted({e.lease.resource for e in envs if e.lease is not None})
@@ -276,8 +281,11 @@ def _record(
     recorded: Sequence[RecordedEvent],
     rejected: Sequence[tuple[IntakeMessage, str]],
     result: BatchResult,
+    known: KnownState | None = None,
 ) -> None:
-    """Outcomes (table + notifications) and dead letters."""
+    """Outcomes (table + notifications) and dead letters. With authentication on, a dead-lettered
+    message gets an outcome row for the agent it names only if that agent signed it: otherwise anyone
+    could write a false REJECTED for another agent's pending event id."""
     by_index: dict[int, RecordedEvent] = {}
     it = iter(recorded)
     for i, d in enumerate(decisions):
@@ -310,6 +318,9 @@ def _record(
     for msg, reason in rejected:
         result.dead_letters.append(DeadLetter(msg, reason))
         ids = salvage_ids(msg.value)
+        if ids is not None and known is not None and known.authenticate \
+                and signature_problem(ids[1], split_signed(msg.value), known.keys) is not None:
+            ids = None  # not signed by the agent it names: dead-lettered, but nobody is told
         if ids is not None:
             event_id, agent_id, key = ids
             res = EmitResult(event_id, Outcome.REJECTED, None, None, None, None, reason, ReasonCode.INVALID)

@@ -7,8 +7,8 @@
 - ``operator_actions``: who (``session_user``) registered, rotated, removed, killed, revived, guarded.
 - Idempotency keys are unique per agent: ``UNIQUE (agent_id, idempotency_key)``.
 - Group roles (NOLOGIN) ``eventstore_projector``, ``eventstore_agent``, ``eventstore_auditor``,
-  ``eventstore_operator``, ``eventstore_coordinator`` with their grants; the tables stay owned by the migrating role, and operator
-  actions go through SECURITY DEFINER functions. See docs/security.md.
+  ``eventstore_operator``, ``eventstore_coordinator`` with their grants; the tables stay owned by the
+  migrating role, and operator actions go through SECURITY DEFINER functions. See docs/security.md.
 
 Revision ID: 0005
 Revises: 0004
