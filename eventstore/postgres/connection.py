@@ -122,6 +122,19 @@ class Database:
         """LISTEN on ``channels`` and yield notifications, and None every ``timeout`` seconds so the
         caller can do periodic work; reconnects (and calls ``on_listening`` again) after a lost
         connection, because a notification may have been missed meanwhile. Ends when ``stop`` is set."""
+        for batch in self.listen_batches(channels, stop, what, on_listening=on_listening, timeout=timeout):
+            if batch:
+                yield from batch
+            else:
+                yield None
+
+    def listen_batches(self, channels: list[str], stop: threading.Event, what: str, *,
+                       on_listening: Callable[[Connection], None] | None = None,
+                       timeout: float = 0.25) -> Iterator[list[psycopg.Notify]]:
+        """Like :meth:`listen`, but yields every notification that has arrived as one list (an empty list
+        after ``timeout`` seconds without any), so a caller can act once per burst. The lists are taken
+        out of ``notifies()`` before they are yielded: that generator holds the connection's lock, and a
+        caller querying on this connection from inside it would deadlock."""
         for conn in self.reconnecting(stop, what):
             try:
                 for ch in channels:
@@ -129,10 +142,10 @@ class Database:
                 if on_listening is not None:
                     on_listening(conn)
                 while not stop.is_set():
-                    # One at a time, and yielded outside notifies(): the generator holds the connection's
-                    # lock, so a caller that queries on this connection per notification would deadlock.
                     notes = list(conn.notifies(timeout=timeout, stop_after=1))
-                    yield notes[0] if notes else None
+                    if notes:  # and whatever else is already queued behind the first
+                        notes += conn.notifies(timeout=0.0005)
+                    yield notes
             except psycopg.Error as e:
                 if not is_transient(e):
                     raise convert(e) from e

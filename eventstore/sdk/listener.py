@@ -1,15 +1,17 @@
 """The SDK side of outcome delivery: LISTEN on the agent's channel, resolve waiting handles.
 
 A notification is only a wake-up: any role that can connect can NOTIFY any channel, so its payload
-is never believed. On each wake-up the listener reads the decisions of the event ids it names (or,
-if it names none it waits for, of the oldest pending ones) from the outcome tables, which only the
-projector role writes, restricted to this agent's own events: one batched query per wake-up. Should a
+is never believed. On each wake-up (all notifications queued at that moment) the listener reads the
+decisions of the event ids they name (or, if they name none it waits for, of the oldest pending ones)
+from the outcome tables, which only the projector role writes, restricted to this agent's own
+events: one batched query per wake-up. Should a
 notification be missed (a reconnect), handles still pending after ``recheck_after`` seconds are
 looked up too. The pending map is bounded (``max_pending``); a handle whose caller gave up is forgotten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -106,10 +108,10 @@ class OutcomeListener:
             self._on_listening(c)
 
         try:
-            for note in self._database.listen([self._channel], self._stop, f"outcome listener {self._channel}",
-                                              on_listening=listening):
-                if note is not None and conn is not None:
-                    self._wake(conn, note.payload)
+            for notes in self._database.listen_batches([self._channel], self._stop,
+                                                       f"outcome listener {self._channel}", on_listening=listening):
+                if notes and conn is not None:
+                    self._wake(conn, [n.payload for n in notes])
                 if conn is not None:
                     self._recheck(conn)
         except EventStoreError as e:
@@ -118,12 +120,13 @@ class OutcomeListener:
         finally:
             self._listening.set()
 
-    def _wake(self, conn: Connection, payload: str) -> None:
-        """A notification arrived: read the named pending events' decisions from the tables."""
-        try:
-            named = {r.event_id for r in unpack(payload)}
-        except (ValueError, KeyError, TypeError, IndexError):
-            named = set()  # not the projector's format: a forgery or noise; still only a wake-up
+    def _wake(self, conn: Connection, payloads: list[str]) -> None:
+        """Notifications arrived: read the named pending events' decisions from the tables, in one query."""
+        named: set[uuid.UUID] = set()
+        for payload in payloads:
+            # Not the projector's format: a forgery or noise, still only a wake-up.
+            with contextlib.suppress(ValueError, KeyError, TypeError, IndexError):
+                named.update(r.event_id for r in unpack(payload))
         with self._lock:
             wanted = [eid for eid in named if eid in self._pending]
             if not wanted:
