@@ -211,44 +211,47 @@ def _fence(cur: Cursor, group: str, topic: str, messages: Sequence[IntakeMessage
 
 def _known(cur: Cursor, candidates: Sequence[Candidate], authenticate: bool,
            unparsed_key_ids: Sequence[str] = ()) -> KnownState:
+    """Load (and lock, in the documented order) what the decision needs. The guard policy is read first
+    (the resources to lock depend on it); every other read is queued on its own cursor and travels in
+    one pipeline sync, so authentication and guards add no round trip of their own."""
     envs = [c.envelope for c in candidates]
-    guards, holders = _guards_and_holders(cur, envs) if envs else ([], {})
-    keys: dict[str, AgentKey] = {}
+    guards: list[Guard] = []
+    guarded: list[str] = []
+    if envs:
+        cur.execute(GUARDS)
+        guards = [Guard(str(p), str(r)) for p, r in cur.fetchall()]
+        guarded = sorted({g.resource_for(e.stream) for e in envs if (g := guard_for(e.stream, guards)) is not None})
     key_ids = sorted({c.signed.key_id for c in candidates if c.signed is not None} | set(unparsed_key_ids))
-    if authenticate and key_ids:
-        cur.execute(LOCK_KEYS, (key_ids,))
-        keys = {k: AgentKey(k, a, bytes(s), st, None if sp is None else tuple(sp), None if ty is None else tuple(ty))
-                for k, a, s, st, sp, ty in cur.fetchall()}
-    if not envs:
-        return KnownState({}, {}, authenticate=authenticate, keys=keys)
-    cur.execute(LOCK_AGENTS, (sorted({e.agent_id for e in envs}),))
-    killed = {a: (r or "no reason given") for a, status, r in cur.fetchall() if status == "killed"}
-    resources = sorted({e.lease.resource for e in envs if e.lease is not None})
-    tokens: dict[str, int] = {}
-    if resources:
-        cur.execute(LOCK_RESOURCES, (resources,))
-        tokens = {r: int(t) for r, t in cur.fetchall()}
-    cur.execute(COMMITTED_KEYS, ([e.agent_id for e in envs], [e.idempotency_key for e in envs]))
-    committed: dict[str | tuple[str, str], CommittedKey] = {
-        (a, k): CommittedKey(int(p), s, int(v), bytes(h)) for a, k, p, s, v, h in cur.fetchall()}
-    cur.execute(TAKEN_IDS, ([e.event_id for e in envs],))
-    taken = {eid: str(a) for eid, a in cur.fetchall()}
-    versions = eventlog.lock_streams(cur, (e.stream for e in envs))
-    return KnownState(versions, committed, killed, tokens, authenticate=authenticate, keys=keys,
-                      taken_ids=taken, guards=guards, holders=holders)
-
-
-def _guards_and_holders(cur: Cursor, envs: Sequence[Envelope]) -> tuple[list[Guard], dict[str, list[HolderRow]]]:
-    """The guarded-stream policy, and the lease holders of the resources this batch's streams need."""
-    cur.execute(GUARDS)
-    guards = [Guard(str(p), str(r)) for p, r in cur.fetchall()]
-    resources = sorted({g.resource_for(e.stream) for e in envs if (g := guard_for(e.stream, guards)) is not None})
-    holders: dict[str, list[HolderRow]] = defaultdict(list)
-    if resources:
-        cur.execute(LOCK_HOLDERS, (resources,))
-        for r, a, m, t, expired in cur.fetchall():
+    leased = sorted({e.lease.resource for e in envs if e.lease is not None})
+    conn = cur.connection
+    with conn.cursor() as hold, conn.cursor() as kc, conn.cursor() as ac, conn.cursor() as rc, \
+            conn.cursor() as ck, conn.cursor() as tk:
+        if guarded:
+            hold.execute(LOCK_HOLDERS, (guarded,))
+        if authenticate and key_ids:
+            kc.execute(LOCK_KEYS, (key_ids,))
+        versions: dict[str, int] = {}
+        if envs:
+            ac.execute(LOCK_AGENTS, (sorted({e.agent_id for e in envs}),))
+            if leased:
+                rc.execute(LOCK_RESOURCES, (leased,))
+            ck.execute(COMMITTED_KEYS, ([e.agent_id for e in envs], [e.idempotency_key for e in envs]))
+            tk.execute(TAKEN_IDS, ([e.event_id for e in envs],))
+            versions = eventlog.lock_streams(cur, (e.stream for e in envs))  # its fetch syncs the queue
+        holders: dict[str, list[HolderRow]] = defaultdict(list)
+        for r, a, m, t, expired in (hold.fetchall() if guarded else []):
             holders[str(r)].append(HolderRow(str(a), str(m), int(t), bool(expired)))
-    return guards, dict(holders)
+        keys = {k: AgentKey(k, a, bytes(sec), st, None if sp is None else tuple(sp), None if ty is None else tuple(ty))
+                for k, a, sec, st, sp, ty in (kc.fetchall() if authenticate and key_ids else [])}
+        if not envs:
+            return KnownState({}, {}, authenticate=authenticate, keys=keys)
+        killed = {a: (r or "no reason given") for a, status, r in ac.fetchall() if status == "killed"}
+        tokens = {r: int(t) for r, t in (rc.fetchall() if leased else [])}
+        committed: dict[str | tuple[str, str], CommittedKey] = {
+            (a, k): CommittedKey(int(p), s, int(v), bytes(h)) for a, k, p, s, v, h in ck.fetchall()}
+        taken = {eid: str(a) for eid, a in tk.fetchall()}
+    return KnownState(versions, committed, killed, tokens, authenticate=authenticate, keys=keys,
+                      taken_ids=taken, guards=guards, holders=dict(holders))
 
 
 def _append(cur: Cursor, parsed: Sequence[_Parsed], decisions: Sequence[Decision]) -> list[RecordedEvent]:
