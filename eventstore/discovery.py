@@ -24,14 +24,15 @@ def dev_file() -> Path:
     return state_dir() / "dev.json"
 
 
-def write_dev_file(settings: Settings) -> None:
-    """Record the servers of this ``eventstore dev`` (private to the user: it holds the database URL)."""
+def write_dev_file(settings: Settings, credentials: dict[str, str] | None = None) -> None:
+    """Record the servers of this ``eventstore dev`` (private to the user: it holds the database URL and
+    the credentials of the agents dev registered for local work)."""
     path = dev_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({"database_url": settings.require_database(), "kafka_bootstrap": settings.kafka_bootstrap,
-                   "pid": os.getpid()}, f)
+                   "pid": os.getpid(), "credentials": credentials or {}}, f)
 
 
 def remove_dev_file() -> None:
@@ -48,6 +49,17 @@ def running_dev() -> dict[str, str] | None:
         return {"database_url": str(data["database_url"]), "kafka_bootstrap": str(data["kafka_bootstrap"])}
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def dev_credential(agent_id: str) -> str | None:
+    """The credential a running ``eventstore dev`` in this folder registered for ``agent_id``, if any."""
+    if running_dev() is None:
+        return None
+    try:
+        found = json.loads(dev_file().read_text()).get("credentials", {}).get(agent_id)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 def configured(*, need_kafka: bool = True, environ: dict[str, str] | None = None) -> Settings:

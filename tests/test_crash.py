@@ -94,13 +94,15 @@ def test_zombie_batch_is_fenced_by_the_stored_offsets(settings: Settings) -> Non
     from eventstore.postgres.intake import BatchResult, IntakeMessage, write_batch
     from eventstore.sdk.client import build_envelope
     from eventstore.wire.envelope import encode
+    from tests.fix_agents import credential_for
 
     db = settings.require_database()
+    cred = credential_for(db, "z")
     msgs = []
     for off in range(50):
         env = build_envelope("z", InventoryAdjusted(sku="Z", delta=1), stream_for("Z"), expected_version=None,
                              idempotency_key=f"z-{off}", correlation_id=None, causation_id=None, lease=None)
-        key, value, _ = encode(env)
+        key, value, _ = encode(env, cred)
         msgs.append(IntakeMessage(0, off, key, value))
     model = InventoryModel()
     with psycopg.connect(db) as conn, conn.transaction(), conn.cursor() as cur:

@@ -20,8 +20,14 @@ from eventstore.core.events import registry
 from eventstore.core.settings import Settings
 from eventstore.postgres.intake import IntakeMessage, _Parsed, read_message, write_batch
 from tests.app_events import DocumentTitled, DocumentTitles
+from tests.fix_agents import signed
 from tests.fix_projector import scalar, wait_until
 from tests.test_hostile_parse import HOSTILE, hostile_envelopes, variant
+
+
+def _signed(settings: Settings, value: bytes) -> bytes:
+    """A well-formed envelope as its agent ("agent-h", registered here) would send it: signed."""
+    return signed(settings.require_database(), value)
 
 
 def _producer(settings: Settings) -> Producer:
@@ -33,11 +39,11 @@ def test_each_hostile_message_is_dead_lettered_and_the_normal_event_after_them_c
     settings: Settings, projector: Projector
 ) -> None:
     db = settings.require_database()
-    normal = variant()
+    normal = _signed(settings, variant())
     p = _producer(settings)
     # Valid for the envelope and the event class, but beyond bigint for the inventory read model's column.
-    cases = [*HOSTILE, ("quantity beyond bigint", variant(stream="inventory-BIG", payload={"sku": "BIG",
-                                                                                           "quantity": 2**70}),
+    cases = [*HOSTILE, ("quantity beyond bigint",
+                        _signed(settings, variant(stream="inventory-BIG", payload={"sku": "BIG", "quantity": 2**70})),
                         b"inventory-BIG", "out of range")]
     for _, value, key, _ in cases:
         p.produce(settings.intake_topic, value=value, key=key, partition=0)
@@ -100,7 +106,7 @@ def test_an_index_row_too_large_in_a_read_model_dead_letters_only_its_event(sett
         ev = json.loads(variant())
         ev.update(stream=f"doc-{i}", type="DocumentTitled", payload={"doc": doc, "title": "t"},
                   event_id=str(uuid.uuid4()))
-        msgs.append(IntakeMessage(0, i, f"doc-{i}".encode(), json.dumps(ev).encode()))
+        msgs.append(IntakeMessage(0, i, f"doc-{i}".encode(), _signed(settings, json.dumps(ev).encode())))
     p = Projector(settings, models=[DocumentTitles()], publish=False)
     with psycopg.connect(db) as conn:
         p._batch_watermarks = {}
@@ -136,7 +142,7 @@ def test_a_retry_loop_longer_than_the_threshold_raises_one_alert(settings: Setti
     db = settings.require_database()
     s = settings.replace(retry_alert_seconds=0.5, alert_webhook=f"http://127.0.0.1:{server.server_port}/")
     p = Projector(s, models=[], publish=False)
-    msg = IntakeMessage(0, 0, b"inventory-H1", variant())
+    msg = IntakeMessage(0, 0, b"inventory-H1", _signed(settings, variant()))
     try:
         with psycopg.connect(db, autocommit=True) as blocker, psycopg.connect(db) as conn:
             conn.execute("SET lock_timeout = '50ms'")

@@ -179,7 +179,7 @@ def test_salvage_ids_of_non_objects_and_deep_json() -> None:
     ("08001", None, False, Disposition.RETRY), ("57P01", None, False, Disposition.RETRY),
     ("57P02", None, False, Disposition.RETRY), ("57P03", None, False, Disposition.RETRY),
     ("53300", None, False, Disposition.RETRY), (None, None, True, Disposition.RETRY),
-    ("23505", "events_idempotency_key_key", False, Disposition.RETRY),
+    ("23505", "events_agent_key_key", False, Disposition.RETRY),
     ("23505", "other_key", False, Disposition.DEAD_LETTER), ("23502", None, False, Disposition.DEAD_LETTER),
     ("22003", None, False, Disposition.DEAD_LETTER), ("22P05", None, False, Disposition.DEAD_LETTER),
     ("54000", None, False, Disposition.DEAD_LETTER),

@@ -60,7 +60,8 @@ def _intake(conn: psycopg.Connection[Any], events: list[tuple[str, Event]], firs
         msgs.append(IntakeMessage(0, first_offset + i, key, value))
     for j, raw in enumerate(values or []):
         msgs.append(IntakeMessage(0, first_offset + len(events) + j, b"junk", raw))
-    write_batch(conn, group="g", topic="intake", messages=msgs, models=[], types=registry)
+    write_batch(conn, group="g", topic="intake", messages=msgs, models=[], types=registry,
+                authenticate=False)  # the chains are under test here, not agent identity (tests/test_security.py)
 
 
 def test_float_big_int_unicode_and_nested_payloads_verify_clean(database_url: str) -> None:

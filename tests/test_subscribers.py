@@ -216,6 +216,7 @@ def test_subscriber_sigkilled_and_restarted_has_no_gap_and_no_double_apply(
         return int(row[0]) if row else 0
 
     stop = threading.Event()
+    sent = [0]
 
     def feed() -> None:
         with AgentClient("feeder", settings) as c:
@@ -227,6 +228,7 @@ def test_subscriber_sigkilled_and_restarted_has_no_gap_and_no_double_apply(
                     c.flush()
                     time.sleep(0.02)
             c.flush()
+            sent[0] = i
 
     feeder = threading.Thread(target=feed)
     feeder.start()
@@ -240,6 +242,9 @@ def test_subscriber_sigkilled_and_restarted_has_no_gap_and_no_double_apply(
     time.sleep(1.0)
     stop.set()
     feeder.join(30)
+    # The projector may still be working off the feeder's backlog: the head to reach is the final one.
+    wait_until(lambda: scalar(db, "SELECT count(*) FROM events WHERE agent_id = 'feeder'") == sent[0], 60,
+               "the projector to commit everything the feeder sent")
     head = scalar(db, "SELECT position FROM log_head")
     assert head > killed_at
     wait_until(lambda: view_position() == head, 60, "the restarted subscriber to reach the head")

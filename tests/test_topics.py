@@ -21,6 +21,7 @@ from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryUpdated, stream_for
 from eventstore.kafka.config import ensure_topics, producer_config
 from tests.app_events import DocumentTitled
+from tests.fix_agents import signed
 from tests.fix_projector import ProjectorProcess, scalar, settings_env, wait_until
 from tests.test_hostile_parse import variant
 
@@ -69,7 +70,7 @@ def test_the_projector_dead_letters_an_oversize_message_and_carries_on(settings:
         assert p.ready.wait(30)
         raw = Producer({"bootstrap.servers": settings.require_kafka()})
         big = variant().replace(b'"sku": "H1"', b'"sku": "' + b"H" * 20_000 + b'"')
-        after = variant()
+        after = signed(db, variant())
         raw.produce(settings.intake_topic, value=big, key=b"inventory-H1")
         raw.produce(settings.intake_topic, value=after, key=b"inventory-H1")
         assert raw.flush(10) == 0
@@ -245,7 +246,7 @@ def test_the_batch_transaction_refuses_a_gap_and_a_start_beyond_the_stored_offse
     from eventstore.postgres.intake import IntakeMessage, write_batch
 
     db = settings.require_database()
-    first = IntakeMessage(0, 0, b"inventory-H1", variant())
+    first = IntakeMessage(0, 0, b"inventory-H1", signed(db, variant()))
     with psycopg.connect(db) as conn:
         write_batch(conn, group="g", topic="t", messages=[first], models=[], types=registry)
         gap = [IntakeMessage(0, 3, b"inventory-H1", variant())]  # offsets 1 and 2 never arrived

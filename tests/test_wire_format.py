@@ -11,7 +11,9 @@ CONFLICT with reason code ``version_conflict`` and an ``EventConflicted`` record
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import hmac
 import json
 import uuid
 from typing import Any
@@ -24,6 +26,7 @@ from confluent_kafka import Producer
 from eventstore.core.settings import Settings
 from eventstore.kafka.config import producer_config
 from eventstore.projection.projector import Projector
+from tests.fix_agents import credential_for
 
 AGENT = "pos-terminal-7"
 # The positional fields of an outcome notification, in order (docs/wire-format.md).
@@ -45,6 +48,17 @@ def envelope(stream: str, key: str, expected_version: int | None, quantity: int)
         "schema_version": 1,
         "payload": {"sku": stream.removeprefix("inventory-"), "quantity": quantity},
     }
+
+
+def sign_as_documented(value: bytes, credential_text: str) -> bytes:
+    """docs/security.md, "Authentication on the wire", by hand: HMAC-SHA256 with the key of the
+    credential text ``es1.<key id>.<base64url key>`` over the exact value bytes, appended as the last
+    member ``"auth":{"key_id": ..., "mac": <43 chars base64url>}``."""
+    scheme, key_id, key_b64 = credential_text.split(".")
+    assert scheme == "es1"
+    key = base64.urlsafe_b64decode(key_b64 + "=" * (-len(key_b64) % 4))
+    mac = base64.urlsafe_b64encode(hmac.new(key, value, hashlib.sha256).digest()).decode()[:43]
+    return value[:-1] + f',"auth":{{"key_id":"{key_id}","mac":"{mac}"}}}}'.encode()
 
 
 def sdk_partition(settings: Settings, topic: str, key: bytes) -> int:
@@ -85,6 +99,7 @@ def test_an_event_built_from_the_page_commits_and_its_outcome_arrives(settings: 
     retry = {**envelope(stream, "wf-order-1", 0, 5), "occurred_at": "2026-01-15T10:30:00+01:00"}
     stale = envelope(stream, "wf-order-2", 0, 7)
 
+    credential = str(credential_for(db, AGENT))  # what `eventstore agents add pos-terminal-7` prints
     listener = psycopg.connect(db, autocommit=True)
     listener.execute(f"LISTEN {channel}")  # the channel is an identifier: es_out_ + 24 hex digits
     outcomes: dict[str, dict[str, Any]] = {}
@@ -96,7 +111,7 @@ def test_an_event_built_from_the_page_commits_and_its_outcome_arrives(settings: 
             partitions = []
             for env in (first, retry, stale):
                 meta = await producer.send_and_wait(settings.intake_topic, key=stream.encode(),
-                                                    value=json.dumps(env).encode())
+                                                    value=sign_as_documented(json.dumps(env).encode(), credential))
                 partitions.append(meta.partition)
                 # One at a time, so the order of decisions is the order of this list.
                 await asyncio.to_thread(wait_for_outcome, env["event_id"])

@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from eventstore import AgentClient, AsyncAgentClient, Outcome, Projector, ReadModel, RecordedEvent
+from eventstore.core.auth import sign
 from eventstore.core.errors import AppendOnlyViolation, InvalidEventError
 from eventstore.core.outcomes import ReasonCode
 from eventstore.core.settings import Settings
@@ -179,7 +180,8 @@ def test_garbage_and_unknown_types_are_dead_lettered_and_the_projector_carries_o
         unknown_handle = c._listener.expect(uuid.UUID(unknown["event_id"]))
         p = _raw_producer(settings)
         p.produce(settings.intake_topic, key=b"inventory-DL", value=b"\x00\x01 not json at all")
-        p.produce(settings.intake_topic, key=b"inventory-DL", value=json.dumps(unknown).encode())
+        assert c._credential is not None  # the agent signs it, so the agent is told (tests/fix_agents.py)
+        p.produce(settings.intake_topic, key=b"inventory-DL", value=sign(json.dumps(unknown).encode(), c._credential))
         p.produce(settings.intake_topic, key=b"inventory-DL", value=json.dumps(bad_payload).encode())
         p.produce(settings.intake_topic, key=b"inventory-DL", value=None)
         assert p.flush(10) == 0
@@ -333,8 +335,10 @@ def test_values_postgres_cannot_store_and_forged_history_never_stop_the_projecto
         waiting = {name: c._listener.expect(uuid.UUID(str(v["event_id"]))) for name, v in cases.items()
                    if "event_id" in v and name != "id-reuse"}
         p = _raw_producer(settings)
+        cred = c._credential  # signed by the agent (tests/fix_agents.py), so each case gets past authentication
+        assert cred is not None
         for v in cases.values():
-            p.produce(settings.intake_topic, key=b"inventory-N", value=json.dumps(v).encode())
+            p.produce(settings.intake_topic, key=b"inventory-N", value=sign(json.dumps(v).encode(), cred))
         assert p.flush(10) == 0
         after = c.emit_and_wait(InventoryUpdated(sku="N", quantity=3), stream_for("N"), timeout=30)
         assert after.status is Outcome.COMMITTED and after.version == 2  # the projector carried on

@@ -52,6 +52,7 @@ from eventstore.embedded import EmbeddedServers
 from eventstore.examples.inventory import InventoryAdjusted, quantity_reducer, stream_for
 from eventstore.kafka.config import consumer_config
 from eventstore.postgres import eventlog
+from eventstore.postgres.agents import register
 from eventstore.postgres.eventlog import EVENT_COLUMNS, to_recorded
 from eventstore.postgres.migrate import upgrade
 from eventstore.projection.publisher import SAVE_CHECKPOINT, Publisher
@@ -316,7 +317,8 @@ def main(events: int = 1_000_000, rate: int = 1000, latency_events: int = 3000) 
         with ExitStack() as phase:
             print(f"\n[latency] starting projector ({mode}) ...", flush=True)
             phase.enter_context(projector(live, mode, logdir / "projector.log"))
-            client = phase.enter_context(AgentClient("bench-subscribers", live))
+            cred = str(register(conn.cursor(), "bench-subscribers"))
+            client = phase.enter_context(AgentClient("bench-subscribers", live, credential=cred))
             wait_ready(client, "lw")
             view = TimedView()
             sub = Subscriber("bench-latency", view=view, settings=live, checkpoint=MemoryCheckpoint(start))

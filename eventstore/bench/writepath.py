@@ -43,6 +43,7 @@ from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.examples.inventory import InventoryAdjusted, stream_for
 from eventstore.kafka.config import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS
+from eventstore.postgres.agents import register
 from eventstore.postgres.migrate import upgrade
 from eventstore.projection.projector import Projector
 from eventstore.sdk.client import AgentClient, build_envelope
@@ -144,7 +145,7 @@ def projector(settings: Settings, mode: str, log_path: Path) -> Iterator[int | N
     db, bootstrap = settings.require_servers()
     env = {**os.environ, "EVENTSTORE_DATABASE_URL": db, "EVENTSTORE_KAFKA_BOOTSTRAP": bootstrap,
            "EVENTSTORE_NAMESPACE": settings.namespace, "EVENTSTORE_BATCH_SIZE": str(settings.batch_size),
-           "EVENTSTORE_PROJECTOR_GROUP": settings.projector_group}
+           "EVENTSTORE_PROJECTOR_GROUP": settings.projector_group, "EVENTSTORE_AUTH": "on" if settings.auth else "off"}
     with log_path.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "eventstore.cli", "project"], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -262,10 +263,13 @@ def latency(client: AgentClient, n: int, rate: int, prefix: str) -> Latency:
 
 
 def run_phase(settings: Settings, mode: str, label: str, n: int, lat_n: int, rate: int,
-              conn: psycopg.Connection[Any], logdir: Path, pids: dict[str, int]) -> tuple[Throughput, Latency | None]:
+              conn: psycopg.Connection[Any], logdir: Path, pids: dict[str, int],
+              sign: bool = True) -> tuple[Throughput, Latency | None]:
     print(f"\n[{label}] batch_size={settings.batch_size}: starting projector ({mode}) ...", flush=True)
+    # The bench registers its agent (a fresh credential per phase) unless it measures unsigned intake.
+    credential = str(register(conn.cursor(), f"bench-{label}")) if sign else None
     with projector(settings, mode, logdir / f"projector-{label}.log") as ppid, \
-            AgentClient(f"bench-{label}", settings) as client:
+            AgentClient(f"bench-{label}", settings, credential=credential) as client:
         wait_ready(client, f"{label}w")
         cpu = CpuMeter({**pids, **({"projector process": ppid} if ppid else {})})
         tp = throughput(client, conn, n, f"{label}t", cpu)

@@ -20,6 +20,7 @@ from eventstore.core.errors import StorageError
 from eventstore.core.events import Event
 from eventstore.core.outcomes import Outcome
 from eventstore.core.settings import Settings
+from eventstore.discovery import dev_credential
 from eventstore.examples.inventory import (
     STREAM_PREFIX,
     InventoryAdjusted,
@@ -27,6 +28,7 @@ from eventstore.examples.inventory import (
     quantity_reducer,
     stream_for,
 )
+from eventstore.postgres.agents import register as register_agent
 from eventstore.postgres.connection import connect
 from eventstore.projection.projector import Projector
 from eventstore.sdk.client import AgentClient
@@ -34,6 +36,21 @@ from eventstore.sdk.client import AgentClient
 START = 5
 SALE = 3
 ADJUSTMENT = -1
+AGENTS = ("order-agent", "supplier-feed")
+_credentials: dict[tuple[str, str], str] = {}
+
+
+def _client(name: str, settings: Settings) -> AgentClient:
+    """The demo's agents register themselves (or use the credential a running `eventstore dev` gave them),
+    so the demo needs no `eventstore agents add` first."""
+    db = settings.require_database()
+    cred = _credentials.get((db, name)) or dev_credential(name)
+    if cred is None:
+        with connect(db) as conn, conn.cursor() as cur:
+            cred = str(register_agent(cur, name))
+            conn.commit()
+        _credentials[(db, name)] = cred
+    return AgentClient(name, settings, credential=cred)
 
 
 def _quantity(row: tuple[object, ...] | None, what: str) -> int:
@@ -104,8 +121,8 @@ def _describe(event: Event) -> str:
 
 def through_backbone(settings: Settings, say: Callable[[str], None], sku: str = "A1") -> int:
     stream = stream_for(sku)
-    with Projector(settings) as projector, AgentClient("order-agent", settings) as order, \
-            AgentClient("supplier-feed", settings) as supplier:
+    with Projector(settings) as projector, _client("order-agent", settings) as order, \
+            _client("supplier-feed", settings) as supplier:
         projector.ready.wait(30)
         r = supplier.emit_and_wait(InventoryUpdated(sku=sku, quantity=START), stream, expected_version=0,
                                    idempotency_key=f"demo-restock-{sku}", timeout=30)
@@ -138,8 +155,8 @@ def restock_in_flight(settings: Settings, say: Callable[[str], None], sku: str =
     sells as soon as the restock commits. Returns (units sold, ms from restock commit to the sale decision)."""
     stream = stream_for(sku)
     committed_at: list[float] = []
-    with Projector(settings) as projector, AgentClient("order-agent", settings) as order, \
-            AgentClient("supplier-feed", settings) as supplier:
+    with Projector(settings) as projector, _client("order-agent", settings) as order, \
+            _client("supplier-feed", settings) as supplier:
         projector.ready.wait(30)
         view = order.follow(STREAM_PREFIX, reducer=quantity_reducer)
         st = view.get(stream)

@@ -77,6 +77,9 @@ def cmd_project(args: argparse.Namespace) -> int:
     from eventstore.projection.projector import Projector
 
     settings = configured()
+    if not settings.auth:
+        print("eventstore: WARNING: EVENTSTORE_AUTH=off: events are not authenticated, any process that can "
+              "produce to the intake topic can emit as any agent (docs/security.md)", file=sys.stderr)
     projector = Projector(settings, group=args.group)
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -93,8 +96,10 @@ def cmd_project(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    from eventstore.cli.demo import AGENTS as DEV_AGENTS
     from eventstore.discovery import remove_dev_file, write_dev_file
     from eventstore.embedded import EmbeddedServers
+    from eventstore.postgres.agents import register as register_agent
     from eventstore.postgres.connection import connect
     from eventstore.postgres.migrate import upgrade
     from eventstore.postgres.offsets import forget_topic
@@ -110,6 +115,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
         # the new topics' first messages as already applied, so they are dropped.
         with connect(s.postgres.url) as conn:
             forget_topic(conn, settings.intake_topic, settings.committed_topic)
+            # The README's agents get credentials at once, so the quick start needs no extra command.
+            credentials = {name: str(register_agent(conn.cursor(), name)) for name in DEV_AGENTS}
+            conn.commit()
         projector = Projector(settings).start()
         api = None
         if args.api_port:
@@ -120,7 +128,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 print(f"HTTP API and live page on {api.url}/ (tokens: `eventstore tokens add NAME --role operator`)")
             except ConfigurationError as e:  # a busy port must not stop the servers and the projector
                 print(f"HTTP API not started: {e}; pick another --api-port")
-        write_dev_file(settings)
+        write_dev_file(settings, credentials)
         print("eventstore dev is running (PostgreSQL data kept in "
               f"{Path(args.data_dir).resolve() / 'pg'}; the broker keeps messages in memory).")
         print("Commands and SDK clients started in this folder find these servers by themselves;")
@@ -249,6 +257,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import references
 
         return references.main(events=args.events or 1_000_000, quick=args.quick)
+    if args.which == "auth":
+        from eventstore.bench import auth
+
+        return auth.main(events=args.events or 20_000)
     from eventstore.bench import leases
 
     leases.main(["--rounds", str(args.rounds), "--per-agent", str(args.per_agent)])
@@ -259,26 +271,6 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from eventstore.cli import topics
 
     return EXIT_OK if topics.run(args) else EXIT_FAILURE
-
-
-def cmd_agents(args: argparse.Namespace) -> int:
-    from eventstore.coordination import Coordinator
-    from eventstore.discovery import configured
-    from eventstore.postgres.connection import connect
-
-    settings = configured(need_kafka=False)
-    # Reach the server once first: the coordinator's pool would retry an unreachable one for minutes.
-    connect(settings.require_database()).close()
-    with Coordinator(settings) as coord:
-        if args.action == "kill":
-            revoked = coord.kill(args.agent, args.reason)
-            print(f"agent {args.agent!r} killed ({args.reason}); revoked leases: {', '.join(revoked) or 'none'}")
-            return EXIT_OK
-        if coord.revive(args.agent):
-            print(f"agent {args.agent!r} is active (revived)")
-            return EXIT_OK
-        print(f"agent {args.agent!r} is not known to the coordinator", file=sys.stderr)
-        return EXIT_FAILURE
 
 
 def cmd_offsets(args: argparse.Namespace) -> int:
@@ -361,13 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--reducer", default=None, help="module:function folding (state, event) -> state")
     fo.add_argument("--from-beginning", action="store_true", help="ignore the stored position and rebuild")
     fo.set_defaults(fn=cmd_follow)
-    ag = sub.add_parser("agents", help="the kill switch: stop or revive an agent")
-    ag_sub = ag.add_subparsers(dest="action", required=True, metavar="ACTION")
-    kill = ag_sub.add_parser("kill", help="revoke the agent's leases and reject its new events")
-    kill.add_argument("agent")
-    kill.add_argument("--reason", required=True, help="recorded in the event log")
-    ag_sub.add_parser("revive", help="let a killed agent work again").add_argument("agent")
-    ag.set_defaults(fn=cmd_agents)
+    from eventstore.cli.agents import add_parsers
+
+    add_parsers(sub)
     from eventstore.cli import audit, topics
 
     topics.add_parser(sub).set_defaults(fn=cmd_topics)
@@ -384,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
     bn.add_argument("which", nargs="?", default="write-path",
                     choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history",
-                             "references", "latency", "profile"])
+                             "references", "latency", "profile", "auth"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers 1,000,000; chain-check "
                          "100,000; history 1,000,000; references: the drain, 1,000,000; latency: the heavy "

@@ -1,4 +1,5 @@
-"""The projector's pure decision for a batch: dedup, kill switch, fencing, expected-version check.
+"""The projector's pure decision for a batch: authentication and permissions, dedup, kill switch, fencing,
+guarded streams, expected-version check.
 
 No I/O here. The adapter loads what the database knows about the batch (committed keys, stream
 versions, killed agents, fence tokens), this module decides every message in offset order, and the
@@ -7,9 +8,11 @@ adapter writes the result in one transaction.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from eventstore.core.auth import AgentKey, Guard, HolderRow, Signed, authenticate, check_lease, guard_for, permitted
 from eventstore.core.outcomes import Outcome, ReasonCode
 from eventstore.core.records import Envelope
 
@@ -30,6 +33,7 @@ class Candidate:
 
     envelope: Envelope
     intent: bytes
+    signed: Signed | None = None  # the signed bytes and MAC cut from the intake value (core/auth.py)
 
 
 @dataclass
@@ -51,26 +55,74 @@ class KnownState:
     """What the database knows about the streams, keys, agents and resources of a batch."""
 
     stream_versions: Mapping[str, int]
-    committed_keys: Mapping[str, CommittedKey]
+    # Keyed by (agent id, idempotency key): keys are scoped per agent. A plain key string matches any agent
+    # (the form of single-agent tests).
+    committed_keys: Mapping[str | tuple[str, str], CommittedKey]
     killed_agents: Mapping[str, str] = field(default_factory=dict)
     fence_tokens: Mapping[str, int] = field(default_factory=dict)
+    # Authentication: when ``authenticate`` is set, every envelope must be signed by an active credential
+    # of its agent (``keys`` by key id) and stay inside that agent's permissions.
+    authenticate: bool = False
+    keys: Mapping[str, AgentKey] = field(default_factory=dict)
+    # Event ids already in the log, with the agent that owns each (another agent may not reuse them).
+    taken_ids: Mapping[uuid.UUID, str] = field(default_factory=dict)
+    # Guarded streams and the current lease holders of their resources (expiry by the database clock).
+    guards: Sequence[Guard] = ()
+    holders: Mapping[str, Sequence[HolderRow]] = field(default_factory=dict)
 
 
 def decide_batch(candidates: Sequence[Candidate], known: KnownState) -> list[Decision]:
     """Decide each candidate in order; earlier decisions in the batch count for later ones."""
     versions: dict[str, int] = dict(known.stream_versions)
-    keys: dict[str, tuple[int, Candidate]] = {}  # keys committed earlier in this batch
+    keys: dict[tuple[str, str], tuple[int, Candidate]] = {}  # keys committed earlier in this batch
     decisions: list[Decision] = []
     for i, cand in enumerate(candidates):
         env = cand.envelope
         current = versions.get(env.stream, 0)
-        decision = _decide_one(env, cand.intent, current, known, keys)
+        refusal = _refuse(cand, known)
+        if refusal is not None:
+            decision = Decision(Outcome.REJECTED, current_version=current, code=refusal[0], reason=refusal[1])
+        else:
+            decision = _decide_one(env, cand.intent, current, known, keys)
+            if decision.status in (Outcome.COMMITTED, Outcome.CONFLICT):
+                guarded = _guarded(env, known)
+                if guarded is not None:
+                    decision = Decision(Outcome.REJECTED, current_version=current, code=guarded[0],
+                                        reason=guarded[1])
         if decision.status is Outcome.COMMITTED:
             versions[env.stream] = current + 1
             decision.version = current + 1
-            keys[env.idempotency_key] = (i, cand)
+            keys[(env.agent_id, env.idempotency_key)] = (i, cand)
         decisions.append(decision)
     return decisions
+
+
+def _refuse(cand: Candidate, known: KnownState) -> tuple[ReasonCode, str] | None:
+    """Identity, permission and event-id checks, before anything about keys is revealed."""
+    env = cand.envelope
+    if known.authenticate:
+        problem = authenticate(env.agent_id, cand.signed, known.keys)
+        if problem is not None:
+            return problem
+        if cand.signed is not None:
+            problem = permitted(known.keys[cand.signed.key_id], env.stream, env.type)
+            if problem is not None:
+                return problem
+    owner = known.taken_ids.get(env.event_id)
+    if owner is not None and owner != env.agent_id:
+        return (ReasonCode.EVENT_ID_TAKEN, f"event id {env.event_id} belongs to another agent's event; "
+                                           "use a fresh event id")
+    return None
+
+
+def _guarded(env: Envelope, known: KnownState) -> tuple[ReasonCode, str] | None:
+    """On a guarded stream, a write needs the agent's current exclusive lease (checked after dedup, so a
+    retry of a committed event still gets DUPLICATE after the lease is gone)."""
+    guard = guard_for(env.stream, known.guards)
+    if guard is not None:
+        return check_lease(env.agent_id, env.stream, guard, env.lease.resource if env.lease else None,
+                           env.lease.token if env.lease else None, known.holders)
+    return None
 
 
 def _decide_one(
@@ -78,17 +130,17 @@ def _decide_one(
     intent: bytes,
     current: int,
     known: KnownState,
-    batch_keys: Mapping[str, tuple[int, Candidate]],
+    batch_keys: Mapping[tuple[str, str], tuple[int, Candidate]],
 ) -> Decision:
     key = env.idempotency_key
-    original = known.committed_keys.get(key)
+    original = known.committed_keys.get((env.agent_id, key)) or known.committed_keys.get(key)
     if original is not None:
         if original.intent == intent:
             return Decision(Outcome.DUPLICATE, version=original.version, original=original, code=ReasonCode.DUPLICATE,
                             reason=f"idempotency key {key!r} was already committed at position {original.position}")
         return Decision(Outcome.REJECTED, original=original, reason=_reuse_reason(key, original.stream),
                         code=ReasonCode.KEY_REUSED)
-    in_batch = batch_keys.get(key)
+    in_batch = batch_keys.get((env.agent_id, key))
     if in_batch is not None:
         index, first = in_batch
         if first.intent == intent:

@@ -26,6 +26,16 @@ class ReasonCode(StrEnum):
     LEASE_STALE = "lease_stale"  # the token is older than the resource's newest grant
     VERSION_CONFLICT = "version_conflict"  # expected_version did not match the stream
     INVALID = "invalid"  # undecodable, unknown type, invalid payload, refused by a read model or the database
+    # Identity and permissions (docs/security.md)
+    UNKNOWN_AGENT = "unknown_agent"  # the envelope's credential is not registered
+    BAD_SIGNATURE = "bad_signature"  # unsigned, a wrong MAC, or a credential of another agent
+    CREDENTIAL_REVOKED = "credential_revoked"  # the credential was rotated or the agent removed
+    NOT_PERMITTED = "not_permitted"  # the stream or event type is outside the agent's permissions
+    EVENT_ID_TAKEN = "event_id_taken"  # another agent's event already has this event id
+    # Guarded streams: the write needs the agent's current exclusive lease at commit time
+    NO_LEASE = "no_lease"  # the event carries no lease (or one on another resource) and nobody else holds it
+    NOT_HOLDER = "not_holder"  # another agent holds the resource
+    LEASE_EXPIRED = "lease_expired"  # the agent's lease expired by the database clock before the commit
 
 
 @dataclass(frozen=True)

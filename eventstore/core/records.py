@@ -28,6 +28,14 @@ class LeaseRef(BaseModel):
     token: int = Field(ge=1, le=MAX_BIGINT)
 
 
+class AuthTag(BaseModel):
+    """The envelope's authentication: which credential signed it, and the HMAC (see core/auth.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    mac: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$")
+
+
 class Envelope(BaseModel):
     """Everything the projector needs to decide on one event. The database adds position and
     recorded-at on commit; ``occurred_at`` is only what the agent claims."""
@@ -46,6 +54,8 @@ class Envelope(BaseModel):
     schema_version: int = Field(ge=1, le=2**31 - 1)
     payload: dict[str, Any]
     lease: LeaseRef | None = None
+    # Last on the wire, appended by the signer over the bytes of all other fields (never set by hand).
+    auth: AuthTag | None = None
 
     @field_validator("idempotency_key", "stream", "agent_id", "type")
     @classmethod

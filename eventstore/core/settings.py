@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     max_committed_bytes: int = Field(default=DEFAULT_MAX_COMMITTED_BYTES, ge=1024)
     # A retry loop (the database away, a lock storm) lasting longer than this raises an alert.
     retry_alert_seconds: float = Field(default=30.0, gt=0)
+    # The agent's credential for the SDK (``es1.<key id>.<secret>``, from `eventstore agents add`).
+    agent_credential: SecretStr | None = None
+    # The projector refuses unsigned events unless this is off (EVENTSTORE_AUTH=off: unsafe, any process
+    # can then emit as any agent; docs/security.md).
+    auth: bool = True
 
     @classmethod
     def settings_customise_sources(

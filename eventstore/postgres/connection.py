@@ -46,7 +46,9 @@ TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "5
 TRANSIENT_CLASSES = ("08",)
 DEAD_LETTER_CLASSES = ("22", "23", "54")
 # The unique constraint on the event log's idempotency key: two projectors appending the same key.
-IDEMPOTENCY_KEY_CONSTRAINT = "events_idempotency_key_key"
+# Idempotency keys are unique per agent (migration 0005); a concurrent append of the same key by two
+# projectors is a race, retried (the retry decides DUPLICATE).
+IDEMPOTENCY_KEY_CONSTRAINT = "events_agent_key_key"
 
 Connection = psycopg.Connection[Any]
 
@@ -169,9 +171,12 @@ class Database:
                 if on_listening is not None:
                     on_listening(conn)
                 while not stop.is_set():
-                    # stop_after=1: hand over what arrived as soon as something did (a whole packet may
-                    # hold several); only a quiet connection waits out the timeout.
-                    yield list(conn.notifies(timeout=timeout, stop_after=1))
+                    # stop_after=1: hand over what arrived as soon as something did, with whatever is
+                    # already queued behind it; only a quiet connection waits out the timeout.
+                    notes = list(conn.notifies(timeout=timeout, stop_after=1))
+                    if notes:
+                        notes += conn.notifies(timeout=0.0005)
+                    yield notes
             except psycopg.Error as e:
                 if not is_transient(e):
                     raise convert(e) from e

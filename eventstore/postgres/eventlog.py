@@ -7,8 +7,8 @@ single ``log_head`` row for the rest of their transaction: the next appender wai
 no holes, and the hash chain has one well-defined predecessor. The lock is taken last, after all
 checks; it is then held through the inserts, the read-model updates and the commit, which is the
 price of commit-ordered positions (every appender's write phase is serialised; a batch of 2,000
-keeps that cheap per event). Lock order everywhere: agents, resources, streams, log_head (the
-coordinator follows it too), so appenders never deadlock each other.
+keeps that cheap per event). Lock order everywhere: lease tables, agent credentials, agents,
+resources, streams, log_head (the coordinator follows it too), so appenders never deadlock each other.
 """
 
 from __future__ import annotations

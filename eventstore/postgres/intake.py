@@ -18,6 +18,8 @@ from typing import Any
 
 import psycopg
 
+from eventstore.core.auth import AgentKey, Guard, HolderRow, guard_for, split_signed
+from eventstore.core.auth import authenticate as signature_problem
 from eventstore.core.decisions import Candidate, CommittedKey, Decision, KnownState, decide_batch
 from eventstore.core.errors import (
     DecodeError,
@@ -56,8 +58,23 @@ LOCK_RESOURCES = (
     "SELECT resource, fence_token FROM resources WHERE resource = ANY(%b::text[]) ORDER BY resource FOR SHARE"
 )
 COMMITTED_KEYS = (
-    "SELECT idempotency_key, position, stream, version, intent_hash FROM events "
-    "WHERE idempotency_key = ANY(%b::text[])"
+    "SELECT e.agent_id, e.idempotency_key, e.position, e.stream, e.version, e.intent_hash "
+    "FROM (SELECT DISTINCT a, k FROM unnest(%b::text[], %b::text[]) AS x(a, k)) x "
+    "JOIN events e ON e.agent_id = x.a AND e.idempotency_key = x.k"
+)
+TAKEN_IDS = "SELECT event_id, agent_id FROM events WHERE event_id = ANY(%b::uuid[])"
+GUARDS = "SELECT pattern, resource FROM guarded_streams ORDER BY pattern"
+# Lock order (shared with the coordinator, see eventlog.py and leases.py): lease tables -> credentials
+# -> agents -> resources -> streams -> log_head. FOR SHARE makes a renew, release, revoke or reclaim of
+# these leases wait until the batch commits, so the holder checked here is the holder at commit.
+LOCK_HOLDERS = (
+    "SELECT resource, agent_id, mode, token, expires_at <= clock_timestamp() FROM lease_holders "
+    "WHERE resource = ANY(%b::text[]) ORDER BY resource, agent_id FOR SHARE"
+)
+LOCK_KEYS = (
+    "SELECT c.key_id, c.agent_id, c.secret, c.status, p.stream_patterns, p.event_types "
+    "FROM agent_credentials c LEFT JOIN agent_permissions p ON p.agent_id = c.agent_id "
+    "WHERE c.key_id = ANY(%b::text[]) ORDER BY c.key_id FOR SHARE OF c"
 )
 INSERT_OUTCOMES = """
 INSERT INTO outcomes (event_id, agent_id, idempotency_key, stream, status, expected_version,
@@ -180,11 +197,15 @@ def write_batch(
     poisoned: Mapping[tuple[int, int], str] | None = None,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     watermarks: Mapping[int, tuple[int, int]] | None = None,
+    authenticate: bool = True,
 ) -> BatchResult:
     """Decide and commit one batch; raises TransientStorageError when a retry may succeed,
     PoisonBatchError when one message carries a value the database refuses (split the batch), and
     OffsetsNotTrustedError when the stored offsets disagree with the topic (``watermarks``: the
-    partitions' (low, high) offsets, as far as the consumer knows them)."""
+    partitions' (low, high) offsets, as far as the consumer knows them).
+
+    With ``authenticate`` (the default; off only with EVENTSTORE_AUTH=off, which is unsafe) every event
+    must be signed by an active credential of its agent (docs/security.md)."""
     poisoned = poisoned or {}
     result = BatchResult()
     try:
@@ -204,12 +225,16 @@ def write_batch(
                         continue
                     reason = got
                 rejected.append((msg, safe_reason(reason)))
-            decisions = decide_batch([Candidate(p.envelope, p.intent) for p in parsed], _known(cur, parsed))
+            candidates = [Candidate(p.envelope, p.intent, split_signed(p.message.value)) for p in parsed]
+            # Dead-lettered messages are answered to the agent they name only if that agent signed them.
+            unparsed = [sv.key_id for m, _ in rejected if (sv := split_signed(m.value)) is not None]
+            known = _known(cur, candidates, authenticate, unparsed)
+            decisions = decide_batch(candidates, known)
             recorded = _append(cur, parsed, decisions)
             pipe.sync()  # an append error must surface here, not be blamed on a read model below
             result.committed = recorded
             apply_all(cur, models, recorded)
-            _record(cur, topic, parsed, decisions, recorded, rejected, result)
+            _record(cur, topic, parsed, decisions, recorded, rejected, result, known)
             _store_offsets(cur, group, topic, fresh, result)
     except ReadModelError as e:
         cause = e.__cause__
@@ -256,21 +281,49 @@ def _fence(cur: Cursor, group: str, topic: str, messages: Sequence[IntakeMessage
     return fresh
 
 
-def _known(cur: Cursor, parsed: Sequence[_Parsed]) -> KnownState:
-    if not parsed:
-        return KnownState({}, {})
-    envs = [p.envelope for p in parsed]
-    cur.execute(LOCK_AGENTS, (sorted({e.agent_id for e in envs}),))
-    killed = {a: (r or "no reason given") for a, status, r in cur.fetchall() if status == "killed"}
-    resources = sorted({e.lease.resource for e in envs if e.lease is not None})
-    tokens: dict[str, int] = {}
-    if resources:
-        cur.execute(LOCK_RESOURCES, (resources,))
-        tokens = {r: int(t) for r, t in cur.fetchall()}
-    cur.execute(COMMITTED_KEYS, ([e.idempotency_key for e in envs],))
-    keys = {k: CommittedKey(int(p), s, int(v), bytes(h)) for k, p, s, v, h in cur.fetchall()}
-    versions = eventlog.lock_streams(cur, (e.stream for e in envs))
-    return KnownState(versions, keys, killed, tokens)
+def _known(cur: Cursor, candidates: Sequence[Candidate], authenticate: bool,
+           unparsed_key_ids: Sequence[str] = ()) -> KnownState:
+    """Load (and lock, in the documented order) what the decision needs. The guard policy is read first
+    (the resources to lock depend on it); every other read is queued on its own cursor and travels in
+    one pipeline sync, so authentication and guards add no round trip of their own."""
+    envs = [c.envelope for c in candidates]
+    guards: list[Guard] = []
+    guarded: list[str] = []
+    if envs:
+        cur.execute(GUARDS)
+        guards = [Guard(str(p), str(r)) for p, r in cur.fetchall()]
+        guarded = sorted({g.resource_for(e.stream) for e in envs if (g := guard_for(e.stream, guards)) is not None})
+    key_ids = sorted({c.signed.key_id for c in candidates if c.signed is not None} | set(unparsed_key_ids))
+    leased = sorted({e.lease.resource for e in envs if e.lease is not None})
+    conn = cur.connection
+    with conn.cursor() as hold, conn.cursor() as kc, conn.cursor() as ac, conn.cursor() as rc, \
+            conn.cursor() as ck, conn.cursor() as tk:
+        if guarded:
+            hold.execute(LOCK_HOLDERS, (guarded,))
+        if authenticate and key_ids:
+            kc.execute(LOCK_KEYS, (key_ids,))
+        versions: dict[str, int] = {}
+        if envs:
+            ac.execute(LOCK_AGENTS, (sorted({e.agent_id for e in envs}),))
+            if leased:
+                rc.execute(LOCK_RESOURCES, (leased,))
+            ck.execute(COMMITTED_KEYS, ([e.agent_id for e in envs], [e.idempotency_key for e in envs]))
+            tk.execute(TAKEN_IDS, ([e.event_id for e in envs],))
+            versions = eventlog.lock_streams(cur, (e.stream for e in envs))  # its fetch syncs the queue
+        holders: dict[str, list[HolderRow]] = defaultdict(list)
+        for r, a, m, t, expired in (hold.fetchall() if guarded else []):
+            holders[str(r)].append(HolderRow(str(a), str(m), int(t), bool(expired)))
+        keys = {k: AgentKey(k, a, bytes(sec), st, None if sp is None else tuple(sp), None if ty is None else tuple(ty))
+                for k, a, sec, st, sp, ty in (kc.fetchall() if authenticate and key_ids else [])}
+        if not envs:
+            return KnownState({}, {}, authenticate=authenticate, keys=keys)
+        killed = {a: (r or "no reason given") for a, status, r in ac.fetchall() if status == "killed"}
+        tokens = {r: int(t) for r, t in (rc.fetchall() if leased else [])}
+        committed: dict[str | tuple[str, str], CommittedKey] = {
+            (a, k): CommittedKey(int(p), s, int(v), bytes(h)) for a, k, p, s, v, h in ck.fetchall()}
+        taken = {eid: str(a) for eid, a in tk.fetchall()}
+    return KnownState(versions, committed, killed, tokens, authenticate=authenticate, keys=keys,
+                      taken_ids=taken, guards=guards, holders=dict(holders))
 
 
 def _append(cur: Cursor, parsed: Sequence[_Parsed], decisions: Sequence[Decision]) -> list[RecordedEvent]:
@@ -303,8 +356,11 @@ def _record(
     recorded: Sequence[RecordedEvent],
     rejected: Sequence[tuple[IntakeMessage, str]],
     result: BatchResult,
+    known: KnownState | None = None,
 ) -> None:
-    """Outcomes (table + notifications) and dead letters."""
+    """Outcomes (table + notifications) and dead letters. With authentication on, a dead-lettered
+    message gets an outcome row for the agent it names only if that agent signed it: otherwise anyone
+    could write a false REJECTED for another agent's pending event id."""
     by_index: dict[int, RecordedEvent] = {}
     it = iter(recorded)
     for i, d in enumerate(decisions):
@@ -337,6 +393,9 @@ def _record(
     for msg, reason in rejected:
         result.dead_letters.append(DeadLetter(msg, reason))
         ids = salvage_ids(msg.value)
+        if ids is not None and known is not None and known.authenticate \
+                and signature_problem(ids[1], split_signed(msg.value), known.keys) is not None:
+            ids = None  # not signed by the agent it names: dead-lettered, but nobody is told
         if ids is not None:
             event_id, agent_id, key = ids
             res = EmitResult(event_id, Outcome.REJECTED, None, None, None, None, reason, ReasonCode.INVALID)

@@ -42,13 +42,31 @@ def result_from_row(row: dict[str, Any]) -> EmitResult:
                       reason=row["reason"], reason_code=None if code is None else ReasonCode(code))
 
 
-def lookup_outcomes(cur: psycopg.Cursor[Any], ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, EmitResult]:
-    """Recorded outcomes of these event ids; a committed row wins over any other record."""
+LOOKUP_AGENT_OUTCOMES = """
+SELECT event_id, 'committed' AS status, stream, version, position, version AS current_version,
+       NULL AS reason, NULL AS reason_code
+  FROM events WHERE event_id = ANY(%(ids)s::uuid[]) AND agent_id = %(agent)s
+UNION ALL
+SELECT o.event_id, o.status, o.stream, CASE WHEN o.status = 'duplicate' THEN e.version END AS version,
+       o.original_position AS position, o.current_version, o.reason, o.reason_code
+  FROM outcomes o LEFT JOIN events e ON e.position = o.original_position
+ WHERE o.event_id = ANY(%(ids)s::uuid[]) AND o.agent_id = %(agent)s
+"""
+
+
+def lookup_outcomes(cur: psycopg.Cursor[Any], ids: Sequence[uuid.UUID],
+                    agent_id: str | None = None) -> dict[uuid.UUID, EmitResult]:
+    """Recorded outcomes of these event ids; a committed row wins over any other record. With
+    ``agent_id``, only decisions on that agent's own events (another agent reusing an event id cannot
+    answer for it)."""
     found: dict[uuid.UUID, EmitResult] = {}
     if not ids:
         return found
     with cur.connection.cursor(row_factory=dict_row) as rc:
-        rc.execute(LOOKUP_OUTCOMES, {"ids": list(ids)})
+        if agent_id is None:
+            rc.execute(LOOKUP_OUTCOMES, {"ids": list(ids)})
+        else:
+            rc.execute(LOOKUP_AGENT_OUTCOMES, {"ids": list(ids), "agent": agent_id})
         for row in rc.fetchall():
             r = result_from_row(row)
             if r.event_id not in found or r.status is Outcome.COMMITTED:

@@ -328,7 +328,8 @@ class Projector(BackgroundRunner):
         try:
             return write_batch(conn, group=self.group, topic=self.topic, messages=batch,
                                models=self.models, types=registry, poisoned=poisoned,
-                               max_event_bytes=self.settings.max_event_bytes, watermarks=self._batch_watermarks)
+                               max_event_bytes=self.settings.max_event_bytes, watermarks=self._batch_watermarks,
+                               authenticate=self.settings.auth)
         except OffsetsNotTrustedError as e:
             if not e.ahead or e.partition is None or e.stored is None:
                 raise

@@ -29,17 +29,19 @@ if TYPE_CHECKING:
 class AsyncAgentClient:
     """``async with AsyncAgentClient("agent") as c: await c.emit_and_wait(...)``."""
 
-    def __init__(self, agent_id: str, settings: Settings | None = None, *, ensure_topic: bool = True) -> None:
+    def __init__(self, agent_id: str, settings: Settings | None = None, *, ensure_topic: bool = True,
+                 credential: str | None = None) -> None:
         self._agent_id = agent_id
         self._settings = settings
         self._ensure_topic = ensure_topic
+        self._credential = credential
         self._client: AgentClient | None = None
 
     async def open(self) -> AsyncAgentClient:
         """Connect (done by ``async with``); idempotent."""
         if self._client is None:
             self._client = await asyncio.to_thread(AgentClient, self._agent_id, self._settings,
-                                                   ensure_topic=self._ensure_topic)
+                                                   ensure_topic=self._ensure_topic, credential=self._credential)
         return self
 
     async def __aenter__(self) -> AsyncAgentClient:

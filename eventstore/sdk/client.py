@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from eventstore.core.auth import Credential
 from eventstore.core.errors import BrokerError, ConfigurationError, EmitTimeout, InvalidEventError
 from eventstore.core.events import Event, validate_event
 from eventstore.core.limits import check_size
@@ -24,7 +25,7 @@ from eventstore.core.outcomes import EmitResult, Outcome
 from eventstore.core.records import Envelope, LeaseRef, RecordedEvent
 from eventstore.core.settings import Settings
 from eventstore.core.validation import check_name, check_stream
-from eventstore.discovery import resolve_settings
+from eventstore.discovery import dev_credential, resolve_settings
 from eventstore.kafka.config import ensure_topics, producer_config
 from eventstore.postgres import eventlog
 from eventstore.postgres.connection import Database, converted_errors
@@ -46,20 +47,25 @@ class EmitHandle:
     """An emitted event whose outcome may still be pending."""
 
     def __init__(self, event_id: uuid.UUID, stream: str, idempotency_key: str,
-                 future: Future[EmitResult]) -> None:
+                 future: Future[EmitResult], forget: Callable[[uuid.UUID], None] | None = None) -> None:
         self.event_id = event_id
         self.stream = stream
         self.idempotency_key = idempotency_key
         self.future = future
+        self._forget = forget
 
     def done(self) -> bool:
         return self.future.done()
 
     def result(self, timeout: float | None = 10.0) -> EmitResult:
-        """Wait for the decision; EmitTimeout if none arrives (retry with the same idempotency key)."""
+        """Wait for the decision; EmitTimeout if none arrives (retry with the same idempotency key). After
+        a timeout the listener forgets the handle (bounded memory); ``client.outcome(event_id)`` still
+        reads the decision later."""
         try:
             return self.future.result(timeout)
         except FutureTimeout as e:
+            if self._forget is not None:
+                self._forget(self.event_id)
             raise EmitTimeout(
                 f"no outcome for event {self.event_id} on stream {self.stream!r} within {timeout}s; is a "
                 f"projector running? Re-emit with idempotency_key={self.idempotency_key!r} to be safe"
@@ -103,12 +109,24 @@ def build_envelope(
 
 
 class AgentClient:
-    """Emit events and read streams as one agent. Thread-safe; use as a context manager."""
+    """Emit events and read streams as one agent. Thread-safe; use as a context manager.
 
-    def __init__(self, agent_id: str, settings: Settings | None = None, *, ensure_topic: bool = True) -> None:
+    ``credential`` (or ``EVENTSTORE_AGENT_CREDENTIAL``) is the agent's credential from
+    ``eventstore agents add``; every envelope is signed with it (a running ``eventstore dev`` in this
+    folder provides the credentials of the agents it registered). Without one, envelopes go unsigned and
+    a projector with authentication on (the default) rejects them as ``bad_signature``.
+    """
+
+    def __init__(self, agent_id: str, settings: Settings | None = None, *, credential: str | Credential | None = None,
+                 ensure_topic: bool = True) -> None:
         self.agent_id = check_name("agent_id", agent_id)
         self.settings = resolve_settings(settings, need_kafka=True)
         self.settings.require_kafka()
+        if credential is None and self.settings.agent_credential is not None:
+            credential = self.settings.agent_credential.get_secret_value()
+        if credential is None:
+            credential = dev_credential(self.agent_id)  # registered by a running `eventstore dev`
+        self._credential = Credential.parse(credential) if isinstance(credential, str) else credential
         database = Database(self.settings.require_database(), application_name=f"eventstore-agent:{agent_id}"[:63])
         if ensure_topic:
             ensure_topics(self.settings, {self.settings.intake_topic: self.settings.intake_partitions})
@@ -166,7 +184,7 @@ class AgentClient:
         """Send a prepared envelope (built by :func:`build_envelope`)."""
         if self._closed.is_set():
             raise BrokerError("the client is closed")
-        key, value, headers = encode(env)
+        key, value, headers = encode(env, self._credential)
         # The same limit the projector applies: refused here, before anything is sent.
         check_size(len(value), self.settings.max_event_bytes, f"event {env.type} for stream {env.stream!r}",
                    "EVENTSTORE_MAX_EVENT_BYTES")
@@ -184,7 +202,7 @@ class AgentClient:
                 break
             except BufferError:
                 self._producer.poll(0.01)  # local queue full: let deliveries drain
-        return EmitHandle(env.event_id, env.stream, env.idempotency_key, fut)
+        return EmitHandle(env.event_id, env.stream, env.idempotency_key, fut, self._listener.forget)
 
     def emit_and_wait(
         self,
@@ -285,7 +303,7 @@ class AgentClient:
     def outcome(self, event_id: uuid.UUID) -> EmitResult | None:
         """The recorded decision on an event id, or None while it is undecided."""
         with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
-            return lookup_outcomes(cur, [event_id]).get(event_id)
+            return lookup_outcomes(cur, [event_id], self.agent_id).get(event_id)
 
     def emit_many(
         self,

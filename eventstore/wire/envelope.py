@@ -13,6 +13,7 @@ from typing import Any
 import pydantic_core
 from pydantic import ValidationError
 
+from eventstore.core.auth import Credential, sign
 from eventstore.core.errors import DecodeError, InvalidEventError
 from eventstore.core.limits import check_json_depth, has_lone_surrogate
 from eventstore.core.records import Envelope, LeaseRef
@@ -25,8 +26,9 @@ __all__ = ["FORMAT", "Envelope", "Headers", "LeaseRef", "decode", "encode", "sal
 Headers = list[tuple[str, str | bytes | None]]
 
 
-def encode(env: Envelope) -> tuple[bytes, bytes, Headers]:
-    """(key, value, headers) for producing an envelope."""
+def encode(env: Envelope, credential: Credential | None = None) -> tuple[bytes, bytes, Headers]:
+    """(key, value, headers) for producing an envelope; with a credential the value is signed
+    (its last member is ``auth``, an HMAC over the bytes before it; see docs/security.md)."""
     headers: Headers = [
         ("es-format", FORMAT.encode()),
         ("es-type", env.type.encode()),
@@ -34,7 +36,10 @@ def encode(env: Envelope) -> tuple[bytes, bytes, Headers]:
         ("es-agent", env.agent_id.encode()),
         ("es-event-id", str(env.event_id).encode()),
     ]
-    return env.stream.encode(), env.model_dump_json(exclude_none=False).encode(), headers
+    value = env.model_dump_json(exclude_none=False, exclude={"auth"}).encode()
+    if credential is not None:
+        value = sign(value, credential)
+    return env.stream.encode(), value, headers
 
 
 def decode(value: bytes | None) -> Envelope:

@@ -17,7 +17,7 @@ Revises: 0004 (re-chained onto 0005 at merge; independent of its content)
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
