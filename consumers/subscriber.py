@@ -12,18 +12,19 @@ PostgreSQL and then go live without a gap or a repeat.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from consumers.checkpoints import Checkpoint
 from consumers.views import LocalView
-from eventstore.core.errors import DecodeError
+from eventstore.core.errors import DecodeError, TransientStorageError
 from eventstore.core.events import Event
 from eventstore.core.lifecycle import BackgroundRunner
 from eventstore.core.records import RecordedEvent
@@ -31,11 +32,12 @@ from eventstore.core.settings import Settings
 from eventstore.discovery import resolve_settings
 from eventstore.kafka.config import consumer_config
 from eventstore.postgres import eventlog
-from eventstore.postgres.connection import Database
+from eventstore.postgres.connection import Database, convert, is_transient
 from eventstore.wire.committed import decode_committed
 
 log = logging.getLogger(__name__)
 Handler = Callable[[RecordedEvent], None]
+T = TypeVar("T")
 
 
 class Subscriber(BackgroundRunner):
@@ -82,7 +84,8 @@ class Subscriber(BackgroundRunner):
     def run(self) -> None:
         self.last = self._start_position()
         if self.catch_up_from_db:
-            self._catch_up()
+            while not self._stop.is_set() and not self._healing(self._catch_up):
+                pass
         topic = self.settings.committed_topic
         consumer = Consumer(consumer_config(self.settings, f"{self.settings.namespace}.subscriber.{self.group}"))
         try:
@@ -96,12 +99,15 @@ class Subscriber(BackgroundRunner):
             while not self._stop.is_set():
                 first = consumer.poll(0.1)  # wakes on the first message; the rest is what is already here
                 msgs = [] if first is None else [first, *consumer.consume(999, timeout=0)]
-                events = self._in_order([m.value() for m in msgs if not _skip(m)])
+                values = [m.value() for m in msgs if not _skip(m)]
+                # A batch dropped for a lost database connection is safe: the next message is beyond
+                # last + 1, so the gap rule reads the dropped events from the log.
+                events = self._healing(functools.partial(self._in_order, values))
                 if events:
                     self._apply(events)
                     idle_since = time.monotonic()
                 elif self.catch_up_from_db and time.monotonic() - idle_since > self.idle_check:
-                    self._catch_up()  # the publisher may be down: the log is the truth
+                    self._healing(self._catch_up)  # the publisher may be down: the log is the truth
                     idle_since = time.monotonic()
         finally:
             consumer.close()
@@ -177,6 +183,23 @@ class Subscriber(BackgroundRunner):
         if upto is not None and events and events[-1].position < upto:
             events += self._read_log(events[-1].position, upto, page)
         return events
+
+    def _healing(self, fn: Callable[[], T]) -> T | None:
+        """Run ``fn``; on a lost database connection, log, wait a moment and return None (the caller
+        tries again later) instead of ending the subscriber. Other database errors still raise."""
+        try:
+            return fn()
+        except psycopg.Error as e:
+            if not is_transient(e):
+                raise convert(e) from e
+            log.warning("subscriber %s lost PostgreSQL, retrying: %s", self.group, e)
+        except TransientStorageError as e:
+            log.warning("subscriber %s cannot reach PostgreSQL, retrying: %s", self.group, e)
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._stop.wait(0.5)
+        return None
 
     def _conn(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.closed or self._db.broken:

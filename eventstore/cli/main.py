@@ -222,6 +222,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from eventstore.discovery import configured
+    from eventstore.simulate.faults import FAULT_KINDS
+    from eventstore.simulate.runner import SimConfig, run
+
+    try:
+        found: Settings | None = configured()
+    except ConfigurationError:
+        found = None  # nothing configured: the simulation starts embedded servers of its own
+    kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip()) if args.faults else FAULT_KINDS
+    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    if unknown:
+        raise ConfigurationError(f"--faults: unknown kind(s) {unknown}; choose from {', '.join(FAULT_KINDS)}")
+    config = SimConfig(agents=args.agents, seconds=args.seconds, skus=args.skus, faults=kinds,
+                       db_down_seconds=args.db_down, report=Path(args.report) if args.report else None,
+                       seed=args.seed)
+    result = run(config, found, out=lambda line: print(line, flush=True))
+    for check in result.checks:
+        print(check.line(), flush=True)
+    if config.report is not None:
+        print(f"report: {config.report}")
+    return EXIT_OK if result.ok else EXIT_INTEGRITY
+
+
 def cmd_agents(args: argparse.Namespace) -> int:
     from eventstore.coordination import Coordinator
     from eventstore.discovery import configured
@@ -273,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     kill.add_argument("--reason", required=True, help="recorded in the event log")
     ag_sub.add_parser("revive", help="let a killed agent work again").add_argument("agent")
     ag.set_defaults(fn=cmd_agents)
+    si = sub.add_parser("simulate", help="agents + faults on a schedule, then every promise checked (soak test)")
+    si.add_argument("--agents", type=int, default=20, help="simulated agents (default 20)")
+    si.add_argument("--seconds", type=float, default=60.0, help="how long agents emit (default 60)")
+    si.add_argument("--skus", type=int, default=8, help="SKUs the agents contend on (default 8)")
+    si.add_argument("--faults", default=None, help="comma-separated fault kinds (default: all)")
+    si.add_argument("--db-down", type=float, default=8.0, help="seconds the database is down per restart")
+    si.add_argument("--report", default="simulate-report.html", help="HTML report path ('' for none)")
+    si.add_argument("--seed", type=int, default=1, help="random seed of the agents' choices")
+    si.set_defaults(fn=cmd_simulate)
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
     bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases"])
     bn.add_argument("--events", type=int, default=None,
