@@ -33,7 +33,7 @@ from eventstore.discovery import resolve_settings
 from eventstore.kafka.config import consumer_config
 from eventstore.postgres import eventlog
 from eventstore.postgres.connection import Database, convert, is_transient
-from eventstore.wire.committed import decode_committed
+from eventstore.wire.committed import PayloadOmitted, decode_committed
 
 log = logging.getLogger(__name__)
 Handler = Callable[[RecordedEvent], None]
@@ -120,6 +120,13 @@ class Subscriber(BackgroundRunner):
         for value in values:
             try:
                 ev = decode_committed(value)
+            except PayloadOmitted as e:  # too large for the topic: the log holds it (and anything before it)
+                if e.position > last:
+                    missing = self._read_log(last, e.position)
+                    self.backfilled += len(missing)
+                    out.extend(missing)
+                    last = missing[-1].position if missing else last
+                continue
             except DecodeError as e:
                 log.error("skipping a message on the committed topic that is not an event: %s", e)
                 continue

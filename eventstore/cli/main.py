@@ -262,6 +262,45 @@ def cmd_agents(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+def cmd_offsets(args: argparse.Namespace) -> int:
+    """Reset the stored offsets of a recreated or truncated topic to its first offsets, recorded in the log."""
+    import getpass
+
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    from eventstore.discovery import configured
+    from eventstore.kafka.config import consumer_config
+    from eventstore.postgres.connection import connect, converted_errors
+    from eventstore.postgres.offsets import reset_offsets
+
+    settings = configured()
+    topic = settings.intake_topic if args.topic == "intake" else args.topic
+    if topic != settings.intake_topic:
+        print(f"only the intake topic ({settings.intake_topic}) has stored offsets", file=sys.stderr)
+        return EXIT_USAGE
+    group = args.group or settings.projector_group
+    consumer = Consumer(consumer_config(settings, f"{group}.offsets-reset"))
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            print(f"topic {topic} does not exist on the broker; start `eventstore project` to create it first",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+        starts = {p: int(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0])
+                  for p in sorted(meta.partitions)}
+    except KafkaException as e:
+        print(f"cannot read the topic's offsets from the broker: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    finally:
+        consumer.close()
+    by = args.by or getpass.getuser()
+    with converted_errors(), connect(settings.require_database()) as conn:
+        previous, recorded = reset_offsets(conn, group=group, topic=topic, starts=starts, by=by, reason=args.reason)
+    print(f"stored offsets of {topic} for group {group} reset from {previous} to {starts}; recorded by {by!r} "
+          f"at position {recorded.position} (stream {recorded.stream})")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eventstore", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -306,6 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--report", default="simulate-report.html", help="HTML report path ('' for none)")
     si.add_argument("--seed", type=int, default=1, help="random seed of the agents' choices")
     si.set_defaults(fn=cmd_simulate)
+    of = sub.add_parser("offsets", help="operator commands on the projector's stored intake offsets")
+    of_sub = of.add_subparsers(dest="action", required=True, metavar="ACTION")
+    reset = of_sub.add_parser("reset", help="after a recreated or truncated topic: start from the topic's first "
+                              "offsets again, recorded in the log (stream ops-offsets) with who and why")
+    reset.add_argument("--topic", default="intake", help="'intake' (default) or the full topic name")
+    reset.add_argument("--reason", required=True, help="why (recorded in the event log)")
+    reset.add_argument("--by", default=None, help="who (recorded; default: the OS user)")
+    reset.add_argument("--group", default=None, help="projector group (default EVENTSTORE_PROJECTOR_GROUP)")
+    of.set_defaults(fn=cmd_offsets)
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
     bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases"])
     bn.add_argument("--events", type=int, default=None,

@@ -27,6 +27,11 @@ class DecodeError(EventStoreError):
     """Bytes on the intake topic are not a valid envelope; such messages are dead-lettered."""
 
 
+class OffsetsNotTrustedError(EventStoreError):
+    """A stored intake offset disagrees with the topic (recreated, truncated, a gap): the projector stops
+    rather than skip messages; an operator resolves it with ``eventstore offsets reset``."""
+
+
 class StorageError(EventStoreError):
     """PostgreSQL failed in a way that is not the caller's fault; see the cause for the driver error."""
 

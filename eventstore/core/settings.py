@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from eventstore.core.errors import ConfigurationError
+from eventstore.core.limits import DEFAULT_MAX_COMMITTED_BYTES, DEFAULT_MAX_EVENT_BYTES
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _SECRET_KEY = re.compile(r"(password|secret|credential|token|(^|\.)key$)", re.IGNORECASE)
@@ -63,6 +64,14 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=2000, ge=1)
     batch_wait_ms: int = Field(default=0, ge=0)
     alert_webhook: str | None = None
+    # Size limits (docs/faults.md): an intake envelope, and a committed-topic message. Kafka's default
+    # message.max.bytes is 1,048,588 and librdkafka's is 1,000,000; both stay below with room for the
+    # key, headers and batch framing. A committed event that still does not fit goes out as a stub
+    # that subscribers complete from PostgreSQL.
+    max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=1024)
+    max_committed_bytes: int = Field(default=DEFAULT_MAX_COMMITTED_BYTES, ge=1024)
+    # A retry loop (the database away, a lock storm) lasting longer than this raises an alert.
+    retry_alert_seconds: float = Field(default=30.0, gt=0)
 
     @classmethod
     def settings_customise_sources(

@@ -10,8 +10,9 @@ from eventstore.core.errors import InvalidEventError
 MAX_NAME = 200
 MAX_BIGINT = 2**63 - 1  # PostgreSQL bigint: larger numbers would fail in the projector's transaction
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-# Streams written only by the server (the coordinator's lock history); agents may not forge them.
-RESERVED_STREAM_PREFIXES = ("lease-", "agent-")
+# Streams written only by the server (the coordinator's lock history, operator actions such as an
+# offsets reset); agents may not forge them.
+RESERVED_STREAM_PREFIXES = ("lease-", "agent-", "ops-")
 
 
 def check_name(what: str, value: object) -> str:
@@ -30,7 +31,7 @@ def check_stream(value: object) -> str:
     """A stream name an agent may write: valid, and not one of the server's own history streams."""
     stream = check_name("stream", value)
     if stream.startswith(RESERVED_STREAM_PREFIXES):
-        raise InvalidEventError(f"stream {stream!r} is reserved for the coordinator's lock history "
+        raise InvalidEventError(f"stream {stream!r} is reserved for the server's own history "
                                 f"(prefixes {', '.join(RESERVED_STREAM_PREFIXES)}); use another name")
     return stream
 

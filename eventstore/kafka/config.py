@@ -1,4 +1,11 @@
-"""Thin Kafka adapter: client configurations from Settings, topic creation, error conversion."""
+"""Thin Kafka adapter: client configurations from Settings, topic creation, error conversion.
+
+No client lets the broker create a topic implicitly (``allow.auto.create.topics`` is off for
+producers and consumers): an implicitly created topic gets the broker's default partition count, and
+a recreated intake topic would restart at offset 0 below the offsets stored in PostgreSQL. Topics are
+created explicitly, with the configured counts, by :func:`ensure_topics`, which also refuses an
+existing topic whose partition count differs from the configured one.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from eventstore.core.errors import BrokerError
+from eventstore.core.errors import BrokerError, ConfigurationError
 from eventstore.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,6 +29,7 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
     "linger.ms": 1,
     "partitioner": "murmur2_random",
     "compression.type": "none",
+    "allow.auto.create.topics": False,
 }
 # fetch.wait.max.ms bounds latency on brokers (tansu) that do not answer a waiting fetch early.
 # A small max.poll.interval.ms keeps the embedded broker's JoinGroup from stalling; a batch
@@ -30,6 +38,7 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
     "auto.offset.reset": "earliest",
+    "allow.auto.create.topics": False,
     "fetch.wait.max.ms": 10,
     "max.poll.interval.ms": 6000,
     "session.timeout.ms": 6000,
@@ -49,15 +58,23 @@ def consumer_config(settings: Settings, group: str, **extra: Any) -> dict[str, A
 
 
 def ensure_topics(settings: Settings, topics: Mapping[str, int], timeout: float = 15.0) -> None:
-    """Create topics that do not exist yet (name -> partitions); existing ones are left alone."""
+    """Create topics that do not exist yet (name -> partitions); an existing topic with another
+    partition count is a ConfigurationError (a stream would change partitions and lose its order)."""
     _, bootstrap = settings.require_servers()
     admin = AdminClient({"bootstrap.servers": bootstrap, **_admin_subset(settings.kafka_config)})
     try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
+        existing = admin.list_topics(timeout=timeout).topics
     except KafkaException as e:
         raise BrokerError(f"cannot reach the Kafka broker at {bootstrap}: {e}") from e
+    for name, n in topics.items():
+        meta = existing.get(name)
+        if meta is not None and meta.error is None and len(meta.partitions) != n:
+            raise ConfigurationError(
+                f"topic {name!r} has {len(meta.partitions)} partitions but {n} are configured "
+                f"(EVENTSTORE_INTAKE_PARTITIONS for the intake topic; 1 for the others); recreate the topic "
+                "with the configured count or change the setting to match, then see docs/faults.md")
     wanted = [NewTopic(name, num_partitions=n, replication_factor=1 if "127.0.0.1" in bootstrap else -1)
-              for name, n in topics.items() if name not in existing]
+              for name, n in topics.items() if name not in existing or existing[name].error is not None]
     if not wanted:
         return
     for name, fut in admin.create_topics(wanted, request_timeout=timeout).items():
@@ -67,6 +84,13 @@ def ensure_topics(settings: Settings, topics: Mapping[str, int], timeout: float 
             if e.args and isinstance(e.args[0], KafkaError) and e.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
             raise BrokerError(f"could not create topic {name!r}: {e}") from e
+
+
+def pipeline_topics(settings: Settings) -> dict[str, int]:
+    """The four topics of a deployment with their configured partition counts. Committed, dead-letter
+    and rejections have one partition: one global order for subscribers."""
+    return {settings.intake_topic: settings.intake_partitions, settings.committed_topic: 1,
+            settings.dead_letter_topic: 1, settings.rejections_topic: 1}
 
 
 def _admin_subset(config: Mapping[str, Any]) -> dict[str, Any]:

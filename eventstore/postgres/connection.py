@@ -2,15 +2,23 @@
 converted here (by SQLSTATE, never by message text), and long-running components reconnect through
 here with backoff.
 
-Which errors are retried is decided by :func:`is_transient`: connection failures (class 08, a lost
-connection without SQLSTATE, server shutdown 57P01-57P03, too many connections 53300) and
-concurrency outcomes (serialization failure 40001, deadlock 40P01, lock not available 55P03). Anything
-else is not retried: a data error is the caller's to handle, and disk full (53100), a program limit
-(54000) or a missing privilege (42501) would fail the same way again.
+What an error means for the work that met it is decided on purpose, by SQLSTATE, in
+:func:`disposition` (the table is also in docs/faults.md):
+
+- RETRY (the same work may succeed later): connection failures (class 08, a lost connection without
+  SQLSTATE), server shutdown 57P01-57P03, too many connections 53300, serialization failure 40001,
+  deadlock 40P01, lock not available 55P03, and the idempotency-key race (23505 on the key's unique
+  constraint: on retry the key is committed and the event is decided a duplicate).
+- DEAD_LETTER (one message carries a value the database refuses; the projector finds it by splitting
+  the batch): data exceptions (class 22), integrity violations (class 23), program limits (class 54,
+  e.g. an index row too large in a read model).
+- STOP (retrying or skipping would be wrong; an operator must act): disk full 53100, insufficient
+  privilege 42501, a missing database 3D000, a wrong password 28P01, and anything not listed.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -35,16 +43,44 @@ log = logging.getLogger(__name__)
 # SQLSTATE raised by the append-only triggers of migration 0001.
 APPEND_ONLY_SQLSTATE = "ES001"
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300"})
+TRANSIENT_CLASSES = ("08",)
+DEAD_LETTER_CLASSES = ("22", "23", "54")
+# The unique constraint on the event log's idempotency key: two projectors appending the same key.
+IDEMPOTENCY_KEY_CONSTRAINT = "events_idempotency_key_key"
 
 Connection = psycopg.Connection[Any]
 
 
+class Disposition(enum.Enum):
+    """What to do with work that met a database error (see the module docstring for the table)."""
+
+    RETRY = "retry"
+    DEAD_LETTER = "dead-letter"
+    STOP = "stop"
+
+
+def disposition(sqlstate: str | None, *, constraint: str | None = None, connection_lost: bool = False) -> Disposition:
+    """The table, as a pure function of the SQLSTATE (and the constraint of a unique violation)."""
+    if sqlstate is None:
+        return Disposition.RETRY if connection_lost else Disposition.STOP
+    if sqlstate in TRANSIENT_SQLSTATES or sqlstate.startswith(TRANSIENT_CLASSES):
+        return Disposition.RETRY
+    if sqlstate == "23505" and constraint == IDEMPOTENCY_KEY_CONSTRAINT:
+        return Disposition.RETRY
+    if sqlstate.startswith(DEAD_LETTER_CLASSES):
+        return Disposition.DEAD_LETTER
+    return Disposition.STOP
+
+
+def disposition_of(e: psycopg.Error) -> Disposition:
+    """:func:`disposition` for a driver error; no SQLSTATE on an OperationalError means the connection broke."""
+    return disposition(e.sqlstate, constraint=e.diag.constraint_name if e.sqlstate else None,
+                       connection_lost=isinstance(e, psycopg.OperationalError))
+
+
 def is_transient(e: psycopg.Error) -> bool:
     """Whether retrying the same work may succeed (see the module docstring for the table)."""
-    state = e.sqlstate
-    if state is None:
-        return isinstance(e, psycopg.OperationalError)  # the connection broke: no server answer at all
-    return state in TRANSIENT_SQLSTATES or state.startswith("08")
+    return disposition_of(e) is Disposition.RETRY
 
 
 def convert(e: psycopg.Error) -> StorageError:

@@ -19,16 +19,29 @@ from typing import Any
 import psycopg
 
 from eventstore.core.decisions import Candidate, CommittedKey, Decision, KnownState, decide_batch
-from eventstore.core.errors import DecodeError, EventStoreError, InvalidEventError, TransientStorageError
+from eventstore.core.errors import (
+    DecodeError,
+    EventStoreError,
+    InvalidEventError,
+    OffsetsNotTrustedError,
+)
 from eventstore.core.events import Event, EventRegistry
 from eventstore.core.hashing import canonical_json, intent_hash
+from eventstore.core.limits import (
+    DEFAULT_MAX_EVENT_BYTES,
+    check_key,
+    check_size,
+    check_timestamp,
+    check_values,
+    offset_problem,
+)
 from eventstore.core.outcomes import EmitResult, Outcome, ReasonCode
 from eventstore.core.records import Envelope, NewEvent, RecordedEvent
 from eventstore.core.validation import check_no_nul, check_stream, printable
 from eventstore.postgres import eventlog
-from eventstore.postgres.connection import convert
+from eventstore.postgres.connection import Disposition, convert, disposition_of
 from eventstore.postgres.offsets import ENSURE_OFFSETS, LOCK_OFFSETS, STORE_OFFSETS
-from eventstore.postgres.readmodels import ReadModel, apply_all
+from eventstore.postgres.readmodels import ReadModel, ReadModelError, apply_all
 from eventstore.wire.envelope import Headers, decode, salvage_ids
 from eventstore.wire.notifications import COMMITTED_CHANNEL, channel_for, pack
 from eventstore.wire.rejections import EventRejected, IdempotencyKeyReused, conflict
@@ -58,7 +71,7 @@ SELECT %b, * FROM unnest(%b::int[], %b::bigint[], %b::bytea[], %b::bytea[], %b::
 ON CONFLICT DO NOTHING
 """
 NOTIFY = "SELECT pg_notify(c, p) FROM unnest(%b::text[], %b::text[]) AS x(c, p)"
-IDEMPOTENCY_KEY_CONSTRAINT = "events_idempotency_key_key"
+MAX_REASON = 2000
 
 
 class PoisonBatchError(EventStoreError):
@@ -102,18 +115,53 @@ class _Parsed:
     intent: bytes
 
 
-def parse(msg: IntakeMessage, types: EventRegistry) -> _Parsed:
-    """Decode the envelope and validate its payload against the registered event class."""
+def parse(msg: IntakeMessage, types: EventRegistry, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> _Parsed:
+    """Decode the envelope and validate its payload against the registered event class; raises
+    DecodeError or InvalidEventError naming what is wrong."""
+    if msg.value is not None:
+        check_size(len(msg.value), max_event_bytes, "the intake message", "EVENTSTORE_MAX_EVENT_BYTES")
     env = decode(msg.value)
     check_stream(env.stream)
+    check_key(msg.key, env.stream)
+    strings = [env.idempotency_key, env.stream, env.agent_id, env.type]
+    check_values("the envelope", strings + ([env.lease.resource] if env.lease else []))
+    check_timestamp("occurred_at", env.occurred_at)
     typed = types.decode(env.type, env.schema_version, env.payload)
     if typed.server_only:
         raise InvalidEventError(f"{env.type} events are written by the server only; agents cannot emit them")
     payload = typed.model_dump(mode="json")
     check_no_nul(env.type, payload)
+    check_values(env.type, payload)
     payload_json = canonical_json(payload)
     return _Parsed(msg, env, payload_json, payload,
                    intent_hash(env.type, env.schema_version, env.stream, payload_json))
+
+
+def read_message(msg: IntakeMessage, types: EventRegistry, *,
+                 max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> _Parsed | str:
+    """The per-message boundary: a candidate, or the reason to dead-letter the message. Whatever the
+    bytes make the code raise (a bug included: AttributeError, RecursionError, OverflowError, ...)
+    becomes a dead letter naming the exception, with the traceback in the log; it never stops the
+    projector, which would die again on the same offset after every restart."""
+    try:
+        return parse(msg, types, max_event_bytes=max_event_bytes)
+    except (DecodeError, InvalidEventError) as e:
+        return safe_reason(str(e))
+    except Exception as e:
+        log.exception("unexpected error reading intake message at partition %d offset %d; dead-lettering it",
+                      msg.partition, msg.offset)
+        try:
+            text = str(e)
+        except Exception:
+            text = "(the error cannot be shown)"
+        return safe_reason(f"unexpected {type(e).__name__} while reading the message: {text}")
+
+
+def safe_reason(text: str) -> str:
+    """A reason PostgreSQL can store and a terminal can show: control characters and lone surrogates
+    escaped, at most MAX_REASON characters."""
+    text = printable(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON] + "..."
 
 
 def write_batch(
@@ -125,8 +173,13 @@ def write_batch(
     models: Sequence[ReadModel],
     types: EventRegistry,
     poisoned: Mapping[tuple[int, int], str] | None = None,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    watermarks: Mapping[int, tuple[int, int]] | None = None,
 ) -> BatchResult:
-    """Decide and commit one batch; raises TransientStorageError when a retry may succeed."""
+    """Decide and commit one batch; raises TransientStorageError when a retry may succeed,
+    PoisonBatchError when one message carries a value the database refuses (split the batch), and
+    OffsetsNotTrustedError when the stored offsets disagree with the topic (``watermarks``: the
+    partitions' (low, high) offsets, as far as the consumer knows them)."""
     poisoned = poisoned or {}
     result = BatchResult()
     try:
@@ -134,18 +187,18 @@ def write_batch(
         # inserts, read-model writes, offsets, NOTIFY) travel together, so a batch costs a handful of
         # round trips instead of one per statement; results that decide something still sync first.
         with conn.pipeline() as pipe, conn.transaction(), conn.cursor() as cur:
-            fresh = _fence(cur, group, topic, messages, result)
+            fresh = _fence(cur, group, topic, messages, result, watermarks or {})
             parsed: list[_Parsed] = []
             rejected: list[tuple[IntakeMessage, str]] = []
             for msg in fresh:
                 reason = poisoned.get((msg.partition, msg.offset))
                 if reason is None:
-                    try:
-                        parsed.append(parse(msg, types))
+                    got = read_message(msg, types, max_event_bytes=max_event_bytes)
+                    if isinstance(got, _Parsed):
+                        parsed.append(got)
                         continue
-                    except (DecodeError, InvalidEventError) as e:
-                        reason = str(e)
-                rejected.append((msg, printable(reason)))
+                    reason = got
+                rejected.append((msg, safe_reason(reason)))
             decisions = decide_batch([Candidate(p.envelope, p.intent) for p in parsed], _known(cur, parsed))
             recorded = _append(cur, parsed, decisions)
             pipe.sync()  # an append error must surface here, not be blamed on a read model below
@@ -153,31 +206,46 @@ def write_batch(
             apply_all(cur, models, recorded)
             _record(cur, topic, parsed, decisions, recorded, rejected, result)
             _store_offsets(cur, group, topic, fresh, result)
-    except psycopg.errors.UniqueViolation as e:
-        if e.diag.constraint_name == IDEMPOTENCY_KEY_CONSTRAINT:
-            # Another projector appended the same key between our check and our insert: on retry
-            # the key is committed and this event is decided DUPLICATE (or a key reuse).
-            raise TransientStorageError(f"concurrent append of the same idempotency key; retrying: {e}") from e
-        raise PoisonBatchError(f"the database refused an event of this batch: {e.diag.message_primary}") from e
-    except psycopg.errors.DataError as e:
-        # A value PostgreSQL cannot store slipped past validation: find the message and dead-letter it.
-        raise PoisonBatchError(f"the database refused a value of this batch: {e.diag.message_primary}") from e
-    except psycopg.Error as e:  # transient or not: db.convert decides, by SQLSTATE class
+    except ReadModelError as e:
+        cause = e.__cause__
+        if isinstance(cause, psycopg.Error) and disposition_of(cause) is not Disposition.DEAD_LETTER:
+            raise convert(cause) from e  # a lost connection or a full disk is no fault of this event
+        raise
+    except psycopg.Error as e:  # the table in eventstore.postgres.connection decides, by SQLSTATE
+        if disposition_of(e) is Disposition.DEAD_LETTER:
+            # A value PostgreSQL cannot store slipped past validation: find the message and dead-letter it.
+            raise PoisonBatchError(f"the database refused a value of this batch "
+                                   f"(SQLSTATE {e.sqlstate}): {e.diag.message_primary}") from e
         raise convert(e) from e
     return result
 
 
 def _fence(cur: Cursor, group: str, topic: str, messages: Sequence[IntakeMessage],
-           result: BatchResult) -> list[IntakeMessage]:
-    """Lock this batch's offset rows; drop messages another member (or an earlier run) already applied."""
+           result: BatchResult, watermarks: Mapping[int, tuple[int, int]]) -> list[IntakeMessage]:
+    """Lock this batch's offset rows; drop messages another member (or an earlier run) already applied;
+    stop on a stored offset the topic contradicts (no silent skip)."""
     parts = sorted({m.partition for m in messages})
     cur.execute(ENSURE_OFFSETS, (group, topic, parts))
     cur.execute(LOCK_OFFSETS, (group, topic, parts))
     stored = {int(p): int(o) for p, o in cur.fetchall()}
+    for p in parts:
+        low, high = watermarks.get(p, (-1, -1))
+        problem = offset_problem(topic, p, stored[p], low, high)
+        if problem is not None:
+            raise OffsetsNotTrustedError(problem)
     fresh = [m for m in messages if m.offset >= stored[m.partition]]
     for m in messages:
         if m.offset < stored[m.partition]:
             result.behind[m.partition] = stored[m.partition]
+    first: dict[int, int] = {}
+    for m in fresh:
+        first.setdefault(m.partition, m.offset)
+    for p, offset in first.items():
+        if offset > stored[p]:
+            raise OffsetsNotTrustedError(
+                f"the next message of {topic}[{p}] is at offset {offset} but the stored offset is {stored[p]}: "
+                f"messages {stored[p]}..{offset - 1} were never applied and are gone (retention or truncation). "
+                "Recover them if you can, then run `eventstore offsets reset --topic intake --reason \"...\"`")
     if len(fresh) < len(messages):
         log.info("dropped %d already-applied intake messages (replay or zombie batch)", len(messages) - len(fresh))
     return fresh

@@ -4,6 +4,11 @@ Kafka offsets are only a hint here: the truth is the ``consumer_offsets`` table,
 batch transaction. On assignment the consumer seeks to the stored offsets, and every batch re-checks
 them under a row lock, so a member that lost its partitions in a rebalance (a zombie) cannot apply
 anything twice. Kafka offsets are committed after the database commit, for lag tooling only.
+
+Nothing is skipped silently: at assignment and on every batch the stored offsets are checked against
+the topic's watermarks (a recreated or truncated topic stops the projector with an error naming the
+operator command), and the topics' partition counts are checked at start. Each message passes one
+boundary (``read_message``) that turns whatever it makes the code raise into a dead letter.
 """
 
 from __future__ import annotations
@@ -18,15 +23,18 @@ from typing import Any
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from eventstore.coordination.alerts import Alerter
 from eventstore.core.backoff import backoff_delays
-from eventstore.core.errors import StorageError, TransientStorageError
+from eventstore.core.errors import OffsetsNotTrustedError, StorageError, TransientStorageError
 from eventstore.core.events import import_app_modules, registry
 from eventstore.core.lifecycle import BackgroundRunner
+from eventstore.core.limits import offset_problem
+from eventstore.core.opsevents import ProjectorStalled
 from eventstore.core.outcomes import Outcome
 from eventstore.core.settings import Settings
 from eventstore.core.validation import printable
-from eventstore.kafka.config import consumer_config, ensure_topics, producer_config
-from eventstore.postgres.connection import Database
+from eventstore.kafka.config import consumer_config, ensure_topics, pipeline_topics, producer_config
+from eventstore.postgres.connection import Database, converted_errors
 from eventstore.postgres.intake import (
     BatchResult,
     IntakeMessage,
@@ -53,6 +61,7 @@ class ProjectorStats:
     rejected: int = 0
     dead_letters: int = 0
     retries: int = 0
+    stalled_alerts: int = 0  # retry loops that lasted longer than EVENTSTORE_RETRY_ALERT_SECONDS
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, r: BatchResult, messages: int) -> None:
@@ -89,13 +98,18 @@ class Projector(BackgroundRunner):
         self._assigned: set[int] = set()
         self.ready = threading.Event()
         self.publisher = Publisher(settings) if publish else None
+        self.alerter = Alerter(settings.alert_webhook)
+        self._fatal: OffsetsNotTrustedError | None = None
+        self._retrying_since: float | None = None
+        self._retry_attempts = 0
+        self._alerted = False
+        self._batch_watermarks: dict[int, tuple[int, int]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def setup(self) -> None:
-        """Create the topics and the read models' tables if missing."""
-        ensure_topics(self.settings, {self.topic: self.settings.intake_partitions,
-                                      self.settings.dead_letter_topic: 1, self.settings.rejections_topic: 1,
-                                      self.settings.committed_topic: 1})
+        """Create the topics (with the configured partition counts; a topic with another count is a
+        ConfigurationError) and the read models' tables if missing."""
+        ensure_topics(self.settings, pipeline_topics(self.settings))
         with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
             # CREATE TABLE IF NOT EXISTS is not safe against itself: two projectors starting together
             # can both try to create a table and one fails on a catalog unique index. Take turns.
@@ -120,17 +134,23 @@ class Projector(BackgroundRunner):
         producer = Producer(producer_config(self.settings))
 
         def on_assign(c: Consumer, parts: list[TopicPartition]) -> None:
-            stored = load_offsets(conn, self.group, self.topic)
-            conn.commit()
+            # A fresh connection: the batch connection may have died since the last batch.
+            stored = self._stored_offsets()
             for p in parts:
                 p.offset = stored.get(p.partition, OFFSET_BEGINNING)
-                _, high = c.get_watermark_offsets(TopicPartition(self.topic, p.partition), timeout=5)
-                if p.offset > high >= 0:
-                    # Offsets beyond the end: the topic was recreated or truncated. New messages at
-                    # lower offsets would look applied; an operator must decide (see README).
-                    log.error("stored offset %d of %s[%d] is beyond the topic's end %d: was the topic "
-                              "recreated? Messages below %d will be treated as applied", p.offset,
-                              self.topic, p.partition, high, p.offset)
+                if p.partition not in stored:
+                    continue
+                try:
+                    low, high = c.get_watermark_offsets(TopicPartition(self.topic, p.partition), timeout=5)
+                except KafkaException as e:
+                    log.warning("no watermarks for %s[%d] at assignment (checked on every batch): %s",
+                                self.topic, p.partition, e)
+                    continue
+                problem = offset_problem(self.topic, p.partition, stored[p.partition], low, high)
+                if problem is not None:
+                    self._fatal = OffsetsNotTrustedError(problem)
+                    log.error("%s", problem)
+                    return  # assign nothing: the loop stops the projector
             self._assigned = {p.partition for p in parts}
             c.assign(parts)
             self.ready.set()
@@ -146,8 +166,10 @@ class Projector(BackgroundRunner):
         try:
             while not self._stop.is_set():
                 batch = self._next_batch(consumer)
+                if self._fatal is not None:
+                    raise self._fatal
                 if batch:
-                    conn = self._process(conn, consumer, producer, batch)
+                    conn = self._process(conn, consumer, producer, batch, self._watermarks(consumer, batch))
         finally:
             if self.publisher is not None:
                 self.publisher.stop()
@@ -172,9 +194,62 @@ class Projector(BackgroundRunner):
             out.append(IntakeMessage(int(m.partition() or 0), int(m.offset() or 0), m.key(), m.value()))
         return out
 
+    def _stored_offsets(self) -> dict[int, int]:
+        """The stored offsets, read on a connection of its own and retried while PostgreSQL is away."""
+        delays = backoff_delays(base=0.05, cap=2.0)
+        while True:
+            try:
+                with converted_errors(), self.database.connect() as conn:
+                    offsets = load_offsets(conn, self.group, self.topic)
+                self._retry_done()
+                return offsets
+            except TransientStorageError as e:
+                self._retry_noted(e, sorted(self._assigned))
+                if self._stop.is_set():
+                    raise
+                log.warning("reading stored offsets at assignment: %s", e)
+                time.sleep(next(delays))
+
+    def _watermarks(self, consumer: Consumer, batch: list[IntakeMessage]) -> dict[int, tuple[int, int]]:
+        """The (low, high) offsets the consumer last learned from its fetches (no broker round trip)."""
+        out: dict[int, tuple[int, int]] = {}
+        for p in {m.partition for m in batch}:
+            try:
+                low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+            except KafkaException:
+                continue
+            out[p] = (int(low), int(high))
+        return out
+
+    def _retry_noted(self, error: Exception, partitions: list[int]) -> None:
+        """Count a retry; a retry loop older than EVENTSTORE_RETRY_ALERT_SECONDS raises one alert (log,
+        stats.stalled_alerts, the webhook) instead of spinning quietly."""
+        now = time.monotonic()
+        if self._retrying_since is None:
+            self._retrying_since = now
+        self._retry_attempts += 1
+        waited = now - self._retrying_since
+        if waited >= self.settings.retry_alert_seconds and not self._alerted:
+            self._alerted = True
+            with self.stats.lock:
+                self.stats.stalled_alerts += 1
+            log.error("projector %s has been retrying for %.0fs (%d attempts): %s", self.group, waited,
+                      self._retry_attempts, error)
+            self.alerter.send(ProjectorStalled(group=self.group, topic=self.topic, partitions=partitions,
+                                               seconds=round(waited, 1), attempts=self._retry_attempts,
+                                               last_error=str(error)[:500]))
+
+    def _retry_done(self) -> None:
+        self._retrying_since = None
+        self._retry_attempts = 0
+        self._alerted = False
+
     def _process(self, conn: psycopg.Connection[Any], consumer: Consumer, producer: Producer,
-                 batch: list[IntakeMessage]) -> psycopg.Connection[Any]:
+                 batch: list[IntakeMessage], watermarks: dict[int, tuple[int, int]] | None = None,
+                 ) -> psycopg.Connection[Any]:
+        self._batch_watermarks = watermarks or {}
         result, conn = self._commit_with_retries(conn, batch, {})
+        self._retry_done()
         self.stats.add(result, len(batch))
         # Topic copies of dead letters and rejections: the tables already hold them, so a broker
         # problem here is logged and must not stop the projector.
@@ -209,10 +284,11 @@ class Projector(BackgroundRunner):
                 return self._write(conn, batch, poisoned), conn
             except TransientStorageError as e:
                 self.stats.retries += 1
+                self._retry_noted(e, sorted({m.partition for m in batch}))
                 log.warning("%s", e)
                 time.sleep(next(delays))
                 if conn.closed or conn.broken:
-                    conn = self._reconnect()
+                    conn = self._reconnect(batch)
             except (ReadModelError, PoisonBatchError) as e:
                 if len(batch) == 1:
                     m = batch[0]
@@ -232,14 +308,16 @@ class Projector(BackgroundRunner):
     def _write(self, conn: psycopg.Connection[Any], batch: list[IntakeMessage],
                poisoned: dict[tuple[int, int], str]) -> BatchResult:
         return write_batch(conn, group=self.group, topic=self.topic, messages=batch,
-                           models=self.models, types=registry, poisoned=poisoned)
+                           models=self.models, types=registry, poisoned=poisoned,
+                           max_event_bytes=self.settings.max_event_bytes, watermarks=self._batch_watermarks)
 
-    def _reconnect(self) -> psycopg.Connection[Any]:
+    def _reconnect(self, batch: list[IntakeMessage]) -> psycopg.Connection[Any]:
         delays = backoff_delays()
         while not self._stop.is_set():
             try:
                 return self._connect()
             except StorageError as e:
+                self._retry_noted(e, sorted({m.partition for m in batch}))
                 log.warning("reconnecting to PostgreSQL: %s", e)
                 time.sleep(next(delays))
         raise TransientStorageError("projector stopped while reconnecting")

@@ -19,7 +19,7 @@ import zlib
 from typing import Any
 
 import psycopg
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from eventstore.core.errors import BrokerError, EventStoreError
 from eventstore.core.lifecycle import BackgroundRunner
@@ -54,6 +54,9 @@ class Publisher(BackgroundRunner):
         self.published = 0
         self.position = 0
         self.leading = threading.Event()
+        # Positions the broker refused as too large (its limit is below ours): sent as stubs on retry.
+        self._too_large: set[int] = set()
+        self.stubs = 0
 
     def _before_start(self) -> None:
         ensure_topics(self.settings, {self.topic: 1})
@@ -102,12 +105,20 @@ class Publisher(BackgroundRunner):
             return False
         failures: list[str] = []
 
-        def delivered(err: Any, _msg: Any) -> None:
+        def delivered(err: Any, msg: Any) -> None:
             if err is not None:
                 failures.append(err.str())
+                position = dict(msg.headers() or []).get("es-position")
+                if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and position is not None:
+                    self._too_large.add(int(position))
 
         for ev in events:
-            key, value, headers = encode_committed(ev)
+            limit = 0 if ev.position in self._too_large else self.settings.max_committed_bytes
+            key, value, headers = encode_committed(ev, limit)
+            if b'"payload_omitted":true,"size":' in value[-40:]:
+                self.stubs += 1
+                log.warning("event at position %d is too large for %s; published as a stub that subscribers "
+                            "complete from PostgreSQL", ev.position, self.topic)
             while True:
                 try:
                     producer.produce(self.topic, value=value, key=key, headers=headers, on_delivery=delivered)

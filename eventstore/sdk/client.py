@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from eventstore.core.errors import BrokerError, ConfigurationError, EmitTimeout, InvalidEventError
 from eventstore.core.events import Event, validate_event
+from eventstore.core.limits import check_size
 from eventstore.core.outcomes import EmitResult, Outcome
 from eventstore.core.records import Envelope, LeaseRef, RecordedEvent
 from eventstore.core.settings import Settings
@@ -165,8 +166,11 @@ class AgentClient:
         """Send a prepared envelope (built by :func:`build_envelope`)."""
         if self._closed.is_set():
             raise BrokerError("the client is closed")
-        fut = self._listener.expect(env.event_id)
         key, value, headers = encode(env)
+        # The same limit the projector applies: refused here, before anything is sent.
+        check_size(len(value), self.settings.max_event_bytes, f"event {env.type} for stream {env.stream!r}",
+                   "EVENTSTORE_MAX_EVENT_BYTES")
+        fut = self._listener.expect(env.event_id)
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:

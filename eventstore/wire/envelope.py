@@ -7,12 +7,14 @@ route without parsing the value.
 
 from __future__ import annotations
 
-import json
 import uuid
+from typing import Any
 
+import pydantic_core
 from pydantic import ValidationError
 
 from eventstore.core.errors import DecodeError, InvalidEventError
+from eventstore.core.limits import check_json_depth
 from eventstore.core.records import Envelope, LeaseRef
 from eventstore.core.validation import CONTROL_CHARS, MAX_NAME, check_name
 
@@ -40,6 +42,10 @@ def decode(value: bytes | None) -> Envelope:
     if value is None:
         raise DecodeError("message has no value (a tombstone?); expected an envelope JSON object")
     try:
+        check_json_depth(value, "the envelope")
+    except InvalidEventError as e:
+        raise DecodeError(str(e)) from e
+    try:
         return Envelope.model_validate_json(value)
     except ValidationError as e:
         first = e.errors()[0]
@@ -50,11 +56,16 @@ def decode(value: bytes | None) -> Envelope:
 def salvage_ids(value: bytes | None) -> tuple[uuid.UUID, str, str | None] | None:
     """From an envelope that failed to decode or validate, the (event id, agent id, key) if they are
     readable, so the waiting agent can still be told why its event was rejected."""
+    if value is None:
+        return None
     try:
-        obj = json.loads(value or b"")
+        check_json_depth(value)
+        obj: Any = pydantic_core.from_json(value)
+        if not isinstance(obj, dict):  # valid JSON that is no object ([], "x", 1, null) names nobody
+            return None
         key = obj.get("idempotency_key")
         readable = isinstance(key, str) and key and len(key) <= MAX_NAME and not CONTROL_CHARS.search(key)
         safe_key = key if readable else None
         return uuid.UUID(str(obj["event_id"])), check_name("agent_id", obj["agent_id"]), safe_key
-    except (ValueError, KeyError, TypeError, InvalidEventError):
+    except (ValueError, KeyError, TypeError, InvalidEventError, RecursionError):
         return None
