@@ -85,6 +85,11 @@ class SimAgent:
             self._client.close()
 
     @property
+    def listener_error(self) -> BaseException | None:
+        """Why the client's outcome listener stopped, if it did (it must survive every fault)."""
+        return None if self._client is None else self._client.outcome_listener_error
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 

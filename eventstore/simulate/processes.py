@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 from eventstore.core.settings import Settings
 
+EXIT_CONFIG = 3  # eventstore.cli.main.EXIT_CONFIG: configuration missing or a server unreachable
+RESTART_DELAY = 1.0
+
 
 def projector_env(settings: Settings) -> dict[str, str]:
     """The environment of a projector process for ``settings`` (secrets stay in the environment)."""
@@ -89,6 +92,10 @@ class ProjectorSupervisor:
         self.extra: ProjectorProcess | None = None
         self.starts = 1
         self.unexpected: list[UnexpectedExit] = []
+        # Exits with EXIT_CONFIG at start while a server was unreachable: a projector fails fast when it
+        # cannot start; the supervisor restarts it (after RESTART_DELAY), as an orchestrator would.
+        self.refused_starts = 0
+        self._ended_at: float | None = None
         self._lock = threading.Lock()
 
     def check(self) -> None:
@@ -98,9 +105,17 @@ class ProjectorSupervisor:
                 p: ProjectorProcess | None = getattr(self, attr)
                 if p is None or p.running:
                     continue
-                if not p.killed:
-                    self.unexpected.append(UnexpectedExit(p.name, int(p.proc.returncode or 0),
-                                                          "\n".join(list(p.lines)[-15:])))
+                if attr == "primary" and not p.killed:
+                    if self._ended_at is None:
+                        self._ended_at = time.monotonic()
+                    if time.monotonic() - self._ended_at < RESTART_DELAY:
+                        continue
+                self._ended_at = None
+                code = int(p.proc.returncode or 0)
+                if code == EXIT_CONFIG:
+                    self.refused_starts += 1
+                elif not p.killed:
+                    self.unexpected.append(UnexpectedExit(p.name, code, "\n".join(list(p.lines)[-15:])))
                 if attr == "primary":
                     self.starts += 1
                     self.primary = ProjectorProcess(self.settings, f"projector-{self.starts}")

@@ -8,21 +8,20 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from consumers.subscriber import Handler, Subscriber
-from consumers.views import LocalView
+from consumers.subscriber import Subscriber
+from consumers.views import LocalView, Reducer
 from eventstore.coordination import Coordinator
 from eventstore.core.errors import EventStoreError
-from eventstore.core.events import Event
 from eventstore.core.records import RecordedEvent
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedPostgres, EmbeddedServers
-from eventstore.examples.inventory import STREAM_PREFIX, InventoryAdjusted, InventoryUpdated, quantity_reducer
+from eventstore.examples.inventory import STREAM_PREFIX, quantity_reducer
 from eventstore.kafka.config import consumer_config, ensure_topics
 from eventstore.postgres.connection import Database
 from eventstore.postgres.migrate import upgrade
@@ -120,6 +119,18 @@ class Sampler:
             consumer.close()
 
 
+class RecordingView(LocalView):
+    """A local view that also remembers every event it was given, in order (for the order checks)."""
+
+    def __init__(self, seen: list[checks.SeenEvent], reducer: Reducer, streams: Callable[[str], bool]) -> None:
+        super().__init__(reducer, streams)
+        self.seen = seen
+
+    def apply_batch(self, events: Sequence[RecordedEvent], position: int) -> None:
+        self.seen.extend(checks.SeenEvent(e.position, str(e.event_id), e.stream, e.version) for e in events)
+        super().apply_batch(events, position)
+
+
 def run(config: SimConfig, configured: Settings | None = None, out: object = print) -> SimResult:
     """Run one simulation; ``out`` receives progress lines."""
     say = out if callable(out) else print
@@ -144,12 +155,8 @@ def _simulate(config: SimConfig, settings: Settings, postgres: EmbeddedPostgres 
     coordinator = Coordinator(settings)
     seen: list[checks.SeenEvent] = []
 
-    def record(ev: RecordedEvent) -> None:
-        seen.append(checks.SeenEvent(ev.position, str(ev.event_id), ev.stream, ev.version))
-
-    view = LocalView(quantity_reducer, lambda s: s.startswith(STREAM_PREFIX + prefix))
-    handlers: dict[str | type[Event], Handler] = {t: record for t in (InventoryAdjusted, InventoryUpdated)}
-    subscriber = Subscriber(f"sim-{prefix}", handlers=handlers, view=view, settings=settings).start()
+    view = RecordingView(seen, quantity_reducer, lambda s: s.startswith(STREAM_PREFIX + prefix))
+    subscriber = Subscriber(f"sim-{prefix}", view=view, settings=settings).start()
     agents: list[SimAgent] = []
     try:
         if not wait_for(lambda: any("assigned partitions" in ln for ln in supervisor.primary.lines), 60):
