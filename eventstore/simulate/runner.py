@@ -175,6 +175,8 @@ def _simulate(config: SimConfig, settings: Settings, postgres: EmbeddedPostgres 
                 supervisor.check()
                 time.sleep(0.1)
             injector.fire(kind)
+            fired = injector.records[-1]
+            emit(f"fault {fired.kind} at {fired.at:.1f}s: {fired.detail}")
         while time.monotonic() - t0 < config.seconds:
             supervisor.check()
             time.sleep(0.1)
@@ -185,7 +187,9 @@ def _simulate(config: SimConfig, settings: Settings, postgres: EmbeddedPostgres 
             while a.alive:
                 supervisor.check()
                 a.join(0.5)
-        emit(f"agents stopped at {time.monotonic() - t0:.0f}s; waiting for the subscriber to catch up")
+        emit(f"agents stopped at {time.monotonic() - t0:.0f}s; projector starts {supervisor.starts} "
+             f"({supervisor.refused_starts} refused while a server was unreachable, restarted); "
+             "waiting for the subscriber to catch up")
         with Database(settings.require_database()).connect(autocommit=True) as conn:
             row = conn.execute("SELECT position FROM log_head").fetchone()
         head = int(row[0]) if row else 0
