@@ -3,6 +3,7 @@ command on its own embedded servers with 10 agents and every fault kind, all pro
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ def test_plan_repeats_rounds_on_a_long_run_and_keeps_the_gap() -> None:
     kinds = [k for _, k in schedule]
     assert len(kinds) % len(FAULT_KINDS) == 0 and len(kinds) > len(FAULT_KINDS)
     assert all(kinds.count(k) == kinds.count(FAULT_KINDS[0]) for k in FAULT_KINDS)
-    gaps = [b - a for (a, _), (b, _) in zip(schedule, schedule[1:], strict=False)]
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(schedule)]
     assert min(gaps) >= 5.0 - 1e-9
 
 

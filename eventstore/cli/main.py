@@ -212,6 +212,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import writepath
 
         return writepath.main(events=args.events or 100_000, latency_events=args.latency_events, rate=args.rate)
+    if args.which == "memory":
+        from eventstore.bench import memory
+
+        return memory.main(events=args.events or 1_000_000)
     if args.which == "subscribers":
         from eventstore.bench import subscribers
 
@@ -355,9 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--group", default=None, help="projector group (default EVENTSTORE_PROJECTOR_GROUP)")
     of.set_defaults(fn=cmd_offsets)
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
-    bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases"])
+    bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases", "memory"])
     bn.add_argument("--events", type=int, default=None,
-                    help="events for the throughput run (write-path 100,000; subscribers 1,000,000)")
+                    help="events for the throughput run (write-path 100,000; subscribers and memory 1,000,000)")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
     bn.add_argument("--latency-events", type=int, default=3000, help="events for the latency run")

@@ -21,10 +21,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from confluent_kafka import KafkaException, Producer
 
 from eventstore.coordination import Coordinator
+from eventstore.core.errors import EventStoreError
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedPostgres
 from eventstore.kafka.config import producer_config
@@ -34,6 +36,7 @@ from eventstore.simulate.hostile import hostile_message
 from eventstore.simulate.processes import ProjectorSupervisor
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FAULT_KINDS = ("projector-kill", "db-connections-kill", "rebalance", "hostile", "agent-kill", "db-restart")
 
@@ -151,6 +154,17 @@ class FaultInjector:
         self._later(self.db_down_seconds, resume)
         return f"PostgreSQL stopped at {started:.1f}s for {self.db_down_seconds:.0f}s"
 
+    @staticmethod
+    def _retrying(fn: Callable[[], T], timeout: float = 120.0) -> T:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return fn()
+            except EventStoreError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
     def _db_clock(self) -> object:
         with Database(self.settings.require_database()).connect(autocommit=True) as conn:
             row = conn.execute("SELECT clock_timestamp()").fetchone()
@@ -197,8 +211,10 @@ class FaultInjector:
         killed_at = self._db_clock()
 
         def revive() -> None:
-            self.kill_windows.append((agent, killed_at, self._db_clock()))
-            self.coordinator.revive(agent)
+            # The database may be down now (another fault): an operator would retry, so do we.
+            revived_at = self._retrying(self._db_clock)
+            self._retrying(lambda: self.coordinator.revive(agent))
+            self.kill_windows.append((agent, killed_at, revived_at))
             self.records.append(FaultRecord(self.now(), "agent-kill", f"{agent} revived"))
 
         self._later(self.revive_after, revive)

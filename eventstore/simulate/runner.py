@@ -204,6 +204,8 @@ def _simulate(config: SimConfig, settings: Settings, postgres: EmbeddedPostgres 
     finally:
         for a in agents:
             a.stop_emitting()
+        for a in agents:
+            a.join(5)
         subscriber.stop()
         supervisor.stop()
         coordinator.close()
