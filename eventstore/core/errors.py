@@ -31,6 +31,13 @@ class OffsetsNotTrustedError(EventStoreError):
     """A stored intake offset disagrees with the topic (recreated, truncated, a gap): the projector stops
     rather than skip messages; an operator resolves it with ``eventstore offsets reset``."""
 
+    def __init__(self, message: str, *, partition: int | None = None, stored: int | None = None,
+                 ahead: bool = False) -> None:
+        super().__init__(message)
+        self.partition = partition
+        self.stored = stored
+        self.ahead = ahead  # the stored offset is beyond the end the broker reported
+
 
 class StorageError(EventStoreError):
     """PostgreSQL failed in a way that is not the caller's fault; see the cause for the driver error."""

@@ -232,7 +232,7 @@ def _fence(cur: Cursor, group: str, topic: str, messages: Sequence[IntakeMessage
         low, high = watermarks.get(p, (-1, -1))
         problem = offset_problem(topic, p, stored[p], low, high)
         if problem is not None:
-            raise OffsetsNotTrustedError(problem)
+            raise OffsetsNotTrustedError(problem, partition=p, stored=stored[p], ahead=stored[p] > high)
     fresh = [m for m in messages if m.offset >= stored[m.partition]]
     for m in messages:
         if m.offset < stored[m.partition]:

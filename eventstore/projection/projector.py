@@ -34,6 +34,7 @@ from eventstore.core.outcomes import Outcome
 from eventstore.core.settings import Settings
 from eventstore.core.validation import printable
 from eventstore.kafka.config import consumer_config, ensure_topics, pipeline_topics, producer_config
+from eventstore.kafka.probe import partitions_reaching
 from eventstore.postgres.connection import Database, converted_errors
 from eventstore.postgres.intake import (
     BatchResult,
@@ -136,6 +137,7 @@ class Projector(BackgroundRunner):
         def on_assign(c: Consumer, parts: list[TopicPartition]) -> None:
             # A fresh connection: the batch connection may have died since the last batch.
             stored = self._stored_offsets()
+            suspects: dict[int, str] = {}
             for p in parts:
                 p.offset = stored.get(p.partition, OFFSET_BEGINNING)
                 if p.partition not in stored:
@@ -147,10 +149,19 @@ class Projector(BackgroundRunner):
                                 self.topic, p.partition, e)
                     continue
                 problem = offset_problem(self.topic, p.partition, stored[p.partition], low, high)
-                if problem is not None:
-                    self._fatal = OffsetsNotTrustedError(problem)
-                    log.error("%s", problem)
-                    return  # assign nothing: the loop stops the projector
+                if problem is not None and stored[p.partition] > high:
+                    suspects[p.partition] = problem  # the reported end may be inexact: read to confirm
+                elif problem is not None:
+                    self._fatal = OffsetsNotTrustedError(problem, partition=p.partition)
+            if suspects and not self._fatal:
+                fine = partitions_reaching(self.settings, self.topic, {q: stored[q] for q in suspects},
+                                           group=self.group)
+                wrong = sorted(set(suspects) - fine)
+                if wrong:
+                    self._fatal = OffsetsNotTrustedError(suspects[wrong[0]], partition=wrong[0], ahead=True)
+            if self._fatal is not None:
+                log.error("%s", self._fatal)
+                return  # assign nothing: the loop stops the projector
             self._assigned = {p.partition for p in parts}
             c.assign(parts)
             self.ready.set()
@@ -211,14 +222,18 @@ class Projector(BackgroundRunner):
                 time.sleep(next(delays))
 
     def _watermarks(self, consumer: Consumer, batch: list[IntakeMessage]) -> dict[int, tuple[int, int]]:
-        """The (low, high) offsets the consumer last learned from its fetches (no broker round trip)."""
+        """The partitions' (low, high) offsets: by default what the consumer last learned from its
+        fetches (no broker round trip; may lag), widened by the batch's own offsets, which exist."""
         out: dict[int, tuple[int, int]] = {}
         for p in {m.partition for m in batch}:
             try:
                 low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
             except KafkaException:
                 continue
-            out[p] = (int(low), int(high))
+            if low < 0 or high < 0:
+                continue
+            offsets = [m.offset for m in batch if m.partition == p]
+            out[p] = (min(int(low), min(offsets)), max(int(high), max(offsets) + 1))
         return out
 
     def _retry_noted(self, error: Exception, partitions: list[int]) -> None:
@@ -307,9 +322,20 @@ class Projector(BackgroundRunner):
 
     def _write(self, conn: psycopg.Connection[Any], batch: list[IntakeMessage],
                poisoned: dict[tuple[int, int], str]) -> BatchResult:
-        return write_batch(conn, group=self.group, topic=self.topic, messages=batch,
-                           models=self.models, types=registry, poisoned=poisoned,
-                           max_event_bytes=self.settings.max_event_bytes, watermarks=self._batch_watermarks)
+        try:
+            return write_batch(conn, group=self.group, topic=self.topic, messages=batch,
+                               models=self.models, types=registry, poisoned=poisoned,
+                               max_event_bytes=self.settings.max_event_bytes, watermarks=self._batch_watermarks)
+        except OffsetsNotTrustedError as e:
+            if not e.ahead or e.partition is None or e.stored is None:
+                raise
+            # The end offset the consumer knows may lag or be inexact: read the topic to confirm.
+            if e.partition not in partitions_reaching(self.settings, self.topic, {e.partition: e.stored},
+                                                      group=self.group):
+                raise
+            low, _ = self._batch_watermarks.get(e.partition, (-1, -1))
+            self._batch_watermarks[e.partition] = (low, e.stored)
+            return self._write(conn, batch, poisoned)
 
     def _reconnect(self, batch: list[IntakeMessage]) -> psycopg.Connection[Any]:
         delays = backoff_delays()
