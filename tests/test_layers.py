@@ -33,6 +33,7 @@ RANKS = {
     "consumers": 3,  # subscribers: a peer of the SDK (AgentClient.follow keeps a local view with them)
     "eventstore.examples": 4,
     "eventstore.bench": 5,
+    "eventstore.simulate": 5,  # the soak test: like the benchmarks, it drives every component
     "eventstore.cli": 6,
     "eventstore": 7,  # the package's own __init__/__main__: the public face
 }
