@@ -216,6 +216,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import memory
 
         return memory.main(events=args.events or 1_000_000)
+    if args.which == "scale":
+        from eventstore.bench import scale
+
+        return scale.main(events=args.events or 40_000, processes=args.processes)
     if args.which == "subscribers":
         from eventstore.bench import subscribers
 
@@ -248,6 +252,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if config.report is not None:
         print(f"report: {config.report}")
     return EXIT_OK if result.ok else EXIT_INTEGRITY
+def cmd_topics(args: argparse.Namespace) -> int:
+    from eventstore.cli import topics
+
+    return EXIT_OK if topics.run(args) else EXIT_FAILURE
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
@@ -358,10 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--by", default=None, help="who (recorded; default: the OS user)")
     reset.add_argument("--group", default=None, help="projector group (default EVENTSTORE_PROJECTOR_GROUP)")
     of.set_defaults(fn=cmd_offsets)
+    from eventstore.cli import topics
+
+    topics.add_parser(sub).set_defaults(fn=cmd_topics)
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
-    bn.add_argument("which", nargs="?", default="write-path", choices=["write-path", "subscribers", "leases", "memory"])
+    bn.add_argument("which", nargs="?", default="write-path",
+                    choices=["write-path", "subscribers", "leases", "scale", "memory"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers and memory 1,000,000)")
+    bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
     bn.add_argument("--latency-events", type=int, default=3000, help="events for the latency run")

@@ -64,9 +64,9 @@ class Wakeups:
 
     def _run(self) -> None:
         try:
-            for note in self._database.listen([CHANNEL], self._stop, "lease listener",
-                                              on_listening=self._listening, timeout=0.5):
-                if note is not None:
+            for notes in self._database.listen([CHANNEL], self._stop, "lease listener",
+                                               on_listening=self._listening, timeout=0.5):
+                for note in notes:
                     self._wake(note.payload)
         except EventStoreError as e:  # waiters fall back to polling; correctness does not depend on this
             log.error("lease listener stopped (%s); waiters fall back to polling", e)

@@ -154,10 +154,14 @@ class Database:
 
     def listen(self, channels: list[str], stop: threading.Event, what: str, *,
                on_listening: Callable[[Connection], None] | None = None,
-               timeout: float = 0.25) -> Iterator[psycopg.Notify | None]:
-        """LISTEN on ``channels`` and yield notifications, and None every ``timeout`` seconds so the
-        caller can do periodic work; reconnects (and calls ``on_listening`` again) after a lost
-        connection, because a notification may have been missed meanwhile. Ends when ``stop`` is set."""
+               timeout: float = 0.25) -> Iterator[list[psycopg.Notify]]:
+        """LISTEN on ``channels`` and yield the notifications that arrived within each ``timeout``
+        (an empty list when none did, so the caller can do periodic work on the connection between
+        batches); reconnects (and calls ``on_listening`` again) after a lost connection, because a
+        notification may have been missed meanwhile. Ends when ``stop`` is set.
+
+        The batch is collected before it is yielded: psycopg holds the connection while its
+        ``notifies()`` generator waits, so a caller querying the connection inside it would block."""
         for conn in self.reconnecting(stop, what):
             try:
                 for ch in channels:
@@ -165,12 +169,7 @@ class Database:
                 if on_listening is not None:
                     on_listening(conn)
                 while not stop.is_set():
-                    got = False
-                    for n in conn.notifies(timeout=timeout):
-                        got = True
-                        yield n
-                    if not got:
-                        yield None
+                    yield list(conn.notifies(timeout=timeout))
             except psycopg.Error as e:
                 if not is_transient(e):
                     raise convert(e) from e

@@ -86,9 +86,9 @@ class OutcomeListener:
             self._on_listening(c)
 
         try:
-            for note in self._database.listen([self._channel], self._stop, f"outcome listener {self._channel}",
-                                              on_listening=listening):
-                if note is not None:
+            for notes in self._database.listen([self._channel], self._stop, f"outcome listener {self._channel}",
+                                               on_listening=listening):
+                for note in notes:
                     try:
                         self._resolve(unpack(note.payload))
                     except (ValueError, KeyError, TypeError, IndexError) as e:
