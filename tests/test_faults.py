@@ -21,11 +21,13 @@ from pydantic import SecretStr
 from consumers.subscriber import Subscriber
 from eventstore.coordination import Coordinator
 from eventstore.core.errors import EventStoreError
+from eventstore.core.outcomes import Outcome
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedPostgres
-from eventstore.examples.inventory import STREAM_PREFIX, quantity_reducer
+from eventstore.examples.inventory import STREAM_PREFIX, InventoryAdjusted, quantity_reducer, stream_for
 from eventstore.postgres.migrate import upgrade
 from eventstore.projection.projector import Projector
+from eventstore.sdk.client import AgentClient
 from eventstore.simulate import checks
 from eventstore.simulate.agents import SimAgent
 from eventstore.simulate.faults import TERMINATE_OTHERS
@@ -189,10 +191,19 @@ def test_database_restart_during_a_run_heals(own_postgres: EmbeddedPostgres, ser
     wait_for_progress(run, 30, 60, "agents to commit before the fault")
     grants_before = run.leases.grants
 
-    own_postgres.halt()
-    time.sleep(10)  # agents keep emitting into the intake topic; emit_and_wait times out meanwhile
-    committed_while_down = run.committed()
-    own_postgres.resume()
+    waiter = AgentClient("fault-waiter", settings)
+    try:
+        own_postgres.halt()
+        # Emitted while PostgreSQL is down: the handle must resolve after recovery, with no re-emit
+        # (the listener LISTENs again and re-reads the outcome tables for what it may have missed).
+        handle = waiter.emit(InventoryAdjusted(sku=f"w{run.prefix}", delta=5), stream_for(f"w{run.prefix}"))
+        time.sleep(10)  # agents keep emitting into the intake topic; emit_and_wait times out meanwhile
+        assert not handle.done()
+        committed_while_down = run.committed()
+        own_postgres.resume()
+        assert handle.result(90).status is Outcome.COMMITTED
+    finally:
+        waiter.close()
 
     wait_for_progress(run, 30, 90, "agents to commit again after PostgreSQL came back")
     wait_until(lambda: run.leases.grants > grants_before + 5, 60, "leases granted again after the restart")
