@@ -23,7 +23,7 @@ from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedPostgres, EmbeddedServers
 from eventstore.examples.inventory import STREAM_PREFIX, quantity_reducer
 from eventstore.kafka.config import consumer_config, ensure_topics
-from eventstore.postgres.connection import Database
+from eventstore.postgres.connection import Database, converted_errors
 from eventstore.postgres.migrate import upgrade
 from eventstore.projection.rebuild import rebuild
 from eventstore.simulate import checks
@@ -78,7 +78,8 @@ class Sampler:
         self.samples: list[Sample] = []
         self._stop = threading.Event()
         self._db = Database(settings.require_database(), application_name="eventstore-simulate-sampler")
-        self._thread = threading.Thread(target=self._run, name="sim-sampler", daemon=True)
+        self.error: BaseException | None = None  # a sampler that died leaves a partial report: reported
+        self._thread = threading.Thread(target=self._guarded, name="sim-sampler", daemon=True)
 
     def start(self) -> Sampler:
         self._thread.start()
@@ -87,6 +88,13 @@ class Sampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+    def _guarded(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:
+            self.error = e
+            log.exception("the simulation's sampler stopped")
 
     def _run(self) -> None:
         consumer = Consumer(consumer_config(self.settings, f"{self.settings.namespace}.sampler"))
@@ -98,7 +106,7 @@ class Sampler:
                 with contextlib.suppress(KafkaException):
                     end = sum(max(0, consumer.get_watermark_offsets(p, timeout=1)[1]) for p in parts)
                 try:
-                    with self._db.connect(autocommit=True) as conn:
+                    with converted_errors(), self._db.connect(autocommit=True) as conn:
                         row = conn.execute("SELECT position FROM log_head").fetchone()
                         head = int(row[0]) if row else head
                         row = conn.execute("SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets "
@@ -195,7 +203,8 @@ def _simulate(config: SimConfig, settings: Settings, postgres: EmbeddedPostgres 
         head = int(row[0]) if row else 0
         wait_for(lambda: subscriber.last >= head or subscriber.finished.is_set(), 60)
         sampler.stop()
-        result = _check(settings, prefix, agents, agent_ids, view, seen, supervisor, subscriber, injector)
+        result = _check(settings, prefix, agents, agent_ids, view, seen, supervisor, subscriber, injector,
+                        sampler.error)
         result.samples.extend(sampler.samples)
         if config.report is not None:
             write_report(config.report, config_line(config, faults), result.checks, sampler.samples,
@@ -218,7 +227,7 @@ def config_line(config: SimConfig, faults: tuple[str, ...]) -> str:
 
 def _check(settings: Settings, prefix: str, agents: list[SimAgent], agent_ids: list[str], view: LocalView,
            seen: list[checks.SeenEvent], supervisor: ProjectorSupervisor, subscriber: Subscriber,
-           injector: FaultInjector) -> SimResult:
+           injector: FaultInjector, sampler_error: BaseException | None) -> SimResult:
     ledgers = [a.ledger for a in agents]
     rebuild_error: str | None = None
     db = Database(settings.require_database(), application_name="eventstore-simulate-checks")
@@ -251,6 +260,8 @@ def _check(settings: Settings, prefix: str, agents: list[SimAgent], agent_ids: l
     agent_errors = [f"{a.agent_id} died: {a.error}" for a in agents if a.error is not None]
     other = [f"subscriber stopped: {subscriber.error}"] if subscriber.error is not None else []
     other += [f"fault {r.kind} {r.detail}" for r in injector.records if r.detail.startswith("NOT INJECTED")]
+    if sampler_error is not None:
+        other.append(f"the simulation's sampler stopped (the report is partial): {sampler_error}")
     result.append(checks.components(exits, agent_errors, other))
     return SimResult(result, [])
 
