@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from eventstore.core.settings import Settings
@@ -151,11 +152,11 @@ class ProjectorSupervisor:
                                                       "\n".join(list(self.primary.lines)[-15:])))
 
 
-def wait_for(predicate: object, timeout: float) -> bool:
-    """Poll a zero-argument callable until it returns true or ``timeout`` passes."""
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``predicate`` until it returns true or ``timeout`` passes; whether it did."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
+        if predicate():
             return True
         time.sleep(0.1)
     return False
