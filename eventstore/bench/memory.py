@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -89,7 +90,14 @@ def subscriber_main() -> int:
     return 0
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(events: int = 1_000_000) -> int:
+    """Run the benchmark. SIGTERM, like Ctrl-C, unwinds through the context managers, so both
+    processes and both servers are always stopped."""
+    signal.signal(signal.SIGTERM, _interrupt)
     print(f"memory benchmark: {events:,} events through projector + publisher + subscriber; conditions:")
     print(f"  {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPUs (shared), "
           "embedded PostgreSQL and tansu started for this run")

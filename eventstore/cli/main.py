@@ -243,6 +243,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     unknown = [k for k in kinds if k not in FAULT_KINDS]
     if unknown:
         raise ConfigurationError(f"--faults: unknown kind(s) {unknown}; choose from {', '.join(FAULT_KINDS)}")
+    def interrupt(signum: int, _frame: object) -> None:  # unwind, so processes and servers are stopped
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
     config = SimConfig(agents=args.agents, seconds=args.seconds, skus=args.skus, faults=kinds,
                        db_down_seconds=args.db_down, report=Path(args.report) if args.report else None,
                        seed=args.seed)
