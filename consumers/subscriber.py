@@ -109,7 +109,7 @@ class Subscriber(BackgroundRunner):
         try:
             self.last, self.last_hash = self._start()
             if self.catch_up_from_db:
-                self._fill_from_log(None)
+                self._retrying(lambda: self._fill_from_log(None))
             self._follow()
         finally:
             if self._db is not None:

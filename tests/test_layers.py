@@ -34,6 +34,7 @@ RANKS = {
     "eventstore.examples": 4,
     "eventstore.bench": 5,
     "eventstore.api": 5,  # the HTTP API: reads the adapters, acts through the coordinator
+    "eventstore.simulate": 5,  # the soak test: like the benchmarks, it drives every component
     "eventstore.cli": 6,
     "eventstore": 7,  # the package's own __init__/__main__: the public face
 }

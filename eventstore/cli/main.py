@@ -229,6 +229,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import writepath
 
         return writepath.main(events=args.events or 100_000, latency_events=args.latency_events, rate=args.rate)
+    if args.which == "memory":
+        from eventstore.bench import memory
+
+        return memory.main(events=args.events or 1_000_000)
     if args.which == "scale":
         from eventstore.bench import scale
 
@@ -267,6 +271,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from eventstore.discovery import configured
+    from eventstore.simulate.faults import FAULT_KINDS
+    from eventstore.simulate.runner import SimConfig, run
+
+    try:
+        found: Settings | None = configured()
+    except ConfigurationError:
+        found = None  # nothing configured: the simulation starts embedded servers of its own
+    kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip()) if args.faults else FAULT_KINDS
+    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    if unknown:
+        raise ConfigurationError(f"--faults: unknown kind(s) {unknown}; choose from {', '.join(FAULT_KINDS)}")
+    def interrupt(signum: int, _frame: object) -> None:  # unwind, so processes and servers are stopped
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    config = SimConfig(agents=args.agents, seconds=args.seconds, skus=args.skus, faults=kinds,
+                       db_down_seconds=args.db_down, report=Path(args.report) if args.report else None,
+                       seed=args.seed)
+    result = run(config, found, out=lambda line: print(line, flush=True))
+    for check in result.checks:
+        print(check.line(), flush=True)
+    if config.report is not None:
+        print(f"report: {config.report}")
+    return EXIT_OK if result.ok else EXIT_INTEGRITY
 def cmd_topics(args: argparse.Namespace) -> int:
     from eventstore.cli import topics
 
@@ -360,6 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics.add_parser(sub).set_defaults(fn=cmd_topics)
     audit.register(sub)
+    si = sub.add_parser("simulate", help="agents + faults on a schedule, then every promise checked (soak test)")
+    si.add_argument("--agents", type=int, default=20, help="simulated agents (default 20)")
+    si.add_argument("--seconds", type=float, default=60.0, help="how long agents emit (default 60)")
+    si.add_argument("--skus", type=int, default=8, help="SKUs the agents contend on (default 8)")
+    si.add_argument("--faults", default=None, help="comma-separated fault kinds (default: all)")
+    si.add_argument("--db-down", type=float, default=8.0, help="seconds the database is down per restart")
+    si.add_argument("--report", default="simulate-report.html", help="HTML report path ('' for none)")
+    si.add_argument("--seed", type=int, default=1, help="random seed of the agents' choices")
+    si.set_defaults(fn=cmd_simulate)
     of = sub.add_parser("offsets", help="operator commands on the projector's stored intake offsets")
     of_sub = of.add_subparsers(dest="action", required=True, metavar="ACTION")
     reset = of_sub.add_parser("reset", help="after a recreated or truncated topic: start from the topic's first "
@@ -372,11 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
     bn.add_argument("which", nargs="?", default="write-path",
                     choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history",
-                             "references", "latency", "profile", "auth"])
+                             "references", "latency", "profile", "auth", "memory"])
     bn.add_argument("--events", type=int, default=None,
-                    help="events for the throughput run (write-path 100,000; subscribers 1,000,000; chain-check "
-                         "100,000; history 1,000,000; references: the drain, 1,000,000; latency: the heavy "
-                         "traffic, 100,000; profile 100,000)")
+                    help="events for the throughput run (write-path 100,000; subscribers and memory 1,000,000; "
+                         "chain-check 100,000; history 1,000,000; references: the drain, 1,000,000; latency: the "
+                         "heavy traffic, 100,000; profile 100,000)")
     bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")

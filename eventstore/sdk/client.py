@@ -157,6 +157,11 @@ class AgentClient:
         self._listener.close()
         self._pool.close()
 
+    @property
+    def outcome_listener_error(self) -> BaseException | None:
+        """Why the outcome listener stopped (pending emits then time out), or None while it runs."""
+        return self._listener.error
+
     def _poll(self) -> None:
         while not self._closed.is_set():
             self._producer.poll(0.05)
