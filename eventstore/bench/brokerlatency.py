@@ -28,6 +28,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
+from eventstore.bench import agents as bench_agents
 from eventstore.bench.drain import prefill
 from eventstore.bench.writepath import Latency, make_events
 from eventstore.core.outcomes import EmitResult, Outcome
@@ -206,7 +207,7 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000) -> int:
         probes(bootstrap, "fresh")
         proj = TimedProjector(settings).start()
         try:
-            with AgentClient("lat-agent", settings) as client:
+            with bench_agents.client("lat-agent", settings) as client:
                 warm_event, warm_stream = make_events(1, "warm", 1)[0]
                 client.emit_and_wait(warm_event, warm_stream, timeout=60)
                 print_split("fresh", rate, split_run(client, proj, events, rate, "f"))

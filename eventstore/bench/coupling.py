@@ -14,10 +14,10 @@ from pathlib import Path
 
 import psycopg
 
+from eventstore.bench import agents as bench_agents
 from eventstore.bench.writepath import head, make_events, projector
 from eventstore.coordination import Coordinator
 from eventstore.core.settings import Settings
-from eventstore.sdk.client import AgentClient
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -38,7 +38,7 @@ def measure(settings: Settings, logdir: Path, rate: int = 5000, seconds: float =
     """Lease p50/p99 idle and under a write load of ``rate`` events/s; printable lines."""
     url = settings.require_database()
     with projector(settings, "process", logdir / "projector-coupling.log"), \
-            AgentClient("bench-coupling", settings) as client, Coordinator(url, pool_size=2) as coord, \
+            bench_agents.client("bench-coupling", settings) as client, Coordinator(url, pool_size=2) as coord, \
             psycopg.connect(url, autocommit=True) as conn:
         warm_event, warm_stream = make_events(1, "cw", seed=1)[0]
         client.emit_and_wait(warm_event, warm_stream, timeout=90)

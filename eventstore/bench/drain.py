@@ -19,6 +19,8 @@ from confluent_kafka import Producer
 from eventstore.bench.writepath import CpuMeter, head, make_events, projector
 from eventstore.core.settings import Settings
 from eventstore.kafka.config import ensure_topics, producer_config
+from eventstore.postgres.agents import register
+from eventstore.postgres.connection import connect
 from eventstore.sdk.client import build_envelope
 from eventstore.wire.envelope import encode
 
@@ -56,6 +58,9 @@ class Drain:
 def prefill(settings: Settings, n: int) -> float:
     """Produce n SDK-built envelopes to the intake topic; seconds taken (build + encode + produce)."""
     ensure_topics(settings, {settings.intake_topic: settings.intake_partitions})
+    # Signed like any agent's envelopes: the projector refuses unsigned ones (authentication is on).
+    with connect(settings.require_database(), autocommit=True) as conn, conn.cursor() as cur:
+        credential = register(cur, "bench-drain")
     producer = Producer(producer_config(settings, **{"linger.ms": 20, "batch.num.messages": 10_000}))
     t0 = time.perf_counter()
     step = 100_000
@@ -63,7 +68,7 @@ def prefill(settings: Settings, n: int) -> float:
         for event, stream in make_events(min(step, n - start), f"d{start // step}", seed=start):
             env = build_envelope("bench-drain", event, stream, expected_version=None, idempotency_key=None,
                                  correlation_id=None, causation_id=None, lease=None)
-            key, value, headers = encode(env)
+            key, value, headers = encode(env, credential)
             while True:
                 try:
                     producer.produce(settings.intake_topic, value=value, key=key, headers=headers)

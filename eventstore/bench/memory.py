@@ -28,6 +28,7 @@ from pathlib import Path
 
 import psycopg
 
+from eventstore.bench import agents as bench_agents
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.examples.inventory import InventoryAdjusted, stream_for
@@ -130,7 +131,7 @@ def _run(settings: Settings, events: int) -> int:
     emitted, in_log = [0], [0]
     t0 = time.monotonic()
     try:
-        with AgentClient("bench-memory-agent", settings) as client, \
+        with bench_agents.client("bench-memory-agent", settings) as client, \
                 psycopg.connect(settings.require_database(), autocommit=True) as conn:
             emitter = threading.Thread(target=_emit, args=(client, events, emitted, in_log), daemon=True)
             emitter.start()

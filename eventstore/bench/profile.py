@@ -21,12 +21,12 @@ from typing import Any
 
 import psycopg
 
+from eventstore.bench import agents as bench_agents
 from eventstore.bench.drain import prefill
 from eventstore.bench.writepath import CpuMeter, Throughput, head, projector, throughput, wait_ready
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.postgres.migrate import upgrade
-from eventstore.sdk.client import AgentClient
 
 # Inclusive parts worth naming: a sample counts for a part when any frame of its stack matches.
 PARTS = {
@@ -87,7 +87,7 @@ def _profile_write_path(servers: EmbeddedServers, settings: Settings, conn: psyc
                         logdir: Path) -> tuple[dict[str, int], Throughput, CpuMeter]:
     """Sample the agent and the projector process during one end-to-end throughput run."""
     with projector(settings, "process", logdir / "projector.log") as ppid, \
-            AgentClient("bench-profile", settings) as client:
+            bench_agents.client("bench-profile", settings) as client:
         if ppid is None:
             raise RuntimeError("the profile needs a projector process")
         wait_ready(client, "pw")

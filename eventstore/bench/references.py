@@ -20,12 +20,12 @@ from pathlib import Path
 
 import psycopg
 
+from eventstore.bench import agents as bench_agents
 from eventstore.bench import ceiling, drain, peers
 from eventstore.bench.writepath import CpuMeter, make_events, projector, throughput, wait_ready
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.postgres.migrate import upgrade
-from eventstore.sdk.client import AgentClient
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def agent_cost(settings: Settings, n: int) -> AgentCost:
     for r in range(3):
         for kind in ("emit", "many"):
             events = make_events(n, f"{kind}{r}", seed=r)
-            with AgentClient(f"bench-agent-{kind}{r}", settings) as client:
+            with bench_agents.client(f"bench-agent-{kind}{r}", settings) as client:
                 client.emit_many(make_events(1000, f"warm{kind}{r}", seed=7))
                 client.flush(60)
                 c0, t0 = time.process_time(), time.perf_counter()
@@ -125,7 +125,7 @@ def main(events: int = 1_000_000, quick: bool = False) -> int:
                   flush=True)
             e2e = base.replace(namespace=f"refs-{run}-e2e", projector_group=f"refs-{run}-e2e")
             with projector(e2e, "process", logdir / "projector-e2e.log") as ppid, \
-                    AgentClient("bench-refs-e2e", e2e) as client:
+                    bench_agents.client("bench-refs-e2e", e2e) as client:
                 wait_ready(client, "ew")
                 cpu = CpuMeter({**pids, **({"projector process": ppid} if ppid else {})})
                 tp = throughput(client, conn, e2e_n, "et", cpu)

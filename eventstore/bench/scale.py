@@ -32,7 +32,9 @@ from typing import Any
 import psycopg
 from confluent_kafka import Producer
 
+from eventstore.bench import agents as bench_agents
 from eventstore.bench.writepath import SKUS, _machine_busy, make_events, projector
+from eventstore.core.auth import Credential
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.kafka.admin import TopicSpec, create_topics
@@ -134,10 +136,10 @@ def wait_head(conn: psycopg.Connection[Any], target: int, timeout: float) -> Non
 Message = tuple[bytes, bytes, Any]
 
 
-def encode_events(prefix: str, n: int) -> list[Message]:
-    """n InventoryAdjusted events encoded as intake messages (done before the clock starts)."""
+def encode_events(prefix: str, n: int, credential: Credential) -> list[Message]:
+    """n InventoryAdjusted events encoded and signed as intake messages (done before the clock starts)."""
     return [encode(build_envelope("bench-scale", event, stream, expected_version=None, idempotency_key=None,
-                                  correlation_id=None, causation_id=None, lease=None))
+                                  correlation_id=None, causation_id=None, lease=None), credential)
             for event, stream in make_events(n, prefix, seed=n)]
 
 
@@ -175,8 +177,10 @@ def run_one(base: Settings, nproc: int, events: int, logdir: Path) -> Run:
         start = head(conn)
         # The idempotent producer is slow for its first half second: it is warmed by the warm-up events.
         producer = Producer(producer_config(settings, **{"linger.ms": 5, "batch.num.messages": 10000}))
-        produce(producer, settings.intake_topic, encode_events(f"{ns}w", settings.intake_partitions), partitions=True)
-        messages = encode_events(f"{ns}t", events)
+        signer = bench_agents.credential(settings, "bench-scale")
+        produce(producer, settings.intake_topic, encode_events(f"{ns}w", settings.intake_partitions, signer),
+                partitions=True)
+        messages = encode_events(f"{ns}t", events, signer)
         wait_head(conn, start + settings.intake_partitions, READY_TIMEOUT)
         time.sleep(2.0)  # let late joiners settle their assignment before the clock starts
         start = head(conn)
