@@ -147,11 +147,13 @@ def test_the_sdk_finds_a_running_dev_by_itself(dev_folder: Path) -> None:
         from eventstore.examples.inventory import InventoryUpdated, stream_for
 
         sku = "DISC-" + uuid.uuid4().hex[:8]
-        with AgentClient("discoverer") as c:  # no settings, no EVENTSTORE_ variables
+        # No settings, no EVENTSTORE_ variables, no credential: order-agent is one of the agents
+        # `eventstore dev` registers, and its credential comes from the dev state file too.
+        with AgentClient("order-agent") as c:
             r = c.emit_and_wait(InventoryUpdated(sku=sku, quantity=4), stream_for(sku), timeout=60)
             assert r.status is Outcome.COMMITTED, r
             print("committed at version", c.stream_version(stream_for(sku), min_position=r.position))
-        with Coordinator() as coord, coord.lease("disc", agent_id="discoverer") as lease:
+        with Coordinator() as coord, coord.lease("disc", agent_id="order-agent") as lease:
             print("lease token", lease.token)
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=dev_folder, env=clean_env(), text=True,

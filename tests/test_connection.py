@@ -57,7 +57,8 @@ def test_listen_batches_survive_queries_between_them_and_a_killed_connection(dat
 def test_outcome_listener_rechecks_tables_while_notifications_arrive(database_url: str) -> None:
     """A handle whose notification was missed is resolved from the outcome table, also while other
     notifications keep arriving without a pause (the re-check queries the listening connection
-    between batches, never from inside psycopg's notifies() generator, which holds the connection)."""
+    between batches, never from inside psycopg's notifies() generator, which holds the connection).
+    A notification is only a wake-up: the decision it names is read from the tables as well."""
     import uuid
 
     from eventstore.core.outcomes import EmitResult, Outcome, ReasonCode
@@ -79,6 +80,8 @@ def test_outcome_listener_rechecks_tables_while_notifications_arrive(database_ur
                 conn.execute("SELECT pg_notify(%s, 'not an outcome')", (channel,))
                 time.sleep(0.02)
             fut_notified = listener.expect(notified)
+            conn.execute("INSERT INTO outcomes (event_id, agent_id, status, reason, reason_code) "
+                         "VALUES (%s, 'agent-x', 'rejected', 'r', 'invalid')", (notified,))
             payload = pack([EmitResult(notified, Outcome.REJECTED, "s", reason="r",
                                        reason_code=ReasonCode.INVALID)])[0]
             conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
