@@ -11,11 +11,13 @@ from eventstore.postgres.connection import Connection, Database
 from tests.fix_projector import wait_until
 
 
-def test_listen_batches_survive_queries_between_them_and_a_killed_connection(database_url: str) -> None:
+def test_listen_survives_a_killed_connection(database_url: str) -> None:
+    """LISTEN goes on after its backend is terminated: a new connection listens again (and calls
+    on_listening, so the caller re-reads what it may have missed). Querying between batches:
+    tests/test_listen.py."""
     db = Database(database_url, application_name="test-listener")
     stop = threading.Event()
     got: list[str] = []
-    queried: list[int] = []
     connects: list[int] = []
     errors: list[BaseException] = []
 
@@ -26,12 +28,6 @@ def test_listen_batches_survive_queries_between_them_and_a_killed_connection(dat
         try:
             for notes in db.listen(["t_chan"], stop, "test", on_listening=on_listening, timeout=0.1):
                 got.extend(n.payload for n in notes)
-                if notes:  # querying the same connection between batches must not block
-                    conn_pid = connects[-1]
-                    with psycopg.connect(database_url, autocommit=True) as other:
-                        row = other.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
-                                            (conn_pid,)).fetchone()
-                    queried.append(int(row[0]) if row else 0)
         except BaseException as e:
             errors.append(e)
 
@@ -50,15 +46,15 @@ def test_listen_batches_survive_queries_between_them_and_a_killed_connection(dat
     stop.set()
     t.join(5)
     assert not t.is_alive() and not errors, errors
-    assert "two" in got and queried and all(q == 1 for q in queried)
+    assert got[0] == "one" and "two" in got
     assert connects[0] != connects[1]
 
 
 def test_outcome_listener_rechecks_tables_while_notifications_arrive(database_url: str) -> None:
-    """A handle whose notification was missed is resolved from the outcome table, also while other
-    notifications keep arriving without a pause (the re-check queries the listening connection
-    between batches, never from inside psycopg's notifies() generator, which holds the connection).
-    A notification is only a wake-up: the decision it names is read from the tables as well."""
+    """A handle whose notification was missed is resolved from the outcome table while other
+    notifications keep arriving without a pause: the listener queries its connection between batches,
+    never from inside psycopg's notifies() generator, which holds the connection (before that fix this
+    test hung). A notification is only a wake-up: the decision it names is read from the tables."""
     import uuid
 
     from eventstore.core.outcomes import EmitResult, Outcome, ReasonCode

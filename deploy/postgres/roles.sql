@@ -1,5 +1,6 @@
 -- Login roles for the services, each granted the group roles that migration 0005 creates
--- (eventstore_projector, eventstore_agent, eventstore_auditor, eventstore_operator). Run after
+-- (eventstore_projector, eventstore_agent, eventstore_auditor, eventstore_operator,
+-- eventstore_coordinator) and 0008 extends. Run after
 -- `eventstore migrate`, as eventstore_owner (or any role with ADMIN on the group roles), by psql:
 --
 --   psql -v ON_ERROR_STOP=1 -v projector_password=... -v api_password=... \
@@ -14,7 +15,7 @@
 DO $$
 BEGIN
   IF (SELECT count(*) FROM pg_roles WHERE rolname IN ('eventstore_projector', 'eventstore_agent',
-      'eventstore_auditor', 'eventstore_operator')) <> 4 THEN
+      'eventstore_auditor', 'eventstore_operator', 'eventstore_coordinator')) <> 5 THEN
     RAISE EXCEPTION 'the group roles are missing: run `eventstore migrate` (migration 0005) first';
   END IF;
 END
@@ -32,12 +33,15 @@ ALTER ROLE es_operator LOGIN INHERIT PASSWORD :'operator_password';
 
 -- projector: reads intake decisions, appends to the log, writes read models and offsets.
 GRANT eventstore_projector TO es_projector;
--- api: serves reads and audit queries, accepts agents' emits.
-GRANT eventstore_agent, eventstore_auditor TO es_api;
+-- api: audit queries (auditor), token checks and operator actions (operator), and the kill switch and
+-- lease release it performs through the coordinator (coordinator).
+GRANT eventstore_auditor, eventstore_operator, eventstore_coordinator TO es_api;
 -- follower (subscribers): backfills committed events from the log.
 GRANT eventstore_auditor TO es_follower;
--- operator: kill switch, offsets reset, verify.
-GRANT eventstore_operator TO es_operator;
+-- operator (a person at the CLI): register agents, guard streams, kill/revive through the coordinator,
+-- verify and anchor the history (auditor). Resetting stored offsets writes consumer_offsets and the log:
+-- run `eventstore offsets reset` as the projector's or the owner's login.
+GRANT eventstore_operator, eventstore_coordinator, eventstore_auditor TO es_operator;
 
 SELECT format('GRANT CONNECT ON DATABASE %I TO es_projector, es_api, es_follower, es_operator',
               current_database()) \gexec

@@ -15,13 +15,13 @@ from prometheus_client.registry import Collector
 from eventstore.api.lag import intake_lag, publisher_lag
 from eventstore.api.state import ApiState
 from eventstore.core.errors import EventStoreError
+from eventstore.core.lockevents import LOCK_EVENTS
 from eventstore.projection import metrics as projector_metrics
 
 OUTCOMES = "SELECT status, coalesce(reason_code, ''), count(*) FROM outcomes GROUP BY 1, 2"
 COMMITTED = "SELECT position FROM log_head"
 DEAD_LETTERS = "SELECT count(*) FROM dead_letters"
-LOCK_TYPES = ("LeaseGranted", "LeaseWaited", "LeaseDenied", "LeaseExpired", "LeaseRevoked", "LeaseReleased",
-              "DeadlockFound", "WaitExceeded", "AgentKilled", "LockOrderViolated")
+LOCK_TYPES = tuple(t.event_type for t in LOCK_EVENTS)  # the coordinator's whole lock history
 LEASE_EVENTS = "SELECT type, count(*) FROM events WHERE type = ANY(%s) GROUP BY type"
 NOW = "SELECT (SELECT count(*) FROM lease_holders), (SELECT count(*) FROM lease_waiters)"
 

@@ -297,6 +297,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if config.report is not None:
         print(f"report: {config.report}")
     return EXIT_OK if result.ok else EXIT_INTEGRITY
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from eventstore.cli import topics
 
@@ -317,20 +319,21 @@ def cmd_offsets(args: argparse.Namespace) -> int:
     settings = configured()
     topic = settings.intake_topic if args.topic == "intake" else args.topic
     if topic != settings.intake_topic:
-        print(f"only the intake topic ({settings.intake_topic}) has stored offsets", file=sys.stderr)
+        print(f"eventstore: error: only the intake topic ({settings.intake_topic}) has stored offsets",
+              file=sys.stderr)
         return EXIT_USAGE
     group = args.group or settings.projector_group
     consumer = Consumer(consumer_config(settings, f"{group}.offsets-reset"))
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
-            print(f"topic {topic} does not exist on the broker; start `eventstore project` to create it first",
-                  file=sys.stderr)
+            print(f"eventstore: error: topic {topic} does not exist on the broker; start `eventstore project` to "
+                  "create it first", file=sys.stderr)
             return EXIT_FAILURE
         starts = {p: int(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0])
                   for p in sorted(meta.partitions)}
     except KafkaException as e:
-        print(f"cannot read the topic's offsets from the broker: {e}", file=sys.stderr)
+        print(f"eventstore: error: cannot read the topic's offsets from the broker: {e}", file=sys.stderr)
         return EXIT_CONFIG
     finally:
         consumer.close()

@@ -25,7 +25,6 @@ from eventstore.core.validation import CONTROL_CHARS, MAX_BIGINT, MAX_NAME
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 MAX_TIME_SPAN = timedelta(days=3660)  # ten years: anything wider is a typo, not an audit question
-SERVER_STREAM_PREFIXES = ("lease-", "agent-")
 
 
 def stream_category(stream: str) -> str:

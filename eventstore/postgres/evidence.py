@@ -21,7 +21,7 @@ Connection = psycopg.Connection[Any]
 MAP = """
 SELECT count(DISTINCT CASE WHEN stream ~ '.-[^-]*$' THEN regexp_replace(stream, '-[^-]*$', '') ELSE stream END),
        count(DISTINCT agent_id)
-FROM events WHERE stream NOT LIKE 'lease-%%' AND stream NOT LIKE 'agent-%%'
+FROM events WHERE stream NOT LIKE 'lease-%%' AND stream NOT LIKE 'agent-%%' AND stream NOT LIKE 'ops-%%'
 """
 # The inventory read model against the fold of its streams: the last InventoryUpdated sets the
 # count, later InventoryAdjusted deltas add to it, the version is the stream's last.
@@ -60,12 +60,15 @@ WHERE type IN ('LeaseGranted', 'LeaseReleased', 'LeaseExpired', 'LeaseRevoked') 
 UNKEYED = """
 SELECT agent_id, count(*) FROM events
 WHERE idempotency_key = event_id::text AND stream NOT LIKE 'lease-%%' AND stream NOT LIKE 'agent-%%'
+  AND stream NOT LIKE 'ops-%%'
 GROUP BY agent_id
 """
 PUBLISHERS = "SELECT name, position FROM publisher_checkpoints ORDER BY name"
 OLDEST_UNPUBLISHED_AGE = (
     "SELECT extract(epoch FROM clock_timestamp() - recorded_at)::float8 FROM events WHERE position = %s"
 )
+# The kill switch revokes leases as the coordinator does (role eventstore_coordinator, migration 0005):
+# a login without those rights cannot stop an agent.
 KILL_REACHABLE = (
     "SELECT has_table_privilege('agents', 'UPDATE') AND has_table_privilege('lease_holders', 'DELETE')"
 )
@@ -75,7 +78,7 @@ SELECT DISTINCT h.agent_id FROM lease_holders h JOIN agents a USING (agent_id)
 WHERE a.status = 'killed' ORDER BY 1
 """
 TABLE_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
-GUARD_TABLES = ("guarded_patterns", "guarded_resources", "resource_guards")
+GUARD_TABLES = ("guarded_streams",)  # migration 0005
 
 
 def _one(conn: Connection, query: str | sql.Composed, params: tuple[Any, ...] = ()) -> Any:

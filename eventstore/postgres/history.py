@@ -74,7 +74,7 @@ WRITERS = f"""
 SELECT {CATEGORY} AS resource, agent_id, count(*) AS writes, min(recorded_at) AS first_write,
        max(recorded_at) AS last_write, count(*) FILTER (WHERE lease_resource IS NOT NULL) AS under_lease
 FROM events
-WHERE stream NOT LIKE 'lease-%%' AND stream NOT LIKE 'agent-%%'
+WHERE stream NOT LIKE 'lease-%%' AND stream NOT LIKE 'agent-%%' AND stream NOT LIKE 'ops-%%'
 GROUP BY 1, 2 ORDER BY 1, 2
 """
 

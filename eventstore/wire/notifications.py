@@ -1,9 +1,9 @@
 """How outcomes reach the emitting agent: PostgreSQL NOTIFY on a channel per agent (pure helpers).
 
 The projector notifies inside its batch transaction, so PostgreSQL delivers the notification only
-if the decision committed (a rolled-back batch tells no one anything). Notifications are a wake-up
-with the result inline; the outcome tables stay the source of truth, which the SDK reads back when a
-notification may have been missed.
+if the decision committed (a rolled-back batch tells no one anything). The payload names the
+decisions (positional, docs/wire-format.md), but a notification is only a wake-up: anyone connected
+can NOTIFY, so the SDK reads every decision from the outcome tables, which only the projector writes.
 """
 
 from __future__ import annotations
