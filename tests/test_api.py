@@ -9,12 +9,13 @@ import httpx
 import psycopg
 import pytest
 
-from eventstore import AgentClient, Outcome, Projector
+from eventstore import AgentClient, Outcome, Projector, ReasonCode
 from eventstore.api.server import ServerThread
 from eventstore.cli.main import main
 from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryAdjusted, InventoryUpdated, stream_for
 from eventstore.postgres import tokens
+from tests.app_events import DocumentTitled
 from tests.fix_api import Api
 from tests.fix_projector import scalar, wait_until
 
@@ -162,3 +163,24 @@ def test_token_cli(settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: 
     with psycopg.connect(settings.require_database()) as conn:
         assert tokens.lookup(conn, token) is None
 
+
+
+def test_operator_guards_a_stream_pattern_and_the_projector_enforces_it(api: Api, settings: Settings,
+                                                                        projector: Projector) -> None:
+    """POST /api/guards (operator only) makes a lease mandatory on matching streams; the auditor can
+    list guards but not change them; DELETE lifts it again."""
+    with httpx.Client(base_url=api.url, timeout=30) as http, AgentClient("guarded-writer", settings) as c:
+        denied = http.post("/api/guards", json={"pattern": "vault-*"}, headers=api.headers(api.auditor))
+        assert denied.status_code == 403
+        assert http.post("/api/guards", json={"pattern": ""}, headers=api.headers(api.operator)).status_code == 422
+        r = http.post("/api/guards", json={"pattern": "vault-*"}, headers=api.headers(api.operator))
+        assert r.status_code == 200 and r.json()["resource"] == "{stream}", r.text
+        listed = http.get("/api/guards", headers=api.headers(api.auditor)).json()["guards"]
+        assert {"pattern": "vault-*", "resource": "{stream}"} in listed
+        refused = c.emit_and_wait(DocumentTitled(doc="v", title="t"), "vault-1")
+        assert (refused.status, refused.reason_code) == (Outcome.REJECTED, ReasonCode.NO_LEASE)
+        gone = http.delete("/api/guards", params={"pattern": "vault-*"}, headers=api.headers(api.operator))
+        assert gone.status_code == 200
+        assert http.delete("/api/guards", params={"pattern": "vault-*"},
+                           headers=api.headers(api.operator)).status_code == 404
+        assert c.emit_and_wait(DocumentTitled(doc="v", title="t"), "vault-1").ok

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from eventstore.api import routes_history, routes_ops
+from eventstore.api import routes_guards, routes_history, routes_ops
 from eventstore.api.metrics import build_registry, render
 from eventstore.api.state import ApiState
 from eventstore.core.settings import Settings
@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.middleware("http")(http.middleware)
     app.include_router(routes_history.router)
     app.include_router(routes_ops.router)
+    app.include_router(routes_guards.router)
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
     def metrics() -> Response:

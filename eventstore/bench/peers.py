@@ -64,7 +64,7 @@ def measure(url: str, saves: int = 2000) -> PeerFigures:
         def __init__(self) -> None:
             self.total = 0
 
-        @event("Adjusted")  # type: ignore[misc,unused-ignore]
+        @event("Adjusted")  # type: ignore[misc,untyped-decorator,unused-ignore]
         def adjust(self, delta: int) -> None:
             self.total += delta
 
