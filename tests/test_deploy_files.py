@@ -333,6 +333,20 @@ def test_roles_script_grants_the_group_roles_to_login_roles(database_url: str, t
                          if conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (login, g)).fetchone() == (True,)}
             assert member_of == groups, login
         assert conn.execute("SELECT to_regclass('events') IS NOT NULL").fetchone() == (True,)
+    # What each login is for, done as that login: the operator's and the API's kill switch (through the
+    # coordinator, as `eventstore agents kill` and the API do), and the API's token check.
+    from psycopg.conninfo import make_conninfo
+
+    from eventstore.coordination import Coordinator
+    from eventstore.postgres import tokens
+
+    for login in ("es_operator", "es_api"):
+        as_login = make_conninfo(database_url, user=login)
+        with Coordinator(Settings().with_servers(as_login, None), pool_size=1) as coord:
+            assert coord.kill(f"rogue-{login}", "roles test") == []
+            assert coord.revive(f"rogue-{login}")
+    with psycopg.connect(make_conninfo(database_url, user="es_api"), autocommit=True) as conn:
+        assert tokens.lookup(conn, "not-a-token") is None
 
 
 # -- eventstore topics create ------------------------------------------------------------------------
