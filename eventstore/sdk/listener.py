@@ -148,15 +148,21 @@ class OutcomeListener:
         cutoff = time.monotonic() - (0 if everything else self._recheck_after)
         with self._lock:
             stale = []
-            for eid, (t, _) in self._pending.items():  # insertion order: oldest first
-                if t <= cutoff:
-                    stale.append(eid)
-                    if len(stale) >= 500:  # bounded work per wake-up, even with many in flight
-                        break
+            # Insertion order is time order (re-checked entries move to the end below), so the scan
+            # stops at the first fresh entry: a wake-up costs O(stale), not O(pending), under the lock
+            # that every emit takes too.
+            for eid, (t, _) in self._pending.items():
+                if t > cutoff:
+                    break
+                stale.append(eid)
+                if len(stale) >= 500:  # bounded work per wake-up, even with many in flight
+                    break
         if stale:
             if not self._lookup(conn, stale):
                 return
-            with self._lock:  # look again later, not on every wake-up
+            with self._lock:  # look again later, not on every wake-up: to the end of the order
+                now = time.monotonic()
                 for eid in stale:
-                    if eid in self._pending:
-                        self._pending[eid] = (time.monotonic(), self._pending[eid][1])
+                    entry = self._pending.pop(eid, None)
+                    if entry is not None:
+                        self._pending[eid] = (now, entry[1])
