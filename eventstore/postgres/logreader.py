@@ -7,11 +7,21 @@ position" (read-your-writes). tests/test_contract_eventlog.py is the contract ev
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from eventstore.core.records import RecordedEvent
+import psycopg
+
+from eventstore.core.records import RECORDED_FIELDS, RecordedEvent
 from eventstore.postgres import eventlog
 from eventstore.postgres.connection import Database, converted_errors
+from eventstore.wire.committed import COMMITTED_ROW
+
+# The committed topic's read: every column already in the message's text form (wire.committed.COMMITTED_ROW),
+# as plain tuples: no row factory, no UUID/jsonb/bytea parsing only for the publisher to print it again.
+READ_COMMITTED_ROWS = (
+    f"SELECT {', '.join(COMMITTED_ROW[name] for name in RECORDED_FIELDS)} FROM events "
+    "WHERE position > %s AND position < %s ORDER BY position LIMIT %s"
+)
 
 
 @runtime_checkable
@@ -37,6 +47,15 @@ class EventLogReader(Protocol):
     def wait_for_position(self, position: int, timeout: float = 10.0) -> None:
         """Return once the log includes ``position``; EmitTimeout after ``timeout`` seconds."""
         ...
+
+
+def read_committed_rows(cur: psycopg.Cursor[Any], after_position: int, before_position: int | None,
+                        limit: int) -> list[tuple[Any, ...]]:
+    """Rows of the events with ``after_position < position < before_position`` (no upper bound for None), in
+    position order, at most ``limit``, in the text form ``wire.committed.encode_row`` takes."""
+    cur.execute(READ_COMMITTED_ROWS, (after_position, 2**63 - 1 if before_position is None else before_position,
+                                      limit))
+    return cur.fetchall()
 
 
 class PostgresEventLog:

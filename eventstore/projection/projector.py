@@ -46,6 +46,7 @@ from eventstore.postgres.intake import (
 from eventstore.postgres.offsets import load_offsets
 from eventstore.postgres.readmodels import ReadModel, ReadModelError, read_models
 from eventstore.projection import metrics as projector_metrics
+from eventstore.projection.handoff import LocalCommits
 from eventstore.projection.publisher import Publisher
 from eventstore.wire.rejections import encode_rejection
 
@@ -100,6 +101,7 @@ class Projector(BackgroundRunner):
         self._assigned: set[int] = set()
         self.ready = threading.Event()
         self.publisher = Publisher(settings) if publish else None
+        self._local = self.publisher.local if self.publisher is not None else LocalCommits(0)
         self.alerter = Alerter(settings.alert_webhook)
         self._fatal: OffsetsNotTrustedError | None = None
         self._retrying_since: float | None = None
@@ -265,7 +267,9 @@ class Projector(BackgroundRunner):
                  ) -> psycopg.Connection[Any]:
         started = time.perf_counter()
         self._batch_watermarks = watermarks or {}
-        result, conn = self._commit_with_retries(conn, batch, {})
+        with self._local.batch() as hand:  # the publisher of this process publishes from what committed
+            result, conn = self._commit_with_retries(conn, batch, {})
+            hand(result.committed)
         self._retry_done()
         self.stats.add(result, len(batch))
         projector_metrics.observe(result, len(batch), time.perf_counter() - started)

@@ -1,4 +1,6 @@
-"""Publishes committed events, in position order, from the PostgreSQL log to ``<ns>.committed``.
+"""Publishes committed events, in position order, to ``<ns>.committed``: from what this process's
+projector just committed (the hand-off, eventstore.projection.handoff) and from the PostgreSQL log for
+everything else (another process's batches, a restart, a lost connection).
 
 Only committed events exist in the log, so rejected, duplicate and in-flight events can never reach
 the topic (promise 3). Positions are gapless and handed out in commit order under the log-head
@@ -9,6 +11,10 @@ lock while it publishes (released by the server if the process dies). The checkp
 after the broker acknowledged a page; a crash in between republishes that page, and subscribers drop
 the repeats by position. The topic has one partition, which is what gives subscribers one global
 order; per-stream order would survive more partitions, global order would not.
+
+Events from the hand-off are published only as a run that starts at the next unpublished position and
+chains hash by hash onto the last event published (``prev_hash``); any other run is dropped and the log
+is read instead. So memory can save the read, but never change what is published.
 """
 
 from __future__ import annotations
@@ -16,20 +22,22 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from eventstore.core.errors import BrokerError, EventStoreError
 from eventstore.core.lifecycle import BackgroundRunner
-from eventstore.core.records import RecordedEvent
+from eventstore.core.records import RECORDED_FIELDS, RecordedEvent
 from eventstore.core.settings import Settings
 from eventstore.kafka.config import ensure_topics, producer_config
 from eventstore.postgres import eventlog
 from eventstore.postgres.connection import Database, convert, is_transient
-from eventstore.wire.committed import encode_committed
+from eventstore.postgres.logreader import read_committed_rows
+from eventstore.projection.handoff import LocalCommits
+from eventstore.wire.committed import Encoded, encode_recorded, encode_row
 from eventstore.wire.notifications import COMMITTED_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -40,12 +48,18 @@ SAVE_CHECKPOINT = (
     "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()"
 )
 TRY_LEAD = "SELECT pg_try_advisory_lock(%s)"
+# How long the publisher waits for its own projector's batch in flight before reading the log instead.
+HANDOFF_WAIT = 2.0
+# Which column of a logreader row holds the hash (hex): RECORDED_FIELDS order.
+_HASH = RECORDED_FIELDS.index("hash")
+T = TypeVar("T")
 
 
 class Publisher(BackgroundRunner):
-    """Tail the event log and produce each committed event once (at least once across crashes)."""
+    """Produce each committed event once (at least once across crashes), in position order."""
 
-    def __init__(self, settings: Settings, *, page: int = 5000, start_after: int | None = None) -> None:
+    def __init__(self, settings: Settings, *, page: int = 5000, start_after: int | None = None,
+                 hand_off_limit: int = 10_000) -> None:
         super().__init__("publisher")
         self.settings = settings
         self.database = Database(settings.require_database(), application_name="eventstore-publisher")
@@ -56,32 +70,45 @@ class Publisher(BackgroundRunner):
         self.published = 0
         self.position = 0
         self.leading = threading.Event()
+        # What this process's projector committed: Projector calls ``local.batch()`` around each batch.
+        self.local = LocalCommits(hand_off_limit)
+        self.from_memory = 0
+        self.from_log = 0
+        self.chain_misses = 0
+        self._last_hash: bytes | None = None  # hash of the event at self.position (None: unknown)
         # Positions the broker refused as too large (its limit is below ours): sent as stubs on retry.
         self._too_large: set[int] = set()
+        self._failures: list[str] = []
         self.stubs = 0
 
     def _before_start(self) -> None:
         ensure_topics(self.settings, {self.topic: 1})
 
     def run(self) -> None:
-        producer = Producer(producer_config(self.settings))
-        for conn in self.database.reconnecting(self._stop, "publisher"):
-            try:
-                self._lead_and_publish(conn, producer)
-            except psycopg.Error as e:
-                if not is_transient(e):
-                    raise convert(e) from e
-                log.warning("publisher lost PostgreSQL, retrying: %s", e)
-                self._stop.wait(1.0)
-            except (EventStoreError, KafkaException, BufferError) as e:
-                # Retry from the stored checkpoint; subscribers drop anything published twice and
-                # fill what is missing from PostgreSQL meanwhile.
-                log.error("publisher could not publish, retrying from the checkpoint: %s", e)
-                self._stop.wait(1.0)
+        # One delivery callback for the producer, called only for failures: no Python call per message.
+        producer = Producer({**producer_config(self.settings), "on_delivery": self._delivered,
+                             "delivery.report.only.error": True})
+        try:
+            for conn in self.database.reconnecting(self._stop, "publisher"):
+                try:
+                    self._lead_and_publish(conn, producer)
+                except psycopg.Error as e:
+                    if not is_transient(e):
+                        raise convert(e) from e
+                    log.warning("publisher lost PostgreSQL, retrying: %s", e)
+                    self._stop.wait(1.0)
+                except (EventStoreError, KafkaException, BufferError) as e:
+                    # Retry from the stored checkpoint; subscribers drop anything published twice and
+                    # fill what is missing from PostgreSQL meanwhile.
+                    log.error("publisher could not publish, retrying from the checkpoint: %s", e)
+                    self._stop.wait(1.0)
+        finally:
+            self.local.enable(False)
         producer.flush(10)
 
     def _lead_and_publish(self, conn: psycopg.Connection[Any], producer: Producer) -> None:
         key = zlib.crc32(("eventstore-publisher:" + self.name).encode())
+        self.local.enable(False)
         while not self._stop.is_set():
             row = conn.execute(TRY_LEAD, (key,)).fetchone()
             if row and row[0]:
@@ -95,53 +122,94 @@ class Publisher(BackgroundRunner):
             cur.execute(LOAD_CHECKPOINT, (self.name,))
             row = cur.fetchone()
             self.position = int(row[0]) if row else (self._start_after or 0)
+            self._last_hash = eventlog.hash_at(cur, self.position)
+        self.local.enable(True)
         while not self._stop.is_set():
             if not self._publish_page(conn, producer):
                 for _ in conn.notifies(timeout=0.25, stop_after=1):
                     pass
 
-    def _produce(self, producer: Producer, ev: RecordedEvent, delivered: Callable[[Any, Any], None]) -> None:
+    def _publish_page(self, conn: psycopg.Connection[Any], producer: Producer) -> bool:
+        """Publish the next page (from the hand-off when it holds the next positions, else from the log);
+        False when there was nothing to publish."""
+        events, before = self.local.take(self.position, self.page, HANDOFF_WAIT)
+        if events:
+            if self._chains(events):
+                self._send(producer, events, encode_recorded)
+                self._advance(conn, events[-1].position, events[-1].hash, len(events))
+                self.from_memory += len(events)
+                return True
+            self.chain_misses += 1
+            log.warning("events handed over from position %d do not chain onto position %d; reading the log "
+                        "instead", events[0].position, self.position)
+            self.local.clear()
+            before = None
+        with conn.cursor() as cur:
+            rows = read_committed_rows(cur, self.position, before, self.page)
+        if not rows:
+            return False
+        self._send(producer, rows, encode_row)
+        last_hash = rows[-1][_HASH]
+        self._advance(conn, int(rows[-1][0]), None if last_hash is None else bytes.fromhex(last_hash), len(rows))
+        self.from_log += len(rows)
+        return True
+
+    def _chains(self, events: Sequence[RecordedEvent]) -> bool:
+        """Whether ``events`` continue the published chain link by link (what the log holds after
+        self.position); a run that does not is not trusted."""
+        prev = self._last_hash
+        if prev is None:
+            return False
+        for ev in events:
+            if ev.prev_hash != prev or ev.hash is None:
+                return False
+            prev = ev.hash
+        return True
+
+    def _advance(self, conn: psycopg.Connection[Any], position: int, last_hash: bytes | None, count: int) -> None:
+        self.position = position
+        self._last_hash = last_hash
+        self.published += count
+        conn.execute(SAVE_CHECKPOINT, (self.name, self.position))
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._failures.append(err.str())
+            position = dict(msg.headers() or []).get("es-position")
+            if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and position is not None:
+                self._too_large.add(int(position))
+
+    def _send(self, producer: Producer, items: Sequence[T], encode: Callable[[T, int], Encoded]) -> None:
+        """Produce a page and wait for the broker's acknowledgement of all of it."""
+        self._failures = []
+        limit = self.settings.max_committed_bytes
+        for item in items:
+            encoded = encode(item, limit)
+            if self._too_large and encoded[0] in self._too_large:
+                encoded = encode(item, 0)
+            self._produce(producer, item, encoded, encode)
+        if producer.flush(30) or self._failures:
+            raise BrokerError(f"committed topic did not take events after position {self.position}: "
+                              f"{self._failures[:1]}")
+
+    def _produce(self, producer: Producer, item: T, encoded: Encoded, encode: Callable[[T, int], Encoded]) -> None:
         """Produce one committed event; one the client or the broker refuses as too large goes out as a
         stub (subscribers read it from PostgreSQL), so no single event can hold the publisher up."""
-        limit = 0 if ev.position in self._too_large else self.settings.max_committed_bytes
-        key, value, headers = encode_committed(ev, limit)
-        if b'"payload_omitted":true,"size":' in value[-40:]:
+        position, key, value, headers, stub = encoded
+        if stub:
             self.stubs += 1
             log.warning("event at position %d is too large for %s; published as a stub that subscribers "
-                        "complete from PostgreSQL", ev.position, self.topic)
+                        "complete from PostgreSQL", position, self.topic)
         while True:
             try:
-                producer.produce(self.topic, value=value, key=key, headers=headers, on_delivery=delivered)
+                producer.produce(self.topic, value=value, key=key, headers=headers)
                 return
             except BufferError:
                 producer.poll(0.01)
             except KafkaException as e:
                 err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
-                if err is None or err.code() != KafkaError.MSG_SIZE_TOO_LARGE or ev.position in self._too_large:
+                if err is None or err.code() != KafkaError.MSG_SIZE_TOO_LARGE or position in self._too_large:
                     raise
-                self._too_large.add(ev.position)
-                self._produce(producer, ev, delivered)
+                self._too_large.add(position)
+                self._produce(producer, item, encode(item, 0), encode)
                 return
-
-    def _publish_page(self, conn: psycopg.Connection[Any], producer: Producer) -> bool:
-        with conn.cursor() as cur:
-            events = eventlog.read_all(cur, self.position, self.page)
-        if not events:
-            return False
-        failures: list[str] = []
-
-        def delivered(err: Any, msg: Any) -> None:
-            if err is not None:
-                failures.append(err.str())
-                position = dict(msg.headers() or []).get("es-position")
-                if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and position is not None:
-                    self._too_large.add(int(position))
-
-        for ev in events:
-            self._produce(producer, ev, delivered)
-        if producer.flush(30) or failures:
-            raise BrokerError(f"committed topic did not take events after position {self.position}: {failures[:1]}")
-        self.position = events[-1].position
-        self.published += len(events)
-        conn.execute(SAVE_CHECKPOINT, (self.name, self.position))
-        return True
