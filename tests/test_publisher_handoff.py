@@ -228,6 +228,7 @@ def test_a_lost_publisher_connection_and_a_crashed_projector_leave_no_hole(
             killed = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                                   "WHERE application_name = 'eventstore-publisher'").fetchone()
         assert killed == (1,)
+        wait_until(lambda: p.publisher is not None and p.publisher.leads == 2, 30, "the publisher to lead again")
         emit(settings, 200, "after-lost-connection")
         wait_until(lambda: p.publisher is not None and p.publisher.published >= 400, 60, "400 published")
         assert p.publisher.from_memory > from_memory, "the hand-off did not resume after the reconnect"

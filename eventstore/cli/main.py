@@ -261,6 +261,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import references
 
         return references.main(events=args.events or 1_000_000, quick=args.quick)
+    if args.which == "publisher":
+        from eventstore.bench import publishing
+
+        return publishing.main(events=args.events or 100_000, rounds=2 if not args.quick else 1)
     if args.which == "auth":
         from eventstore.bench import auth
 
@@ -414,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
     bn.add_argument("which", nargs="?", default="write-path",
                     choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history",
-                             "references", "latency", "profile", "auth", "memory"])
+                             "references", "latency", "profile", "auth", "memory", "publisher"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers and memory 1,000,000; "
                          "chain-check 100,000; history 1,000,000; references: the drain, 1,000,000; latency: the "
@@ -424,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
     bn.add_argument("--latency-events", type=int, default=3000, help="events for the latency run")
     bn.add_argument("--rate", type=int, default=1000, help="steady rate (events/s) for the latency run")
-    bn.add_argument("--quick", action="store_true", help="references: smaller runs (drain of 100,000 events)")
+    bn.add_argument("--quick", action="store_true",
+                    help="references: smaller runs (drain of 100,000 events); publisher: one round")
     bn.set_defaults(fn=cmd_bench)
     return p
 

@@ -88,6 +88,7 @@ class Projector(BackgroundRunner):
         models: Sequence[ReadModel] | None = None,
         group: str | None = None,
         publish: bool = True,
+        hand_off: bool = True,
     ) -> None:
         super().__init__(f"projector-{group or settings.projector_group}")
         import_app_modules(settings.app_modules)
@@ -101,7 +102,8 @@ class Projector(BackgroundRunner):
         self._assigned: set[int] = set()
         self.ready = threading.Event()
         self.publisher = Publisher(settings) if publish else None
-        self._local = self.publisher.local if self.publisher is not None else LocalCommits(0)
+        # hand_off=False makes the publisher read every event back from the log (benchmarks compare both).
+        self._local = self.publisher.local if self.publisher is not None and hand_off else LocalCommits(0)
         self.alerter = Alerter(settings.alert_webhook)
         self._fatal: OffsetsNotTrustedError | None = None
         self._retrying_since: float | None = None

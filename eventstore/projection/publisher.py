@@ -33,8 +33,8 @@ from eventstore.core.lifecycle import BackgroundRunner
 from eventstore.core.records import RECORDED_FIELDS, RecordedEvent
 from eventstore.core.settings import Settings
 from eventstore.kafka.config import ensure_topics, producer_config
-from eventstore.postgres import eventlog
 from eventstore.postgres.connection import Database, convert, is_transient
+from eventstore.postgres.eventlog import hash_at
 from eventstore.postgres.logreader import read_committed_rows
 from eventstore.projection.handoff import LocalCommits
 from eventstore.wire.committed import Encoded, encode_recorded, encode_row
@@ -49,7 +49,7 @@ SAVE_CHECKPOINT = (
 )
 TRY_LEAD = "SELECT pg_try_advisory_lock(%s)"
 # How long the publisher waits for its own projector's batch in flight before reading the log instead.
-HANDOFF_WAIT = 2.0
+HANDOFF_WAIT = 1.0
 # Which column of a logreader row holds the hash (hex): RECORDED_FIELDS order.
 _HASH = RECORDED_FIELDS.index("hash")
 T = TypeVar("T")
@@ -75,6 +75,7 @@ class Publisher(BackgroundRunner):
         self.from_memory = 0
         self.from_log = 0
         self.chain_misses = 0
+        self.leads = 0  # times this publisher took the lead (again after a lost connection)
         self._last_hash: bytes | None = None  # hash of the event at self.position (None: unknown)
         # Positions the broker refused as too large (its limit is below ours): sent as stubs on retry.
         self._too_large: set[int] = set()
@@ -122,8 +123,9 @@ class Publisher(BackgroundRunner):
             cur.execute(LOAD_CHECKPOINT, (self.name,))
             row = cur.fetchone()
             self.position = int(row[0]) if row else (self._start_after or 0)
-            self._last_hash = eventlog.hash_at(cur, self.position)
+            self._last_hash = hash_at(cur, self.position)
         self.local.enable(True)
+        self.leads += 1
         while not self._stop.is_set():
             if not self._publish_page(conn, producer):
                 for _ in conn.notifies(timeout=0.25, stop_after=1):
@@ -182,24 +184,32 @@ class Publisher(BackgroundRunner):
     def _send(self, producer: Producer, items: Sequence[T], encode: Callable[[T, int], Encoded]) -> None:
         """Produce a page and wait for the broker's acknowledgement of all of it."""
         self._failures = []
-        limit = self.settings.max_committed_bytes
+        limit, too_large, topic, produce = self.settings.max_committed_bytes, self._too_large, self.topic, \
+            producer.produce
         for item in items:
             encoded = encode(item, limit)
-            if self._too_large and encoded[0] in self._too_large:
+            if too_large and encoded[0] in too_large:
                 encoded = encode(item, 0)
-            self._produce(producer, item, encoded, encode)
+            if encoded[4]:
+                self._stub(encoded[0])
+            try:  # the common case inline: one call per event, no delivery callback (failures only)
+                produce(topic, value=encoded[2], key=encoded[1], headers=encoded[3])
+            except (BufferError, KafkaException):
+                self._produce(producer, item, encoded, encode)
         if producer.flush(30) or self._failures:
             raise BrokerError(f"committed topic did not take events after position {self.position}: "
                               f"{self._failures[:1]}")
 
+    def _stub(self, position: int) -> None:
+        self.stubs += 1
+        log.warning("event at position %d is too large for %s; published as a stub that subscribers complete "
+                    "from PostgreSQL", position, self.topic)
+
     def _produce(self, producer: Producer, item: T, encoded: Encoded, encode: Callable[[T, int], Encoded]) -> None:
-        """Produce one committed event; one the client or the broker refuses as too large goes out as a
-        stub (subscribers read it from PostgreSQL), so no single event can hold the publisher up."""
-        position, key, value, headers, stub = encoded
-        if stub:
-            self.stubs += 1
-            log.warning("event at position %d is too large for %s; published as a stub that subscribers "
-                        "complete from PostgreSQL", position, self.topic)
+        """Produce one committed event that the client did not take at once: wait while its queue is full;
+        one the client or the broker refuses as too large goes out as a stub (subscribers read it from
+        PostgreSQL), so no single event can hold the publisher up."""
+        position, key, value, headers, _ = encoded
         while True:
             try:
                 producer.produce(self.topic, value=value, key=key, headers=headers)
@@ -211,5 +221,7 @@ class Publisher(BackgroundRunner):
                 if err is None or err.code() != KafkaError.MSG_SIZE_TOO_LARGE or position in self._too_large:
                     raise
                 self._too_large.add(position)
-                self._produce(producer, item, encode(item, 0), encode)
+                stub = encode(item, 0)
+                self._stub(position)
+                self._produce(producer, item, stub, encode)
                 return
