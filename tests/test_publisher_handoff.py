@@ -103,6 +103,17 @@ def test_take_waits_for_the_batch_in_flight_but_not_for_later_ones() -> None:
     t.join(10)
 
 
+def test_the_benchmarks_baseline_encoder_is_the_previous_format() -> None:
+    """``bench publisher`` measures the previous encoder as its baseline: it must give the same message."""
+    from eventstore.bench.publishing import legacy_encode
+
+    e = ev(9, GENESIS, b"\x01" * 32)
+    old_key, old_value, old_headers = legacy_encode(e, 10_000)
+    _, key, value, headers, stub = encode_recorded(e)
+    assert (old_key, old_headers, stub) == (key, headers, False)
+    assert decode_committed(old_value) == decode_committed(value) == e
+
+
 # -- the two encodings give the log's events, and the subscriber's hash check passes ---------------------
 def _append_varied(cur: psycopg.Cursor[Any]) -> list[RecordedEvent]:
     """Events with every optional field, odd strings, non-UTC agent clocks and numbers jsonb rewrites."""

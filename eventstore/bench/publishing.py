@@ -239,11 +239,11 @@ def conditions(url: str) -> None:
     print("  broker    : tansu (embedded, in-memory storage); everything on this machine")
 
 
-def main(events: int = 100_000, rounds: int = 2) -> int:
+def main(events: int = 100_000, rounds: int = 2, variants: tuple[str, ...] = VARIANTS) -> int:
     """Drain ``events`` per variant, ``rounds`` interleaved rounds; 0 when every round was correct."""
     tag = uuid.uuid4().hex[:6]
     logdir = Path(tempfile.mkdtemp(prefix="eventstore-bench-publisher-"))
-    print(f"eventstore publisher benchmark: {rounds} rounds x {len(VARIANTS)} variants x {events:,} events "
+    print(f"eventstore publisher benchmark: {rounds} rounds x {len(variants)} variants x {events:,} events "
           f"drained by one projector process (publisher thread inside); logs in {logdir}", flush=True)
     results: list[Round] = []
     with EmbeddedServers(None) as servers:
@@ -257,7 +257,7 @@ def main(events: int = 100_000, rounds: int = 2) -> int:
         if servers.broker._proc is not None:
             pids["tansu"] = servers.broker._proc.pid
         for r in range(rounds):
-            for variant in VARIANTS:
+            for variant in variants:
                 res = one_round(base, url, variant, events, pids, logdir, f"{tag}{r}")
                 results.append(res)
                 print(f"  round {r + 1} {variant:8s}: projector process {res.us('projector process'):6.1f} us CPU "
@@ -266,15 +266,23 @@ def main(events: int = 100_000, rounds: int = 2) -> int:
                       f"{res.publisher_lag:.2f} s after the log); peak RSS {res.rss:,.0f} MiB; "
                       f"{'PASS' if res.ok else 'FAIL'}", flush=True)
     print(f"\nSummary (median of {rounds} rounds; load average now {os.getloadavg()[0]:.2f})")
-    med = {v: statistics.median(r.us("projector process") for r in results if r.variant == v) for v in VARIANTS}
-    for v in VARIANTS:
-        share = "" if v == "none" else f"; publishing adds {med[v] - med['none']:5.1f} us"
-        print(f"  {v:8s}: projector process {med[v]:6.1f} us CPU per event = {med[v] / med['before']:.2f}x before"
-              + share)
-    print(f"  saved by the hand-off and the new reader: {med['before'] - med['handoff']:.1f} us per event "
-          f"({1 - med['handoff'] / med['before']:.0%} of the projector process's CPU); the publisher's own cost "
-          f"{(med['handoff'] - med['none']) / max(med['before'] - med['none'], 1e-9):.2f}x what it was")
-    for line in (logdir / f"projector-{tag}0-handoff.log").read_text().splitlines()[-3:]:
+    med = {v: {part: statistics.median(r.us(part) for r in results if r.variant == v)
+               for part in ("projector process", "postgres", "tansu")} for v in variants}
+    reference = med.get("before", med[variants[0]])["projector process"]
+    for v in variants:
+        mine = med[v]["projector process"]
+        share = "" if v == "none" or "none" not in med else \
+            f"; publishing adds {mine - med['none']['projector process']:5.1f} us"
+        print(f"  {v:8s}: projector process {mine:6.1f} us CPU per event = {mine / reference:.2f}x "
+              f"{'before' if 'before' in med else variants[0]}{share}; postgres {med[v]['postgres']:5.1f} us, "
+              f"tansu {med[v]['tansu']:5.1f} us")
+    if {"none", "before", "handoff"} <= set(med):
+        none, before, handoff = (med[v]["projector process"] for v in ("none", "before", "handoff"))
+        print(f"  saved by the hand-off and the new reader: {before - handoff:.1f} us per event "
+              f"({1 - handoff / before:.0%} of the projector process's CPU); the publisher's own cost "
+              f"{(handoff - none) / max(before - none, 1e-9):.2f}x what it was")
+    handoff_log = logdir / f"projector-{tag}0-handoff.log"
+    for line in handoff_log.read_text().splitlines()[-3:] if handoff_log.exists() else []:
         if line.startswith("published"):
             print(f"  handoff round 1: {line}")
     return 0 if all(r.ok for r in results) else 1
