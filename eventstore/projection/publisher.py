@@ -136,25 +136,41 @@ class Publisher(BackgroundRunner):
         False when there was nothing to publish."""
         events, before = self.local.take(self.position, self.page, HANDOFF_WAIT)
         if events:
-            if self._chains(events):
-                self._send(producer, events, encode_recorded)
+            messages = self._encode_held(events)
+            if messages is not None:
+                self._send(producer, events, messages, encode_recorded)
                 self._advance(conn, events[-1].position, events[-1].hash, len(events))
                 self.from_memory += len(events)
                 return True
-            self.chain_misses += 1
-            log.warning("events handed over from position %d do not chain onto position %d; reading the log "
-                        "instead", events[0].position, self.position)
             self.local.clear()
             before = None
         with conn.cursor() as cur:
             rows = read_committed_rows(cur, self.position, before, self.page)
         if not rows:
             return False
-        self._send(producer, rows, encode_row)
+        limit = self.settings.max_committed_bytes
+        self._send(producer, rows, [encode_row(row, limit) for row in rows], encode_row)
         last_hash = rows[-1][_HASH]
         self._advance(conn, int(rows[-1][0]), None if last_hash is None else bytes.fromhex(last_hash), len(rows))
         self.from_log += len(rows)
         return True
+
+    def _encode_held(self, events: Sequence[RecordedEvent]) -> list[Encoded] | None:
+        """The messages of a handed-over run, or None (read the log instead) when the run does not chain
+        onto what was published or an event cannot be encoded; nothing is produced before this is known."""
+        if not self._chains(events):
+            self.chain_misses += 1
+            log.warning("events handed over from position %d do not chain onto position %d; reading the log "
+                        "instead", events[0].position, self.position)
+            return None
+        limit = self.settings.max_committed_bytes
+        try:
+            return [encode_recorded(ev, limit) for ev in events]
+        except (ValueError, TypeError) as e:  # not expected: intake refuses what JSON cannot carry
+            self.chain_misses += 1
+            log.warning("events handed over from position %d could not be encoded (%s); reading the log instead",
+                        events[0].position, e)
+            return None
 
     def _chains(self, events: Sequence[RecordedEvent]) -> bool:
         """Whether ``events`` continue the published chain link by link (what the log holds after
@@ -181,13 +197,12 @@ class Publisher(BackgroundRunner):
             if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and position is not None:
                 self._too_large.add(int(position))
 
-    def _send(self, producer: Producer, items: Sequence[T], encode: Callable[[T, int], Encoded]) -> None:
-        """Produce a page and wait for the broker's acknowledgement of all of it."""
+    def _send(self, producer: Producer, items: Sequence[T], messages: list[Encoded],
+              encode: Callable[[T, int], Encoded]) -> None:
+        """Produce a page's messages and wait for the broker's acknowledgement of all of them."""
         self._failures = []
-        limit, too_large, topic, produce = self.settings.max_committed_bytes, self._too_large, self.topic, \
-            producer.produce
-        for item in items:
-            encoded = encode(item, limit)
+        too_large, topic, produce = self._too_large, self.topic, producer.produce
+        for item, encoded in zip(items, messages, strict=True):
             if too_large and encoded[0] in too_large:
                 encoded = encode(item, 0)
             if encoded[4]:
