@@ -109,6 +109,17 @@ def test_take_waits_for_the_batch_in_flight_but_not_for_later_ones() -> None:
     t.join(10)
 
 
+def test_the_benchmarks_baseline_encoder_is_the_previous_format() -> None:
+    """``bench publisher`` measures the previous encoder as its baseline: it must give the same message."""
+    from eventstore.bench.publishing import legacy_encode
+
+    e = ev(9, GENESIS, b"\x01" * 32)
+    old_key, old_value, old_headers = legacy_encode(e, 10_000)
+    _, key, value, headers, stub = encode_recorded(e)
+    assert (old_key, old_headers, stub) == (key, headers, False)
+    assert decode_committed(old_value) == decode_committed(value) == e
+
+
 # -- the two encodings give the log's events, and the subscriber's hash check passes ---------------------
 def _append_varied(cur: psycopg.Cursor[Any]) -> list[RecordedEvent]:
     """Events with every optional field, odd strings, non-UTC agent clocks and numbers jsonb rewrites."""
@@ -258,7 +269,7 @@ def test_a_hand_off_that_does_not_chain_onto_the_log_is_never_published(settings
     not chain onto the last published hash is dropped, and the log's own events go out instead."""
     db = settings.require_database()
     with Publisher(settings) as pub:
-        wait_until(pub.leading.is_set, 30, "the publisher to lead")
+        wait_until(lambda: pub.leads == 1, 30, "the publisher to lead and take hand-offs")
         forged = [ev(1, GENESIS[:31] + b"\x01", b"\x02" * 32), ev(2, b"\x02" * 32, b"\x03" * 32)]
         with pub.local.batch() as hand:
             hand(forged)
@@ -275,7 +286,7 @@ def test_an_oversized_event_goes_out_as_a_stub_from_memory(settings: Settings) -
     tight = settings.replace(max_committed_bytes=2000)
     with Projector(tight) as p, AgentClient("stubs", tight) as c:
         assert p.ready.wait(30) and p.publisher is not None
-        wait_until(p.publisher.leading.is_set, 30, "the publisher to lead")
+        wait_until(lambda: p.publisher is not None and p.publisher.leads == 1, 30, "the publisher to lead")
         assert c.emit_and_wait(InventoryUpdated(sku="S", quantity=1), stream_for("S"), timeout=30).ok
         wait_until(lambda: p.publisher is not None and p.publisher.published == 1, 30, "the first published")
         big = c.emit_and_wait(DocumentTitled(doc="big", title="b" * 5000), "doc-big", timeout=30)
