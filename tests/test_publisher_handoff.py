@@ -243,7 +243,8 @@ def test_a_lost_publisher_connection_and_a_crashed_projector_leave_no_hole(
         assert from_memory > 0
         with psycopg.connect(db, autocommit=True) as conn:  # the publisher loses PostgreSQL
             killed = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                  "WHERE application_name = 'eventstore-publisher'").fetchone()
+                                  "WHERE application_name = 'eventstore-publisher' AND datname = current_database()"
+                                  ).fetchone()
         assert killed == (1,)
         wait_until(lambda: p.publisher is not None and p.publisher.leads == 2, 30, "the publisher to lead again")
         emit(settings, 200, "after-lost-connection")
