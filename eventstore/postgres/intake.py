@@ -39,6 +39,7 @@ from eventstore.core.limits import (
     may_hold_surrogates,
     offset_problem,
 )
+from eventstore.core.offsetorder import order_batch
 from eventstore.core.outcomes import EmitResult, Outcome, ReasonCode
 from eventstore.core.records import Envelope, NewEvent, RecordedEvent
 from eventstore.core.validation import check_no_nul, check_stream, printable
@@ -119,6 +120,8 @@ class BatchResult:
     next_offsets: dict[int, int] = field(default_factory=dict)
     # Partitions where this batch was behind the stored offsets (replay or zombie): seek there.
     behind: dict[int, int] = field(default_factory=dict)
+    # Partitions cut at a hole in the offsets (core/offsetorder.py): seek back to this offset.
+    rewind: dict[int, int] = field(default_factory=dict)
     rejections: list[Event] = field(default_factory=list)
 
     def count(self, status: Outcome) -> int:
@@ -256,7 +259,8 @@ def write_batch(
 def _fence(cur: Cursor, group: str, topic: str, messages: Sequence[IntakeMessage],
            result: BatchResult, watermarks: Mapping[int, tuple[int, int]]) -> list[IntakeMessage]:
     """Lock this batch's offset rows; drop messages another member (or an earlier run) already applied;
-    stop on a stored offset the topic contradicts (no silent skip)."""
+    cut a partition at a hole in its offsets (``result.rewind``: the consumer goes back); stop on a
+    stored offset the topic contradicts (no silent skip)."""
     parts = sorted({m.partition for m in messages})
     cur.execute(ENSURE_OFFSETS, (group, topic, parts))
     cur.execute(LOCK_OFFSETS, (group, topic, parts))
@@ -266,21 +270,13 @@ def _fence(cur: Cursor, group: str, topic: str, messages: Sequence[IntakeMessage
         problem = offset_problem(topic, p, stored[p], low, high)
         if problem is not None:
             raise OffsetsNotTrustedError(problem, partition=p, stored=stored[p], ahead=stored[p] > high)
-    fresh = [m for m in messages if m.offset >= stored[m.partition]]
-    for m in messages:
-        if m.offset < stored[m.partition]:
-            result.behind[m.partition] = stored[m.partition]
-    first: dict[int, int] = {}
-    for m in fresh:
-        first.setdefault(m.partition, m.offset)
-    for p, offset in first.items():
-        if offset > stored[p]:
-            raise OffsetsNotTrustedError(
-                f"the next message of {topic}[{p}] is at offset {offset} but the stored offset is {stored[p]}: "
-                f"messages {stored[p]}..{offset - 1} were never applied and are gone (retention or truncation). "
-                "Recover them if you can, then run `eventstore offsets reset --topic intake --reason \"...\"`")
-    if len(fresh) < len(messages):
-        log.info("dropped %d already-applied intake messages (replay or zombie batch)", len(messages) - len(fresh))
+    order = order_batch([(m.partition, m.offset) for m in messages], stored)
+    fresh = [messages[i] for i in order.fresh]
+    result.behind.update(order.behind)
+    result.rewind.update(order.rewind)
+    if order.behind:
+        log.info("dropped already-applied intake messages of partitions %s (replay or zombie batch)",
+                 sorted(order.behind))
     return fresh
 
 
