@@ -5,8 +5,10 @@ Run: ``eventstore bench leases`` (starts an ephemeral embedded PostgreSQL unless
 ``EVENTSTORE_DATABASE_URL`` is set, in which case that database must already be migrated).
 
 The baseline is what a bare session lock costs: no durability, no TTL, no history, no fencing. A lease
-is two durable transactions that each append a lock event to the hash-chained log, so the ratio
-printed is the price of those guarantees, not a like-for-like race.
+is two durable transactions that each append a lock event to the hash-chained lock chain (migration
+0009), so the ratio printed is the price of those guarantees, not a like-for-like race. Two floors are
+measured in the same rounds: the same two lock events appended to the lock chain (what a lease must
+write today) and to the event log under its head lock (what a lease wrote before the lock chain).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from eventstore.coordination import Coordinator
 from eventstore.core.lockevents import LeaseReleased
 from eventstore.core.records import DirectEvent
 from eventstore.postgres.eventlog import append_direct
+from eventstore.postgres.lockchain import LockLog
 
 
 def pct(values: list[float], q: float) -> float:
@@ -53,9 +56,26 @@ def lease_round(c: Coordinator, n: int) -> list[float]:
     return lat
 
 
+def chain_floor_round(conn: psycopg.Connection[Any], n: int) -> list[float]:
+    """What every lease writes regardless of its own logic: two durable transactions that each append
+    one lock event to the lock chain (the grant's and the release's)."""
+    event = LeaseReleased(resource="bench:floor", agent_id="solo", token=1, held_seconds=0.0)
+    lat = []
+    with conn.cursor() as cur:
+        for _ in range(n):
+            t = time.perf_counter()
+            for _ in range(2):
+                log = LockLog()
+                log.add("lease-bench:floor", event, "solo")
+                log.append(cur)
+                conn.commit()
+            lat.append(time.perf_counter() - t)
+    return lat
+
+
 def floor_round(conn: psycopg.Connection[Any], n: int) -> list[float]:
-    """What every lease writes regardless of its own logic: two transactions that each append one
-    lock event to the hash-chained log (the grant's and the release's)."""
+    """What a lease wrote before the lock chain: two transactions that each append one lock event to the
+    event log under its head lock (the grant's and the release's)."""
     event = LeaseReleased(resource="bench:floor", agent_id="solo", token=1, held_seconds=0.0)
     item = DirectEvent(stream="lease-bench:floor", event=event, agent_id="solo")
     lat = []
@@ -82,17 +102,19 @@ def advisory_round(conn: psycopg.Connection[Any], n: int) -> list[float]:
 
 def uncontended(url: str, n: int, rounds: int = 10) -> dict[str, list[float]]:
     """All variants in interleaved rounds, so that a noisy neighbour hurts each of them alike."""
-    lat: dict[str, list[float]] = {"lease": [], "pipeline": [], "floor": [], "advisory": []}
+    lat: dict[str, list[float]] = {"lease": [], "pipeline": [], "chain": [], "floor": [], "advisory": []}
     with Coordinator(url, pool_size=2, pipeline=False) as plain, Coordinator(url, pool_size=2) as piped, \
             psycopg.connect(url) as conn, psycopg.connect(url, autocommit=True) as auto:
         lease_round(plain, 50)  # warm pools and plan caches
         lease_round(piped, 50)
+        chain_floor_round(conn, 50)
         floor_round(conn, 50)
         advisory_round(auto, 50)
         per = max(1, n // rounds)
         for _ in range(rounds):
             lat["lease"] += lease_round(plain, per)
             lat["pipeline"] += lease_round(piped, per)
+            lat["chain"] += chain_floor_round(conn, per)
             lat["floor"] += floor_round(conn, per)
             lat["advisory"] += advisory_round(auto, per)
     return lat
@@ -191,7 +213,7 @@ def conditions(url: str) -> None:
     print(f"  python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPUs")
     print(f"  PostgreSQL {version[0] if version else '?'} (synchronous_commit={sync[0] if sync else '?'}, "
           f"fsync={fsync[0] if fsync else '?'}), client and server on one machine")
-    print("  lease = 2 transactions (grant, release), each appending a lock event to the hash-chained log")
+    print("  lease = 2 durable transactions (grant, release), each appending a lock event to the lock chain")
 
 
 def bench(url: str, n: int, per_agent: int) -> None:
@@ -200,9 +222,11 @@ def bench(url: str, n: int, per_agent: int) -> None:
     u = uncontended(url, n)
     summary("lease without pipeline mode (pipeline=False)", u["lease"], sum(u["lease"]))
     lease_u = summary("lease (Coordinator default: pipeline mode)", u["pipeline"], sum(u["pipeline"]))
-    floor = summary("floor: 2 transactions appending 1 event each", u["floor"], sum(u["floor"]))
+    chain = summary("floor: 2 txns, 1 lock-chain event each", u["chain"], sum(u["chain"]))
+    floor = summary("old floor: 2 txns, 1 event-log event each", u["floor"], sum(u["floor"]))
     adv_u = summary("baseline pg_advisory_lock + unlock", u["advisory"], sum(u["advisory"]))
-    print(f"  ratio lease/history floor p50: {lease_u['p50'] / floor['p50']:.1f}x")
+    print(f"  ratio lease/lock-chain floor p50: {lease_u['p50'] / chain['p50']:.2f}x; "
+          f"lock-chain floor/event-log floor p50: {chain['p50'] / floor['p50']:.2f}x")
     for key in ("p50", "p99"):
         print(f"  ratio lease/baseline {key}: {lease_u[key] / adv_u[key]:.1f}x")
     print(f"contended: 16 agents (threads) on 4 resources, {per_agent} acquire+release each:")

@@ -40,6 +40,7 @@ from eventstore.postgres.lease_sql import (
     ENQUEUE,
     ENSURE_AGENT,
     FENCE_REJECTIONS,
+    GRANT_FREE,
     GRANT_NEW,
     GRANT_SHARED,
     HEARTBEAT,
@@ -177,17 +178,38 @@ def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> 
 
 def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool,
             expected: float | None, stale_after: float,
-            violation_of: Callable[[str, list[str]], str | None] | None = None) -> StepResult:
+            violation_of: Callable[[str, list[str]], str | None] | None = None, fast: bool = True) -> StepResult:
     """One try to get a lease: grant it, re-enter it, or (if ``queue``) keep a place in the FIFO queue.
 
     With ``violation_of`` (the pure lock-order rule) the request is first checked against the other
-    resources the agent holds; a violation is recorded and returned as the error.
+    resources the agent holds; a violation is recorded and returned as the error. With ``fast`` the
+    common grant (a free resource, or the agent at the head of its queue, no other lease to check the
+    order against) is tried first in one call (``GRANT_FREE``); anything else runs the full step after
+    it, in the same transaction. Pollers that are unlikely to be granted pass ``fast=False``.
     """
+    if fast and (free := send_grant_free(cur, resource, agent_id, mode, ttl, violation_of is not None)()):
+        return StepResult(grant=free)
     log = LockLog()
     result = _attempt(cur, log, resource, agent_id, mode, ttl, queue=queue, expected=expected,
                       stale_after=stale_after, violation_of=violation_of)
     log.append(cur)
     return result
+
+
+def send_grant_free(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float,
+                    check_order: bool) -> Callable[[], Grant | None]:
+    """Send the one-call grant (a free resource, or the agent at the head of its queue; migration 0009);
+    the returned reader gives the Grant, or None if the full step (``attempt``) must decide. Nothing is
+    written when it does not grant, so a transaction of just this commits without a flush."""
+    cur.execute(GRANT_FREE, (resource, agent_id, mode.value, ttl, ADVISORY_NS, key_of(resource), check_order))
+
+    def read() -> Grant | None:
+        row = cur.fetchone()
+        if row is None:
+            return None
+        token, expires_at, waited = row
+        return Grant(resource, agent_id, mode, int(token), expires_at, float(waited))
+    return read
 
 
 def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool,
@@ -295,23 +317,34 @@ def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: s
     return float(row[0])
 
 
+def send_release_fast(cur: Cursor, resource: str, agent_id: str, token: int) -> Callable[[], float | None]:
+    """Send the common release (a live, non-re-entered hold: one statement that also chains its
+    LeaseReleased and wakes the queue's head); the reader gives the seconds held, or None if the statement
+    changed nothing and ``release_rest`` must decide (in a transaction of its own or the same one)."""
+    cur.execute(RELEASE_FAST, {"r": resource, "a": agent_id, "t": token})
+
+    def read() -> float | None:
+        row = cur.fetchone()
+        return None if row is None else float(row[0])
+    return read
+
+
 def release(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple[float | None, Expiry | None]:
     """Release one hold. Returns (held seconds if the lease is now free of this agent, expiry if it had
     expired). Raises LeaseNotHeldError if the agent does not hold this grant.
 
-    The common case (a live, non-re-entered hold) is one DELETE and needs no advisory lock: it hands
+    The common case (a live, non-re-entered hold) is one statement and needs no advisory lock: it hands
     out no token, and a concurrent expiry of the same row is serialised by the row lock.
     """
+    held = send_release_fast(cur, resource, agent_id, token)()
+    if held is not None:
+        return held, None
+    return release_rest(cur, resource, agent_id, token)
+
+
+def release_rest(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple[float | None, Expiry | None]:
+    """The release cases the one-statement release leaves: re-entered, expired, or not held at all."""
     log = LockLog()
-    cur.execute(RELEASE_FAST, {"r": resource, "a": agent_id, "t": token})
-    row = cur.fetchone()
-    if row is not None:
-        held_fast = float(row[0])
-        log.add(lease_stream(resource), ev.LeaseReleased(
-            resource=resource, agent_id=agent_id, token=token, held_seconds=held_fast),
-            agent_id, resource, token)
-        log.append(cur)
-        return held_fast, None
     _lock(cur, resource)
     cur.execute(RELEASE_ROW, (resource, agent_id))
     row = cur.fetchone()

@@ -14,6 +14,11 @@ text that was hashed. Lock events recorded before this revision stay where they 
 the view ``lock_history`` reads both, legacy rows first. Downgrading drops the new chain and with it the
 lock events recorded since (the event log cannot take them back without breaking its own chain).
 
+One lease step is also shortened: ``eventstore_lease_grant_free`` grants a free resource (or the head of
+its queue) in one call, and a release deletes the holder and chains its ``LeaseReleased`` in one
+statement (eventstore/postgres/lease_sql.py). Those two write the payload as ``jsonb::text``; the hash
+covers the text as stored, whatever its spacing.
+
 Revision ID: 0009
 Revises: 0008
 """
@@ -106,6 +111,52 @@ SELECT 'locks', chain_seq, 1, NULL::bigint, chain_seq, event_id, stream, type, a
        fencing_token, recorded_at, payload::jsonb
 FROM lock_events;
 
+-- The common grant in one round trip (eventstore/postgres/leases.py tries it first): the resource has
+-- no holder row at all (an expired one needs the full step, which fences it), nobody queued ahead of the
+-- agent, the agent is known and active and (when the lock order is to be checked) holds no other live
+-- lease. Then grant with a new fencing token and chain its LeaseGranted; otherwise return no row and
+-- change nothing, and the caller runs the full step in the same transaction. Same lock order as the
+-- full step: the resource's advisory lock, lease tables, agents, resources, the lock chain's head.
+CREATE FUNCTION eventstore_lease_grant_free(r text, a text, m text, ttl float8, ns int, k int, check_order boolean)
+RETURNS TABLE (out_token bigint, out_expires_at timestamptz, out_waited float8) LANGUAGE plpgsql AS $$
+DECLARE
+    head record;
+    queued boolean;
+    tok bigint;
+    exp timestamptz;
+    waited float8 := 0;
+BEGIN
+    PERFORM pg_advisory_xact_lock(ns, k);
+    IF EXISTS (SELECT 1 FROM lease_holders h WHERE h.resource = r) THEN RETURN; END IF;
+    IF check_order AND EXISTS (SELECT 1 FROM lease_holders h WHERE h.agent_id = a) THEN RETURN; END IF;
+    SELECT q.agent_id, q.enqueued_at INTO head FROM lease_waiters q WHERE q.resource = r ORDER BY q.seq LIMIT 1;
+    queued := FOUND;
+    IF queued AND head.agent_id <> a THEN RETURN; END IF;
+    -- Only now, about to grant, is the agent row locked (a kill waits for this transaction): a call that
+    -- grants nothing writes nothing and its commit needs no flush.
+    PERFORM 1 FROM agents g WHERE g.agent_id = a AND g.status = 'active' FOR SHARE;
+    IF NOT FOUND THEN RETURN; END IF;
+    IF queued THEN
+        DELETE FROM lease_waiters q WHERE q.resource = r AND q.agent_id = a;
+        waited := extract(epoch FROM clock_timestamp() - head.enqueued_at);
+    END IF;
+    INSERT INTO resources AS s (resource, fence_token) VALUES (r, nextval('fencing_tokens'))
+    ON CONFLICT (resource) DO UPDATE SET fence_token = GREATEST(s.fence_token, EXCLUDED.fence_token)
+    RETURNING s.fence_token INTO tok;
+    INSERT INTO lease_holders AS h (resource, agent_id, mode, token, ttl_seconds, granted_at, expires_at)
+    VALUES (r, a, m, tok, ttl, clock_timestamp(), clock_timestamp() + make_interval(secs => ttl))
+    RETURNING h.expires_at INTO exp;
+    INSERT INTO lock_events (event_id, stream, type, schema_version, payload, agent_id, lease_resource, fencing_token)
+    VALUES (gen_random_uuid(), 'lease-' || r, 'LeaseGranted', 1,
+            jsonb_build_object('agent_id', a, 'mode', m, 'resource', r, 'token', tok, 'ttl_seconds', ttl,
+                               'waited_seconds', waited)::text,
+            a, r, tok);
+    RETURN QUERY SELECT tok, exp, waited;
+END $$;
+REVOKE ALL ON FUNCTION eventstore_lease_grant_free(text, text, text, float8, int, int, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eventstore_lease_grant_free(text, text, text, float8, int, int, boolean)
+    TO eventstore_coordinator;
+
 GRANT SELECT, INSERT ON lock_events TO eventstore_coordinator;
 GRANT SELECT ON lock_events, lock_history TO eventstore_coordinator, eventstore_auditor, eventstore_operator;
 """
@@ -115,6 +166,7 @@ GRANT SELECT ON lock_events, lock_history TO eventstore_coordinator, eventstore_
 def downgrade() -> None:
     op.execute(
         """
+DROP FUNCTION IF EXISTS eventstore_lease_grant_free(text, text, text, float8, int, int, boolean);
 DROP VIEW IF EXISTS lock_history;
 DROP FUNCTION IF EXISTS eventstore_lock_event_bytes(lock_events);
 DROP TABLE IF EXISTS lock_events;
