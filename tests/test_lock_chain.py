@@ -22,7 +22,7 @@ from eventstore.core import anchoring
 from eventstore.core.errors import AppendOnlyViolation
 from eventstore.core.hashing import field_text, row_hash
 from eventstore.core.history_query import HistoryQuery
-from eventstore.core.lockevents import LeaseGranted
+from eventstore.core.lockevents import LeaseGranted, LeaseReleased, LeaseWaited
 from eventstore.core.records import DirectEvent
 from eventstore.postgres import eventlog, history, lockchain, sidechains
 from eventstore.postgres.connection import convert
@@ -236,3 +236,35 @@ def test_migration_0009_keeps_older_lock_history_readable_and_downgrades(servers
     finally:
         with psycopg.connect(servers.database_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_lock_events_written_by_the_database_match_their_event_classes(database_url: str) -> None:
+    """The one-call grant and the one-statement release write their payloads in SQL: each must carry
+    exactly the fields of its event class and validate as it, like the payloads written from Python."""
+    with Coordinator(database_url) as c:
+        lease = c.acquire("sql-written", agent_id="w", ttl=7.5, wait=0)  # free: the one-call grant
+        waiting = threading.Thread(target=lambda: c.acquire("sql-written", agent_id="q", ttl=3, wait=30).release())
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while _scalar(database_url, "SELECT count(*) FROM lease_waiters") == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        lease.release()  # the one-statement release; the head of the queue is woken and granted in one call
+        waiting.join(30)
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        rows = lockchain.read_stream(cur, "lease-sql-written")
+    assert [(r["type"], r["agent_id"]) for r in rows] == [
+        ("LeaseGranted", "w"), ("LeaseWaited", "q"), ("LeaseReleased", "w"), ("LeaseGranted", "q"),
+        ("LeaseReleased", "q")]
+    classes: dict[str, type[LeaseGranted | LeaseReleased | LeaseWaited]] = {
+        "LeaseGranted": LeaseGranted, "LeaseReleased": LeaseReleased, "LeaseWaited": LeaseWaited}
+    for r in rows:
+        cls = classes[r["type"]]
+        assert set(r["payload"]) == set(cls.model_fields), r
+        event = cls.model_validate(r["payload"])
+        assert event.agent_id == r["agent_id"] and event.resource == "sql-written"
+    granted = LeaseGranted.model_validate(rows[0]["payload"])
+    assert (granted.ttl_seconds, granted.waited_seconds, granted.mode) == (7.5, 0.0, "exclusive")
+    assert granted.token == rows[0]["fencing_token"] == rows[2]["fencing_token"]
+    assert LeaseGranted.model_validate(rows[3]["payload"]).waited_seconds > 0
+    assert rows[3]["fencing_token"] > granted.token
+    assert _lock_report(database_url).ok

@@ -186,12 +186,15 @@ class Acquisition:
         return min(rules.backoff(self.polls - 1, cap=cap), max(self.deadline - now, 0.001))
 
     def _poll(self, first: bool, fast: bool) -> lease_store.StepResult:
-        """One poll: the one-call grant first if ``fast`` (one round trip with its commit), else or when
-        it does not grant, the full step in a transaction of its own."""
+        """One poll. The first one is one transaction (the one-call grant, then the full step if it did not
+        grant), so a request that is not granted takes its place in the queue as of that transaction: a
+        request made later cannot slip in between (FIFO). A queued waiter woken by a release tries the
+        one-call grant alone (one round trip with its commit), then if need be the full step."""
+        if first:
+            return self.c.run_step(lambda cur: self._attempt(cur, first, fast=True))
         if fast:
-            check = first and self.c.enforce_lock_order
             grant = self.c.run_step_then_read(lambda cur: lease_store.send_grant_free(
-                cur, self.resource, self.agent_id, self.mode, self.ttl, check))
+                cur, self.resource, self.agent_id, self.mode, self.ttl, check_order=False))
             if grant is not None:
                 return lease_store.StepResult(grant=grant)
         return self.c.run_step(lambda cur: self._attempt(cur, first, fast=False))

@@ -79,13 +79,9 @@ class PostgresLeaseStore:
 
     def acquire(self, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool = False,
                 expected: float | None = None) -> StepResult:
-        grant = self._runner.run_step_then_read(
-            lambda cur: leases.send_grant_free(cur, resource, agent_id, mode, ttl, check_order=False))
-        if grant is not None:
-            return StepResult(grant=grant)
+        # One transaction: a request that is not granted is queued as of it (FIFO).
         return self._runner.run_step(lambda cur: leases.attempt(
-            cur, resource, agent_id, mode, ttl, queue=queue, expected=expected, stale_after=self.stale_after,
-            fast=False))
+            cur, resource, agent_id, mode, ttl, queue=queue, expected=expected, stale_after=self.stale_after))
 
     def leave_queue(self, resource: str, agent_id: str, mode: Mode, reason: str) -> float | None:
         return self._runner.run_step(lambda cur: leases.leave_queue(cur, resource, agent_id, mode, reason))
