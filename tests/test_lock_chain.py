@@ -224,10 +224,12 @@ def test_migration_0009_keeps_older_lock_history_readable_and_downgrades(servers
             assert first.more and first.next_cursor is not None
             rest = history.query(conn, HistoryQuery.create(stream="lease-m", limit=2, after=first.next_cursor))
             released = history.query(conn, HistoryQuery.create(stream="lease-m", type="LeaseReleased"))
+            grants = history.query(conn, HistoryQuery.create(type="LeaseGranted", agent="new"))
         assert [(r.event["position"], r.event["lock_seq"], r.event["agent_id"]) for r in first.rows] == [
             (1, None, "old"), (None, 1, "new")]
         assert [(r.event["lock_seq"], r.event["type"]) for r in rest.rows] == [(2, "LeaseReleased")] and not rest.more
         assert [r.event["payload"]["agent_id"] for r in released.rows] == ["new"]
+        assert [(r.event["stream"], r.event["lock_seq"]) for r in grants.rows] == [("lease-m", 1)]
         _alembic(url, "downgrade", "0008")
         assert _scalar(url, "SELECT to_regclass('lock_events') IS NULL AND to_regclass('lock_history') IS NULL")
         assert _scalar(url, "SELECT count(*) FROM history_heads WHERE name = 'lock_events'") == 0

@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from eventstore.core.history_query import HistoryQuery
+from eventstore.core.lockevents import LOCK_EVENTS as LOCK_EVENT_CLASSES
 from eventstore.postgres.eventlog import EVENT_COLUMNS, to_recorded
 
 Cursor = psycopg.Cursor[Any]
@@ -51,6 +52,7 @@ PAGE = "SELECT {columns} FROM events WHERE position > %(after)s{filters} ORDER B
 # The streams of the coordinator's lock history (eventstore/postgres/leases.py): since migration 0009 in
 # the lock chain, read with the older ones from the event log through the view ``lock_history``.
 LOCK_STREAM_PREFIXES = ("lease-", "agent-")
+LOCK_TYPES = frozenset(t.event_type for t in LOCK_EVENT_CLASSES)
 LOCK_FILTERS: dict[str, str] = {
     "stream": "stream = %(stream)s",
     "agent": "agent_id = %(agent)s",
@@ -148,10 +150,14 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_lock_query(q: HistoryQuery) -> bool:
-    """A query of one lock stream (``lease-<resource>`` / ``agent-<id>``) without position or correlation
-    filters: answered from the lock history, which has no global positions of its own."""
-    return (q.stream is not None and q.stream.startswith(LOCK_STREAM_PREFIXES) and q.correlation is None
-            and q.from_position is None and q.to_position is None)
+    """A query of a lock stream (``lease-<resource>`` / ``agent-<id>``), or of a lock event type across
+    streams, without position or correlation filters: answered from the lock history, which has no
+    global positions of its own."""
+    if q.correlation is not None or q.from_position is not None or q.to_position is not None:
+        return False
+    if q.stream is not None:
+        return q.stream.startswith(LOCK_STREAM_PREFIXES)
+    return q.type is not None and q.type in LOCK_TYPES
 
 
 def lock_page(conn: psycopg.Connection[Any], q: HistoryQuery) -> HistoryPage:
