@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from eventstore.bench.writepath import CpuMeter
 from eventstore.coordination import Coordinator
 from eventstore.core.lockevents import LeaseReleased
 from eventstore.core.records import DirectEvent
@@ -118,6 +119,25 @@ def uncontended(url: str, n: int, rounds: int = 10) -> dict[str, list[float]]:
             lat["floor"] += floor_round(conn, per)
             lat["advisory"] += advisory_round(auto, per)
     return lat
+
+
+def cpu_per_lease(url: str, n: int) -> dict[str, dict[str, float]]:
+    """CPU microseconds per acquire+release (and per floor round) of this process and of PostgreSQL (the
+    postmaster and all its processes, WAL writer included), read from /proc around n rounds of each."""
+    out: dict[str, dict[str, float]] = {}
+    with Coordinator(url, pool_size=2) as piped, psycopg.connect(url) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        rounds: dict[str, Callable[[int], list[float]]] = {
+            "lease": lambda k: lease_round(piped, k), "floor": lambda k: chain_floor_round(conn, k)}
+        for name, run in rounds.items():
+            run(50)
+            meter = CpuMeter({"client": os.getpid(), "postgres": postmaster})
+            meter.start()
+            run(n)
+            meter.stop()
+            out[name] = {k: v / n * 1e6 for k, v in meter.used.items()}
+    return out
 
 
 def run_threads(agents: int, per_agent: int, body: Callable[[int], list[float]]) -> tuple[list[float], float]:
@@ -245,6 +265,13 @@ def bench(url: str, n: int, per_agent: int) -> None:
     adv_u = summary("baseline pg_advisory_lock + unlock", u["advisory"], sum(u["advisory"]))
     print(f"  ratio lease/lock-chain floor p50: {lease_u['p50'] / chain['p50']:.2f}x; "
           f"lock-chain floor/event-log floor p50: {chain['p50'] / floor['p50']:.2f}x")
+    cpu = cpu_per_lease(url, max(100, n))
+    for name, label in (("lease", "lease acquire+release"), ("floor", "floor (2 lock-chain txns)")):
+        c = cpu[name]
+        print(f"  CPU per {label}: client {c['client']:.0f} us, PostgreSQL {c['postgres']:.0f} us "
+              f"(machine, all processes: {c['machine (all processes)']:.0f} us)")
+    print(f"  ratio lease/floor CPU: client {cpu['lease']['client'] / max(cpu['floor']['client'], 1e-9):.1f}x, "
+          f"PostgreSQL {cpu['lease']['postgres'] / max(cpu['floor']['postgres'], 1e-9):.1f}x")
     for key in ("p50", "p99"):
         print(f"  ratio lease/baseline {key}: {lease_u[key] / adv_u[key]:.1f}x")
     print(f"contended: 16 agents (threads) on 4 resources, {per_agent} acquire+release each:")
