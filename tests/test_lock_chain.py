@@ -270,3 +270,39 @@ def test_lock_events_written_by_the_database_match_their_event_classes(database_
     assert LeaseGranted.model_validate(rows[3]["payload"]).waited_seconds > 0
     assert rows[3]["fencing_token"] > granted.token
     assert _lock_report(database_url).ok
+
+
+def test_a_wake_up_names_an_exclusive_head_and_wakes_only_it() -> None:
+    from eventstore.coordination.wakeup import Wakeups
+
+    w = Wakeups(None)  # type: ignore[arg-type]  # no listener thread: stopped before the first register
+    w._stop.set()
+    head, behind, anyone, other = (w.register("r", "a"), w.register("r", "b"), w.register("r"),
+                                   w.register("s", "a"))
+    w._wake("r\x1fa")
+    assert (head.is_set(), behind.is_set(), anyone.is_set(), other.is_set()) == (True, False, True, False)
+    for e in (head, anyone):
+        e.clear()
+    w._wake("r")  # a shared head: every waiter of the resource polls
+    assert (head.is_set(), behind.is_set(), anyone.is_set(), other.is_set()) == (True, True, True, False)
+
+
+def _released_notice(url: str, mode: str) -> str:
+    """Hold 'n' exclusively, queue agent q for it in ``mode``, release: the payload the release sent."""
+    with Coordinator(url) as c, psycopg.connect(url, autocommit=True) as listener:
+        listener.execute("LISTEN eventstore_leases")
+        lease = c.acquire("n", agent_id="holder", ttl=5, wait=0)
+        waiter = threading.Thread(target=lambda: c.acquire("n", agent_id="q", mode=mode, wait=30).release())
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while _scalar(url, "SELECT count(*) FROM lease_waiters") == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        lease.release()
+        notes = list(listener.notifies(timeout=10, stop_after=1))
+        waiter.join(30)
+    return notes[0].payload
+
+
+def test_a_release_names_the_exclusive_head_of_the_queue(database_url: str) -> None:
+    assert _released_notice(database_url, "exclusive") == "n\x1fq"
+    assert _released_notice(database_url, "shared") == "n"
