@@ -95,6 +95,16 @@ class RecordedEvent:
 
 
 RECORDED_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RecordedEvent))
+_new = object.__new__
+
+
+def recorded_event(*values: Any) -> RecordedEvent:
+    """A RecordedEvent from its field values in ``RECORDED_FIELDS`` order (all of them), built without the
+    frozen dataclass's per-field ``__init__`` (a third of its cost): the projector builds thousands per batch.
+    Equal to ``RecordedEvent(*values)``."""
+    ev: RecordedEvent = _new(RecordedEvent)
+    ev.__dict__.update(zip(RECORDED_FIELDS, values, strict=True))  # ValueError unless all are given
+    return ev
 
 
 @dataclass(frozen=True)

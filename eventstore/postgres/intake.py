@@ -40,7 +40,7 @@ from eventstore.core.limits import (
     offset_problem,
 )
 from eventstore.core.outcomes import EmitResult, Outcome, ReasonCode
-from eventstore.core.records import Envelope, NewEvent, RecordedEvent
+from eventstore.core.records import Envelope, RecordedEvent
 from eventstore.core.validation import check_no_nul, check_stream, printable
 from eventstore.postgres import eventlog
 from eventstore.postgres.connection import Disposition, convert, disposition_of
@@ -330,23 +330,22 @@ def _known(cur: Cursor, candidates: Sequence[Candidate], authenticate: bool,
 
 
 def _append(cur: Cursor, parsed: Sequence[_Parsed], decisions: Sequence[Decision]) -> list[RecordedEvent]:
-    new: list[NewEvent] = []
+    """Append the committed candidates, column by column straight from their envelopes."""
+    cols = eventlog.Columns()
     versions: dict[str, int] = {}
+    committed = Outcome.COMMITTED
     for p, d in zip(parsed, decisions, strict=True):
-        if d.status is not Outcome.COMMITTED:
+        if d.status is not committed:
             continue
         e = p.envelope
         if d.version is None:  # decide_batch sets it on every COMMITTED decision
             raise EventStoreError(f"internal error: committed event {e.event_id} has no version")
         versions[e.stream] = d.version
-        new.append(NewEvent(
-            event_id=e.event_id, stream=e.stream, version=d.version, type=e.type,
-            schema_version=e.schema_version, payload_json=p.payload_json, payload=p.payload, agent_id=e.agent_id,
-            idempotency_key=e.idempotency_key, correlation_id=e.correlation_id, causation_id=e.causation_id,
-            occurred_at=e.occurred_at, lease_resource=e.lease.resource if e.lease else None,
-            fencing_token=e.lease.token if e.lease else None, intent=p.intent,
-        ))
-    recorded = eventlog.append(cur, new)
+        lease = e.lease
+        cols.add(e.event_id, e.stream, d.version, e.type, e.schema_version, p.payload_json, p.payload, e.agent_id,
+                 e.idempotency_key, e.correlation_id, e.causation_id, e.occurred_at,
+                 None if lease is None else lease.resource, None if lease is None else lease.token, p.intent)
+    recorded = eventlog.append_columns(cur, cols)
     eventlog.set_stream_versions(cur, versions)
     return recorded
 
