@@ -12,7 +12,7 @@ import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
@@ -63,6 +63,43 @@ class Envelope(BaseModel):
         if CONTROL_CHARS.search(v):
             raise ValueError("must not contain control characters")
         return v
+
+
+class LeaseFields(Protocol):
+    """What the projector reads of an envelope's lease (LeaseRef, or the intake decoder's own struct)."""
+
+    @property
+    def resource(self) -> str: ...
+    @property
+    def token(self) -> int: ...
+
+
+class EnvelopeFields(Protocol):
+    """What the projector's decision and append read of an envelope, whichever decoder produced it
+    (``Envelope``, or the one-pass intake decoder of eventstore/wire/envelope.py); the payload travels apart."""
+
+    @property
+    def event_id(self) -> uuid.UUID: ...
+    @property
+    def idempotency_key(self) -> str: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def expected_version(self) -> int | None: ...
+    @property
+    def agent_id(self) -> str: ...
+    @property
+    def correlation_id(self) -> uuid.UUID: ...
+    @property
+    def causation_id(self) -> uuid.UUID | None: ...
+    @property
+    def occurred_at(self) -> datetime | None: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def schema_version(self) -> int: ...
+    @property
+    def lease(self) -> LeaseFields | None: ...
 
 
 @dataclass(frozen=True)

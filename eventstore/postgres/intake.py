@@ -40,15 +40,15 @@ from eventstore.core.limits import (
     offset_problem,
 )
 from eventstore.core.outcomes import EmitResult, Outcome, ReasonCode
-from eventstore.core.records import Envelope, RecordedEvent
+from eventstore.core.records import EnvelopeFields, RecordedEvent
 from eventstore.core.validation import check_no_nul, check_stream, printable
 from eventstore.postgres import eventlog
 from eventstore.postgres.connection import Disposition, convert, disposition_of
 from eventstore.postgres.offsets import ENSURE_OFFSETS, LOCK_OFFSETS, STORE_OFFSETS
 from eventstore.postgres.readmodels import ReadModel, ReadModelError, apply_all
-from eventstore.wire.envelope import Headers, decode, salvage_ids
+from eventstore.wire.envelope import Headers, decode_intake, salvage_ids
 from eventstore.wire.notifications import COMMITTED_CHANNEL, channel_for, pack
-from eventstore.wire.rejections import EventRejected, IdempotencyKeyReused, conflict
+from eventstore.wire.rejections import EventConflicted, EventRejected, IdempotencyKeyReused
 
 log = logging.getLogger(__name__)
 Cursor = psycopg.Cursor[Any]
@@ -128,32 +128,33 @@ class BatchResult:
 @dataclass(frozen=True)
 class _Parsed:
     message: IntakeMessage
-    envelope: Envelope
+    envelope: EnvelopeFields
     payload_json: str
     payload: dict[str, Any]
     intent: bytes
 
 
 def parse(msg: IntakeMessage, types: EventRegistry, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> _Parsed:
-    """Decode the envelope and validate its payload against the registered event class; raises
-    DecodeError or InvalidEventError naming what is wrong."""
-    if msg.value is not None:
-        check_size(len(msg.value), max_event_bytes, "the intake message", "EVENTSTORE_MAX_EVENT_BYTES")
-    env = decode(msg.value)
+    """Decode the envelope and validate its payload against the registered event class, in one pass over
+    the bytes (``decode_intake``); raises DecodeError or InvalidEventError naming what is wrong."""
+    value = msg.value
+    if value is not None:
+        check_size(len(value), max_event_bytes, "the intake message", "EVENTSTORE_MAX_EVENT_BYTES")
+    env, raw_payload = decode_intake(value)
     check_stream(env.stream)
     check_key(msg.key, env.stream)
-    odd = msg.value is not None and may_hold_surrogates(msg.value)
+    odd = value is not None and may_hold_surrogates(value)
     if odd:
         strings = [env.idempotency_key, env.stream, env.agent_id, env.type]
         check_values("the envelope", strings + ([env.lease.resource] if env.lease else []))
     check_timestamp("occurred_at", env.occurred_at)
-    typed = types.decode(env.type, env.schema_version, env.payload)
+    typed = types.decode(env.type, env.schema_version, raw_payload)
     if typed.server_only:
         raise InvalidEventError(f"{env.type} events are written by the server only; agents cannot emit them")
     payload = typed.model_dump(mode="json")
     # JSON carries a NUL inside a string only as the escape \u0000 (a raw control character is refused by
     # the parser), so the walk over the payload is needed only when the bytes hold that escape.
-    if msg.value is not None and b"\\u0000" in msg.value:
+    if value is not None and b"\\u0000" in value:
         check_no_nul(env.type, payload)
     payload_json = canonical_json(payload)
     if odd or may_hold_non_finite(payload_json):
@@ -284,7 +285,7 @@ def _fence(cur: Cursor, group: str, topic: str, messages: Sequence[IntakeMessage
     return fresh
 
 
-def _known(cur: Cursor, candidates: Sequence[Candidate], authenticate: bool,
+def _known(cur: Cursor, candidates: Sequence[Candidate[Any]], authenticate: bool,
            unparsed_key_ids: Sequence[str] = ()) -> KnownState:
     """Load (and lock, in the documented order) what the decision needs. The guard policy is read first
     (the resources to lock depend on it); every other read is queued on its own cursor and travels in
@@ -428,9 +429,11 @@ def _record(
         cur.execute(NOTIFY, (channels, payloads))
 
 
-def _rejection(e: Envelope, d: Decision) -> list[Event]:
+def _rejection(e: EnvelopeFields, d: Decision) -> list[Event]:
     if d.status is Outcome.CONFLICT and d.current_version is not None and e.expected_version is not None:
-        return [conflict(e, e.expected_version, d.current_version)]
+        return [EventConflicted(event_id=e.event_id, agent_id=e.agent_id, stream=e.stream,
+                                idempotency_key=e.idempotency_key, expected_version=e.expected_version,
+                                actual_version=d.current_version)]
     if d.status is Outcome.REJECTED and d.original is not None:
         return [IdempotencyKeyReused(event_id=e.event_id, agent_id=e.agent_id, stream=e.stream,
                                      idempotency_key=e.idempotency_key, original_position=d.original.position)]
