@@ -141,9 +141,7 @@ def main(events: int = 50_000, batch: int = 2000, profile: bool = False, default
         with psycopg.connect(url) as conn, psycopg.connect(url) as ref:
             ref.execute(ceiling.DDL)
             ref.commit()
-            warm = messages(credential, min(events, 5000), "w", seed=99)
-            write_batch(conn, group="bench", topic="bench.warm", messages=warm, models=[InventoryModel()],
-                        types=registry)
+            intake_round(conn, messages(credential, min(events, 2 * batch), "w", seed=99), batch, "bench-warm", meter)
             ceiling.unnest_batches(ref, min(events, 5000))
             for r in range(ROUNDS):
                 msgs = messages(credential, events, f"r{r}", seed=r)

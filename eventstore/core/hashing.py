@@ -85,7 +85,11 @@ def intent_hash(event_type: str, schema_version: int, stream: str, payload_json:
 
 def hashed_time(value: datetime | None) -> str:
     """A timestamp as the chain hashes it: UTC ISO 8601, "" when absent."""
-    return "" if value is None else value.astimezone(UTC).isoformat()
+    if value is None:
+        return ""
+    if value.tzinfo is UTC:  # already UTC (the decoders' "Z"): the same text without the conversion
+        return value.isoformat()
+    return value.astimezone(UTC).isoformat()
 
 
 def chain_hash(

@@ -126,12 +126,13 @@ class BatchResult:
 
 
 @dataclass(frozen=True)
-class _Parsed:
-    message: IntakeMessage
-    envelope: EnvelopeFields
-    payload_json: str
-    payload: dict[str, Any]
-    intent: bytes
+class _Parsed(Candidate[EnvelopeFields]):
+    """A message that passed the boundary: the candidate the decision takes (envelope, intent hash, signature
+    part), with what the append needs (canonical payload JSON and the payload as the event class dumps it)."""
+
+    message: IntakeMessage = field(kw_only=True)
+    payload_json: str = field(kw_only=True)
+    payload: dict[str, Any] = field(kw_only=True)
 
 
 def parse(msg: IntakeMessage, types: EventRegistry, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> _Parsed:
@@ -159,8 +160,8 @@ def parse(msg: IntakeMessage, types: EventRegistry, *, max_event_bytes: int = DE
     payload_json = canonical_json(payload)
     if odd or may_hold_non_finite(payload_json):
         check_values(env.type, payload)
-    return _Parsed(msg, env, payload_json, payload,
-                   intent_hash(env.type, env.schema_version, env.stream, payload_json))
+    return _Parsed(env, intent_hash(env.type, env.schema_version, env.stream, payload_json), split_signed(value),
+                   message=msg, payload_json=payload_json, payload=payload)
 
 
 def read_message(msg: IntakeMessage, types: EventRegistry, *,
@@ -229,11 +230,10 @@ def write_batch(
                         continue
                     reason = got
                 rejected.append((msg, safe_reason(reason)))
-            candidates = [Candidate(p.envelope, p.intent, split_signed(p.message.value)) for p in parsed]
             # Dead-lettered messages are answered to the agent they name only if that agent signed them.
             unparsed = [sv.key_id for m, _ in rejected if (sv := split_signed(m.value)) is not None]
-            known = _known(cur, candidates, authenticate, unparsed)
-            decisions = decide_batch(candidates, known)
+            known = _known(cur, parsed, authenticate, unparsed)
+            decisions = decide_batch(parsed, known)
             recorded = _append(cur, parsed, decisions)
             pipe.sync()  # an append error must surface here, not be blamed on a read model below
             result.committed = recorded
