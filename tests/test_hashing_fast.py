@@ -9,7 +9,15 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstore.core.hashing import chain_hash, chain_link, hashed_time, intent_hash
+from eventstore.core.hashing import (
+    _CANONICAL,
+    _encode,
+    canonical_json,
+    chain_hash,
+    chain_link,
+    hashed_time,
+    intent_hash,
+)
 
 
 def reference_intent(event_type: str, schema_version: int, stream: str, payload_json: str) -> bytes:
@@ -62,3 +70,18 @@ def test_chain_hash_and_chain_link_are_the_field_by_field_digest(
                       recorded_at=recorded, lease_resource=lease, fencing_token=token, intent=intent) == want
     assert chain_link(prev, position, str(event_id), stream, version, agent, key, str(correlation), fields[7],
                       hashed_time(occurred), hashed_time(recorded), lease or "", fields[11], intent) == want
+
+
+json_leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**80), max_value=2**80), st.floats(),
+                      st.text(max_size=20))
+json_data = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                             st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                         max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_data)
+def test_the_encoder_built_once_writes_what_json_writes(value: object) -> None:
+    """Same text as the JSONEncoder it replaces (sorted keys, no spaces, no ASCII escaping, NaN as NaN)."""
+    assert _encode(value) == _CANONICAL.encode(value)
+    assert canonical_json(value) == canonical_json(value)  # and stable
