@@ -183,4 +183,6 @@ def test_operator_guards_a_stream_pattern_and_the_projector_enforces_it(api: Api
         assert gone.status_code == 200
         assert http.delete("/api/guards", params={"pattern": "vault-*"},
                            headers=api.headers(api.operator)).status_code == 404
+        nul = http.delete("/api/guards", params={"pattern": "vault-\x00"}, headers=api.headers(api.operator))
+        assert nul.status_code == 422 and "control characters" in nul.json()["detail"], nul.text
         assert c.emit_and_wait(DocumentTitled(doc="v", title="t"), "vault-1").ok

@@ -43,7 +43,7 @@ def test_dev_serves_other_commands_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -
         killed = run(["agents", "kill", "rogue", "--reason", "test"], tmp_path)
         assert killed.returncode == 0 and "killed" in killed.stdout, killed
         verify = run(["verify"], tmp_path)
-        assert "event log intact: 1 events" in verify.stdout  # the kill is history
+        assert "lock_events intact: 1 rows" in verify.stdout  # the kill is history, in the lock chain
         dev.send_signal(signal.SIGINT)
         rest, _ = dev.communicate(timeout=60)
         assert dev.returncode == 0 and "stopped cleanly" in rest

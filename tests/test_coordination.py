@@ -1,6 +1,6 @@
 """The coordinator on real PostgreSQL: mutual exclusion across processes, TTL expiry and fencing after a
 SIGKILL, FCFS and shared mode, lock order, deadlock cycles, wait-exceeded alerts, the kill switch,
-history in the event log, metrics and the asyncio API."""
+history in the lock chain, metrics and the asyncio API."""
 
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def history(url: str, stream: str) -> list[tuple[str, dict[str, Any], str | None
     """(type, payload, lease_resource, fencing_token) of a stream, in order."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT type, payload, lease_resource, fencing_token FROM events WHERE stream = %s "
-            "ORDER BY version",
+            "SELECT type, payload, lease_resource, fencing_token FROM lock_history WHERE stream = %s "
+            "ORDER BY log_order, n",
             (stream,)).fetchall()
     return [(str(t), dict(p), r, f) for t, p, r, f in rows]
 
@@ -184,7 +184,7 @@ def test_mutual_exclusion_across_twelve_processes(database_url: str) -> None:
         (n,) = conn.execute("SELECT n FROM counter").fetchone()  # type: ignore[misc]
         checks = conn.execute("SELECT n, token FROM checks ORDER BY n").fetchall()
         (grants,) = conn.execute(  # type: ignore[misc]
-            "SELECT count(*) FROM events WHERE stream = 'lease-counter' AND type = 'LeaseGranted'").fetchone()
+            "SELECT count(*) FROM lock_events WHERE stream = 'lease-counter' AND type = 'LeaseGranted'").fetchone()
     assert n == agents * rounds == grants
     assert [c[0] for c in checks] == list(range(1, n + 1))  # no lost update, no duplicate
     tokens = [c[1] for c in checks]
@@ -217,8 +217,8 @@ def test_sigkilled_holder_is_replaced_after_ttl_and_fenced(database_url: str, co
     assert [t for t, _, _, _ in hist][-2:] == ["LeaseExpired", "LeaseGranted"]
     with psycopg.connect(database_url) as conn:
         granted = conn.execute(
-            "SELECT recorded_at FROM events WHERE stream = 'lease-fenced' AND type = 'LeaseGranted' "
-            "ORDER BY version").fetchall()
+            "SELECT recorded_at FROM lock_events WHERE stream = 'lease-fenced' AND type = 'LeaseGranted' "
+            "ORDER BY chain_seq").fetchall()
     # On the DB clock, after the TTL (the first grant's event is appended a few ms after its expiry was set).
     assert granted[1][0] - granted[0][0] >= timedelta(seconds=0.9)
     late_write = Envelope(event_id=uuid.uuid4(), idempotency_key="late", stream="inv", agent_id="doomed",

@@ -11,7 +11,7 @@ from eventstore.wire.envelope import Envelope, LeaseRef
 
 
 def cand(stream: str = "s", key: str | None = None, expected: int | None = None, payload: int = 1,
-         agent: str = "a", lease: LeaseRef | None = None) -> Candidate:
+         agent: str = "a", lease: LeaseRef | None = None) -> Candidate[Envelope]:
     eid = uuid.uuid4()
     env = Envelope(event_id=eid, idempotency_key=key or str(eid), stream=stream, expected_version=expected,
                    agent_id=agent, correlation_id=eid, type="T", schema_version=1, payload={"x": payload},

@@ -39,7 +39,7 @@ def test_stale_lease_is_fenced_and_killed_agent_is_rejected(settings: Settings, 
         assert nxt.emit_and_wait(InventoryAdjusted(sku="F1", delta=4), stream).status is Outcome.COMMITTED
     db = settings.require_database()
     assert scalar(db, "SELECT quantity FROM inventory WHERE sku = 'F1'") == 1 + 2 + 4
-    history = scalar(db, "SELECT string_agg(type, ',' ORDER BY position) FROM events WHERE stream LIKE %s",
+    history = scalar(db, "SELECT string_agg(type, ',' ORDER BY log_order, n) FROM lock_history WHERE stream LIKE %s",
                      ("agent-%",))
     assert "AgentKilled" in history and "AgentRevived" in history
     codes = scalar(db, "SELECT string_agg(reason_code, ',' ORDER BY decided_at) FROM outcomes")

@@ -148,7 +148,7 @@ def test_coordinator_role_grants_and_kills_but_cannot_rewrite(settings: Settings
         for stmt in [*EVERYONE_DENIED[1:3], *EVERYONE_DENIED[4:7], "SELECT secret FROM agent_credentials",
                      "SELECT eventstore_register_agent('x', '0000000000000000', '\\x00', NULL, NULL)"]:
             assert denied(url, stmt), stmt
-    assert scalar(db, "SELECT count(*) FROM events WHERE type = 'AgentKilled'") == 1
+    assert scalar(db, "SELECT count(*) FROM lock_events WHERE type = 'AgentKilled'") == 1
 
 
 def test_write_path_runs_with_the_least_roles(settings: Settings) -> None:

@@ -19,7 +19,7 @@ from eventstore.core.auth import (
 from eventstore.core.decisions import Candidate, KnownState, decide_batch
 from eventstore.core.errors import ConfigurationError
 from eventstore.core.outcomes import Outcome, ReasonCode
-from eventstore.core.records import LeaseRef
+from eventstore.core.records import Envelope, LeaseRef
 from eventstore.examples.inventory import InventoryUpdated
 from eventstore.sdk.client import build_envelope
 from eventstore.wire.envelope import decode, encode
@@ -30,7 +30,7 @@ KEYS = {ALICE.key_id: AgentKey(ALICE.key_id, "alice", ALICE.secret, "active"),
 
 
 def signed_value(agent: str = "alice", cred: Credential | None = ALICE, stream: str = "inventory-A1",
-                 key: str | None = None, lease: LeaseRef | None = None) -> tuple[Candidate, bytes]:
+                 key: str | None = None, lease: LeaseRef | None = None) -> tuple[Candidate[Envelope], bytes]:
     env = build_envelope(agent, InventoryUpdated(sku="A1", quantity=2), stream, expected_version=None,
                          idempotency_key=key, correlation_id=None, causation_id=None, lease=lease)
     value = encode(env, cred)[1]

@@ -22,7 +22,7 @@ OUTCOMES = "SELECT status, coalesce(reason_code, ''), count(*) FROM outcomes GRO
 COMMITTED = "SELECT position FROM log_head"
 DEAD_LETTERS = "SELECT count(*) FROM dead_letters"
 LOCK_TYPES = tuple(t.event_type for t in LOCK_EVENTS)  # the coordinator's whole lock history
-LEASE_EVENTS = "SELECT type, count(*) FROM events WHERE type = ANY(%s) GROUP BY type"
+LEASE_EVENTS = "SELECT type, count(*) FROM lock_history WHERE type = ANY(%s) GROUP BY type"
 NOW = "SELECT (SELECT count(*) FROM lease_holders), (SELECT count(*) FROM lease_waiters)"
 
 
@@ -70,7 +70,7 @@ class DatabaseCollector(Collector):
                 pub_s.add_metric([row["name"]], row["seconds_behind"])
             yield pub
             yield pub_s
-            lease = CounterMetricFamily("eventstore_lease_events", "Lock events in the event log by type "
+            lease = CounterMetricFamily("eventstore_lease_events", "Lock events in the lock history by type "
                                         "(grants, waits, expiries, deadlocks, alerts; cluster-wide)", labels=["type"])
             counts = {str(t): int(n) for t, n in conn.execute(LEASE_EVENTS, (list(LOCK_TYPES),)).fetchall()}
             for t in LOCK_TYPES:

@@ -1,9 +1,10 @@
 """Lease latency while the write path is busy: how much coordination and event intake slow each other.
 
-A lease appends its lock events to the same hash-chained log, under the same log-head lock, as the
-projector's batches. Here one agent emits at a steady rate (``emit_many`` every 10 ms) into a projector
-process while this process takes uncontended leases; the same leases are timed with the projector idle
-first, in the same run.
+Before migration 0009 a lease appended its lock events to the event log under the same log-head lock as
+the projector's batches; now they go to the lock chain, and what is left of the coupling is sharing the
+machine (CPU, the WAL and its flushes) with the write path. Here one agent emits at a steady rate
+(``emit_many`` every 10 ms) into a projector process while this process takes uncontended leases; the
+same leases are timed with the projector idle first, in the same run.
 """
 
 from __future__ import annotations
@@ -65,13 +66,15 @@ def measure(settings: Settings, logdir: Path, rate: int = 5000, seconds: float =
         emitter.join()
         committed = head(conn) - start_pos
         elapsed = time.perf_counter() - t0
-    lease_events = 2 * len(busy)
+    busy_p50 = _pct(busy, 0.5)
     return [
         f"lease acquire+release, projector idle : p50 {_pct(idle, 0.5):6.2f} ms  p99 {_pct(idle, 0.99):6.2f} ms "
         f"(n={len(idle)})",
         f"lease acquire+release, write path busy: p50 {_pct(busy, 0.5):6.2f} ms  p99 {_pct(busy, 0.99):6.2f} ms "
-        f"(n={len(busy)}) while {committed - lease_events:,} events committed in {elapsed:.1f} s "
-        f"= {(committed - lease_events) / elapsed:,.0f} events/s (target {rate:,}/s; aim lease p50 <= 5 ms)",
+        f"(n={len(busy)}) while {committed:,} events committed in {elapsed:.1f} s "
+        f"= {committed / elapsed:,.0f} events/s (target {rate:,}/s)",
+        f"goal lease p50 <= 5 ms while the write path runs: {'met' if busy_p50 <= 5.0 else 'NOT met'} "
+        f"({busy_p50:.2f} ms)",
         f"coupling: busy/idle p50 {_pct(busy, 0.5) / _pct(idle, 0.5):.1f}x, p99 "
         f"{_pct(busy, 0.99) / _pct(idle, 0.99):.1f}x",
     ]

@@ -25,7 +25,8 @@ def _baseline(m: IntakeMessage) -> _Parsed:
     payload = typed.model_dump(mode="json")
     check_no_nul(env.type, payload)
     pj = canonical_json(payload)
-    return _Parsed(m, env, pj, payload, intent_hash(env.type, env.schema_version, env.stream, pj))
+    return _Parsed(env, intent_hash(env.type, env.schema_version, env.stream, pj), message=m, payload_json=pj,
+                   payload=payload)
 
 
 def _run(messages: list[IntakeMessage], f: Callable[[IntakeMessage], object]) -> float:

@@ -49,8 +49,12 @@ def cmd_history(args: argparse.Namespace) -> int:
         e = r.event
         lease = f"{e['lease_resource']}#{e['fencing_token']}" if e["lease_resource"] else ""
         around = ", ".join(f"{o['status']}:{o['reason_code'] or ''}({o['agent_id']})" for o in r.outcomes)
-        locks = ", ".join(f"{x['type'].removeprefix('Lease')}@{x['position']}" for x in r.lock_events)
-        rows.append({"pos": e["position"], "recorded_at": e["recorded_at"][:23], "stream": e["stream"],
+        # @N: position in the event log (lock events before migration 0009); @LN: row N of the lock chain
+        locks = ", ".join(f"{x['type'].removeprefix('Lease')}@"
+                          f"{x['position'] if x['position'] is not None else 'L' + str(x['lock_seq'])}"
+                          for x in r.lock_events)
+        pos = e["position"] if e["position"] is not None else f"L{e['lock_seq']}"  # L: row of the lock chain
+        rows.append({"pos": pos, "recorded_at": e["recorded_at"][:23], "stream": e["stream"],
                      "ver": e["version"], "type": e["type"], "agent": e["agent_id"], "lease": lease,
                      "locks": locks, "outcomes around": around})
     print(_table(rows, ["pos", "recorded_at", "stream", "ver", "type", "agent", "lease", "locks",

@@ -73,6 +73,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_project(args: argparse.Namespace) -> int:
+    from eventstore.core.gcpolicy import tune_for_batches
     from eventstore.discovery import configured
     from eventstore.projection.projector import Projector
 
@@ -83,6 +84,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     projector = Projector(settings, group=args.group)
     stop = threading.Event()
     _stop_on_signals(stop)
+    tune_for_batches()  # this process is the projector's: collector settings for batches (core/gcpolicy.py)
     projector.start()
     print(f"projector consuming {settings.intake_topic} as group {projector.group}; Ctrl-C to stop", flush=True)
     while not stop.wait(0.5) and not projector.finished.is_set():
@@ -265,6 +267,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import publishing
 
         return publishing.main(events=args.events or 100_000, rounds=2 if not args.quick else 1)
+    if args.which == "intake":
+        from eventstore.bench import intake
+
+        return intake.main(events=args.events or 50_000, profile=args.profile, default_gc=args.default_gc)
     if args.which == "auth":
         from eventstore.bench import auth
 
@@ -418,11 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
     bn.add_argument("which", nargs="?", default="write-path",
                     choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history",
-                             "references", "latency", "profile", "auth", "memory", "publisher"])
+                             "references", "latency", "profile", "auth", "memory", "intake", "publisher"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers and memory 1,000,000; "
                          "chain-check 100,000; history 1,000,000; references: the drain, 1,000,000; latency: the "
-                         "heavy traffic, 100,000; profile 100,000)")
+                         "heavy traffic, 100,000; profile 100,000; intake: per round, 50,000)")
     bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
@@ -430,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--rate", type=int, default=1000, help="steady rate (events/s) for the latency run")
     bn.add_argument("--quick", action="store_true",
                     help="references: smaller runs (drain of 100,000 events); publisher: one round")
+    bn.add_argument("--profile", action="store_true", help="intake: also print a cProfile of one round")
+    bn.add_argument("--default-gc", action="store_true",
+                    help="intake: keep CPython's collector settings (the baseline of core/gcpolicy.py)")
     bn.set_defaults(fn=cmd_bench)
     return p
 

@@ -39,6 +39,8 @@ class LeaseHost(Protocol):
 
     def run_step(self, fn: Callable[[Cursor], T], attempts: int = 5) -> T: ...
 
+    def run_step_then_read(self, send: Callable[[Cursor], Callable[[], T]], attempts: int = 5) -> T: ...
+
     def renew(self, lease: Lease, ttl: float | None = None) -> datetime: ...
 
     def release(self, lease: Lease) -> None: ...
@@ -131,13 +133,21 @@ class Acquisition:
         self.queued = False
         self.last_detect = time.monotonic()
         self.wake: threading.Event | None = None
+        # Set by a caller that sleeps with ``sleep()`` (cut short by wake-ups); the asyncio API polls.
+        self.follows_wakeups = False
 
     def step(self) -> Lease | float | None:
         first = self.polls == 0
         self.polls += 1
+        if self.wake is None and self.wait > 0:
+            # Before the first poll: a release that commits right after it queues us is not missed.
+            self.wake = self.c.wakeups.register(self.resource, self.agent_id)
+        # The one-call grant is worth trying first on the first poll and after a wake-up (likely the head
+        # of the queue now); a backoff poll is rarely granted and goes straight to the full step.
+        fast = first or (self.wake is not None and self.wake.is_set())
         if self.wake is not None:
             self.wake.clear()  # a release committed after this point sets it again
-        res = self.c.run_step(lambda cur: self._attempt(cur, first))
+        res = self._poll(first, fast)
         c, r, a = self.c, self.resource, self.agent_id
         for x in res.expired:
             c.metrics.expired(x.resource, x.agent_id)
@@ -156,8 +166,6 @@ class Acquisition:
         if res.newly_queued:
             self.queued = True
             c.metrics.waited(r, a)
-        if self.wake is None:
-            self.wake = c.wakeups.register(r)
         if res.alert is not None:
             c.metrics.wait_exceeded(r, a)
             c.alerter.send(res.alert)
@@ -171,9 +179,27 @@ class Acquisition:
             raise LeaseTimeout(
                 f"agent {a!r} could not get {self.mode.value} lease on {r!r} within {self.wait:g}s "
                 f"(held by {', '.join(res.held_by) or 'nobody'})")
-        return min(rules.backoff(self.polls - 1), max(self.deadline - now, 0.001))
+        # A release wakes the head of the queue (wakeup.py), so a waiter that follows wake-ups while the
+        # listener listens polls only as a backstop (expiry, deadlock detection, heartbeat): its backoff
+        # may grow to the detection interval instead of 0.1 s, sparing the resource's advisory lock.
+        cap = max(0.1, c.detect_interval) if self.follows_wakeups and c.wakeups.listening.is_set() else 0.1
+        return min(rules.backoff(self.polls - 1, cap=cap), max(self.deadline - now, 0.001))
 
-    def _attempt(self, cur: Cursor, first: bool) -> lease_store.StepResult:
+    def _poll(self, first: bool, fast: bool) -> lease_store.StepResult:
+        """One poll. The first one is one transaction (the one-call grant, then the full step if it did not
+        grant), so a request that is not granted takes its place in the queue as of that transaction: a
+        request made later cannot slip in between (FIFO). A queued waiter woken by a release tries the
+        one-call grant alone (one round trip with its commit), then if need be the full step."""
+        if first:
+            return self.c.run_step(lambda cur: self._attempt(cur, first, fast=True))
+        if fast:
+            grant = self.c.run_step_then_read(lambda cur: lease_store.send_grant_free(
+                cur, self.resource, self.agent_id, self.mode, self.ttl, check_order=False))
+            if grant is not None:
+                return lease_store.StepResult(grant=grant)
+        return self.c.run_step(lambda cur: self._attempt(cur, first, fast=False))
+
+    def _attempt(self, cur: Cursor, first: bool, fast: bool = True) -> lease_store.StepResult:
         rank = self.c.rank
 
         def violation(requested: str, held: list[str]) -> str | None:
@@ -182,7 +208,7 @@ class Acquisition:
         check = first and self.c.enforce_lock_order
         return lease_store.attempt(cur, self.resource, self.agent_id, self.mode, self.ttl, queue=self.wait > 0,
                           expected=self.expected, stale_after=self.c.stale_waiter_after,
-                          violation_of=violation if check else None)
+                          violation_of=violation if check else None, fast=fast)
 
     def _detect(self) -> None:
         """Look for a wait-for cycle through this agent; abort this request if it is the victim."""

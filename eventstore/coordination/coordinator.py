@@ -45,6 +45,17 @@ T = TypeVar("T")
 __all__ = ["Coordinator", "Lease"]
 
 
+
+R = TypeVar("R")
+
+
+def _itself(result: T) -> T:
+    return result
+
+
+def _called(read: Callable[[], T]) -> T:
+    return read()
+
 class Coordinator:
     """Leases on named resources for agents in any process, stored in PostgreSQL.
 
@@ -71,7 +82,8 @@ class Coordinator:
         self.metrics = LeaseMetrics()
         self.alerter = Alerter(alert_webhook if alert_webhook is not None else self.settings.alert_webhook)
         self.wakeups = Wakeups(database)
-        self._pool = database.pool(min_size=1, max_size=pool_size, autocommit=False, name="eventstore-coordinator")
+        self._pool = database.pool(min_size=1, max_size=pool_size, autocommit=False, name="eventstore-coordinator",
+                                   check=False)
         # The storage steps behind one typed interface (tests/test_contract_leases.py); the policy is here.
         self.store = PostgresLeaseStore(self, stale_after=stale_waiter_after)
 
@@ -88,22 +100,36 @@ class Coordinator:
 
     def run_step(self, fn: Callable[[Cursor], T], attempts: int = 5) -> T:
         """Run ``fn`` in one transaction, retrying transient failures with a short backoff."""
+        return self._transaction(fn, attempts, _itself)
+
+    def run_step_then_read(self, send: Callable[[Cursor], Callable[[], T]], attempts: int = 5) -> T:
+        """Run a step that needs no answer before its commit: ``send`` sends its statements and returns
+        the reader of their results, called after the commit. In pipeline mode the statements and the
+        commit travel in one round trip."""
+        return self._transaction(send, attempts, _called)
+
+    def _transaction(self, fn: Callable[[Cursor], R], attempts: int, finish: Callable[[R], T]) -> T:
         for i in range(attempts):
             try:
                 with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
                     if not self.synchronous_commit:
                         cur.execute("SET LOCAL synchronous_commit = off")
                     if not self.pipeline:
-                        return fn(cur)
+                        result = fn(cur)
+                        conn.commit()
+                        return finish(result)
                     # Pipeline mode: statements whose results are not read yet travel together,
                     # the commit included.
                     with conn.pipeline():
                         result = fn(cur)
                         conn.commit()
-                        return result
+                        return finish(result)
             except TransientStorageError:
                 if i == attempts - 1:
                     raise
+                # The pool does not test a connection on every checkout (a round trip each time): after
+                # a failure it tests all idle ones at once, so a restarted server costs one retry.
+                self._pool.check()
                 time.sleep(rules.backoff(i, base=0.01, cap=0.2))
         raise TransientStorageError(f"no attempt was made (attempts={attempts})")
 
@@ -127,6 +153,7 @@ class Coordinator:
         """Take a lease, waiting up to ``wait`` seconds in FCFS order; LeaseTimeout if it stays busy."""
         acq = self.acquisition(resource, agent_id=agent_id, mode=mode, ttl=ttl, wait=wait,
                                expected_duration=expected_duration)
+        acq.follows_wakeups = True
         try:
             while True:
                 r = acq.step()

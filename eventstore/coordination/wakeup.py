@@ -1,5 +1,6 @@
 """Prompt wake-ups for waiters: releases NOTIFY, one LISTEN connection per coordinator wakes the
-threads waiting for that resource.
+threads waiting for that resource: only the head of its queue when the payload names it (an exclusive
+head, after which nobody else can be granted; see lease_sql.py), else every waiter of the resource.
 
 Polling alone leaves a freed resource idle for up to a backoff interval; with a notification the head
 of the queue polls again at once. Polling stays as the backstop (expiry has no notification, and a
@@ -26,16 +27,17 @@ class Wakeups:
     def __init__(self, database: Database) -> None:
         self._database = database
         self._lock = threading.Lock()
-        self._waiting: dict[str, set[threading.Event]] = {}
+        self._waiting: dict[str, dict[threading.Event, str | None]] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.listening = threading.Event()
 
-    def register(self, resource: str) -> threading.Event:
-        """An Event that is set whenever ``resource`` is released; unregister it when done."""
+    def register(self, resource: str, agent_id: str | None = None) -> threading.Event:
+        """An Event that is set whenever ``resource`` is released and ``agent_id`` may be next (any
+        agent if None); unregister it when done."""
         event = threading.Event()
         with self._lock:
-            self._waiting.setdefault(resource, set()).add(event)
+            self._waiting.setdefault(resource, {})[event] = agent_id
             if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(target=self._run, name="eventstore-lease-listener", daemon=True)
                 self._thread.start()
@@ -45,14 +47,19 @@ class Wakeups:
         with self._lock:
             waiting = self._waiting.get(resource)
             if waiting is not None:
-                waiting.discard(event)
+                waiting.pop(event, None)
                 if not waiting:
                     del self._waiting[resource]
 
-    def _wake(self, resource: str) -> None:
+    def _wake(self, payload: str) -> None:
+        """Wake for one notification: ``resource`` (every waiter) or ``resource`` chr(31) ``agent`` (its head)."""
+        resource, sep, head = payload.rpartition("\x1f")
+        if not sep:
+            resource, head = payload, ""
         with self._lock:
-            for event in self._waiting.get(resource, ()):
-                event.set()
+            for event, agent in self._waiting.get(resource, {}).items():
+                if not head or agent is None or agent == head:
+                    event.set()
 
     def _listening(self, _conn: object) -> None:
         """(Re)connected: a release may have gone unheard meanwhile, so every waiter polls once now."""

@@ -1,11 +1,11 @@
 """Signed anchors of the history's heads (pure): what ``eventstore anchor`` writes outside the database.
 
 An anchor says "at database time T the log's head was (position, hash), the outcomes chain's head was
-(seq, hash), the dead letters' head was (seq, hash)", signed with an Ed25519 key that lives outside
-the database. Because every hash covers everything before it, a log that still holds the anchored
-hash at the anchored position still holds the whole anchored history unchanged; a database owner who
-rewrites history (and recomputes every hash) cannot make the old heads reappear, and cannot sign a
-new anchor without the key. One anchor is one JSON line.
+(seq, hash), the dead letters' head was (seq, hash), the lock chain's head was (seq, hash)", signed with
+an Ed25519 key that lives outside the database. Because every hash covers everything before it, a log
+that still holds the anchored hash at the anchored position still holds the whole anchored history
+unchanged; a database owner who rewrites history (and recomputes every hash) cannot make the old heads
+reappear, and cannot sign a new anchor without the key. One anchor is one JSON line.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ FORMAT = "eventstore.anchor/1"
 
 @dataclass(frozen=True)
 class Heads:
-    """The heads of the three chains: the event log (position, hash) and the side chains (seq, hash)."""
+    """The heads of the chains: the event log (position, hash) and the side chains (seq, hash). The lock
+    chain (migration 0009) is None in anchors written before it existed; they verify as they were signed."""
 
     position: int
     hash: bytes
@@ -35,6 +36,8 @@ class Heads:
     outcomes_hash: bytes
     dead_letters_seq: int
     dead_letters_hash: bytes
+    lock_events_seq: int | None = None
+    lock_events_hash: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,15 @@ class Anchor:
 
 
 def _body(heads: Heads, database_time: datetime, key_id: str) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "format": FORMAT, "position": heads.position, "hash": heads.hash.hex(),
         "outcomes": {"seq": heads.outcomes_seq, "hash": heads.outcomes_hash.hex()},
         "dead_letters": {"seq": heads.dead_letters_seq, "hash": heads.dead_letters_hash.hex()},
         "database_time": database_time.isoformat(), "key_id": key_id,
     }
+    if heads.lock_events_seq is not None and heads.lock_events_hash is not None:
+        body["lock_events"] = {"seq": heads.lock_events_seq, "hash": heads.lock_events_hash.hex()}
+    return body
 
 
 def signed_bytes(body: dict[str, Any]) -> bytes:
@@ -94,9 +100,12 @@ def parse_line(line: str) -> Anchor:
         d = json.loads(line)
         if d.get("format") != FORMAT:
             raise ValueError(f"format is {d.get('format')!r}, not {FORMAT!r}")
+        locks = d.get("lock_events")
         heads = Heads(int(d["position"]), bytes.fromhex(d["hash"]), int(d["outcomes"]["seq"]),
                       bytes.fromhex(d["outcomes"]["hash"]), int(d["dead_letters"]["seq"]),
-                      bytes.fromhex(d["dead_letters"]["hash"]))
+                      bytes.fromhex(d["dead_letters"]["hash"]),
+                      None if locks is None else int(locks["seq"]),
+                      None if locks is None else bytes.fromhex(locks["hash"]))
         return Anchor(heads, datetime.fromisoformat(d["database_time"]), str(d["key_id"]),
                       bytes.fromhex(d["signature"]))
     except (ValueError, KeyError, TypeError, AttributeError) as e:

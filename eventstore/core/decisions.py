@@ -11,10 +11,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from eventstore.core.auth import AgentKey, Guard, HolderRow, Signed, authenticate, check_lease, guard_for, permitted
 from eventstore.core.outcomes import Outcome, ReasonCode
-from eventstore.core.records import Envelope
+from eventstore.core.records import EnvelopeFields
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,14 @@ class CommittedKey:
     intent: bytes
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One decoded intake message with its intent hash, in offset order."""
+E = TypeVar("E", bound=EnvelopeFields)
 
-    envelope: Envelope
+
+@dataclass(frozen=True)
+class Candidate(Generic[E]):
+    """One decoded intake message with its intent hash, in offset order (the envelope of either decoder)."""
+
+    envelope: E
     intent: bytes
     signed: Signed | None = None  # the signed bytes and MAC cut from the intake value (core/auth.py)
 
@@ -71,10 +75,10 @@ class KnownState:
     holders: Mapping[str, Sequence[HolderRow]] = field(default_factory=dict)
 
 
-def decide_batch(candidates: Sequence[Candidate], known: KnownState) -> list[Decision]:
+def decide_batch(candidates: Sequence[Candidate[Any]], known: KnownState) -> list[Decision]:
     """Decide each candidate in order; earlier decisions in the batch count for later ones."""
     versions: dict[str, int] = dict(known.stream_versions)
-    keys: dict[tuple[str, str], tuple[int, Candidate]] = {}  # keys committed earlier in this batch
+    keys: dict[tuple[str, str], tuple[int, Candidate[Any]]] = {}  # keys committed earlier in this batch
     decisions: list[Decision] = []
     for i, cand in enumerate(candidates):
         env = cand.envelope
@@ -97,7 +101,7 @@ def decide_batch(candidates: Sequence[Candidate], known: KnownState) -> list[Dec
     return decisions
 
 
-def _refuse(cand: Candidate, known: KnownState) -> tuple[ReasonCode, str] | None:
+def _refuse(cand: Candidate[Any], known: KnownState) -> tuple[ReasonCode, str] | None:
     """Identity, permission and event-id checks, before anything about keys is revealed."""
     env = cand.envelope
     if known.authenticate:
@@ -115,7 +119,7 @@ def _refuse(cand: Candidate, known: KnownState) -> tuple[ReasonCode, str] | None
     return None
 
 
-def _guarded(env: Envelope, known: KnownState) -> tuple[ReasonCode, str] | None:
+def _guarded(env: EnvelopeFields, known: KnownState) -> tuple[ReasonCode, str] | None:
     """On a guarded stream, a write needs the agent's current exclusive lease (checked after dedup, so a
     retry of a committed event still gets DUPLICATE after the lease is gone)."""
     guard = guard_for(env.stream, known.guards)
@@ -126,11 +130,11 @@ def _guarded(env: Envelope, known: KnownState) -> tuple[ReasonCode, str] | None:
 
 
 def _decide_one(
-    env: Envelope,
+    env: EnvelopeFields,
     intent: bytes,
     current: int,
     known: KnownState,
-    batch_keys: Mapping[tuple[str, str], tuple[int, Candidate]],
+    batch_keys: Mapping[tuple[str, str], tuple[int, Candidate[Any]]],
 ) -> Decision:
     key = env.idempotency_key
     original = known.committed_keys.get((env.agent_id, key)) or known.committed_keys.get(key)

@@ -105,7 +105,9 @@ def guard(cur: Cursor, pattern: str, resource: str = "{stream}") -> Guard:
 
 
 def unguard(cur: Cursor, pattern: str) -> bool:
-    cur.execute(UNGUARD, (pattern,))
+    """Stop guarding ``pattern``; False when it was not guarded. A pattern that could never have been
+    guarded (control characters, too long) is refused as such rather than looked up."""
+    cur.execute(UNGUARD, (check_name("pattern", pattern),))
     row = cur.fetchone()
     return bool(row and row[0])
 

@@ -14,11 +14,11 @@ from eventstore.postgres import eventlog, sidechains
 
 Cursor = psycopg.Cursor[Any]
 
-# One statement, one snapshot: the three heads belong together, with the database's clock.
+# One statement, one snapshot: the four heads belong together, with the database's clock.
 READ_HEADS = """
-SELECT l.position, l.hash, o.seq, o.hash, d.seq, d.hash, now()
-FROM log_head l, history_heads o, history_heads d
-WHERE o.name = 'outcomes' AND d.name = 'dead_letters'
+SELECT l.position, l.hash, o.seq, o.hash, d.seq, d.hash, k.seq, k.hash, now()
+FROM log_head l, history_heads o, history_heads d, history_heads k
+WHERE o.name = 'outcomes' AND d.name = 'dead_letters' AND k.name = 'lock_events'
 """
 
 
@@ -31,8 +31,9 @@ def current_heads(cur: Cursor) -> tuple[Heads, datetime]:
     row = cur.fetchone()
     if row is None:
         raise SchemaNotReadyError("a head row (log_head or history_heads) is missing; run `eventstore migrate`")
-    heads = Heads(int(row[0]), bytes(row[1]), int(row[2]), bytes(row[3]), int(row[4]), bytes(row[5]))
-    return heads, row[6]
+    heads = Heads(int(row[0]), bytes(row[1]), int(row[2]), bytes(row[3]), int(row[4]), bytes(row[5]),
+                  int(row[6]), bytes(row[7]))
+    return heads, row[8]
 
 
 def check(cur: Cursor, anchor: Anchor) -> list[str]:
@@ -46,8 +47,11 @@ def check(cur: Cursor, anchor: Anchor) -> list[str]:
     elif logged != h.hash:
         problems.append(f"the event at anchored position {h.position} is not the anchored one (hash "
                         f"{logged.hex()[:16]}... instead of {h.hash.hex()[:16]}...): history was rewritten")
-    for name, seq, expected in (("outcomes", h.outcomes_seq, h.outcomes_hash),
-                                ("dead_letters", h.dead_letters_seq, h.dead_letters_hash)):
+    sides: list[tuple[str, int, bytes]] = [("outcomes", h.outcomes_seq, h.outcomes_hash),
+                                           ("dead_letters", h.dead_letters_seq, h.dead_letters_hash)]
+    if h.lock_events_seq is not None and h.lock_events_hash is not None:
+        sides.append(("lock_events", h.lock_events_seq, h.lock_events_hash))
+    for name, seq, expected in sides:
         stored = sidechains.hash_at(cur, name, seq)
         if stored is None:
             problems.append(f"{name} no longer reach anchored row {seq}: rows were deleted")

@@ -130,12 +130,14 @@ class Database:
             return psycopg.connect(self._url, autocommit=autocommit, application_name=self.application_name)
 
     def pool(self, *, min_size: int = 1, max_size: int = 4, autocommit: bool = True,
-             name: str = "eventstore") -> ConnectionPool[Connection]:
-        """A connection pool (psycopg_pool checks connections and replaces broken ones)."""
+             name: str = "eventstore", check: bool = True) -> ConnectionPool[Connection]:
+        """A connection pool (psycopg_pool checks connections and replaces broken ones). ``check=False``
+        skips the test round trip on every checkout, for callers that retry transient errors and call
+        ``pool.check()`` after one (the coordinator)."""
         kwargs: dict[str, Any] = {"autocommit": autocommit, "application_name": self.application_name}
         with converted_errors():
             return ConnectionPool(self._url, min_size=min_size, max_size=max_size, kwargs=kwargs, open=True,
-                                  name=name, check=ConnectionPool.check_connection)
+                                  name=name, check=ConnectionPool.check_connection if check else None)
 
     def reconnecting(self, stop: threading.Event, what: str, *, autocommit: bool = True) -> Iterator[Connection]:
         """Yield a connection, and a fresh one each time the caller asks again (after its connection

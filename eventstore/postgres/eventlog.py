@@ -17,15 +17,24 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row, kwargs_row
 
 from eventstore.core.errors import EmitTimeout, SchemaNotReadyError
-from eventstore.core.hashing import GENESIS, canonical_json, chain_hash, intent_hash, legacy_payload_texts
-from eventstore.core.records import RECORDED_FIELDS, DirectEvent, NewEvent, RecordedEvent
+from eventstore.core.hashing import (
+    GENESIS,
+    canonical_json,
+    chain_hash,
+    chain_link,
+    hashed_time,
+    intent_hash,
+    legacy_payload_texts,
+)
+from eventstore.core.records import RECORDED_FIELDS, DirectEvent, NewEvent, RecordedEvent, recorded_event
 
 Cursor = psycopg.Cursor[Any]
 
@@ -86,46 +95,103 @@ def set_stream_versions(cur: Cursor, versions: dict[str, int]) -> None:
         cur.execute(SET_STREAM_VERSIONS, (names, [versions[n] for n in names]))
 
 
+@dataclass
+class Columns:
+    """The events of one append, column by column (the shape the INSERT takes), so a batch of thousands
+    builds no object per event before the RecordedEvents it returns. Fill it with :meth:`add`."""
+
+    event_id: list[uuid.UUID] = field(default_factory=list)
+    stream: list[str] = field(default_factory=list)
+    version: list[int] = field(default_factory=list)
+    type: list[str] = field(default_factory=list)
+    schema_version: list[int] = field(default_factory=list)
+    payload_json: list[str] = field(default_factory=list)
+    payload: list[dict[str, Any]] = field(default_factory=list)
+    agent_id: list[str] = field(default_factory=list)
+    idempotency_key: list[str] = field(default_factory=list)
+    correlation_id: list[uuid.UUID] = field(default_factory=list)
+    causation_id: list[uuid.UUID | None] = field(default_factory=list)
+    occurred_at: list[datetime | None] = field(default_factory=list)
+    lease_resource: list[str | None] = field(default_factory=list)
+    fencing_token: list[int | None] = field(default_factory=list)
+    intent: list[bytes] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.event_id)
+
+    def add(self, event_id: uuid.UUID, stream: str, version: int, type: str, schema_version: int,
+            payload_json: str, payload: dict[str, Any], agent_id: str, idempotency_key: str,
+            correlation_id: uuid.UUID, causation_id: uuid.UUID | None, occurred_at: datetime | None,
+            lease_resource: str | None, fencing_token: int | None, intent: bytes) -> None:
+        """One event whose version is decided; ``payload_json`` is its canonical JSON (hashed in ``intent``)."""
+        self.event_id.append(event_id)
+        self.stream.append(stream)
+        self.version.append(version)
+        self.type.append(type)
+        self.schema_version.append(schema_version)
+        self.payload_json.append(payload_json)
+        self.payload.append(payload)
+        self.agent_id.append(agent_id)
+        self.idempotency_key.append(idempotency_key)
+        self.correlation_id.append(correlation_id)
+        self.causation_id.append(causation_id)
+        self.occurred_at.append(occurred_at)
+        self.lease_resource.append(lease_resource)
+        self.fencing_token.append(fencing_token)
+        self.intent.append(intent)
+
+
 def append(cur: Cursor, events: Sequence[NewEvent]) -> list[RecordedEvent]:
     """Append events in the caller's transaction; positions follow the order given.
 
     The caller must hold the stream locks and have decided the versions.
     """
-    if not events:
+    cols = Columns()
+    for e in events:
+        cols.add(e.event_id, e.stream, e.version, e.type, e.schema_version, e.payload_json,
+                 e.payload if e.payload is not None else json.loads(e.payload_json), e.agent_id, e.idempotency_key,
+                 e.correlation_id, e.causation_id, e.occurred_at, e.lease_resource, e.fencing_token, e.intent)
+    return append_columns(cur, cols)
+
+
+def append_columns(cur: Cursor, c: Columns) -> list[RecordedEvent]:
+    """Append the events of ``c`` in the caller's transaction, in that order: lock the log head, chain
+    every event to the one before, insert them in one statement, move the head. Returns them as recorded
+    (positions, the database's recorded-at, chain links), in commit order.
+
+    The caller must hold the stream locks and have decided the versions.
+    """
+    n = len(c)
+    if not n:
         return []
     cur.execute(LOCK_HEAD)
     row = cur.fetchone()
     if row is None:
         raise SchemaNotReadyError("the log_head row is missing; run `eventstore migrate`")
     head, prev, recorded_at = int(row[0]), bytes(row[1]), row[2]
-    positions, prevs, hashes = [], [], []
-    for i, ev in enumerate(events, start=1):
-        h = chain_hash(
-            prev, position=head + i, event_id=str(ev.event_id), stream=ev.stream, version=ev.version,
-            agent_id=ev.agent_id, idempotency_key=ev.idempotency_key, correlation_id=str(ev.correlation_id),
-            causation_id=None if ev.causation_id is None else str(ev.causation_id),
-            occurred_at=ev.occurred_at, recorded_at=recorded_at, lease_resource=ev.lease_resource,
-            fencing_token=ev.fencing_token, intent=ev.intent,
-        )
-        positions.append(head + i)
+    recorded_text = hashed_time(recorded_at)  # the same for the whole batch: formatted once
+    positions = list(range(head + 1, head + 1 + n))
+    prevs: list[bytes] = []
+    hashes: list[bytes] = []
+    for i in range(n):
+        causation, lease, token = c.causation_id[i], c.lease_resource[i], c.fencing_token[i]
+        h = chain_link(prev, positions[i], str(c.event_id[i]), c.stream[i], c.version[i], c.agent_id[i],
+                       c.idempotency_key[i], str(c.correlation_id[i]), "" if causation is None else str(causation),
+                       hashed_time(c.occurred_at[i]), recorded_text, lease or "",
+                       "" if token is None else str(token), c.intent[i])
         prevs.append(prev)
         hashes.append(h)
         prev = h
-    cur.execute(
-        INSERT_EVENTS,
-        (
-            recorded_at, positions, [e.event_id for e in events], [e.stream for e in events],
-            [e.version for e in events], [e.type for e in events], [e.schema_version for e in events],
-            [e.payload_json for e in events], [e.agent_id for e in events],
-            [e.idempotency_key for e in events], [e.correlation_id for e in events],
-            [e.causation_id for e in events], [e.occurred_at for e in events],
-            [e.lease_resource for e in events], [e.fencing_token for e in events],
-            [e.intent for e in events], prevs, hashes,
-        ),
-    )
-    cur.execute(MOVE_HEAD, (head + len(events), prev))
-    return [e.recorded(p, recorded_at, e.payload if e.payload is not None else json.loads(e.payload_json), ph, h)
-            for p, e, ph, h in zip(positions, events, prevs, hashes, strict=True)]
+    cur.execute(INSERT_EVENTS, (
+        recorded_at, positions, c.event_id, c.stream, c.version, c.type, c.schema_version, c.payload_json,
+        c.agent_id, c.idempotency_key, c.correlation_id, c.causation_id, c.occurred_at, c.lease_resource,
+        c.fencing_token, c.intent, prevs, hashes,
+    ))
+    cur.execute(MOVE_HEAD, (head + n, prev))
+    return [recorded_event(*fields) for fields in zip(
+        positions, c.event_id, c.stream, c.version, c.type, c.schema_version, c.payload, c.agent_id,
+        c.idempotency_key, c.correlation_id, c.causation_id, c.occurred_at, [recorded_at] * n, c.lease_resource,
+        c.fencing_token, prevs, hashes, strict=True)]
 
 
 def append_direct(cur: Cursor, items: Sequence[DirectEvent]) -> list[RecordedEvent]:

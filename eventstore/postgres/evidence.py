@@ -48,13 +48,13 @@ INVENTORY_ROWS = "SELECT count(*) FROM inventory"
 GRANTS = """
 SELECT count(*), mode() WITHIN GROUP (ORDER BY (payload->>'ttl_seconds')::float8),
        max((payload->>'ttl_seconds')::float8)
-FROM events WHERE type = 'LeaseGranted'
+FROM lock_history WHERE type = 'LeaseGranted'
 """
-COUNT_TYPE = "SELECT count(*) FROM events WHERE type = %s"
+COUNT_TYPE = "SELECT count(*) FROM lock_history WHERE type = %s"  # lock events: legacy ones and the lock chain
 # The lock history the lock-order replay needs (core.checks.lock_order_let_through), in log order.
 LOCK_HISTORY = """
-SELECT type, agent_id, payload->>'resource', (payload->>'token')::bigint FROM events
-WHERE type IN ('LeaseGranted', 'LeaseReleased', 'LeaseExpired', 'LeaseRevoked') ORDER BY position
+SELECT type, agent_id, payload->>'resource', (payload->>'token')::bigint FROM lock_history
+WHERE type IN ('LeaseGranted', 'LeaseReleased', 'LeaseExpired', 'LeaseRevoked') ORDER BY log_order, n
 """
 # The SDK uses the event id as the idempotency key when the agent gives none.
 UNKEYED = """

@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from eventstore.core.history_query import HistoryQuery
+from eventstore.core.lockevents import LOCK_EVENTS as LOCK_EVENT_CLASSES
 from eventstore.postgres.eventlog import EVENT_COLUMNS, to_recorded
 
 Cursor = psycopg.Cursor[Any]
@@ -48,6 +49,23 @@ WITH RECURSIVE chain(event_id, causation_id) AS (
 )
 """
 PAGE = "SELECT {columns} FROM events WHERE position > %(after)s{filters} ORDER BY position LIMIT %(limit)s"
+# The streams of the coordinator's lock history (eventstore/postgres/leases.py): since migration 0009 in
+# the lock chain, read with the older ones from the event log through the view ``lock_history``.
+LOCK_STREAM_PREFIXES = ("lease-", "agent-")
+LOCK_TYPES = frozenset(t.event_type for t in LOCK_EVENT_CLASSES)
+LOCK_FILTERS: dict[str, str] = {
+    "stream": "stream = %(stream)s",
+    "agent": "agent_id = %(agent)s",
+    "type": "type = %(type)s",
+    "since": "recorded_at >= %(since)s",
+    "until": "recorded_at < %(until)s",
+}
+LOCK_PAGE = (
+    "SELECT log_order, n, position, lock_seq, event_id, stream, type, agent_id, lease_resource, fencing_token, "
+    "recorded_at, payload FROM lock_history WHERE (log_order, n) > (%(after_log)s, %(after_n)s){filters} "
+    "ORDER BY log_order, n LIMIT %(limit)s"
+)
+LOCK_CURSOR_SHIFT = 62  # a lock page's cursor: log_order << 62 | n (legacy positions first, then the chain)
 CHAIN_FILTER = " AND event_id IN (SELECT event_id FROM chain)"
 # Decisions made while the stream stood at the write's version (conflicts and rejections that lost
 # against it), and duplicates that point at it.
@@ -63,11 +81,14 @@ FROM outcomes o WHERE o.original_position = ANY(%(positions)s::bigint[])
 ORDER BY decided_at
 """
 # The lock history of the leases that writes were made under: the resource's lease stream, same token.
+# ``position`` is set for lock events the event log recorded before the lock chain (migration 0009),
+# ``lock_seq`` for those in the lock chain.
 LOCK_EVENTS = """
-SELECT e.position, e.type, e.agent_id, e.lease_resource, e.fencing_token, e.recorded_at, e.payload
+SELECT e.position, e.lock_seq, e.type, e.agent_id, e.lease_resource, e.fencing_token, e.recorded_at, e.payload
 FROM unnest(%(resources)s::text[], %(tokens)s::bigint[]) AS l(resource, token)
-JOIN events e ON e.stream = 'lease-' || l.resource AND e.fencing_token = l.token
-ORDER BY e.position
+JOIN lock_history e ON e.stream = 'lease-' || l.resource AND e.lease_resource = l.resource
+                   AND e.fencing_token = l.token
+ORDER BY e.log_order, e.n
 """
 CATEGORY = "CASE WHEN stream ~ '.-[^-]*$' THEN regexp_replace(stream, '-[^-]*$', '') ELSE stream END"
 WRITERS = f"""
@@ -128,8 +149,42 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
             for k, v in row.items()}
 
 
+def is_lock_query(q: HistoryQuery) -> bool:
+    """A query of a lock stream (``lease-<resource>`` / ``agent-<id>``), or of a lock event type across
+    streams, without position or correlation filters: answered from the lock history, which has no
+    global positions of its own."""
+    if q.correlation is not None or q.from_position is not None or q.to_position is not None:
+        return False
+    if q.stream is not None:
+        return q.stream.startswith(LOCK_STREAM_PREFIXES)
+    return q.type is not None and q.type in LOCK_TYPES
+
+
+def lock_page(conn: psycopg.Connection[Any], q: HistoryQuery) -> HistoryPage:
+    """One page of a lock stream's history: rows with ``position`` (recorded in the event log before
+    migration 0009) or ``lock_seq`` (their row in the lock chain); no version, outcomes or lock context."""
+    parts = [f" AND {frag}" for name, frag in LOCK_FILTERS.items() if getattr(q, name) is not None]
+    text = sql.SQL(LOCK_PAGE.format(filters="".join(parts)))  # fixed fragments only, never input
+    mask = (1 << LOCK_CURSOR_SHIFT) - 1
+    args = {**params(q), "after_log": q.after >> LOCK_CURSOR_SHIFT, "after_n": q.after & mask}
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(text, args)
+        found = cur.fetchall()
+    rows = []
+    for r in found:
+        rows.append(HistoryRow({
+            "position": r["position"], "lock_seq": r["lock_seq"], "event_id": str(r["event_id"]),
+            "stream": r["stream"], "version": None, "type": r["type"], "agent_id": r["agent_id"],
+            "recorded_at": r["recorded_at"].isoformat(), "lease_resource": r["lease_resource"],
+            "fencing_token": r["fencing_token"], "payload": r["payload"]}))
+    last = (found[-1]["log_order"] << LOCK_CURSOR_SHIFT | found[-1]["n"]) if found else q.after
+    return HistoryPage(rows, q.next_cursor(last) if last else None, len(rows) == q.limit)
+
+
 def query(conn: psycopg.Connection[Any], q: HistoryQuery, *, context: bool = True) -> HistoryPage:
     """One page of history; with ``context`` each write carries its outcomes and lock events."""
+    if is_lock_query(q):
+        return lock_page(conn, q)
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(page_sql(q), params(q))
         rows = [HistoryRow(event_dict(r)) for r in cur.fetchall()]

@@ -39,16 +39,17 @@ from eventstore.core.limits import (
     may_hold_surrogates,
     offset_problem,
 )
+from eventstore.core.offsetorder import order_batch
 from eventstore.core.outcomes import EmitResult, Outcome, ReasonCode
-from eventstore.core.records import Envelope, NewEvent, RecordedEvent
+from eventstore.core.records import EnvelopeFields, RecordedEvent
 from eventstore.core.validation import check_no_nul, check_stream, printable
 from eventstore.postgres import eventlog
 from eventstore.postgres.connection import Disposition, convert, disposition_of
 from eventstore.postgres.offsets import ENSURE_OFFSETS, LOCK_OFFSETS, STORE_OFFSETS
 from eventstore.postgres.readmodels import ReadModel, ReadModelError, apply_all
-from eventstore.wire.envelope import Headers, decode, salvage_ids
+from eventstore.wire.envelope import Headers, IntakeEnvelope, decode_intake, salvage_ids
 from eventstore.wire.notifications import COMMITTED_CHANNEL, channel_for, pack
-from eventstore.wire.rejections import EventRejected, IdempotencyKeyReused, conflict
+from eventstore.wire.rejections import EventConflicted, EventRejected, IdempotencyKeyReused
 
 log = logging.getLogger(__name__)
 Cursor = psycopg.Cursor[Any]
@@ -119,6 +120,8 @@ class BatchResult:
     next_offsets: dict[int, int] = field(default_factory=dict)
     # Partitions where this batch was behind the stored offsets (replay or zombie): seek there.
     behind: dict[int, int] = field(default_factory=dict)
+    # Partitions cut at a hole in the offsets (core/offsetorder.py): seek back to this offset.
+    rewind: dict[int, int] = field(default_factory=dict)
     rejections: list[Event] = field(default_factory=list)
 
     def count(self, status: Outcome) -> int:
@@ -126,40 +129,43 @@ class BatchResult:
 
 
 @dataclass(frozen=True)
-class _Parsed:
-    message: IntakeMessage
-    envelope: Envelope
-    payload_json: str
-    payload: dict[str, Any]
-    intent: bytes
+class _Parsed(Candidate[EnvelopeFields]):
+    """A message that passed the boundary: the candidate the decision takes (envelope, intent hash, signature
+    part), with what the append needs (canonical payload JSON and the payload as the event class dumps it)."""
+
+    message: IntakeMessage = field(kw_only=True)
+    payload_json: str = field(kw_only=True)
+    payload: dict[str, Any] = field(kw_only=True)
 
 
 def parse(msg: IntakeMessage, types: EventRegistry, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> _Parsed:
-    """Decode the envelope and validate its payload against the registered event class; raises
-    DecodeError or InvalidEventError naming what is wrong."""
-    if msg.value is not None:
-        check_size(len(msg.value), max_event_bytes, "the intake message", "EVENTSTORE_MAX_EVENT_BYTES")
-    env = decode(msg.value)
+    """Decode the envelope and validate its payload against the registered event class, in one pass over
+    the bytes (``decode_intake``); raises DecodeError or InvalidEventError naming what is wrong."""
+    value = msg.value
+    if value is not None:
+        check_size(len(value), max_event_bytes, "the intake message", "EVENTSTORE_MAX_EVENT_BYTES")
+    env, raw_payload = decode_intake(value)
     check_stream(env.stream)
     check_key(msg.key, env.stream)
-    odd = msg.value is not None and may_hold_surrogates(msg.value)
+    # The fast decoder takes no value with a surrogate escape: only decode()'s envelopes need the scan.
+    odd = not isinstance(env, IntakeEnvelope) and value is not None and may_hold_surrogates(value)
     if odd:
         strings = [env.idempotency_key, env.stream, env.agent_id, env.type]
         check_values("the envelope", strings + ([env.lease.resource] if env.lease else []))
     check_timestamp("occurred_at", env.occurred_at)
-    typed = types.decode(env.type, env.schema_version, env.payload)
+    typed = types.decode(env.type, env.schema_version, raw_payload)
     if typed.server_only:
         raise InvalidEventError(f"{env.type} events are written by the server only; agents cannot emit them")
     payload = typed.model_dump(mode="json")
     # JSON carries a NUL inside a string only as the escape \u0000 (a raw control character is refused by
     # the parser), so the walk over the payload is needed only when the bytes hold that escape.
-    if msg.value is not None and b"\\u0000" in msg.value:
+    if value is not None and b"\\u0000" in value:
         check_no_nul(env.type, payload)
     payload_json = canonical_json(payload)
     if odd or may_hold_non_finite(payload_json):
         check_values(env.type, payload)
-    return _Parsed(msg, env, payload_json, payload,
-                   intent_hash(env.type, env.schema_version, env.stream, payload_json))
+    return _Parsed(env, intent_hash(env.type, env.schema_version, env.stream, payload_json), split_signed(value),
+                   message=msg, payload_json=payload_json, payload=payload)
 
 
 def read_message(msg: IntakeMessage, types: EventRegistry, *,
@@ -228,11 +234,10 @@ def write_batch(
                         continue
                     reason = got
                 rejected.append((msg, safe_reason(reason)))
-            candidates = [Candidate(p.envelope, p.intent, split_signed(p.message.value)) for p in parsed]
             # Dead-lettered messages are answered to the agent they name only if that agent signed them.
             unparsed = [sv.key_id for m, _ in rejected if (sv := split_signed(m.value)) is not None]
-            known = _known(cur, candidates, authenticate, unparsed)
-            decisions = decide_batch(candidates, known)
+            known = _known(cur, parsed, authenticate, unparsed)
+            decisions = decide_batch(parsed, known)
             recorded = _append(cur, parsed, decisions)
             pipe.sync()  # an append error must surface here, not be blamed on a read model below
             result.committed = recorded
@@ -256,7 +261,8 @@ def write_batch(
 def _fence(cur: Cursor, group: str, topic: str, messages: Sequence[IntakeMessage],
            result: BatchResult, watermarks: Mapping[int, tuple[int, int]]) -> list[IntakeMessage]:
     """Lock this batch's offset rows; drop messages another member (or an earlier run) already applied;
-    stop on a stored offset the topic contradicts (no silent skip)."""
+    cut a partition at a hole in its offsets (``result.rewind``: the consumer goes back); stop on a
+    stored offset the topic contradicts (no silent skip)."""
     parts = sorted({m.partition for m in messages})
     cur.execute(ENSURE_OFFSETS, (group, topic, parts))
     cur.execute(LOCK_OFFSETS, (group, topic, parts))
@@ -266,25 +272,17 @@ def _fence(cur: Cursor, group: str, topic: str, messages: Sequence[IntakeMessage
         problem = offset_problem(topic, p, stored[p], low, high)
         if problem is not None:
             raise OffsetsNotTrustedError(problem, partition=p, stored=stored[p], ahead=stored[p] > high)
-    fresh = [m for m in messages if m.offset >= stored[m.partition]]
-    for m in messages:
-        if m.offset < stored[m.partition]:
-            result.behind[m.partition] = stored[m.partition]
-    first: dict[int, int] = {}
-    for m in fresh:
-        first.setdefault(m.partition, m.offset)
-    for p, offset in first.items():
-        if offset > stored[p]:
-            raise OffsetsNotTrustedError(
-                f"the next message of {topic}[{p}] is at offset {offset} but the stored offset is {stored[p]}: "
-                f"messages {stored[p]}..{offset - 1} were never applied and are gone (retention or truncation). "
-                "Recover them if you can, then run `eventstore offsets reset --topic intake --reason \"...\"`")
-    if len(fresh) < len(messages):
-        log.info("dropped %d already-applied intake messages (replay or zombie batch)", len(messages) - len(fresh))
+    order = order_batch([(m.partition, m.offset) for m in messages], stored)
+    fresh = [messages[i] for i in order.fresh]
+    result.behind.update(order.behind)
+    result.rewind.update(order.rewind)
+    if order.behind:
+        log.info("dropped already-applied intake messages of partitions %s (replay or zombie batch)",
+                 sorted(order.behind))
     return fresh
 
 
-def _known(cur: Cursor, candidates: Sequence[Candidate], authenticate: bool,
+def _known(cur: Cursor, candidates: Sequence[Candidate[Any]], authenticate: bool,
            unparsed_key_ids: Sequence[str] = ()) -> KnownState:
     """Load (and lock, in the documented order) what the decision needs. The guard policy is read first
     (the resources to lock depend on it); every other read is queued on its own cursor and travels in
@@ -330,23 +328,22 @@ def _known(cur: Cursor, candidates: Sequence[Candidate], authenticate: bool,
 
 
 def _append(cur: Cursor, parsed: Sequence[_Parsed], decisions: Sequence[Decision]) -> list[RecordedEvent]:
-    new: list[NewEvent] = []
+    """Append the committed candidates, column by column straight from their envelopes."""
+    cols = eventlog.Columns()
     versions: dict[str, int] = {}
+    committed = Outcome.COMMITTED
     for p, d in zip(parsed, decisions, strict=True):
-        if d.status is not Outcome.COMMITTED:
+        if d.status is not committed:
             continue
         e = p.envelope
         if d.version is None:  # decide_batch sets it on every COMMITTED decision
             raise EventStoreError(f"internal error: committed event {e.event_id} has no version")
         versions[e.stream] = d.version
-        new.append(NewEvent(
-            event_id=e.event_id, stream=e.stream, version=d.version, type=e.type,
-            schema_version=e.schema_version, payload_json=p.payload_json, payload=p.payload, agent_id=e.agent_id,
-            idempotency_key=e.idempotency_key, correlation_id=e.correlation_id, causation_id=e.causation_id,
-            occurred_at=e.occurred_at, lease_resource=e.lease.resource if e.lease else None,
-            fencing_token=e.lease.token if e.lease else None, intent=p.intent,
-        ))
-    recorded = eventlog.append(cur, new)
+        lease = e.lease
+        cols.add(e.event_id, e.stream, d.version, e.type, e.schema_version, p.payload_json, p.payload, e.agent_id,
+                 e.idempotency_key, e.correlation_id, e.causation_id, e.occurred_at,
+                 None if lease is None else lease.resource, None if lease is None else lease.token, p.intent)
+    recorded = eventlog.append_columns(cur, cols)
     eventlog.set_stream_versions(cur, versions)
     return recorded
 
@@ -429,9 +426,11 @@ def _record(
         cur.execute(NOTIFY, (channels, payloads))
 
 
-def _rejection(e: Envelope, d: Decision) -> list[Event]:
+def _rejection(e: EnvelopeFields, d: Decision) -> list[Event]:
     if d.status is Outcome.CONFLICT and d.current_version is not None and e.expected_version is not None:
-        return [conflict(e, e.expected_version, d.current_version)]
+        return [EventConflicted(event_id=e.event_id, agent_id=e.agent_id, stream=e.stream,
+                                idempotency_key=e.idempotency_key, expected_version=e.expected_version,
+                                actual_version=d.current_version)]
     if d.status is Outcome.REJECTED and d.original is not None:
         return [IdempotencyKeyReused(event_id=e.event_id, agent_id=e.agent_id, stream=e.stream,
                                      idempotency_key=e.idempotency_key, original_position=d.original.position)]

@@ -95,20 +95,41 @@ SELECT token, hold_count, expires_at > clock_timestamp(),
        extract(epoch FROM clock_timestamp() - granted_at)::float8
 FROM lease_holders WHERE resource = %s AND agent_id = %s FOR UPDATE
 """
+# Wake the waiters of a resource, if it has any (delivered at commit; eventstore/coordination/wakeup.py).
+# When the head of the queue waits for an exclusive lease nobody behind it can be granted, so only the
+# head is woken: its agent id follows the resource in the payload after chr(31), a control character no
+# resource or agent id may contain. A shared head may have grantable shared waiters behind it: then the
+# payload is the resource alone and every waiter polls.
+_WAKE_HEAD = """
+(SELECT pg_notify('eventstore_leases',
+                  CASE WHEN w.mode = 'exclusive' THEN w.resource || chr(31) || w.agent_id ELSE w.resource END)
+ FROM (SELECT resource, mode, agent_id FROM lease_waiters WHERE resource = %(r)s ORDER BY seq LIMIT 1) w)
+"""
+# A live, non-re-entered hold released in one statement: the holder row goes, its LeaseReleased is
+# chained (payload written by the database as jsonb text, the fields of lockevents.LeaseReleased) and the
+# head of the queue is woken.
 RELEASE_FAST = """
 WITH d AS (
     DELETE FROM lease_holders
     WHERE resource = %(r)s AND agent_id = %(a)s AND token = %(t)s AND hold_count = 1
       AND expires_at > clock_timestamp()
     RETURNING extract(epoch FROM clock_timestamp() - granted_at)::float8 AS held
+),
+ev AS (
+    INSERT INTO lock_events (event_id, stream, type, schema_version, payload, agent_id, lease_resource,
+                             fencing_token)
+    SELECT gen_random_uuid(), 'lease-' || %(r)s::text, 'LeaseReleased', 1,
+           jsonb_build_object('agent_id', %(a)s::text, 'held_seconds', d.held, 'resource', %(r)s::text,
+                              'token', %(t)s::bigint)::text,
+           %(a)s, %(r)s, %(t)s
+    FROM d
 )
-SELECT d.held, (SELECT 1 FROM lease_waiters w, LATERAL pg_notify('eventstore_leases', %(r)s) n
-                WHERE w.resource = %(r)s LIMIT 1)
+SELECT d.held, """ + _WAKE_HEAD + """
 FROM d
 """
-NOTIFY = """
-SELECT 1 FROM lease_waiters w, LATERAL pg_notify('eventstore_leases', %(r)s) n WHERE w.resource = %(r)s LIMIT 1
-"""
+# The common grant in one call (migration 0009): a row (token, expires_at, waited) or none.
+GRANT_FREE = "SELECT * FROM eventstore_lease_grant_free(%s::text, %s::text, %s::text, %s::float8, %s::int, %s::int, %s)"
+NOTIFY = "SELECT " + _WAKE_HEAD
 DROP_HOLDER = "DELETE FROM lease_holders WHERE resource = %s AND agent_id = %s"
 DECREMENT = "UPDATE lease_holders SET hold_count = hold_count - 1 WHERE resource = %s AND agent_id = %s"
 RENEW = """

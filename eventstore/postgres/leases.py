@@ -1,12 +1,14 @@
 """The PostgreSQL adapter of the coordinator: one function per short transaction step.
 
-Each function runs inside the caller's transaction and appends the lock event it causes in that same
-transaction, so state and history never disagree. Lock order, shared with the projector: the
-resource's advisory lock (namespace ``ADVISORY_NS``) -> lease tables -> agents -> resources ->
-streams -> log_head. Every transaction that hands out or bumps a fencing token (grant, expiry,
-revocation) holds that resource's advisory lock, so those steps of one resource are serialised and the
-tokens increase in commit order. A plain release or renew touches only the holder's own row, whose
-row lock serialises it against a concurrent expiry, so it skips the advisory lock.
+Each function runs inside the caller's transaction and appends the lock events it causes in that same
+transaction, so state and history never disagree. The events go to the lock chain (lockchain.py,
+migration 0009), not the event log: a lease step never takes ``log_head``, so it never waits for the
+projector's batches. Lock order: the resource's advisory lock (namespace ``ADVISORY_NS``) -> lease
+tables -> agents -> resources -> the lock chain's head (taken by the step's one append, at its end).
+Every transaction that hands out or bumps a fencing token (grant, expiry, revocation) holds that
+resource's advisory lock, so those steps of one resource are serialised and the tokens increase in
+commit order. A plain release or renew touches only the holder's own row, whose row lock serialises
+it against a concurrent expiry, so it skips the advisory lock.
 """
 
 from __future__ import annotations
@@ -25,10 +27,8 @@ from eventstore.core.errors import (
     LockOrderViolation,
     StorageError,
 )
-from eventstore.core.events import Event
 from eventstore.core.lockrules import Holder, Mode, Waiter, key_of, may_grant, wait_exceeded
-from eventstore.core.records import DirectEvent
-from eventstore.postgres.eventlog import Cursor, append_direct
+from eventstore.postgres.eventlog import Cursor
 from eventstore.postgres.lease_sql import (
     ADVISORY_NS,
     AGENT_RESOURCES,
@@ -40,6 +40,7 @@ from eventstore.postgres.lease_sql import (
     ENQUEUE,
     ENSURE_AGENT,
     FENCE_REJECTIONS,
+    GRANT_FREE,
     GRANT_NEW,
     GRANT_SHARED,
     HEARTBEAT,
@@ -57,6 +58,7 @@ from eventstore.postgres.lease_sql import (
     SNAPSHOT,
     WAIT_GRAPH,
 )
+from eventstore.postgres.lockchain import LockLog
 
 
 def lease_stream(resource: str) -> str:
@@ -104,12 +106,6 @@ class StepResult:
     alert: ev.WaitExceeded | None = None
     expired: list[Expiry] = field(default_factory=list)
     error: EventStoreError | None = None
-
-
-def _record(cur: Cursor, stream: str, event: Event, agent_id: str, resource: str | None = None,
-            token: int | None = None) -> None:
-    append_direct(cur, [DirectEvent(stream=stream, event=event, agent_id=agent_id,
-                                    lease_resource=resource, fencing_token=token)])
 
 
 def _lock(cur: Cursor, resource: str) -> None:
@@ -182,12 +178,43 @@ def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> 
 
 def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool,
             expected: float | None, stale_after: float,
-            violation_of: Callable[[str, list[str]], str | None] | None = None) -> StepResult:
+            violation_of: Callable[[str, list[str]], str | None] | None = None, fast: bool = True) -> StepResult:
     """One try to get a lease: grant it, re-enter it, or (if ``queue``) keep a place in the FIFO queue.
 
     With ``violation_of`` (the pure lock-order rule) the request is first checked against the other
-    resources the agent holds; a violation is recorded and returned as the error.
+    resources the agent holds; a violation is recorded and returned as the error. With ``fast`` the
+    common grant (a free resource, or the agent at the head of its queue, no other lease to check the
+    order against) is tried first in one call (``GRANT_FREE``); anything else runs the full step after
+    it, in the same transaction. Pollers that are unlikely to be granted pass ``fast=False``.
     """
+    if fast and (free := send_grant_free(cur, resource, agent_id, mode, ttl, violation_of is not None)()):
+        return StepResult(grant=free)
+    log = LockLog()
+    result = _attempt(cur, log, resource, agent_id, mode, ttl, queue=queue, expected=expected,
+                      stale_after=stale_after, violation_of=violation_of)
+    log.append(cur)
+    return result
+
+
+def send_grant_free(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float,
+                    check_order: bool) -> Callable[[], Grant | None]:
+    """Send the one-call grant (a free resource, or the agent at the head of its queue; migration 0009);
+    the returned reader gives the Grant, or None if the full step (``attempt``) must decide. Nothing is
+    written when it does not grant, so a transaction of just this commits without a flush."""
+    cur.execute(GRANT_FREE, (resource, agent_id, mode.value, ttl, ADVISORY_NS, key_of(resource), check_order))
+
+    def read() -> Grant | None:
+        row = cur.fetchone()
+        if row is None:
+            return None
+        token, expires_at, waited = row
+        return Grant(resource, agent_id, mode, int(token), expires_at, float(waited))
+    return read
+
+
+def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool,
+             expected: float | None, stale_after: float,
+             violation_of: Callable[[str, list[str]], str | None] | None) -> StepResult:
     _lock(cur, resource)
     cur.execute(LOCK_AGENT_EARLY, (agent_id,))
     snap = _snapshot(cur, resource, agent_id, stale_after)
@@ -195,12 +222,12 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
     if expired:
         fence = _bump(cur, resource)
         for g in expired:
-            _record(cur, lease_stream(resource), ev.LeaseExpired(
+            log.add(lease_stream(resource), ev.LeaseExpired(
                 resource=resource, agent_id=g.agent_id, token=g.token, fence_token=fence),
                 g.agent_id, resource, g.token)
         _notify(cur, resource)
     if violation_of is not None and (later := violation_of(resource, snap.held_elsewhere)) is not None:
-        _record(cur, agent_stream(agent_id), ev.LockOrderViolated(
+        log.add(agent_stream(agent_id), ev.LockOrderViolated(
             agent_id=agent_id, requested=resource, held=later), agent_id)
         return StepResult(expired=expired, error=LockOrderViolation(agent_id, resource, later))
     if snap.agent is None:
@@ -238,13 +265,13 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
                 f"agent {agent_id!r} was stopped by the kill switch; an operator must revive it"))
         token, expires_at, waited = granted
         token, waited = int(token), float(waited or 0.0)
-        _record(cur, lease_stream(resource), ev.LeaseGranted(
+        log.add(lease_stream(resource), ev.LeaseGranted(
             resource=resource, agent_id=agent_id, mode=mode.value, token=token, ttl_seconds=ttl,
             waited_seconds=waited), agent_id, resource, token)
         return StepResult(expired=expired, grant=Grant(resource, agent_id, mode, token, expires_at, waited))
     held_by = others or sorted({w.agent_id for w in waiters if w.agent_id != agent_id})
     if not queue:
-        _record(cur, lease_stream(resource), ev.LeaseDenied(
+        log.add(lease_stream(resource), ev.LeaseDenied(
             resource=resource, agent_id=agent_id, mode=mode.value, reason="busy", held_by=held_by), agent_id)
         return StepResult(expired=expired, held_by=held_by)
     # Keep the place in the queue. Most polls only read: the heartbeat is refreshed when it is a quarter
@@ -252,7 +279,7 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
     if snap.my_wait is None:
         cur.execute(ENQUEUE, (resource, agent_id, mode.value, expected))
         waited, alerted, expected_db = 0.0, False, expected
-        _record(cur, lease_stream(resource), ev.LeaseWaited(
+        log.add(lease_stream(resource), ev.LeaseWaited(
             resource=resource, agent_id=agent_id, mode=mode.value, held_by=held_by,
             expected_seconds=expected), agent_id)
     else:
@@ -265,7 +292,7 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
         cur.execute(MARK_ALERTED, (resource, agent_id))
         result.alert = ev.WaitExceeded(resource=resource, agent_id=agent_id, waited_seconds=waited,
                                        expected_seconds=expected_db, held_by=held_by)
-        _record(cur, lease_stream(resource), result.alert, agent_id)
+        log.add(lease_stream(resource), result.alert, agent_id)
     return result
 
 
@@ -273,36 +300,51 @@ def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: s
                 deadlock: ev.DeadlockFound | None = None) -> float | None:
     """Give up waiting (timeout, deadlock victim, interruption): remove the queue entry and record why.
     Returns how long it waited, or None if it was not queued."""
+    log = LockLog()
     _lock(cur, resource)
     cur.execute(DEQUEUE, (resource, agent_id))
     row = cur.fetchone()
     if row is None:
         return None
     if deadlock is not None:
-        _record(cur, lease_stream(resource), deadlock, agent_id)
+        log.add(lease_stream(resource), deadlock, agent_id)
     _notify(cur, resource)  # those queued behind may be grantable now
     cur.execute(HOLDERS, (resource,))
     held_by = sorted({str(a) for a, _, _ in cur.fetchall()})
-    _record(cur, lease_stream(resource), ev.LeaseDenied(
+    log.add(lease_stream(resource), ev.LeaseDenied(
         resource=resource, agent_id=agent_id, mode=mode.value, reason=reason, held_by=held_by), agent_id)
+    log.append(cur)
     return float(row[0])
+
+
+def send_release_fast(cur: Cursor, resource: str, agent_id: str, token: int) -> Callable[[], float | None]:
+    """Send the common release (a live, non-re-entered hold: one statement that also chains its
+    LeaseReleased and wakes the queue's head); the reader gives the seconds held, or None if the statement
+    changed nothing and ``release_rest`` must decide (in a transaction of its own or the same one)."""
+    cur.execute(RELEASE_FAST, {"r": resource, "a": agent_id, "t": token})
+
+    def read() -> float | None:
+        row = cur.fetchone()
+        return None if row is None else float(row[0])
+    return read
 
 
 def release(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple[float | None, Expiry | None]:
     """Release one hold. Returns (held seconds if the lease is now free of this agent, expiry if it had
     expired). Raises LeaseNotHeldError if the agent does not hold this grant.
 
-    The common case (a live, non-re-entered hold) is one DELETE and needs no advisory lock: it hands
+    The common case (a live, non-re-entered hold) is one statement and needs no advisory lock: it hands
     out no token, and a concurrent expiry of the same row is serialised by the row lock.
     """
-    cur.execute(RELEASE_FAST, {"r": resource, "a": agent_id, "t": token})
-    row = cur.fetchone()
-    if row is not None:
-        held_fast = float(row[0])
-        _record(cur, lease_stream(resource), ev.LeaseReleased(
-            resource=resource, agent_id=agent_id, token=token, held_seconds=held_fast),
-            agent_id, resource, token)
-        return held_fast, None
+    held = send_release_fast(cur, resource, agent_id, token)()
+    if held is not None:
+        return held, None
+    return release_rest(cur, resource, agent_id, token)
+
+
+def release_rest(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple[float | None, Expiry | None]:
+    """The release cases the one-statement release leaves: re-entered, expired, or not held at all."""
+    log = LockLog()
     _lock(cur, resource)
     cur.execute(RELEASE_ROW, (resource, agent_id))
     row = cur.fetchone()
@@ -315,28 +357,32 @@ def release(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple[floa
         cur.execute(DROP_HOLDER, (resource, agent_id))
         fence = _bump(cur, resource)
         _notify(cur, resource)
-        _record(cur, lease_stream(resource), ev.LeaseExpired(
+        log.add(lease_stream(resource), ev.LeaseExpired(
             resource=resource, agent_id=agent_id, token=token, fence_token=fence), agent_id, resource, token)
+        log.append(cur)
         return None, Expiry(resource, agent_id, token, held)
     if count > 1:
         cur.execute(DECREMENT, (resource, agent_id))
         return None, None
     cur.execute(DROP_HOLDER, (resource, agent_id))
     _notify(cur, resource)
-    _record(cur, lease_stream(resource), ev.LeaseReleased(
+    log.add(lease_stream(resource), ev.LeaseReleased(
         resource=resource, agent_id=agent_id, token=token, held_seconds=held), agent_id, resource, token)
+    log.append(cur)
     return held, None
 
 
 def renew(cur: Cursor, resource: str, agent_id: str, token: int, ttl: float) -> datetime:
     """Extend a live lease by ``ttl`` from now (database clock); LeaseNotHeldError if it is gone."""
+    log = LockLog()
     cur.execute(RENEW, (ttl, ttl, resource, agent_id, token))
     row = cur.fetchone()
     if row is None:
         raise LeaseNotHeldError(
             f"agent {agent_id!r} cannot renew {resource!r} token {token}: the lease expired or was revoked")
-    _record(cur, lease_stream(resource), ev.LeaseRenewed(
+    log.add(lease_stream(resource), ev.LeaseRenewed(
         resource=resource, agent_id=agent_id, token=token, ttl_seconds=ttl), agent_id, resource, token)
+    log.append(cur)
     return row[0]  # type: ignore[no-any-return]
 
 
@@ -362,6 +408,7 @@ def mark_killed(cur: Cursor, agent_id: str, reason: str) -> None:
 def revoke_all(cur: Cursor, agent_id: str, reason: str, killed: bool) -> list[tuple[str, int, int]]:
     """Step 2 of the kill switch: revoke every lease and wait of the agent at once, fencing each token.
     Returns (resource, revoked token, new fence token) per revoked lease."""
+    log = LockLog()
     cur.execute(AGENT_RESOURCES, (agent_id, agent_id))
     resources = sorted({str(r[0]) for r in cur.fetchall()}, key=lambda r: (key_of(r), r))
     for r in resources:
@@ -374,12 +421,13 @@ def revoke_all(cur: Cursor, agent_id: str, reason: str, killed: bool) -> list[tu
             fence = _bump(cur, str(r))
             _notify(cur, str(r))
             revoked.append((str(r), int(t), fence))
-            _record(cur, lease_stream(str(r)), ev.LeaseRevoked(
+            log.add(lease_stream(str(r)), ev.LeaseRevoked(
                 resource=str(r), agent_id=agent_id, token=int(t), fence_token=fence, reason=reason),
                 agent_id, str(r), int(t))
     if killed:
-        _record(cur, agent_stream(agent_id), ev.AgentKilled(
+        log.add(agent_stream(agent_id), ev.AgentKilled(
             agent_id=agent_id, reason=reason, revoked=[r for r, _, _ in revoked]), agent_id)
+    log.append(cur)
     return revoked
 
 
@@ -388,7 +436,9 @@ def revive(cur: Cursor, agent_id: str) -> bool:
     cur.execute(REVIVE, (agent_id,))
     if cur.fetchone() is None:
         return False
-    _record(cur, agent_stream(agent_id), ev.AgentRevived(agent_id=agent_id), agent_id)
+    log = LockLog()
+    log.add(agent_stream(agent_id), ev.AgentRevived(agent_id=agent_id), agent_id)
+    log.append(cur)
     return True
 
 

@@ -64,6 +64,10 @@ class StepRunner(Protocol):
 
     def run_step(self, fn: Callable[[Cursor], T], attempts: int = 5) -> T: ...
 
+    def run_step_then_read(self, send: Callable[[Cursor], Callable[[], T]], attempts: int = 5) -> T:
+        """Run a step whose results are read after its commit (one round trip in pipeline mode)."""
+        ...
+
 
 class PostgresLeaseStore:
     """The lease store in PostgreSQL (tables ``resources``, ``lease_holders``, ``lease_waiters``, ``agents``;
@@ -75,6 +79,7 @@ class PostgresLeaseStore:
 
     def acquire(self, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool = False,
                 expected: float | None = None) -> StepResult:
+        # One transaction: a request that is not granted is queued as of it (FIFO).
         return self._runner.run_step(lambda cur: leases.attempt(
             cur, resource, agent_id, mode, ttl, queue=queue, expected=expected, stale_after=self.stale_after))
 
@@ -85,7 +90,11 @@ class PostgresLeaseStore:
         return self._runner.run_step(lambda cur: leases.renew(cur, resource, agent_id, token, ttl))
 
     def release(self, resource: str, agent_id: str, token: int) -> tuple[float | None, Expiry | None]:
-        return self._runner.run_step(lambda cur: leases.release(cur, resource, agent_id, token))
+        # The common case in one round trip; the rest (re-entered, expired, not held) in a second step.
+        held = self._runner.run_step_then_read(lambda cur: leases.send_release_fast(cur, resource, agent_id, token))
+        if held is not None:
+            return held, None
+        return self._runner.run_step(lambda cur: leases.release_rest(cur, resource, agent_id, token))
 
     def kill(self, agent_id: str, reason: str) -> list[str]:
         # Two transactions, as the coordinator does: once the mark commits no grant can succeed, so the

@@ -51,6 +51,9 @@ from eventstore.projection.publisher import Publisher
 from eventstore.wire.rejections import encode_rejection
 
 log = logging.getLogger(__name__)
+# How often a partition is sent back to the same offset without progress before the hole counts as
+# real (the records are gone) and the projector stops rather than skip them.
+MAX_REWINDS = 5
 SETUP_LOCK = "SELECT pg_advisory_xact_lock(hashtext('eventstore read-model setup'))"
 
 
@@ -110,6 +113,7 @@ class Projector(BackgroundRunner):
         self._retry_attempts = 0
         self._alerted = False
         self._batch_watermarks: dict[int, tuple[int, int]] = {}
+        self._rewinds: dict[tuple[int, int], int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -288,16 +292,43 @@ class Projector(BackgroundRunner):
                 producer.poll(0)
         except (KafkaException, BufferError) as e:
             log.error("could not publish dead letters/rejections to Kafka (they are in PostgreSQL): %s", e)
+        self._count_rewinds(result)
         try:
             if result.next_offsets:
                 consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in result.next_offsets.items()],
                                 asynchronous=True)
             for p, o in result.behind.items():
-                if p in self._assigned and p not in result.next_offsets:
+                if p in self._assigned and p not in result.next_offsets and p not in result.rewind:
+                    consumer.seek(TopicPartition(self.topic, p, o))
+            for p, o in result.rewind.items():
+                if p in self._assigned:
                     consumer.seek(TopicPartition(self.topic, p, o))
         except KafkaException as e:  # Kafka offsets are only a hint; PostgreSQL holds the real ones
             log.warning("could not commit or seek Kafka offsets: %s", e)
         return conn
+
+    def _count_rewinds(self, result: BatchResult) -> None:
+        """A batch cut at a hole (core/offsetorder.py) sends the consumer back to the first missing
+        offset. Progress on a partition ends its count; the same hole MAX_REWINDS times without progress
+        means the records are gone, and the projector stops with the operator's command."""
+        for p in result.next_offsets:
+            for key in [k for k in self._rewinds if k[0] == p]:
+                del self._rewinds[key]
+        for p, offset in result.rewind.items():
+            key = (p, offset)
+            self._rewinds[key] = self._rewinds.get(key, 0) + 1
+            log.warning("%s[%d]: the consumer handed over a later record while offset %d was missing; "
+                        "rewinding to %d (%d of %d without progress)", self.topic, p, offset, offset,
+                        self._rewinds[key], MAX_REWINDS)
+            if self._rewinds[key] >= MAX_REWINDS:
+                raise OffsetsNotTrustedError(
+                    f"{self.topic}[{p}]: the record at offset {offset} was never delivered although later "
+                    f"ones were, {MAX_REWINDS} times: it is gone (retention or truncation) or was never a "
+                    "record (a transactional producer's marker; the intake topic takes none). Recover "
+                    "what you can, then run `eventstore offsets reset --topic intake --reason \"...\"`",
+                    partition=p, stored=offset)
+        if result.rewind:
+            time.sleep(0.05)  # give a broker that showed a later record first the time to show the earlier
 
     def _commit_with_retries(
         self, conn: psycopg.Connection[Any], batch: list[IntakeMessage], poisoned: dict[tuple[int, int], str]
@@ -326,6 +357,8 @@ class Projector(BackgroundRunner):
                     merged.dead_letters += r.dead_letters
                     merged.next_offsets.update(r.next_offsets)
                     merged.behind.update(r.behind)
+                    for p, o in r.rewind.items():
+                        merged.rewind.setdefault(p, o)
                     merged.rejections += r.rejections
                 return merged, conn
 

@@ -1,0 +1,100 @@
+"""The projector's one-pass decoder (``decode_intake``, issue 11) accepts exactly what the pydantic
+``decode`` accepts, with the same field values, and refuses with decode's reasons (no servers)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventstore.core.errors import DecodeError
+from eventstore.core.hashing import hashed_time
+from eventstore.core.records import EnvelopeFields
+from eventstore.wire.envelope import IntakeEnvelope, decode, decode_intake
+from tests.test_hostile_parse import HOSTILE, good_envelope, hostile_envelopes, variant
+
+FIELDS = ("event_id", "idempotency_key", "stream", "expected_version", "agent_id", "correlation_id",
+          "causation_id", "type", "schema_version")
+
+
+def same(fast: EnvelopeFields, slow: EnvelopeFields) -> None:
+    for name in FIELDS:
+        assert getattr(fast, name) == getattr(slow, name), name
+    a, b = fast.occurred_at, slow.occurred_at
+    assert (a is None) == (b is None)
+    if a is not None and b is not None:  # wall time and offset: an out-of-range instant cannot be compared
+        assert (a.replace(tzinfo=None), a.utcoffset()) == (b.replace(tzinfo=None), b.utcoffset())
+        if 1 < a.year < 9999:
+            assert hashed_time(a) == hashed_time(b)
+    assert (fast.lease is None) == (slow.lease is None)
+    if fast.lease is not None and slow.lease is not None:
+        assert (fast.lease.resource, fast.lease.token) == (slow.lease.resource, slow.lease.token)
+
+
+def agree(value: bytes | None) -> None:
+    try:
+        slow = decode(value)
+    except DecodeError as e:
+        with pytest.raises(DecodeError) as got:
+            decode_intake(value)
+        assert str(got.value) == str(e)
+        return
+    fast, payload = decode_intake(value)
+    same(fast, slow)
+    assert payload == slow.payload
+
+
+def test_an_sdk_envelope_takes_the_fast_path_with_the_same_fields() -> None:
+    value = variant(lease={"resource": "r-1", "token": 3}, expected_version=4,
+                    causation_id=str(uuid.uuid4()), occurred_at="2026-01-02T03:04:05.123456+05:30")
+    fast, payload = decode_intake(value)
+    assert isinstance(fast, IntakeEnvelope)
+    same(fast, decode(value))
+    assert payload == {"sku": "H1", "quantity": 1}
+
+
+@pytest.mark.parametrize("changes", [
+    {"occurred_at": "2026-01-02T03:04:05"},  # naive: Envelope wants an aware timestamp
+    {"expected_version": 1.0}, {"expected_version": "3"}, {"schema_version": True},
+    {"event_id": "{12345678-1234-1234-1234-123456789abc}"},
+    {"event_id": "urn:uuid:12345678-1234-1234-1234-123456789abc"},
+    {"event_id": "12345678123412341234123456789ABC"}, {"stream": "inventory-H1\n"}, {"type": ""},
+    {"idempotency_key": "k" * 201}, {"payload": []}, {"payload": "{}"}, {"payload": None},
+    {"lease": {"resource": "r", "token": 0}}, {"lease": {"resource": "r", "token": 1, "x": 1}},
+    {"auth": {"key_id": "0123456789abcdeF", "mac": "x" * 43}},
+    {"auth": {"key_id": "0123456789abcdef", "mac": "x" * 43}},
+    {"occurred_at": "2026-01-02 03:04:05Z"}, {"occurred_at": 1_700_000_000}, {"extra": 1},
+    {"occurred_at": "2026-01-02T03:04:05.1234567Z"}, {"occurred_at": "2026-12-31T23:59:59.9999999Z"},
+    {"occurred_at": "2026-01-02T03:04:05,5Z"}, {"occurred_at": "2026-01-02T03:04:60Z"},
+    {"occurred_at": "2026-01-02T03:04:05-00:00"}, {"occurred_at": "2026-01-02t03:04:05z"},
+    {"occurred_at": "2026-01-02T03:04Z"}, {"occurred_at": "20260102T030405Z"}, {"occurred_at": "2026-01-02"},
+])
+def test_edge_values_are_decided_as_decode_decides_them(changes: dict[str, Any]) -> None:
+    agree(variant(**changes))
+
+
+@pytest.mark.parametrize("value", [h[1] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
+def test_each_hostile_message_is_decided_as_decode_decides_it(value: bytes | None) -> None:
+    agree(value)
+
+
+def test_duplicate_members_take_the_last_value_in_both() -> None:
+    env = good_envelope()
+    body = json.dumps(env)
+    agree((body[:-1] + ', "stream": "inventory-H2"}').encode())
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_envelopes())
+def test_hostile_envelopes_are_decided_as_decode_decides_them(case: tuple[bytes, bytes | None]) -> None:
+    agree(case[0])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=500))
+def test_arbitrary_bytes_are_decided_as_decode_decides_them(value: bytes) -> None:
+    agree(value)
