@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from eventstore import AgentClient, Outcome, Projector
-from eventstore.core.errors import InvalidEventError
+from eventstore.core.errors import BrokerError, InvalidEventError
 from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryAdjusted, InventoryUpdated, stream_for
 from tests.fix_projector import scalar
@@ -57,3 +57,16 @@ def test_emit_many_invalid_item_sends_nothing(settings: Settings, projector: Pro
         client.flush()
     assert scalar(settings.require_database(), "SELECT count(*) FROM events WHERE stream = %s",
                   (stream_for("BAD0"),)) == 1
+
+
+def test_a_message_the_broker_never_takes_fails_its_handle(settings: Settings) -> None:
+    """The producer's one delivery callback finds the failed message's handle by its event-id header."""
+    lost = settings.replace(namespace=settings.namespace + "-nowhere",  # an intake topic nobody created
+                            kafka_config={**settings.kafka_config, "message.timeout.ms": 1500})
+    with AgentClient("many-lost", lost, ensure_topic=False) as client:
+        one = client.emit(InventoryAdjusted(sku="L1", delta=1), stream_for("L1"))
+        batch = client.emit_many([(InventoryAdjusted(sku="L2", delta=i), stream_for("L2")) for i in range(3)])
+        for h in [one, *batch]:
+            with pytest.raises(BrokerError, match=f"did not take event {h.event_id}"):
+                h.result(30)
+        assert client._listener.pending == 0

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg.rows import dict_row
 
-from eventstore.core.outcomes import EmitResult, Outcome, ReasonCode
+from eventstore.core.outcomes import EmitResult, Outcome, outcome_of, reason_of
 
 LOOKUP_OUTCOMES = """
 SELECT event_id, 'committed' AS status, stream, version, position, version AS current_version,
@@ -37,9 +37,9 @@ class OutcomeStore(Protocol):
 def result_from_row(row: dict[str, Any]) -> EmitResult:
     """An outcome row (by column name) as the EmitResult the agent receives."""
     code = row["reason_code"]
-    return EmitResult(event_id=row["event_id"], status=Outcome(row["status"]), stream=row["stream"],
+    return EmitResult(event_id=row["event_id"], status=outcome_of(row["status"]), stream=row["stream"],
                       version=row["version"], position=row["position"], current_version=row["current_version"],
-                      reason=row["reason"], reason_code=None if code is None else ReasonCode(code))
+                      reason=row["reason"], reason_code=None if code is None else reason_of(code))
 
 
 LOOKUP_AGENT_OUTCOMES = """
