@@ -7,7 +7,10 @@ On fresh embedded servers, in interleaved rounds (median of 3), each on a fresh 
    librdkafka alone costs this process per event;
 2. ``emit()`` one call per event, and ``emit_many()`` in batches of 1,000;
 3. with a projector process deciding them: ``emit_many`` / ``emit`` and then every handle's
-   ``result()``, so the outcome listener's work (wake-ups, lookups, resolving handles) is counted too.
+   ``result()``, so the outcome listener's work (wake-ups, lookups, resolving handles) is counted too;
+4. emit -> outcome latency at a steady rate (``emit()`` then the handle's outcome, as ``bench
+   latency`` measures it), with the SDK's producer settings and with ``linger.ms=1`` (the earlier
+   setting) in alternating rounds: batching for load must not cost a lone event its latency.
 
 CPU is this process's (all threads, librdkafka's included) from the first call until the broker
 acknowledged everything (1, 2) or every outcome arrived (3), per event; tansu's CPU comes from /proc.
@@ -30,12 +33,12 @@ from typing import Any
 from confluent_kafka import Producer
 
 from eventstore.bench import agents as bench_agents
-from eventstore.bench.writepath import CpuMeter, make_events, projector, wait_ready
+from eventstore.bench.writepath import CpuMeter, Latency, latency, make_events, projector, wait_ready
 from eventstore.core.auth import Credential
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.examples.inventory import InventoryAdjusted
-from eventstore.kafka.config import ensure_topics, producer_config
+from eventstore.kafka.config import agent_producer_config, ensure_topics
 from eventstore.postgres.migrate import upgrade
 from eventstore.sdk.client import AgentClient, build_envelope
 from eventstore.wire.envelope import encode
@@ -82,7 +85,7 @@ def signed_values(events: Events, agent_id: str, cred: Credential) -> list[tuple
 def floor(settings: Settings, values: list[tuple[bytes, bytes, Any]], broker: CpuMeter,
           **extra: Any) -> Figure:
     """A bare producer with the SDK's settings (plus ``extra``) sending prepared bytes."""
-    producer = Producer(producer_config(settings, **{"delivery.report.only.error": True, **extra}))
+    producer = Producer(agent_producer_config(settings, **extra))
     producer.produce(settings.intake_topic, value=values[0][1], key=values[0][0])  # connect, warm up
     producer.flush(30)
 
@@ -130,7 +133,11 @@ def _line(name: str, f: Figure, base: Figure | None) -> str:
             f"us/event{ratio}")
 
 
-def main(events: int = 20_000, rounds: int = 3) -> int:
+def _merge(runs: list[Latency]) -> Latency:
+    return Latency(sorted(x for r in runs for x in r.samples), sum(r.failed for r in runs))
+
+
+def main(events: int = 20_000, rounds: int = 3, rate: int = 1000, latency_events: int = 2000) -> int:
     """Print the agent's CPU per event by path, against the floor of the same run."""
     run = uuid.uuid4().hex[:6]
     logdir = Path(tempfile.mkdtemp(prefix="eventstore-bench-agent-"))
@@ -144,7 +151,7 @@ def main(events: int = 20_000, rounds: int = 3) -> int:
         settings = base.replace(namespace=f"agent-{run}", projector_group=f"agent-{run}")
         ensure_topics(settings, {settings.intake_topic: settings.intake_partitions})
         broker = CpuMeter({"tansu": servers.broker._proc.pid} if servers.broker._proc else {})
-        print(f"  producer: {dict(producer_config(settings))}")
+        print(f"  agent producer: {dict(agent_producer_config(settings))}")
         cred = bench_agents.credential(settings, "bench-agent-floor")
         samples: dict[str, list[Figure]] = {}
         print("\n[1] without a projector: until the broker acknowledged every event", flush=True)
@@ -172,7 +179,22 @@ def main(events: int = 20_000, rounds: int = 3) -> int:
                     name = "emit_many+result" if many else "emit+result"
                     samples.setdefault(name, []).append(
                         sdk(client, make_events(events, f"o{name[:6]}{r}", seed=r), broker, many, outcomes=True))
-        print(_line("emit() then result()", _median(samples["emit+result"]), fl))
-        print(_line(f"emit_many() ({BATCH:,}) then result()", _median(samples["emit_many+result"]), fl))
+            print(_line("emit() then result()", _median(samples["emit+result"]), fl))
+            print(_line(f"emit_many() ({BATCH:,}) then result()", _median(samples["emit_many+result"]), fl))
+            print(f"\n[3] emit -> outcome at {rate:,}/s, {latency_events:,} events per round, 2 alternating rounds "
+                  "each", flush=True)
+            lat: dict[str, list[Latency]] = {"sdk": [], "linger1": []}
+            with bench_agents.client("bench-lat-linger1", settings.replace(
+                    kafka_config={**settings.kafka_config, "linger.ms": 1})) as old:
+                wait_ready(old, "al")
+                for r in range(2):
+                    lat["sdk"].append(latency(client, latency_events, rate, f"ls{r}"))
+                    lat["linger1"].append(latency(old, latency_events, rate, f"l1{r}"))
+            sdk_lat, old_lat = _merge(lat["sdk"]), _merge(lat["linger1"])
+            print(f"  SDK settings (linger.ms={agent_producer_config(settings)['linger.ms']}): {sdk_lat.line()}")
+            print(f"  linger.ms=1              : {old_lat.line()}")
+            if sdk_lat.samples and old_lat.samples:
+                print(f"  p50 ratio SDK / linger 1: {sdk_lat.pct(50) / old_lat.pct(50):.2f}x, p99 "
+                      f"{sdk_lat.pct(99) / old_lat.pct(99):.2f}x")
     print(f"\naim: agent <= 15 us CPU per emit; load average after the run {os.getloadavg()[0]:.2f}")
     return 0

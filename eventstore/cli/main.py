@@ -264,7 +264,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.which == "agent":
         from eventstore.bench import agent
 
-        return agent.main(events=args.events or 20_000)
+        return agent.main(events=args.events or 20_000, rate=args.rate, latency_events=args.latency_events)
     if args.which == "auth":
         from eventstore.bench import auth
 

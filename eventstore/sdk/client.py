@@ -26,7 +26,7 @@ from eventstore.core.records import Envelope, LeaseRef, RecordedEvent
 from eventstore.core.settings import Settings
 from eventstore.core.validation import check_name, check_stream
 from eventstore.discovery import dev_credential, resolve_settings
-from eventstore.kafka.config import ensure_topics, producer_config
+from eventstore.kafka.config import agent_producer_config, ensure_topics
 from eventstore.postgres import eventlog
 from eventstore.postgres.connection import Database, converted_errors
 from eventstore.postgres.outcomes import lookup_outcomes
@@ -124,10 +124,8 @@ class AgentClient:
         self._writer = EnvelopeWriter(self.agent_id, self._credential)
         self._topic = self.settings.intake_topic
         self._max_bytes = self.settings.max_event_bytes
-        # One delivery callback for every message, called only on failures: a successful delivery
-        # needs no Python call, and no per-message callback object is made.
-        self._producer = Producer(producer_config(self.settings, **{"delivery.report.only.error": True,
-                                                                    "on_delivery": self._undelivered}))
+        # One delivery callback for every message, called only on failures (no per-message callback object).
+        self._producer = Producer(agent_producer_config(self.settings, on_delivery=self._undelivered))
         self._closed = threading.Event()
         self._subscriber: Subscriber | None = None
         self.view: LocalView | None = None
@@ -179,7 +177,7 @@ class AgentClient:
         handle, key, value, headers = self._prepare(event, stream, expected_version, idempotency_key,
                                                     correlation_id, causation_id, lease)
         self._pending.add(handle)
-        self._produce(key, value, headers)
+        self._produce_one(key, value, headers)
         return handle
 
     def emit_envelope(self, env: Envelope) -> EmitHandle:
@@ -190,7 +188,7 @@ class AgentClient:
         self._check_size(value, env.type, env.stream)
         handle = EmitHandle(env.event_id, env.stream, env.idempotency_key, self._pending)
         self._pending.add(handle)
-        self._produce(key, value, headers)
+        self._produce_one(key, value, headers)
         return handle
 
     def _prepare(self, event: Event, stream: str, expected_version: int | None, idempotency_key: str | None,
@@ -222,6 +220,14 @@ class AgentClient:
             except BufferError:
                 self._producer.poll(0.01)  # local queue full: let deliveries drain
 
+    def _produce_one(self, key: bytes, value: bytes, headers: Headers) -> None:
+        """Produce one message; if the producer had nothing on its way, send it now instead of after
+        linger.ms (nothing to batch it with: a lone event must not wait). Under load it batches."""
+        idle = not len(self._producer)
+        self._produce(key, value, headers)
+        if idle:
+            self._producer.flush(0)
+
     def _undelivered(self, err: KafkaError | None, msg: Message) -> None:
         """The producer's delivery callback (on the poller thread; failures only): the handle fails. The
         event id is read from the value, the SDK's own JSON (a delivery report carries no headers)."""
@@ -250,7 +256,7 @@ class AgentClient:
         """Emit and wait for the decision: COMMITTED, DUPLICATE, CONFLICT or REJECTED."""
         handle = self.emit(event, stream, expected_version=expected_version, idempotency_key=idempotency_key,
                            correlation_id=correlation_id, causation_id=causation_id, lease=lease)
-        self._producer.poll(0)
+        self._producer.flush(0)  # send now: the caller waits for this event alone
         return handle.result(timeout)
 
     def flush(self, timeout: float = 10.0) -> None:
@@ -363,7 +369,7 @@ class AgentClient:
         self._pending.add_many(handles)
         for _, key, value, headers in prepared:
             self._produce(key, value, headers)
-        self._producer.poll(0)
+        self._producer.flush(0)  # the batch is complete: send it now, not after linger.ms
         return handles
 
 
