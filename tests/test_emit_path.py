@@ -16,6 +16,7 @@ import pytest
 
 from eventstore.core.auth import AgentKey, Credential, Signer, authenticate, sign, split_signed
 from eventstore.core.errors import ClientClosedError, EmitTimeout
+from eventstore.core.ids import new_event_id
 from eventstore.core.outcomes import EmitResult, Outcome, ReasonCode, outcome_of, reason_of
 from eventstore.core.records import Envelope, LeaseRef
 from eventstore.sdk.listener import named_ids
@@ -249,3 +250,20 @@ def test_emitters_and_a_settler_running_concurrently_resolve_every_handle_once()
     assert len(handles) == 4 * sum(1 + i % 3 for i in range(2000))
     assert all(h.result(0).event_id == h.event_id for h in handles)
     assert len(completions) == len(set(completions)) == 4 * len(range(0, 2000, 7))
+
+
+def test_fresh_event_ids_are_random_version_4_uuids_like_uuid4s() -> None:
+    import pickle
+
+    seen = set()
+    for _ in range(2000):
+        u, text = new_event_id()
+        twin = uuid.UUID(text)
+        assert isinstance(u, uuid.UUID) and str(u) == text and u == twin and hash(u) == hash(twin)
+        assert (u.version, u.variant) == (4, uuid.RFC_4122) and u.is_safe is uuid.SafeUUID.unknown
+        assert pickle.loads(pickle.dumps(u)) == u and {u: 1}[twin] == 1
+        seen.add(u)
+    assert len(seen) == 2000
+    bits = [sum((u.int >> b) & 1 for u in seen) for b in range(128)]
+    fixed = {b for b in range(128) if bits[b] in (0, 2000)}
+    assert fixed == {62, 63, 76, 77, 78, 79}  # only the variant and version bits are constant

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import tuple_row
 
 from eventstore.core.outcomes import EmitResult, Outcome, outcome_of, reason_of
 
@@ -34,12 +34,12 @@ class OutcomeStore(Protocol):
     def lookup(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, EmitResult]: ...
 
 
-def result_from_row(row: dict[str, Any]) -> EmitResult:
-    """An outcome row (by column name) as the EmitResult the agent receives."""
-    code = row["reason_code"]
-    return EmitResult(event_id=row["event_id"], status=outcome_of(row["status"]), stream=row["stream"],
-                      version=row["version"], position=row["position"], current_version=row["current_version"],
-                      reason=row["reason"], reason_code=None if code is None else reason_of(code))
+def result_from_row(row: Sequence[Any]) -> EmitResult:
+    """An outcome row (the columns of the lookup queries, in their order) as the EmitResult the agent
+    receives. Tuple rows and dict look-ups for the codes: an agent reads one row per emitted event."""
+    code = row[7]
+    return EmitResult(row[0], outcome_of(row[1]), row[2], row[3], row[4], row[5], row[6],
+                      None if code is None else reason_of(code))
 
 
 LOOKUP_AGENT_OUTCOMES = """
@@ -62,7 +62,7 @@ def lookup_outcomes(cur: psycopg.Cursor[Any], ids: Sequence[uuid.UUID],
     found: dict[uuid.UUID, EmitResult] = {}
     if not ids:
         return found
-    with cur.connection.cursor(row_factory=dict_row) as rc:
+    with cur.connection.cursor(row_factory=tuple_row) as rc:
         if agent_id is None:
             rc.execute(LOOKUP_OUTCOMES, {"ids": list(ids)})
         else:

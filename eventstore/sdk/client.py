@@ -20,6 +20,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from eventstore.core.auth import Credential
 from eventstore.core.errors import BrokerError, ConfigurationError, InvalidEventError
 from eventstore.core.events import Event, validate_event
+from eventstore.core.ids import new_event_id
 from eventstore.core.limits import check_size
 from eventstore.core.outcomes import EmitResult, Outcome
 from eventstore.core.records import Envelope, LeaseRef, RecordedEvent
@@ -198,8 +199,7 @@ class AgentClient:
         payload = validate_event(event)
         check_stream(stream)
         ref = _check_options(expected_version, idempotency_key, correlation_id, causation_id, lease)
-        event_id = uuid.uuid4()
-        eid = str(event_id)
+        event_id, eid = new_event_id()
         key = eid if idempotency_key is None else idempotency_key
         msg_key, value, headers = self._writer.write(
             eid, key, stream, expected_version, eid if correlation_id is None else correlation_id, causation_id,
