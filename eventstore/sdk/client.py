@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
+# An emit this long after the previous one is sent at once instead of after linger.ms (seconds).
+SPARSE = 0.0005
 
 
 class HasLeaseRef(Protocol):
@@ -124,10 +127,12 @@ class AgentClient:
         self._pool = database.pool(min_size=1, max_size=4, name=f"agent-{agent_id}")
         self._writer = EnvelopeWriter(self.agent_id, self._credential)
         self._topic = self.settings.intake_topic
+        self._last_emit = 0.0  # time.monotonic() of the previous emit (see _produce_one)
         self._max_bytes = self.settings.max_event_bytes
         # One delivery callback for every message, called only on failures (no per-message callback object).
         self._producer = Producer(agent_producer_config(self.settings, on_delivery=self._undelivered))
         self._closed = threading.Event()
+        self._kick = threading.Event()  # set by _send_now: the poller flushes
         self._subscriber: Subscriber | None = None
         self.view: LocalView | None = None
         self._poller = threading.Thread(target=self._poll, name=f"producer-{agent_id}", daemon=True)
@@ -146,6 +151,7 @@ class AgentClient:
         if self._subscriber is not None:
             self._subscriber.stop()
         self._closed.set()
+        self._kick.set()
         self._poller.join(5)
         self._listener.close()
         self._pool.close()
@@ -156,8 +162,16 @@ class AgentClient:
         return self._listener.error
 
     def _poll(self) -> None:
+        """The producer's service thread: serves delivery reports (failures only) and sends at once what
+        :meth:`_send_now` asked for. It sends by flushing with a short wait: the producer ignores
+        linger.ms while a flush runs, and a flush that returns at once may end before the producer's
+        broker thread looked (librdkafka says so), so the caller's thread does not do it."""
         while not self._closed.is_set():
-            self._producer.poll(0.05)
+            if self._kick.wait(0.05):
+                self._kick.clear()
+                self._producer.flush(0.01)
+            else:
+                self._producer.poll(0)
 
     # -- writing -----------------------------------------------------------------------------
     def emit(
@@ -221,12 +235,16 @@ class AgentClient:
                 self._producer.poll(0.01)  # local queue full: let deliveries drain
 
     def _produce_one(self, key: bytes, value: bytes, headers: Headers) -> None:
-        """Produce one message; if the producer had nothing on its way, send it now instead of after
-        linger.ms (nothing to batch it with: a lone event must not wait). Under load it batches."""
-        idle = not len(self._producer)
+        """Produce one message. Sparse emits (the producer idle, or the previous emit SPARSE seconds ago
+        or more: below ~2,000 emits/s) are sent at once, since there is nothing to batch them with and a
+        lone event must not wait out linger.ms; a dense stream of emits is left to linger.ms, so produce
+        requests carry many messages (the broker's CPU goes mostly to taking requests)."""
+        now = time.monotonic()
+        sparse = now - self._last_emit >= SPARSE or not len(self._producer)
+        self._last_emit = now
         self._produce(key, value, headers)
-        if idle:
-            self._producer.flush(0)
+        if sparse:
+            self._send_now()
 
     def _undelivered(self, err: KafkaError | None, msg: Message) -> None:
         """The producer's delivery callback (on the poller thread; failures only): the handle fails. The
@@ -256,8 +274,12 @@ class AgentClient:
         """Emit and wait for the decision: COMMITTED, DUPLICATE, CONFLICT or REJECTED."""
         handle = self.emit(event, stream, expected_version=expected_version, idempotency_key=idempotency_key,
                            correlation_id=correlation_id, causation_id=causation_id, lease=lease)
-        self._producer.flush(0)  # send now: the caller waits for this event alone
+        self._send_now()  # the caller waits for this event alone
         return handle.result(timeout)
+
+    def _send_now(self) -> None:
+        """Have what the producer holds sent without waiting out linger.ms (by the poller thread)."""
+        self._kick.set()
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until the broker acknowledged everything emitted so far."""
@@ -369,7 +391,7 @@ class AgentClient:
         self._pending.add_many(handles)
         for _, key, value, headers in prepared:
             self._produce(key, value, headers)
-        self._producer.flush(0)  # the batch is complete: send it now, not after linger.ms
+        self._send_now()  # the batch is complete: send it now, not after linger.ms
         return handles
 
 
