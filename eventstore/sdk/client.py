@@ -165,7 +165,8 @@ class AgentClient:
         """The producer's service thread: serves delivery reports (failures only) and sends at once what
         :meth:`_send_now` asked for. It sends by flushing with a short wait: the producer ignores
         linger.ms while a flush runs, and a flush that returns at once may end before the producer's
-        broker thread looked (librdkafka says so), so the caller's thread does not do it."""
+        broker thread looked (measured: the message then waited out linger.ms), so the caller's thread
+        does not do it."""
         while not self._closed.is_set():
             if self._kick.wait(0.05):
                 self._kick.clear()
