@@ -128,9 +128,10 @@ def test_wire_codes_map_to_their_members_and_nothing_else() -> None:
 def test_notifications_name_ids_and_anything_else_names_nothing() -> None:
     ids = [uuid.uuid4() for _ in range(3)]
     payload = pack([EmitResult(i, Outcome.COMMITTED, "s", 1, 1) for i in ids])[0]
-    assert named_ids(payload) == ids
-    for forged in ("not json", "{}", '{"a": 1}', "[1, 2]", '[["not-a-uuid"]]', "[[]]", "null", '"x"', "[{}]"):
+    assert named_ids(payload) == [str(i) for i in ids]
+    for forged in ("not json", "{}", '{"a": 1}', "[1, 2]", "[[]]", "null", '"x"', "[{}]", "[[1]]", '["ab"]'):
         assert named_ids(forged) == []
+    assert named_ids('[["not-a-uuid"]]') == ["not-a-uuid"]  # names nothing this client waits for
 
 
 def _handles(table: PendingOutcomes, n: int) -> list[EmitHandle]:
@@ -188,11 +189,12 @@ def test_stale_handles_come_oldest_first_and_a_recheck_moves_them_to_the_end() -
     for h in hs:
         h._since -= 10  # added ten seconds ago
     cutoff = time.monotonic() - 5
-    assert table.stale(cutoff, 3) == [h.event_id for h in hs[:3]]
-    table.recheck_later([hs[0].event_id, hs[1].event_id])
-    assert table.stale(cutoff, 10) == [h.event_id for h in hs[2:]]  # the re-checked are fresh again
-    assert table.oldest(2) == [hs[2].event_id, hs[3].event_id]
-    assert table.waiting([hs[4].event_id, uuid.uuid4()]) == [hs[4].event_id]
+    ids = [str(h.event_id) for h in hs]  # the table speaks the ids' canonical text
+    assert table.stale(cutoff, 3) == ids[:3]
+    table.recheck_later(ids[:2])
+    assert table.stale(cutoff, 10) == ids[2:]  # the re-checked are fresh again
+    assert table.oldest(2) == ids[2:4]
+    assert table.waiting([ids[4], str(uuid.uuid4())]) == [ids[4]]
 
 
 def test_callbacks_run_outside_the_lock_and_may_emit_again() -> None:
@@ -233,9 +235,14 @@ def test_emitters_and_a_settler_running_concurrently_resolve_every_handle_once()
             emitted[k].extend(batch)
 
     def settler() -> None:
+        rounds = 0
         while not stop.is_set() or len(table):
             ids = table.oldest(50)
-            table.settle([EmitResult(i, Outcome.COMMITTED) for i in ids])
+            rounds += 1
+            if rounds % 2:  # as the listener does: rows by id text, results made with the handle's UUID
+                table.settle_rows({i: i for i in ids}, lambda eid, _: EmitResult(eid, Outcome.COMMITTED))
+            else:
+                table.settle([EmitResult(uuid.UUID(i), Outcome.COMMITTED) for i in ids])
 
     threads = [threading.Thread(target=emitter, args=(k,)) for k in range(4)]
     s = threading.Thread(target=settler)

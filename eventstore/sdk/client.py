@@ -220,7 +220,7 @@ class AgentClient:
             eid, key, stream, expected_version, eid if correlation_id is None else correlation_id, causation_id,
             datetime.now(UTC), event.event_type, event.schema_version, payload, ref)
         self._check_size(value, event.event_type, stream)
-        return EmitHandle(event_id, stream, key, self._pending), msg_key, value, headers
+        return EmitHandle(event_id, stream, key, self._pending, eid), msg_key, value, headers
 
     def _check_size(self, value: bytes, event_type: str, stream: str) -> None:
         if len(value) > self._max_bytes:  # the projector's limit, refused here before anything is sent

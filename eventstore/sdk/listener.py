@@ -23,7 +23,7 @@ import psycopg
 from eventstore.core.errors import EventStoreError
 from eventstore.core.outcomes import EmitResult
 from eventstore.postgres.connection import Connection, Database
-from eventstore.postgres.outcomes import lookup_outcomes
+from eventstore.postgres.outcomes import lookup_outcome_rows, result_from_row
 from eventstore.sdk.pending import EmitHandle, PendingOutcomes
 from eventstore.wire.notifications import channel_for
 
@@ -95,18 +95,20 @@ class OutcomeListener:
 
     def _wake(self, conn: Connection, payloads: list[str]) -> None:
         """Notifications arrived: read the named pending events' decisions from the tables, in one query."""
-        named: list[uuid.UUID] = []
+        named: list[str] = []
         for payload in payloads:
             named.extend(named_ids(payload))
+        # Only ids this client waits for reach the query (its own, in canonical form): a forged id never does.
         wanted = self.table.waiting(set(named)) or self.table.oldest(500)
         self._lookup(conn, wanted)
 
-    def _lookup(self, conn: Connection, ids: list[uuid.UUID]) -> bool:
+    def _lookup(self, conn: Connection, ids: list[str]) -> bool:
         if not ids:
             return True
         try:
             with conn.cursor() as cur:
-                self.table.settle(lookup_outcomes(cur, ids, self._agent_id).values())
+                self.table.settle_rows(lookup_outcome_rows(cur, ids, self._agent_id),
+                                       lambda event_id, row: result_from_row(row, event_id))
         except psycopg.Error as e:  # the listen loop notices the broken connection and reconnects
             log.warning("outcome lookup failed: %s", e)
             return False
@@ -120,12 +122,14 @@ class OutcomeListener:
             self.table.recheck_later(stale)  # look again later, not on every wake-up
 
 
-def named_ids(payload: str) -> list[uuid.UUID]:
-    """The event ids a notification names (wire/notifications.py's positional rows: the id comes first);
-    nothing for a payload in any other form, which is then a forgery or noise, still only a wake-up. Only
-    the ids are read: the decisions themselves come from the tables."""
+def named_ids(payload: str) -> list[str]:
+    """The event ids a notification names, as text (wire/notifications.py's positional rows: the id comes
+    first); nothing for a payload in any other form, which is then a forgery or noise, still only a
+    wake-up. Only the ids are read: the decisions themselves come from the tables."""
     try:
         rows = json.loads(payload)
-        return [uuid.UUID(row[0]) for row in rows] if isinstance(rows, list) else []
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        if not isinstance(rows, list):
+            return []
+        return [row[0] for row in rows if isinstance(row, list) and row and isinstance(row[0], str)]
+    except ValueError:
         return []

@@ -14,21 +14,26 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TypeVar
 
 from eventstore.core.errors import ClientClosedError, EmitTimeout
 from eventstore.core.outcomes import EmitResult
+
+R = TypeVar("R")
 
 
 class EmitHandle:
     """An emitted event whose outcome may still be pending."""
 
-    __slots__ = ("_error", "_future", "_result", "_since", "_table", "event_id", "idempotency_key", "stream")
+    __slots__ = ("_error", "_future", "_key", "_result", "_since", "_table", "event_id", "idempotency_key", "stream")
 
-    def __init__(self, event_id: uuid.UUID, stream: str, idempotency_key: str, table: PendingOutcomes) -> None:
+    def __init__(self, event_id: uuid.UUID, stream: str, idempotency_key: str, table: PendingOutcomes,
+                 id_text: str | None = None) -> None:
         self.event_id = event_id
+        self._key = str(event_id) if id_text is None else id_text  # the table's key: the id's canonical text
         self.stream = stream
         self.idempotency_key = idempotency_key
         self._table = table
@@ -54,7 +59,7 @@ class EmitHandle:
         try:
             return self.future.result(timeout)
         except FutureTimeout as e:
-            self._table.forget(self.event_id)
+            self._table.forget(self._key)
             raise EmitTimeout(
                 f"no outcome for event {self.event_id} on stream {self.stream!r} within {timeout}s; is a "
                 f"projector running? Re-emit with idempotency_key={self.idempotency_key!r} to be safe"
@@ -70,13 +75,15 @@ def _complete(fut: Future[EmitResult], result: EmitResult | None, error: BaseExc
 
 
 class PendingOutcomes:
-    """The handles still waiting, by event id, oldest first (insertion order is time order: a re-checked
-    handle moves to the end). Bounded by ``max_pending``: beyond it the oldest is let go with EmitTimeout."""
+    """The handles still waiting, by the canonical text of their event id (what the outcome lookup
+    returns, so no UUID is parsed or hashed per outcome), oldest first (insertion order is time order: a
+    re-checked handle moves to the end). Bounded by ``max_pending``: beyond it the oldest is let go with
+    EmitTimeout."""
 
     def __init__(self, max_pending: int = 100_000) -> None:
         self._max_pending = max_pending
         self._lock = threading.Lock()
-        self._pending: dict[uuid.UUID, EmitHandle] = {}
+        self._pending: dict[str, EmitHandle] = {}
 
     def __len__(self) -> int:
         with self._lock:
@@ -86,7 +93,7 @@ class PendingOutcomes:
         """Wait for one handle's outcome."""
         with self._lock:
             handle._since = time.monotonic()
-            self._pending[handle.event_id] = handle
+            self._pending[handle._key] = handle
             evicted = self._evict() if len(self._pending) > self._max_pending else None
         if evicted:
             self._complete(evicted)
@@ -98,7 +105,7 @@ class PendingOutcomes:
             pending = self._pending
             for h in handles:
                 h._since = now
-                pending[h.event_id] = h
+                pending[h._key] = h
             evicted = self._evict() if len(pending) > self._max_pending else None
         if evicted:
             self._complete(evicted)
@@ -123,31 +130,41 @@ class PendingOutcomes:
                 _complete(h._future, h._result, h._error)
 
     def settle(self, results: Iterable[EmitResult]) -> None:
-        """Outcomes read from the database: resolve the handles still waiting for them."""
+        """Outcomes: resolve the handles still waiting for them."""
+        self._resolve([(str(r.event_id), r) for r in results])
+
+    def settle_rows(self, rows: Mapping[str, R], result: Callable[[uuid.UUID, R], EmitResult]) -> None:
+        """Outcome rows keyed by event id text, as read from the database: ``result`` makes each waiting
+        handle's EmitResult (with the handle's own UUID) outside the lock."""
+        with self._lock:
+            waiting = [h for h in map(self._pending.get, rows) if h is not None]
+        self._resolve([(h._key, result(h.event_id, rows[h._key])) for h in waiting])
+
+    def _resolve(self, results: list[tuple[str, EmitResult]]) -> None:
         with_future: list[EmitHandle] = []
         with self._lock:
             pop = self._pending.pop
-            for r in results:
-                h = pop(r.event_id, None)
+            for key, r in results:
+                h = pop(key, None)
                 if h is not None:
                     h._result = r
                     if h._future is not None:
                         with_future.append(h)
         self._complete(with_future)
 
-    def fail(self, event_id: uuid.UUID, error: BaseException) -> None:
+    def fail(self, event_id: uuid.UUID | str, error: BaseException) -> None:
         """The event will get no outcome (the broker did not take it): its waiter gets ``error``."""
         with self._lock:
-            h = self._pending.pop(event_id, None)
+            h = self._pending.pop(str(event_id), None)
             if h is None:
                 return
             h._error = error
         self._complete([h])
 
-    def forget(self, event_id: uuid.UUID) -> None:
+    def forget(self, event_id: uuid.UUID | str) -> None:
         """Stop waiting for an event's outcome (its caller gave up)."""
         with self._lock:
-            self._pending.pop(event_id, None)
+            self._pending.pop(str(event_id), None)
 
     def future_of(self, h: EmitHandle) -> Future[EmitResult]:
         with self._lock:
@@ -157,19 +174,19 @@ class PendingOutcomes:
                     _complete(h._future, h._result, h._error)
             return h._future
 
-    def waiting(self, ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+    def waiting(self, ids: Iterable[str]) -> list[str]:
         """Those of ``ids`` still waiting."""
         with self._lock:
             return [i for i in ids if i in self._pending]
 
-    def oldest(self, limit: int) -> list[uuid.UUID]:
+    def oldest(self, limit: int) -> list[str]:
         with self._lock:
             return [eid for eid, _ in zip(self._pending, range(limit), strict=False)]
 
-    def stale(self, cutoff: float, limit: int) -> list[uuid.UUID]:
+    def stale(self, cutoff: float, limit: int) -> list[str]:
         """Up to ``limit`` ids waiting since before ``cutoff``: O(stale), the scan stops at the first
         fresh handle (insertion order is time order)."""
-        out: list[uuid.UUID] = []
+        out: list[str] = []
         with self._lock:
             for eid, h in self._pending.items():
                 if h._since > cutoff or len(out) >= limit:
@@ -177,7 +194,7 @@ class PendingOutcomes:
                 out.append(eid)
         return out
 
-    def recheck_later(self, ids: Iterable[uuid.UUID]) -> None:
+    def recheck_later(self, ids: Iterable[str]) -> None:
         """Move these (just looked up, still undecided) to the end of the order, stamped now."""
         with self._lock:
             now = time.monotonic()
