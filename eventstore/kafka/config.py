@@ -33,8 +33,8 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
 }
 # An agent's producer batches for load: a message produced while others are still on their way waits up
 # to linger.ms to share a produce request with them (the broker's CPU goes mostly to taking requests);
-# the SDK sends at once (its poller thread flushes) a sparse emit (the producer idle, or the previous
-# emit 0.5 ms ago or more), every emit_and_wait and the end of every emit_many batch, so a lone event is
+# the SDK sends at once (its poller thread flushes) a sparse emit (the previous emit 0.5 ms ago or
+# more), every emit_and_wait and the end of every emit_many batch, so a lone event is
 # not held back. Failed deliveries only call back into Python.
 AGENT_PRODUCER: Mapping[str, Any] = {"linger.ms": 5, "delivery.report.only.error": True}
 # fetch.wait.max.ms bounds latency on brokers (tansu) that do not answer a waiting fetch early.

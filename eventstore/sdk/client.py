@@ -236,12 +236,12 @@ class AgentClient:
                 self._producer.poll(0.01)  # local queue full: let deliveries drain
 
     def _produce_one(self, key: bytes, value: bytes, headers: Headers) -> None:
-        """Produce one message. Sparse emits (the producer idle, or the previous emit SPARSE seconds ago
-        or more: below ~2,000 emits/s) are sent at once, since there is nothing to batch them with and a
-        lone event must not wait out linger.ms; a dense stream of emits is left to linger.ms, so produce
-        requests carry many messages (the broker's CPU goes mostly to taking requests)."""
+        """Produce one message. A sparse emit (SPARSE seconds or more after the previous one: below ~2,000
+        emits/s) is sent at once, since there is nothing to batch it with and a lone event must not wait
+        out linger.ms; a dense stream of emits is left to linger.ms, so produce requests carry many
+        messages (the broker's CPU goes mostly to taking requests)."""
         now = time.monotonic()
-        sparse = now - self._last_emit >= SPARSE or not len(self._producer)
+        sparse = now - self._last_emit >= SPARSE
         self._last_emit = now
         self._produce(key, value, headers)
         if sparse:

@@ -4,8 +4,8 @@ An emit must cost the agent a few microseconds, so a handle is a plain slotted o
 ``concurrent.futures.Future`` (whose ``threading.Condition`` costs more than the rest of the handle)
 until someone asks for one (:attr:`EmitHandle.future`) or must block in :meth:`EmitHandle.result`. A
 handle whose outcome arrives before anyone waits never gets one. One lock guards the whole table; the
-outcome listener settles a whole wake-up's results under one acquisition, and ``emit_many`` adds a
-whole batch under one.
+outcome listener settles a whole wake-up's results at once (Futures are completed, and their callbacks
+run, outside the lock), and ``emit_many`` adds a whole batch under one acquisition.
 """
 
 from __future__ import annotations
