@@ -3,10 +3,12 @@ is the order of the items, per-item options apply, and an invalid item sends not
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from eventstore import AgentClient, Outcome, Projector
-from eventstore.core.errors import InvalidEventError
+from eventstore.core.errors import BrokerError, InvalidEventError
 from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryAdjusted, InventoryUpdated, stream_for
 from tests.fix_projector import scalar
@@ -57,3 +59,34 @@ def test_emit_many_invalid_item_sends_nothing(settings: Settings, projector: Pro
         client.flush()
     assert scalar(settings.require_database(), "SELECT count(*) FROM events WHERE stream = %s",
                   (stream_for("BAD0"),)) == 1
+
+
+def test_a_message_the_broker_never_takes_fails_its_handle(settings: Settings) -> None:
+    """The producer's one delivery callback finds the failed message's handle by its event-id header."""
+    lost = settings.replace(namespace=settings.namespace + "-nowhere",  # an intake topic nobody created
+                            kafka_config={**settings.kafka_config, "message.timeout.ms": 1500})
+    with AgentClient("many-lost", lost, ensure_topic=False) as client:
+        one = client.emit(InventoryAdjusted(sku="L1", delta=1), stream_for("L1"))
+        batch = client.emit_many([(InventoryAdjusted(sku="L2", delta=i), stream_for("L2")) for i in range(3)])
+        for h in [one, *batch]:
+            with pytest.raises(BrokerError, match=f"did not take event {h.event_id}"):
+                h.result(30)
+        assert client._listener.pending == 0
+
+
+def test_lone_emits_and_batches_do_not_wait_out_the_linger(settings: Settings) -> None:
+    """The producer lingers to batch a dense stream of emits; a sparse emit, an emit_many batch and an
+    emit_and_wait are sent at once (measured here with a linger far longer than the bound)."""
+    lingering = settings.replace(kafka_config={**settings.kafka_config, "linger.ms": 5000})
+    with AgentClient("many-lone", lingering) as client:
+        client.emit(InventoryAdjusted(sku="Z0", delta=1), stream_for("Z0"))
+        client.flush(30)  # connected, and the topic's partitions known (until then a message waits for them)
+        for send in (lambda: client.emit(InventoryAdjusted(sku="Z1", delta=1), stream_for("Z1")),
+                     lambda: client.emit_many([(InventoryAdjusted(sku="Z2", delta=i), stream_for("Z2"))
+                                               for i in range(3)])):
+            time.sleep(0.01)  # sparse: nothing emitted for a while
+            t0 = time.monotonic()
+            send()
+            while len(client._producer) and time.monotonic() - t0 < 4.0:
+                time.sleep(0.005)
+            assert time.monotonic() - t0 < 2.5, "the message waited out linger.ms"

@@ -271,6 +271,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import intake
 
         return intake.main(events=args.events or 50_000, profile=args.profile, default_gc=args.default_gc)
+    if args.which == "agent":
+        from eventstore.bench import agent
+
+        return agent.main(events=args.events or 20_000, rate=args.rate, latency_events=args.latency_events)
     if args.which == "auth":
         from eventstore.bench import auth
 
@@ -424,11 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
     bn.add_argument("which", nargs="?", default="write-path",
                     choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history",
-                             "references", "latency", "profile", "auth", "memory", "intake", "publisher"])
+                             "references", "latency", "profile", "auth", "memory", "intake", "agent",
+                             "publisher"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers and memory 1,000,000; "
                          "chain-check 100,000; history 1,000,000; references: the drain, 1,000,000; latency: the "
-                         "heavy traffic, 100,000; profile 100,000; intake: per round, 50,000)")
+                         "heavy traffic, 100,000; profile 100,000; intake: per round, 50,000; agent: per figure, "
+                         "20,000)")
     bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")

@@ -69,5 +69,27 @@ class EmitResult:
     @classmethod
     def from_wire(cls, row: list[Any]) -> EmitResult:
         code = row[7] if len(row) > 7 else None
-        return cls(uuid.UUID(row[0]), Outcome(row[1]), row[2], row[3], row[4], row[5], row[6],
-                   None if code is None else ReasonCode(code))
+        return cls(uuid.UUID(row[0]), outcome_of(row[1]), row[2], row[3], row[4], row[5], row[6],
+                   None if code is None else reason_of(code))
+
+
+# Wire text -> member by one dict look-up: calling the enum class (``Outcome(text)``) costs a
+# metaclass call per field, paid for every outcome an agent receives.
+_OUTCOMES: dict[object, Outcome] = {o.value: o for o in Outcome}
+_REASONS: dict[object, ReasonCode] = {c.value: c for c in ReasonCode}
+
+
+def outcome_of(text: object) -> Outcome:
+    """The Outcome named by its wire text; ValueError for any other value (as ``Outcome(text)``)."""
+    try:
+        return _OUTCOMES[text]
+    except (KeyError, TypeError):
+        raise ValueError(f"{text!r} is not an outcome ({', '.join(o.value for o in Outcome)})") from None
+
+
+def reason_of(text: object) -> ReasonCode:
+    """The ReasonCode named by its wire text; ValueError for any other value."""
+    try:
+        return _REASONS[text]
+    except (KeyError, TypeError):
+        raise ValueError(f"{text!r} is not a reason code") from None

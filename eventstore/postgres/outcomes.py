@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import tuple_row
+from psycopg.types.string import TextLoader
 
-from eventstore.core.outcomes import EmitResult, Outcome, ReasonCode
+from eventstore.core.outcomes import EmitResult, Outcome, outcome_of, reason_of
 
 LOOKUP_OUTCOMES = """
 SELECT event_id, 'committed' AS status, stream, version, position, version AS current_version,
@@ -34,12 +35,13 @@ class OutcomeStore(Protocol):
     def lookup(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, EmitResult]: ...
 
 
-def result_from_row(row: dict[str, Any]) -> EmitResult:
-    """An outcome row (by column name) as the EmitResult the agent receives."""
-    code = row["reason_code"]
-    return EmitResult(event_id=row["event_id"], status=Outcome(row["status"]), stream=row["stream"],
-                      version=row["version"], position=row["position"], current_version=row["current_version"],
-                      reason=row["reason"], reason_code=None if code is None else ReasonCode(code))
+def result_from_row(row: Sequence[Any], event_id: uuid.UUID | None = None) -> EmitResult:
+    """An outcome row (the columns of the lookup queries, in their order) as the EmitResult the agent
+    receives (with ``event_id`` instead of the row's first column when given). Tuple rows and dict
+    look-ups for the codes: an agent reads one row per emitted event."""
+    code = row[7]
+    return EmitResult(row[0] if event_id is None else event_id, outcome_of(row[1]), row[2], row[3], row[4],
+                      row[5], row[6], None if code is None else reason_of(code))
 
 
 LOOKUP_AGENT_OUTCOMES = """
@@ -62,7 +64,7 @@ def lookup_outcomes(cur: psycopg.Cursor[Any], ids: Sequence[uuid.UUID],
     found: dict[uuid.UUID, EmitResult] = {}
     if not ids:
         return found
-    with cur.connection.cursor(row_factory=dict_row) as rc:
+    with cur.connection.cursor(row_factory=tuple_row) as rc:
         if agent_id is None:
             rc.execute(LOOKUP_OUTCOMES, {"ids": list(ids)})
         else:
@@ -71,6 +73,22 @@ def lookup_outcomes(cur: psycopg.Cursor[Any], ids: Sequence[uuid.UUID],
             r = result_from_row(row)
             if r.event_id not in found or r.status is Outcome.COMMITTED:
                 found[r.event_id] = r
+    return found
+
+
+def lookup_outcome_rows(cur: psycopg.Cursor[Any], ids: Sequence[str], agent_id: str) -> dict[str, tuple[Any, ...]]:
+    """As :func:`lookup_outcomes` for one agent, with event ids as their canonical text both ways (no UUID
+    parsed or dumped per event: the SDK's listener reads one row per emitted event); the rows, for
+    :func:`result_from_row`, by event id text."""
+    found: dict[str, tuple[Any, ...]] = {}
+    if not ids:
+        return found
+    with cur.connection.cursor(row_factory=tuple_row) as rc:
+        rc.adapters.register_loader("uuid", TextLoader)
+        rc.execute(LOOKUP_AGENT_OUTCOMES, {"ids": list(ids), "agent": agent_id})
+        for row in rc.fetchall():
+            if row[0] not in found or row[1] == "committed":  # a committed row wins over any other record
+                found[row[0]] = row
     return found
 
 

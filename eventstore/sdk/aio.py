@@ -104,6 +104,7 @@ class AsyncAgentClient:
         """Emit and await the decision: COMMITTED, DUPLICATE, CONFLICT or REJECTED."""
         handle = self.emit(event, stream, expected_version=expected_version, idempotency_key=idempotency_key,
                            correlation_id=correlation_id, causation_id=causation_id, lease=lease)
+        self.sync._send_now()  # as the sync twin: the caller waits for this event alone
         return await self.result(handle, timeout)
 
     # -- generated: the sync method in a worker thread ---------------------------------------------

@@ -7,35 +7,44 @@ stream's events stay in one partition and in order.
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from confluent_kafka import KafkaError, Message, Producer
 
 from eventstore.core.auth import Credential
-from eventstore.core.errors import BrokerError, ConfigurationError, EmitTimeout, InvalidEventError
+from eventstore.core.errors import BrokerError, ConfigurationError, InvalidEventError
 from eventstore.core.events import Event, validate_event
+from eventstore.core.ids import new_event_id
 from eventstore.core.limits import check_size
 from eventstore.core.outcomes import EmitResult, Outcome
 from eventstore.core.records import Envelope, LeaseRef, RecordedEvent
 from eventstore.core.settings import Settings
 from eventstore.core.validation import check_name, check_stream
 from eventstore.discovery import dev_credential, resolve_settings
-from eventstore.kafka.config import ensure_topics, producer_config
+from eventstore.kafka.config import agent_producer_config, ensure_topics
 from eventstore.postgres import eventlog
 from eventstore.postgres.connection import Database, converted_errors
 from eventstore.postgres.outcomes import lookup_outcomes
 from eventstore.sdk.listener import OutcomeListener
-from eventstore.wire.envelope import encode
+from eventstore.sdk.pending import EmitHandle as EmitHandle
+from eventstore.sdk.pending import PendingOutcomes
+from eventstore.wire.envelope import EnvelopeWriter, Headers
 
 if TYPE_CHECKING:
     from consumers.subscriber import Subscriber
     from consumers.views import LocalView, Reducer, StreamState
+
+
+log = logging.getLogger(__name__)
+# An emit this long after the previous one is sent at once instead of after linger.ms (seconds).
+SPARSE = 0.0005
 
 
 class HasLeaseRef(Protocol):
@@ -43,33 +52,24 @@ class HasLeaseRef(Protocol):
     def ref(self) -> LeaseRef: ...
 
 
-class EmitHandle:
-    """An emitted event whose outcome may still be pending."""
-
-    def __init__(self, event_id: uuid.UUID, stream: str, idempotency_key: str,
-                 future: Future[EmitResult], forget: Callable[[uuid.UUID], None] | None = None) -> None:
-        self.event_id = event_id
-        self.stream = stream
-        self.idempotency_key = idempotency_key
-        self.future = future
-        self._forget = forget
-
-    def done(self) -> bool:
-        return self.future.done()
-
-    def result(self, timeout: float | None = 10.0) -> EmitResult:
-        """Wait for the decision; EmitTimeout if none arrives (retry with the same idempotency key). After
-        a timeout the listener forgets the handle (bounded memory); ``client.outcome(event_id)`` still
-        reads the decision later."""
-        try:
-            return self.future.result(timeout)
-        except FutureTimeout as e:
-            if self._forget is not None:
-                self._forget(self.event_id)
-            raise EmitTimeout(
-                f"no outcome for event {self.event_id} on stream {self.stream!r} within {timeout}s; is a "
-                f"projector running? Re-emit with idempotency_key={self.idempotency_key!r} to be safe"
-            ) from e
+def _check_options(expected_version: int | None, idempotency_key: str | None, correlation_id: uuid.UUID | None,
+                   causation_id: uuid.UUID | None, lease: LeaseRef | HasLeaseRef | None) -> LeaseRef | None:
+    """Check an emit's optional fields (nothing to do when none is given: the common case); the lease
+    reference to write."""
+    if expected_version is not None and (
+        isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 0
+    ):
+        raise InvalidEventError(f"expected_version must be None or an int >= 0, got {expected_version!r}")
+    if idempotency_key is not None:
+        check_name("idempotency_key", idempotency_key)
+    ref = lease if lease is None or isinstance(lease, LeaseRef) else getattr(lease, "ref", None)
+    if lease is not None and not isinstance(ref, LeaseRef):
+        raise InvalidEventError(f"lease must be a Lease or LeaseRef, got {type(lease).__name__}")
+    if correlation_id is not None and not isinstance(correlation_id, uuid.UUID):
+        raise InvalidEventError(f"correlation_id must be a uuid.UUID, got {correlation_id!r}")
+    if causation_id is not None and not isinstance(causation_id, uuid.UUID):
+        raise InvalidEventError(f"causation_id must be a uuid.UUID, got {causation_id!r}")
+    return ref
 
 
 def build_envelope(
@@ -83,25 +83,17 @@ def build_envelope(
     causation_id: uuid.UUID | None,
     lease: LeaseRef | HasLeaseRef | None,
 ) -> Envelope:
-    """Validate everything an agent gave and wrap it; InvalidEventError names what is wrong."""
+    """Validate everything an agent gave and wrap it; InvalidEventError names what is wrong (the same
+    checks as :meth:`AgentClient.emit`, which writes the message without building an Envelope)."""
     payload = validate_event(event)
     check_stream(stream)
-    if expected_version is not None and (
-        isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 0
-    ):
-        raise InvalidEventError(f"expected_version must be None or an int >= 0, got {expected_version!r}")
+    ref = _check_options(expected_version, idempotency_key, correlation_id, causation_id, lease)
     event_id = uuid.uuid4()
-    key = check_name("idempotency_key", idempotency_key) if idempotency_key is not None else str(event_id)
-    ref = lease if lease is None or isinstance(lease, LeaseRef) else getattr(lease, "ref", None)
-    if lease is not None and not isinstance(ref, LeaseRef):
-        raise InvalidEventError(f"lease must be a Lease or LeaseRef, got {type(lease).__name__}")
-    for name, value in (("correlation_id", correlation_id), ("causation_id", causation_id)):
-        if value is not None and not isinstance(value, uuid.UUID):
-            raise InvalidEventError(f"{name} must be a uuid.UUID, got {value!r}")
     # Every field was checked above (the payload by its own model), so the envelope is built without
-    # validating it a second time: this is the SDK's hot path.
+    # validating it a second time.
     return Envelope.model_construct(
-        event_id=event_id, idempotency_key=key, stream=stream, expected_version=expected_version,
+        event_id=event_id, idempotency_key=str(event_id) if idempotency_key is None else idempotency_key,
+        stream=stream, expected_version=expected_version,
         agent_id=check_name("agent_id", agent_id), correlation_id=correlation_id or event_id,
         causation_id=causation_id, occurred_at=datetime.now(UTC), type=event.event_type,
         schema_version=event.schema_version, payload=payload, lease=ref,
@@ -130,11 +122,17 @@ class AgentClient:
         database = Database(self.settings.require_database(), application_name=f"eventstore-agent:{agent_id}"[:63])
         if ensure_topic:
             ensure_topics(self.settings, {self.settings.intake_topic: self.settings.intake_partitions})
-        self._listener = OutcomeListener(database, agent_id)
+        self._pending = PendingOutcomes()
+        self._listener = OutcomeListener(database, agent_id, pending=self._pending)
         self._pool = database.pool(min_size=1, max_size=4, name=f"agent-{agent_id}")
-        # The delivery callback acts only on failures; successful deliveries need no Python call.
-        self._producer = Producer(producer_config(self.settings, **{"delivery.report.only.error": True}))
+        self._writer = EnvelopeWriter(self.agent_id, self._credential)
+        self._topic = self.settings.intake_topic
+        self._last_emit = 0.0  # time.monotonic() of the previous emit (see _produce_one)
+        self._max_bytes = self.settings.max_event_bytes
+        # One delivery callback for every message, called only on failures (no per-message callback object).
+        self._producer = Producer(agent_producer_config(self.settings, on_delivery=self._undelivered))
         self._closed = threading.Event()
+        self._kick = threading.Event()  # set by _send_now: the poller flushes
         self._subscriber: Subscriber | None = None
         self.view: LocalView | None = None
         self._poller = threading.Thread(target=self._poll, name=f"producer-{agent_id}", daemon=True)
@@ -153,6 +151,7 @@ class AgentClient:
         if self._subscriber is not None:
             self._subscriber.stop()
         self._closed.set()
+        self._kick.set()
         self._poller.join(5)
         self._listener.close()
         self._pool.close()
@@ -163,8 +162,17 @@ class AgentClient:
         return self._listener.error
 
     def _poll(self) -> None:
+        """The producer's service thread: serves delivery reports (failures only) and sends at once what
+        :meth:`_send_now` asked for. It sends by flushing with a short wait: the producer ignores
+        linger.ms while a flush runs, and a flush that returns at once may end before the producer's
+        broker thread looked (measured: the message then waited out linger.ms), so the caller's thread
+        does not do it."""
         while not self._closed.is_set():
-            self._producer.poll(0.05)
+            if self._kick.wait(0.05):
+                self._kick.clear()
+                self._producer.flush(0.01)
+            else:
+                self._producer.poll(0)
 
     # -- writing -----------------------------------------------------------------------------
     def emit(
@@ -180,34 +188,77 @@ class AgentClient:
     ) -> EmitHandle:
         """Send an event without waiting for its outcome. Without an idempotency key, each call
         is a new intent; pass the same key on a retry."""
-        env = build_envelope(self.agent_id, event, stream, expected_version=expected_version,
-                             idempotency_key=idempotency_key, correlation_id=correlation_id,
-                             causation_id=causation_id, lease=lease)
-        return self.emit_envelope(env)
+        if self._closed.is_set():
+            raise BrokerError("the client is closed")
+        handle, key, value, headers = self._prepare(event, stream, expected_version, idempotency_key,
+                                                    correlation_id, causation_id, lease)
+        self._pending.add(handle)
+        self._produce_one(key, value, headers)
+        return handle
 
     def emit_envelope(self, env: Envelope) -> EmitHandle:
         """Send a prepared envelope (built by :func:`build_envelope`)."""
         if self._closed.is_set():
             raise BrokerError("the client is closed")
-        key, value, headers = encode(env, self._credential)
-        # The same limit the projector applies: refused here, before anything is sent.
-        check_size(len(value), self.settings.max_event_bytes, f"event {env.type} for stream {env.stream!r}",
-                   "EVENTSTORE_MAX_EVENT_BYTES")
-        fut = self._listener.expect(env.event_id)
+        key, value, headers = self._writer.encode(env)
+        self._check_size(value, env.type, env.stream)
+        handle = EmitHandle(env.event_id, env.stream, env.idempotency_key, self._pending)
+        self._pending.add(handle)
+        self._produce_one(key, value, headers)
+        return handle
 
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                self._listener.fail(env.event_id, BrokerError(
-                    f"the broker did not take event {env.event_id}: {err.str()}; re-emit with the same key"))
+    def _prepare(self, event: Event, stream: str, expected_version: int | None, idempotency_key: str | None,
+                 correlation_id: uuid.UUID | None, causation_id: uuid.UUID | None,
+                 lease: LeaseRef | HasLeaseRef | None) -> tuple[EmitHandle, bytes, bytes, Headers]:
+        """Check one event as :func:`build_envelope` does and write its signed message; nothing is sent."""
+        payload = validate_event(event)
+        check_stream(stream)
+        ref = _check_options(expected_version, idempotency_key, correlation_id, causation_id, lease)
+        event_id, eid = new_event_id()
+        key = eid if idempotency_key is None else idempotency_key
+        msg_key, value, headers = self._writer.write(
+            eid, key, stream, expected_version, eid if correlation_id is None else correlation_id, causation_id,
+            datetime.now(UTC), event.event_type, event.schema_version, payload, ref)
+        self._check_size(value, event.event_type, stream)
+        return EmitHandle(event_id, stream, key, self._pending, eid), msg_key, value, headers
 
+    def _check_size(self, value: bytes, event_type: str, stream: str) -> None:
+        if len(value) > self._max_bytes:  # the projector's limit, refused here before anything is sent
+            check_size(len(value), self._max_bytes, f"event {event_type} for stream {stream!r}",
+                       "EVENTSTORE_MAX_EVENT_BYTES")
+
+    def _produce(self, key: bytes, value: bytes, headers: Headers) -> None:
         while True:
             try:
-                self._producer.produce(self.settings.intake_topic, value=value, key=key, headers=headers,
-                                       on_delivery=delivered)
-                break
+                self._producer.produce(self._topic, value, key, headers=headers)
+                return
             except BufferError:
                 self._producer.poll(0.01)  # local queue full: let deliveries drain
-        return EmitHandle(env.event_id, env.stream, env.idempotency_key, fut, self._listener.forget)
+
+    def _produce_one(self, key: bytes, value: bytes, headers: Headers) -> None:
+        """Produce one message. A sparse emit (SPARSE seconds or more after the previous one: below ~2,000
+        emits/s) is sent at once, since there is nothing to batch it with and a lone event must not wait
+        out linger.ms; a dense stream of emits is left to linger.ms, so produce requests carry many
+        messages (the broker's CPU goes mostly to taking requests)."""
+        now = time.monotonic()
+        sparse = now - self._last_emit >= SPARSE
+        self._last_emit = now
+        self._produce(key, value, headers)
+        if sparse:
+            self._send_now()
+
+    def _undelivered(self, err: KafkaError | None, msg: Message) -> None:
+        """The producer's delivery callback (on the poller thread; failures only): the handle fails. The
+        event id is read from the value, the SDK's own JSON (a delivery report carries no headers)."""
+        if err is None:
+            return
+        try:
+            event_id = uuid.UUID(json.loads(msg.value() or b"{}")["event_id"])
+        except (ValueError, KeyError, TypeError):  # not our message: nobody waits for it
+            log.warning("a message the broker did not take names no event: %s", err.str())
+            return
+        self._pending.fail(event_id, BrokerError(
+            f"the broker did not take event {event_id}: {err.str()}; re-emit with the same key"))
 
     def emit_and_wait(
         self,
@@ -224,8 +275,12 @@ class AgentClient:
         """Emit and wait for the decision: COMMITTED, DUPLICATE, CONFLICT or REJECTED."""
         handle = self.emit(event, stream, expected_version=expected_version, idempotency_key=idempotency_key,
                            correlation_id=correlation_id, causation_id=causation_id, lease=lease)
-        self._producer.poll(0)
+        self._send_now()  # the caller waits for this event alone
         return handle.result(timeout)
+
+    def _send_now(self) -> None:
+        """Have what the producer holds sent without waiting out linger.ms (by the poller thread)."""
+        self._kick.set()
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until the broker acknowledged everything emitted so far."""
@@ -317,23 +372,27 @@ class AgentClient:
         """Send many events at once, without waiting for outcomes; one handle per item, in order.
 
         Each item is ``(event, stream)`` or ``(event, stream, options)`` with the keyword arguments of
-        :meth:`emit` in ``options``. Every envelope is built (and validated) before anything is sent, so
-        an invalid item raises InvalidEventError and nothing is produced; then all are produced through
-        :meth:`emit_envelope` (one code path to the broker) and the producer is polled once. Order per
-        stream is the order of ``items``.
+        :meth:`emit` in ``options``. Every item is checked, and its message written and signed, before
+        anything is sent, so an invalid item raises InvalidEventError and nothing is produced; then all
+        handles are registered at once and every message produced, and the producer is polled once.
+        Order per stream is the order of ``items``.
         """
-        envelopes = []
+        if self._closed.is_set():
+            raise BrokerError("the client is closed")
+        prepared = []
         for i, item in enumerate(items):
             options: EmitOptions = item[2] if len(item) == 3 else {}
             try:
-                envelopes.append(build_envelope(
-                    self.agent_id, item[0], item[1], expected_version=options.get("expected_version"),
-                    idempotency_key=options.get("idempotency_key"), correlation_id=options.get("correlation_id"),
-                    causation_id=options.get("causation_id"), lease=options.get("lease")))
+                prepared.append(self._prepare(
+                    item[0], item[1], options.get("expected_version"), options.get("idempotency_key"),
+                    options.get("correlation_id"), options.get("causation_id"), options.get("lease")))
             except InvalidEventError as e:
                 raise InvalidEventError(f"emit_many item {i}: {e} (nothing was sent)") from e
-        handles = [self.emit_envelope(env) for env in envelopes]
-        self._producer.poll(0)
+        handles = [p[0] for p in prepared]
+        self._pending.add_many(handles)
+        for _, key, value, headers in prepared:
+            self._produce(key, value, headers)
+        self._send_now()  # the batch is complete: send it now, not after linger.ms
         return handles
 
 

@@ -11,7 +11,7 @@ looked up too. The pending map is bounded (``max_pending``); a handle whose call
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
 import threading
 import time
@@ -20,27 +20,27 @@ from concurrent.futures import Future
 
 import psycopg
 
-from eventstore.core.errors import ClientClosedError, EmitTimeout, EventStoreError
+from eventstore.core.errors import EventStoreError
 from eventstore.core.outcomes import EmitResult
 from eventstore.postgres.connection import Connection, Database
-from eventstore.postgres.outcomes import lookup_outcomes
-from eventstore.wire.notifications import channel_for, unpack
+from eventstore.postgres.outcomes import lookup_outcome_rows, result_from_row
+from eventstore.sdk.pending import EmitHandle, PendingOutcomes
+from eventstore.wire.notifications import channel_for
 
 log = logging.getLogger(__name__)
 
 
 class OutcomeListener:
-    """A daemon thread holding one autocommit connection that LISTENs for one agent's outcomes."""
+    """A daemon thread holding one autocommit connection that LISTENs for one agent's outcomes and
+    settles the handles of :class:`PendingOutcomes` waiting for them."""
 
     def __init__(self, database: Database, agent_id: str, recheck_after: float = 1.0,
-                 max_pending: int = 100_000) -> None:
+                 max_pending: int = 100_000, pending: PendingOutcomes | None = None) -> None:
         self._database = database
         self._agent_id = agent_id
-        self._max_pending = max_pending
         self._channel = channel_for(agent_id)
         self._recheck_after = recheck_after
-        self._pending: dict[uuid.UUID, tuple[float, Future[EmitResult]]] = {}
-        self._lock = threading.Lock()
+        self.table = pending if pending is not None else PendingOutcomes(max_pending)
         self._stop = threading.Event()
         self._listening = threading.Event()
         self.error: BaseException | None = None
@@ -49,51 +49,24 @@ class OutcomeListener:
         self._listening.wait(15)
 
     def expect(self, event_id: uuid.UUID) -> Future[EmitResult]:
-        fut: Future[EmitResult] = Future()
-        evicted: list[Future[EmitResult]] = []
-        with self._lock:
-            self._pending[event_id] = (time.monotonic(), fut)
-            while len(self._pending) > self._max_pending:  # oldest first: insertion order
-                evicted.append(self._pending.pop(next(iter(self._pending)))[1])
-        for old in evicted:
-            if not old.done():
-                old.set_exception(EmitTimeout(
-                    f"more than {self._max_pending} outcomes pending; stopped waiting for the oldest "
-                    "(look it up with client.outcome(event_id) or re-emit with the same idempotency key)"))
-        return fut
+        """Wait for the outcome of an event emitted by other means (tools, tests): its Future."""
+        handle = EmitHandle(event_id, "", str(event_id), self.table)
+        self.table.add(handle)
+        return handle.future
+
+    def forget(self, event_id: uuid.UUID) -> None:
+        """Stop waiting for an event's outcome (its caller gave up)."""
+        self.table.forget(event_id)
 
     @property
     def pending(self) -> int:
         """How many handles wait for an outcome (bounded by ``max_pending``)."""
-        with self._lock:
-            return len(self._pending)
-
-    def fail(self, event_id: uuid.UUID, exc: BaseException) -> None:
-        with self._lock:
-            entry = self._pending.pop(event_id, None)
-        if entry is not None and not entry[1].done():
-            entry[1].set_exception(exc)
-
-    def forget(self, event_id: uuid.UUID) -> None:
-        """Stop waiting for an event's outcome (its caller gave up)."""
-        with self._lock:
-            self._pending.pop(event_id, None)
+        return len(self.table)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        for _, fut in pending.values():
-            if not fut.done():
-                fut.set_exception(ClientClosedError("the client was closed before the outcome arrived"))
-
-    def _resolve(self, results: list[EmitResult]) -> None:
-        for r in results:
-            with self._lock:
-                entry = self._pending.pop(r.event_id, None)
-            if entry is not None and not entry[1].done():
-                entry[1].set_result(r)
+        self.table.close()
 
     def _on_listening(self, conn: Connection) -> None:
         self._listening.set()
@@ -122,23 +95,20 @@ class OutcomeListener:
 
     def _wake(self, conn: Connection, payloads: list[str]) -> None:
         """Notifications arrived: read the named pending events' decisions from the tables, in one query."""
-        named: set[uuid.UUID] = set()
+        named: list[str] = []
         for payload in payloads:
-            # Not the projector's format: a forgery or noise, still only a wake-up.
-            with contextlib.suppress(ValueError, KeyError, TypeError, IndexError):
-                named.update(r.event_id for r in unpack(payload))
-        with self._lock:
-            wanted = [eid for eid in named if eid in self._pending]
-            if not wanted:
-                wanted = [eid for eid, _ in zip(self._pending, range(500), strict=False)]
+            named.extend(named_ids(payload))
+        # Only ids this client waits for reach the query (its own, in canonical form): a forged id never does.
+        wanted = self.table.waiting(set(named)) or self.table.oldest(500)
         self._lookup(conn, wanted)
 
-    def _lookup(self, conn: Connection, ids: list[uuid.UUID]) -> bool:
+    def _lookup(self, conn: Connection, ids: list[str]) -> bool:
         if not ids:
             return True
         try:
             with conn.cursor() as cur:
-                self._resolve(list(lookup_outcomes(cur, ids, self._agent_id).values()))
+                self.table.settle_rows(lookup_outcome_rows(cur, ids, self._agent_id),
+                                       lambda event_id, row: result_from_row(row, event_id))
         except psycopg.Error as e:  # the listen loop notices the broken connection and reconnects
             log.warning("outcome lookup failed: %s", e)
             return False
@@ -146,23 +116,20 @@ class OutcomeListener:
 
     def _recheck(self, conn: Connection, everything: bool = False) -> None:
         cutoff = time.monotonic() - (0 if everything else self._recheck_after)
-        with self._lock:
-            stale = []
-            # Insertion order is time order (re-checked entries move to the end below), so the scan
-            # stops at the first fresh entry: a wake-up costs O(stale), not O(pending), under the lock
-            # that every emit takes too.
-            for eid, (t, _) in self._pending.items():
-                if t > cutoff:
-                    break
-                stale.append(eid)
-                if len(stale) >= 500:  # bounded work per wake-up, even with many in flight
-                    break
-        if stale:
-            if not self._lookup(conn, stale):
-                return
-            with self._lock:  # look again later, not on every wake-up: to the end of the order
-                now = time.monotonic()
-                for eid in stale:
-                    entry = self._pending.pop(eid, None)
-                    if entry is not None:
-                        self._pending[eid] = (now, entry[1])
+        # bounded work per wake-up, even with many in flight; O(stale) under the lock every emit takes
+        stale = self.table.stale(cutoff, 500)
+        if stale and self._lookup(conn, stale):
+            self.table.recheck_later(stale)  # look again later, not on every wake-up
+
+
+def named_ids(payload: str) -> list[str]:
+    """The event ids a notification names, as text (wire/notifications.py's positional rows: the id comes
+    first); nothing for a payload in any other form, which is then a forgery or noise, still only a
+    wake-up. Only the ids are read: the decisions themselves come from the tables."""
+    try:
+        rows = json.loads(payload)
+        if not isinstance(rows, list):
+            return []
+        return [row[0] for row in rows if isinstance(row, list) and row and isinstance(row[0], str)]
+    except ValueError:
+        return []

@@ -16,34 +16,79 @@ import msgspec
 import pydantic_core
 from pydantic import ValidationError
 
-from eventstore.core.auth import Credential, sign
+from eventstore.core.auth import Credential, Signer
 from eventstore.core.errors import DecodeError, InvalidEventError
 from eventstore.core.limits import check_json_depth, has_lone_surrogate, may_hold_surrogates
 from eventstore.core.records import Envelope, EnvelopeFields, LeaseRef
 from eventstore.core.validation import CONTROL_CHARS, MAX_BIGINT, MAX_NAME, check_name
 
 FORMAT = "eventstore.envelope/1"
-__all__ = ["FORMAT", "Envelope", "Headers", "IntakeEnvelope", "LeaseRef", "decode", "decode_intake", "encode",
-           "salvage_ids"]
+__all__ = ["FORMAT", "Envelope", "EnvelopeWriter", "Headers", "IntakeEnvelope", "LeaseRef", "decode",
+           "decode_intake", "encode", "envelope_json", "salvage_ids"]
 
 
 Headers = list[tuple[str, str | bytes | None]]
 
 
+def envelope_json(event_id: uuid.UUID | str, idempotency_key: str, stream: str, expected_version: int | None,
+                  agent_id: str, correlation_id: uuid.UUID | str, causation_id: uuid.UUID | str | None,
+                  occurred_at: datetime | None, type_: str, schema_version: int, payload: dict[str, Any],
+                  lease: LeaseRef | None) -> bytes:
+    """The unsigned value: the same bytes as ``Envelope.model_dump_json(exclude={"auth"})`` (field order,
+    ``null`` for absent fields, pydantic's UUID, date-time and string forms), written by one call to
+    pydantic's serializer from plain fields, without building and dumping an Envelope model."""
+    return pydantic_core.to_json({
+        "event_id": event_id, "idempotency_key": idempotency_key, "stream": stream,
+        "expected_version": expected_version, "agent_id": agent_id, "correlation_id": correlation_id,
+        "causation_id": causation_id, "occurred_at": occurred_at, "type": type_, "schema_version": schema_version,
+        "payload": payload, "lease": None if lease is None else {"resource": lease.resource, "token": lease.token},
+    }, inf_nan_mode="null")
+
+
+class EnvelopeWriter:
+    """Writes one agent's intake messages: (key, value, headers) exactly as :func:`encode` writes them,
+    signed with the agent's credential, with what is the same for every message (the signer's key
+    pads, the agent and per-type headers) prepared once. The SDK's hot path: no Envelope model."""
+
+    __slots__ = ("_agent_header", "_agent_id", "_credential", "_signer", "_type_headers")
+
+    def __init__(self, agent_id: str, credential: Credential | None) -> None:
+        self._agent_id = agent_id
+        self._credential = credential
+        self._signer = None if credential is None else Signer(credential)
+        self._agent_header = ("es-agent", agent_id.encode())
+        self._type_headers: dict[tuple[str, int], Headers] = {}
+
+    def write(self, event_id: str, idempotency_key: str, stream: str, expected_version: int | None,
+              correlation_id: uuid.UUID | str, causation_id: uuid.UUID | None, occurred_at: datetime | None,
+              type_: str, schema_version: int, payload: dict[str, Any],
+              lease: LeaseRef | None) -> tuple[bytes, bytes, Headers]:
+        """The message of one event of this agent (``event_id`` in its canonical string form)."""
+        value = envelope_json(event_id, idempotency_key, stream, expected_version, self._agent_id, correlation_id,
+                              causation_id, occurred_at, type_, schema_version, payload, lease)
+        if self._signer is not None:
+            value = self._signer.sign(value)
+        head = self._type_headers.get((type_, schema_version))
+        if head is None:
+            head = self._type_headers[(type_, schema_version)] = [
+                ("es-format", FORMAT.encode()), ("es-type", type_.encode()),
+                ("es-schema-version", str(schema_version).encode()), self._agent_header]
+        return stream.encode(), value, [*head, ("es-event-id", event_id.encode())]
+
+    def encode(self, env: Envelope) -> tuple[bytes, bytes, Headers]:
+        """A prepared envelope's message; its ``agent_id`` is written as it is (signed with this writer's
+        credential, so the projector refuses another agent's envelope)."""
+        if env.agent_id != self._agent_id:
+            return EnvelopeWriter(env.agent_id, self._credential).encode(env)
+        return self.write(str(env.event_id), env.idempotency_key, env.stream, env.expected_version,
+                          env.correlation_id, env.causation_id, env.occurred_at, env.type, env.schema_version,
+                          env.payload, env.lease)
+
+
 def encode(env: Envelope, credential: Credential | None = None) -> tuple[bytes, bytes, Headers]:
     """(key, value, headers) for producing an envelope; with a credential the value is signed
     (its last member is ``auth``, an HMAC over the bytes before it; see docs/security.md)."""
-    headers: Headers = [
-        ("es-format", FORMAT.encode()),
-        ("es-type", env.type.encode()),
-        ("es-schema-version", str(env.schema_version).encode()),
-        ("es-agent", env.agent_id.encode()),
-        ("es-event-id", str(env.event_id).encode()),
-    ]
-    value = env.model_dump_json(exclude_none=False, exclude={"auth"}).encode()
-    if credential is not None:
-        value = sign(value, credential)
-    return env.stream.encode(), value, headers
+    return EnvelopeWriter(env.agent_id, credential).encode(env)
 
 
 def decode(value: bytes | None) -> Envelope:
