@@ -98,3 +98,15 @@ def test_hostile_envelopes_are_decided_as_decode_decides_them(case: tuple[bytes,
 @given(st.binary(max_size=500))
 def test_arbitrary_bytes_are_decided_as_decode_decides_them(value: bytes) -> None:
     agree(value)
+
+
+@pytest.mark.parametrize("stamp", [b"2024-01-01T23:59:59.999999\\u0039Z", b"2024-01-01T00:00:00\\u002e1234567Z",
+                                   b"2024-01-01T00:00:00.1234567\\u005a"])
+def test_a_timestamp_spelled_with_escapes_gets_the_instant_decode_gives(stamp: bytes) -> None:
+    """Found in review: escapes hid a seventh fractional digit from the fast path's pattern, and msgspec
+    rounded it to the next day where decode() truncates."""
+    value = variant(occurred_at="STAMP").replace(b"STAMP", stamp)
+    agree(value)
+    slow = decode(value)
+    fast, _ = decode_intake(value)
+    assert fast.occurred_at == slow.occurred_at

@@ -51,9 +51,10 @@ from eventstore.projection.publisher import Publisher
 from eventstore.wire.rejections import encode_rejection
 
 log = logging.getLogger(__name__)
-# How often a partition is sent back to the same offset without progress before the hole counts as
-# real (the records are gone) and the projector stops rather than skip them.
-MAX_REWINDS = 5
+# How long a partition may be sent back to the same offset without progress before the hole counts as
+# real (the records are gone) and the projector stops rather than skip them. A time, not a count: a
+# broker under load may take a while to show the earlier record.
+HOLE_PATIENCE_SECONDS = 30.0
 SETUP_LOCK = "SELECT pg_advisory_xact_lock(hashtext('eventstore read-model setup'))"
 
 
@@ -113,7 +114,8 @@ class Projector(BackgroundRunner):
         self._retry_attempts = 0
         self._alerted = False
         self._batch_watermarks: dict[int, tuple[int, int]] = {}
-        self._rewinds: dict[tuple[int, int], int] = {}
+        self._rewinds: dict[tuple[int, int], tuple[float, int]] = {}  # hole -> (first seen, rewinds)
+        self.hole_patience = HOLE_PATIENCE_SECONDS
 
     # -- lifecycle ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -309,26 +311,32 @@ class Projector(BackgroundRunner):
 
     def _count_rewinds(self, result: BatchResult) -> None:
         """A batch cut at a hole (core/offsetorder.py) sends the consumer back to the first missing
-        offset. Progress on a partition ends its count; the same hole MAX_REWINDS times without progress
-        means the records are gone, and the projector stops with the operator's command."""
+        offset. Progress on a partition ends its count; the same hole for ``hole_patience`` seconds
+        without progress means the records are gone, and the projector stops with the operator's command."""
         for p in result.next_offsets:
             for key in [k for k in self._rewinds if k[0] == p]:
                 del self._rewinds[key]
+        most_rewinds = 0
         for p, offset in result.rewind.items():
             key = (p, offset)
-            self._rewinds[key] = self._rewinds.get(key, 0) + 1
+            first, n = self._rewinds.get(key, (time.monotonic(), 0))
+            self._rewinds[key] = (first, n + 1)
+            waited = time.monotonic() - first
+            most_rewinds = max(most_rewinds, n + 1)
             log.warning("%s[%d]: the consumer handed over a later record while offset %d was missing; "
-                        "rewinding to %d (%d of %d without progress)", self.topic, p, offset, offset,
-                        self._rewinds[key], MAX_REWINDS)
-            if self._rewinds[key] >= MAX_REWINDS:
+                        "rewinding to %d (rewind %d, %.1f s without progress)", self.topic, p, offset, offset,
+                        n + 1, waited)
+            if waited >= self.hole_patience:
                 raise OffsetsNotTrustedError(
-                    f"{self.topic}[{p}]: the record at offset {offset} was never delivered although later "
-                    f"ones were, {MAX_REWINDS} times: it is gone (retention or truncation) or was never a "
-                    "record (a transactional producer's marker; the intake topic takes none). Recover "
-                    "what you can, then run `eventstore offsets reset --topic intake --reason \"...\"`",
+                    f"{self.topic}[{p}]: the record at offset {offset} was not delivered for {waited:.0f} s "
+                    f"although later ones were ({n + 1} rewinds): it is gone (retention or truncation) or was "
+                    "never a record (a transactional producer's marker; the intake topic takes none). Check the "
+                    "partition's start offset and what the agents sent, recover what you can, then run "
+                    "`eventstore offsets reset --topic intake --reason \"...\"`",
                     partition=p, stored=offset)
-        if result.rewind:
-            time.sleep(0.05)  # give a broker that showed a later record first the time to show the earlier
+        if most_rewinds:
+            # Give a broker that showed a later record first the time to show the earlier one.
+            time.sleep(min(0.05 * most_rewinds, 0.5))
 
     def _commit_with_retries(
         self, conn: psycopg.Connection[Any], batch: list[IntakeMessage], poisoned: dict[tuple[int, int], str]

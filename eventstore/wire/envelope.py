@@ -146,8 +146,11 @@ class IntakeEnvelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 _INTAKE = msgspec.json.Decoder(IntakeEnvelope)
 # msgspec rounds a fraction of a second beyond microseconds, pydantic truncates it: such timestamps (and
-# anything that looks like one) take decode()'s path so that both decoders give the same instant.
+# anything that looks like one) take decode()'s path so that both decoders give the same instant. A
+# \u escape could spell the digits (or the dot) of a timestamp past that pattern, so an envelope with a
+# timestamp and any \u escape takes decode()'s path too (found in review: "...59.999999\u0039Z").
 _SUB_MICROSECONDS = re.compile(rb":\d\d[.,]\d{7}")
+_ESCAPE = b"\\u"
 
 
 def decode_intake(value: bytes | None) -> tuple[EnvelopeFields, dict[str, Any]]:
@@ -164,7 +167,8 @@ def decode_intake(value: bytes | None) -> tuple[EnvelopeFields, dict[str, Any]]:
             if (raw[:1] == b"{"
                     and not CONTROL_CHARS.search(f"{env.idempotency_key}{env.stream}{env.agent_id}{env.type}")
                     and (auth is None or _AUTH_FORM.match(f"{auth.key_id}:{auth.mac}"))
-                    and (stamp is None or (stamp.tzinfo is not None and _SUB_MICROSECONDS.search(value) is None))):
+                    and (stamp is None or (stamp.tzinfo is not None and _SUB_MICROSECONDS.search(value) is None
+                                           and _ESCAPE not in value))):
                 payload = pydantic_core.from_json(raw)
                 if isinstance(payload, dict):
                     return env, payload
