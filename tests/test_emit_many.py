@@ -11,6 +11,7 @@ from eventstore import AgentClient, Outcome, Projector
 from eventstore.core.errors import BrokerError, InvalidEventError
 from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryAdjusted, InventoryUpdated, stream_for
+from tests.app_events import DocumentTitled
 from tests.fix_projector import scalar
 
 
@@ -90,3 +91,25 @@ def test_lone_emits_and_batches_do_not_wait_out_the_linger(settings: Settings) -
             while len(client._producer) and time.monotonic() - t0 < 4.0:
                 time.sleep(0.005)
             assert time.monotonic() - t0 < 2.5, "the message waited out linger.ms"
+
+
+def test_a_message_the_kafka_client_refuses_is_a_broker_error_and_leaves_nothing_pending(
+    settings: Settings, projector: Projector
+) -> None:
+    """Found in review: produce() raising KafkaException (here: a message over the client's
+    message.max.bytes) reached the caller raw and left its handle pending."""
+    small = settings.replace(kafka_config={**settings.kafka_config, "message.max.bytes": 1000})
+    big = DocumentTitled(doc="big", title="x" * 1500)
+    with AgentClient("refused-agent", small) as client:
+        with pytest.raises(BrokerError, match="refused the message"):
+            client.emit(big, stream_for("BIG"))
+        assert len(client._pending) == 0
+        ok = (InventoryUpdated(sku="FINE", quantity=3), stream_for("FINE"))
+        with pytest.raises(BrokerError, match=r"emit_many item 1: .*items before it were sent"):
+            client.emit_many([ok, (big, stream_for("BIG")), ok])
+        deadline = time.monotonic() + 60
+        while len(client._pending) and time.monotonic() < deadline:  # item 0 was sent: its outcome arrives
+            time.sleep(0.05)
+        assert len(client._pending) == 0
+    assert scalar(settings.require_database(), "SELECT count(*) FROM events WHERE stream = %s",
+                  (stream_for("FINE"),)) == 1

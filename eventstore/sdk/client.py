@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from eventstore.core.auth import Credential
 from eventstore.core.errors import BrokerError, ConfigurationError, InvalidEventError
@@ -193,7 +193,11 @@ class AgentClient:
         handle, key, value, headers = self._prepare(event, stream, expected_version, idempotency_key,
                                                     correlation_id, causation_id, lease)
         self._pending.add(handle)
-        self._produce_one(key, value, headers)
+        try:
+            self._produce_one(key, value, headers)
+        except BrokerError as e:
+            self._pending.fail(handle.event_id, e)  # nothing waits for an outcome that cannot come
+            raise
         return handle
 
     def emit_envelope(self, env: Envelope) -> EmitHandle:
@@ -204,7 +208,11 @@ class AgentClient:
         self._check_size(value, env.type, env.stream)
         handle = EmitHandle(env.event_id, env.stream, env.idempotency_key, self._pending)
         self._pending.add(handle)
-        self._produce_one(key, value, headers)
+        try:
+            self._produce_one(key, value, headers)
+        except BrokerError as e:
+            self._pending.fail(handle.event_id, e)  # nothing waits for an outcome that cannot come
+            raise
         return handle
 
     def _prepare(self, event: Event, stream: str, expected_version: int | None, idempotency_key: str | None,
@@ -234,6 +242,8 @@ class AgentClient:
                 return
             except BufferError:
                 self._producer.poll(0.01)  # local queue full: let deliveries drain
+            except KafkaException as e:
+                raise BrokerError(f"the Kafka client refused the message for {self._topic}: {e}") from e
 
     def _produce_one(self, key: bytes, value: bytes, headers: Headers) -> None:
         """Produce one message. A sparse emit (SPARSE seconds or more after the previous one: below ~2,000
@@ -390,8 +400,16 @@ class AgentClient:
                 raise InvalidEventError(f"emit_many item {i}: {e} (nothing was sent)") from e
         handles = [p[0] for p in prepared]
         self._pending.add_many(handles)
-        for _, key, value, headers in prepared:
-            self._produce(key, value, headers)
+        for i, (_, key, value, headers) in enumerate(prepared):
+            try:
+                self._produce(key, value, headers)
+            except BrokerError as e:
+                for h in handles[i:]:
+                    self._pending.fail(h.event_id, e)
+                self._send_now()
+                raise BrokerError(f"emit_many item {i}: {e}; items before it were sent and get outcomes, it and "
+                                  "the items after it were not sent (emit again with the same idempotency keys: "
+                                  "what was sent comes back DUPLICATE)") from e
         self._send_now()  # the batch is complete: send it now, not after linger.ms
         return handles
 
