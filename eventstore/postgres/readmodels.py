@@ -37,7 +37,9 @@ class ReadModel:
     """Subclass and decorate methods with ``@ReadModel.on(EventType)``, or override ``apply_batch``.
 
     Handlers get ``(cursor, recorded_event, typed_event)`` and must write with the cursor given
-    (``self.table`` is the table to write, a safe SQL identifier).
+    (``self.table`` is the table to write, a safe SQL identifier). They must not modify the recorded
+    event's payload: the same objects are handed to this process's publisher after the commit, which
+    checks their chain hashes but does not re-hash the payload.
     """
 
     name: str = ""
