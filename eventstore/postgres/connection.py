@@ -114,6 +114,9 @@ def converted_errors() -> Iterator[None]:
         raise convert(e) from e
 
 
+CUSTOM_PLANS = "-c plan_cache_mode=force_custom_plan"
+
+
 class Database:
     """Connections to one PostgreSQL server. The URL is a secret: it is never shown or logged."""
 
@@ -125,9 +128,17 @@ class Database:
         return f"Database(application_name={self.application_name!r})"
 
     def connect(self, *, autocommit: bool = False) -> Connection:
-        """A new connection; a failure to connect raises (Transient)StorageError."""
+        """A new connection; a failure to connect raises (Transient)StorageError.
+
+        It plans each statement for its parameters (``plan_cache_mode=force_custom_plan``). These
+        connections live long and repeat a few statements, which psycopg prepares; PostgreSQL would
+        then keep a generic plan made while the tables were small, a sequential scan, until something
+        invalidates it. Measured: the projector's idempotency and event-id lookups took 8.5 and 14.7 ms
+        per batch on a 100,000-event log from such a plan, against 0.1 and 0.2 ms with a fresh plan,
+        which is what made emit -> outcome slow after heavy traffic. Re-planning costs tens of µs."""
         with converted_errors():
-            return psycopg.connect(self._url, autocommit=autocommit, application_name=self.application_name)
+            return psycopg.connect(self._url, autocommit=autocommit, application_name=self.application_name,
+                                   options=CUSTOM_PLANS)
 
     def pool(self, *, min_size: int = 1, max_size: int = 4, autocommit: bool = True,
              name: str = "eventstore", check: bool = True) -> ConnectionPool[Connection]:
