@@ -86,3 +86,12 @@ def test_outcome_listener_rechecks_tables_while_notifications_arrive(database_ur
             assert fut_notified.result(10).status is Outcome.REJECTED
     finally:
         listener.close()
+
+
+def test_door_connections_plan_each_statement_for_its_parameters(database_url: str) -> None:
+    """The door's connections use custom plans, so a lookup psycopg prepared while the log was small
+    does not keep a generic plan (a sequential scan) as the log grows. The slow-down itself was measured
+    on a 100,000-event log (Database.connect's docstring); it needs that much data, so it is a benchmark
+    (`eventstore bench latency`), not a test."""
+    with Database(database_url).connect(autocommit=True) as conn:
+        assert conn.execute("SHOW plan_cache_mode").fetchone() == ("force_custom_plan",)
