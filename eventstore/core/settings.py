@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     projector_group: str = ""  # default: "<namespace>.projector", so namespaces never share a group
     batch_size: int = Field(default=2000, ge=1)
     batch_wait_ms: int = Field(default=0, ge=0)
+    # fetch.wait.max.ms of the projector's intake consumer (only). Brokers that do not answer a waiting
+    # fetch early (tansu) hand a record over only when this wait ends, so it bounds emit -> outcome
+    # latency; lower costs the broker CPU while idle (docs/perf-latency.md has the trade-off measured).
+    projector_fetch_wait_ms: int = Field(default=10, ge=1, le=500)
     alert_webhook: str | None = None
     # History anchors (eventstore anchor / verify --anchor): the Ed25519 key file, kept outside the
     # database; the JSON-lines file anchors are appended to; optionally a topic they are also sent to.
