@@ -15,7 +15,8 @@ projector (the throughput run), then at once the steady-rate run; (3) on that sa
 projector's ``fetch.wait.max.ms`` settings in turn, ``rounds`` times alternately (A, B, C, A, B, C ...),
 each with the broker's CPU while the projector is idle and per event while it works. The summary merges
 the rounds per setting and gives each setting's ratio against 10 ms (the previous default) of the same
-run. Finally, broker-only produce -> consume probes on fresh topics (the fetch-wait evidence).
+run. Then the broker alone (``eventstore.bench.brokerprobes``): produce -> consume by fetch wait, a
+partition's stored history, and the broker's idle CPU by fetch wait.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -38,21 +38,20 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message
 
 from eventstore.bench import agents as bench_agents
+from eventstore.bench.brokerprobes import fetch_wait_cost, history_probe, probes
 from eventstore.bench.drain import prefill
-from eventstore.bench.writepath import CpuMeter, Latency, _proc_cpu, head, make_events
+from eventstore.bench.writepath import CpuMeter, Latency, head, make_events
 from eventstore.core.outcomes import EmitResult, Outcome
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
-from eventstore.kafka.config import PRODUCER_DEFAULTS, ensure_topics
 from eventstore.postgres.connection import Connection
 from eventstore.postgres.migrate import upgrade
 from eventstore.sdk.client import AgentClient
 from eventstore.sdk.listener import named_ids
 
-PROBE_SETTINGS = ((10, 1), (5, 1), (2, 1), (1, 1), (0, 1))
 BASELINE_WAIT = 10  # ms: the projector's fetch.wait.max.ms before it became a setting
 STEPS = ("produce", "fetch", "queue", "write", "notify", "lookup")
 IDLE_SECONDS = 3.0
@@ -290,93 +289,6 @@ def settle(client: AgentClient, prefix: str) -> None:
         client.emit_and_wait(event, stream, timeout=10)
 
 
-def broker_probe(bootstrap: str, topic: str, fetch_wait_ms: int, min_bytes: int, n: int = 300,
-                 rate: int = 500) -> Latency:
-    """produce() -> consumer has it, for n small messages at a steady rate on partition 0."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex[:6]}",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": fetch_wait_ms,
-                         "fetch.min.bytes": min_bytes})
-    consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
-    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS, "linger.ms": 0})
-    got: list[float] = []
-    stop = threading.Event()
-
-    def consume() -> None:
-        while not stop.is_set():
-            m = consumer.poll(0.05)
-            value = None if m is None or m.error() is not None else m.value()
-            if value is not None and len(value) == 8:
-                got.append(time.perf_counter() - struct.unpack("d", value)[0])
-
-    t = threading.Thread(target=consume, daemon=True)
-    t.start()
-    time.sleep(1.0)  # the assignment resolves OFFSET_END before anything is produced
-    t0 = time.perf_counter()
-    for i in range(n):
-        delay = t0 + i / rate - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        producer.produce(topic, value=struct.pack("d", time.perf_counter()), partition=0)
-        producer.poll(0)
-    producer.flush(30)
-    deadline = time.monotonic() + 5 + fetch_wait_ms / 1000 * 4
-    while len(got) < n and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
-    t.join(5)
-    consumer.close()
-    return Latency(sorted(got), n - len(got))
-
-
-def probes(bootstrap: str, label: str) -> None:
-    admin_settings = Settings.from_env().with_servers("postgresql://unused", bootstrap)
-    for fw, mb in PROBE_SETTINGS:
-        topic = f"probe-{uuid.uuid4().hex[:8]}"
-        ensure_topics(admin_settings, {topic: 1})
-        lat = broker_probe(bootstrap, topic, fw, mb)
-        print(f"  [{label}] fresh topic, fetch.wait.max.ms={fw:<4} fetch.min.bytes={mb:<6}: {lat.line()}",
-              flush=True)
-
-
-def history_probe(bootstrap: str, sizes: tuple[int, ...] = (0, 3000, 10_000)) -> None:
-    """The probe (fetch.wait.max.ms=10) on one partition as it fills with messages sent one produce
-    request each (as the SDK sends sparse emits: one stored batch per message) or batched (linger 50 ms),
-    with tansu's CPU during each probe: tansu's fetch cost grows with the partition's stored batches."""
-    admin_settings = Settings.from_env().with_servers("postgresql://unused", bootstrap)
-    pid = _tansu_pid(bootstrap)
-    for single in (False, True):
-        topic = f"history-{uuid.uuid4().hex[:8]}"
-        ensure_topics(admin_settings, {topic: 1})
-        producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS, "linger.ms": 0 if single else 50})
-        stored = 0
-        for size in sizes:
-            for _ in range(size - stored):
-                producer.produce(topic, value=b"x" * 200, partition=0)
-                if single:
-                    producer.flush(5)  # one produce request, so one stored batch, per message
-            producer.flush(30)
-            stored = size
-            before = _proc_cpu(pid) if pid else 0.0
-            lat = broker_probe(bootstrap, topic, 10, 1)
-            used = (_proc_cpu(pid) - before) if pid else 0.0
-            kind = "one batch per message" if single else "batched (linger 50 ms)"
-            print(f"  partition holding {size:>6,} messages, {kind:<22}: {lat.line()}; tansu CPU during the probe "
-                  f"{used * 1000:.0f} ms; load {os.getloadavg()[0]:.2f}", flush=True)
-
-
-def _tansu_pid(bootstrap: str) -> int | None:
-    port = bootstrap.rsplit(":", 1)[-1]
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"broker" in cmd and any(c.endswith(f":{port}".encode()) for c in cmd):
-                return int(d.name)
-    return None
-
-
 def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tuple[int, ...] = (10, 1, 2, 5),
          rounds: int = 2, probe: bool = True) -> int:
     """Fresh broker, the throughput run, then each fetch wait ``rounds`` times alternately; a summary."""
@@ -416,9 +328,11 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tupl
                         if time.monotonic() - t0 > 600 or proj.proc.poll() is not None:
                             raise RuntimeError("the throughput run was not drained within 600 s")
                         time.sleep(0.02)
+                    row = conn.execute("SELECT coalesce(max(position), 0) FROM publisher_checkpoints").fetchone()
+                    behind = head(conn) - int(row[0] if row else 0)
                     print(f"  drained in {time.monotonic() - t0:.1f} s ({heavy / (time.monotonic() - t0):,.0f} "
-                          "events/s); the steady run starts at once (the publisher may still be catching up)",
-                          flush=True)
+                          f"events/s); the steady run starts at once, the publisher's checkpoint {behind:,} events "
+                          "behind the log head", flush=True)
                     sp = split_run(client, woke, proj, cpu, events, rate, "r")
                     print_split(f"right after, {default} ms", sp)
                     others.merge(sp)
@@ -449,6 +363,8 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tupl
             probes(bootstrap, "broker only")
             print("\n5) the broker alone, one partition's history (stored batches, not messages, cost)")
             history_probe(bootstrap)
+            print("\n6) the broker's CPU by the projector consumer's fetch wait, idle and at the rate (alternately)")
+            fetch_wait_cost(bootstrap, waits, rate=rate)
     failed = others.failed + sum(sp.failed for sp in merged.values())
     print(f"\ncorrectness: {'PASS' if failed == 0 else 'FAIL'} ({failed} emitted events without a COMMITTED "
           f"outcome); load average after the run {os.getloadavg()[0]:.2f}; logs in {logdir}")
