@@ -111,6 +111,7 @@ class TimedProjectorProcess:
 
 @contextmanager
 def timed_projector(settings: Settings, fetch_wait_ms: int, logdir: Path) -> Iterator[TimedProjectorProcess]:
+    """A timed projector process for ``settings`` with this fetch wait (its log in ``logdir``); always stopped."""
     db, bootstrap = settings.require_servers()
     env = {**os.environ, "EVENTSTORE_DATABASE_URL": db, "EVENTSTORE_KAFKA_BOOTSTRAP": bootstrap,
            "EVENTSTORE_NAMESPACE": settings.namespace, "EVENTSTORE_PROJECTOR_GROUP": settings.projector_group,
