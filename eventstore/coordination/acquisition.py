@@ -12,7 +12,7 @@ from typing import Protocol, TypeVar
 
 from eventstore.coordination.alerts import Alerter
 from eventstore.coordination.metrics import LeaseMetrics
-from eventstore.coordination.wakeup import Wakeups
+from eventstore.coordination.wakeup import Wake, Wakeups
 from eventstore.core import lockevents as ev
 from eventstore.core import lockrules as rules
 from eventstore.core.errors import DeadlockDetected, LeaseNotHeldError, LeaseTimeout, LockOrderViolation
@@ -132,11 +132,13 @@ class Acquisition:
         self.polls = 0
         self.queued = False
         self.last_detect = time.monotonic()
-        self.wake: threading.Event | None = None
+        self.wake: Wake | None = None
         # Set by a caller that sleeps with ``sleep()`` (cut short by wake-ups); the asyncio API polls.
         self.follows_wakeups = False
 
     def step(self) -> Lease | float | None:
+        if (handed := self._handed()) is not None:
+            return handed
         first = self.polls == 0
         self.polls += 1
         if self.wake is None and self.wait > 0:
@@ -174,6 +176,8 @@ class Acquisition:
             self.last_detect = now
             self._detect()
         if now >= self.deadline:
+            if (handed := self._handed()) is not None:  # handed to us before we gave up: take it
+                return handed
             self.abandon(f"wait of {self.wait:g}s ran out")
             c.metrics.denied(r, a)
             raise LeaseTimeout(
@@ -184,6 +188,23 @@ class Acquisition:
         # may grow to the detection interval instead of 0.1 s, sparing the resource's advisory lock.
         cap = max(0.1, c.detect_interval) if self.follows_wakeups and c.wakeups.listening.is_set() else 0.1
         return min(rules.backoff(self.polls - 1, cap=cap), max(self.deadline - now, 0.001))
+
+    def _handed(self) -> Lease | None:
+        """The lease a release handed to this request, if its notification has arrived (no round trip:
+        the release's transaction granted it and chained the grant)."""
+        if self.wake is None or self.wake.grant is None:
+            return None
+        g, self.wake.grant = self.wake.grant, None
+        if not self.c.wakeups.claim(self.resource, self.agent_id, g.token, self):
+            return None  # another request of the same agent in this process took it
+        self.c.metrics.granted(self.resource, self.agent_id, g.waited_seconds, True)
+        return Lease(self.c, self.resource, self.agent_id, self.mode, g.token, g.expires_at, self.ttl)
+
+    def _handoff_ok(self, token: int) -> bool:
+        """May this request take, from the database, the hand-off with ``token`` (its notification was
+        missed or came during the poll)? Only a request that queued, and only one request per agent in
+        this process."""
+        return self.queued and self.c.wakeups.claim(self.resource, self.agent_id, token, self)
 
     def _poll(self, first: bool, fast: bool) -> lease_store.StepResult:
         """One poll. The first one is one transaction (the one-call grant, then the full step if it did not
@@ -208,7 +229,8 @@ class Acquisition:
         check = first and self.c.enforce_lock_order
         return lease_store.attempt(cur, self.resource, self.agent_id, self.mode, self.ttl, queue=self.wait > 0,
                           expected=self.expected, stale_after=self.c.stale_waiter_after,
-                          violation_of=violation if check else None, fast=fast)
+                          violation_of=violation if check else None, fast=fast,
+                          handoff_ok=None if first else self._handoff_ok)
 
     def _detect(self) -> None:
         """Look for a wait-for cycle through this agent; abort this request if it is the victim."""
@@ -245,5 +267,6 @@ class Acquisition:
 
     def abandon(self, reason: str, deadlock: ev.DeadlockFound | None = None) -> None:
         """Leave the wait queue and record why (timeout, deadlock victim, cancellation)."""
-        self.c.run_step(lambda cur: lease_store.leave_queue(cur, self.resource, self.agent_id, self.mode, reason,
-                                                            deadlock))
+        self.c.run_step(lambda cur: lease_store.leave_queue(
+            cur, self.resource, self.agent_id, self.mode, reason, deadlock, stale_after=self.c.stale_waiter_after,
+            handoff_ok=lambda token: self.c.wakeups.claim(self.resource, self.agent_id, token, self)))

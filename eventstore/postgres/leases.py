@@ -7,8 +7,10 @@ projector's batches. Lock order: the resource's advisory lock (namespace ``ADVIS
 tables -> agents -> resources -> the lock chain's head (taken by the step's one append, at its end).
 Every transaction that hands out or bumps a fencing token (grant, expiry, revocation) holds that
 resource's advisory lock, so those steps of one resource are serialised and the tokens increase in
-commit order. A plain release or renew touches only the holder's own row, whose row lock serialises
-it against a concurrent expiry, so it skips the advisory lock.
+commit order. A release takes it too (migration 0010): it may hand the lease to the head of the queue
+in its own transaction (new token, LeaseReleased and LeaseGranted chained in that one commit), and under
+the lock it also sees a waiter that queued in the same instant. A renew touches only the holder's own
+row, whose row lock serialises it against a concurrent expiry, so it skips the advisory lock.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from eventstore.postgres.lease_sql import (
     GRANT_FREE,
     GRANT_NEW,
     GRANT_SHARED,
+    HANDED_OFF,
     HEARTBEAT,
     HOLDERS,
     KILL,
@@ -56,6 +59,7 @@ from eventstore.postgres.lease_sql import (
     RENEW,
     REVIVE,
     SNAPSHOT,
+    TAKE_HANDOFF,
     WAIT_GRAPH,
 )
 from eventstore.postgres.lockchain import LockLog
@@ -82,6 +86,7 @@ class Grant:
     expires_at: datetime
     waited_seconds: float = 0.0
     reentered: bool = False
+    handed_off: bool = False  # granted by a release's hand-off, found by this poll
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,7 @@ class _Snapshot:
     waiters: list[Waiter] = field(default_factory=list)
     fence: int | None = None
     held_elsewhere: list[str] = field(default_factory=list)
+    handed_off: set[str] = field(default_factory=set)  # holders granted by a release's hand-off, not yet taken
     agent: tuple[str, str | None] | None = None
     my_wait: tuple[float, bool, float | None, float] | None = None  # waited, alerted, expected, heartbeat age
 
@@ -162,6 +168,8 @@ def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> 
             snap.expired.append(Expiry(resource, str(name), int(num), float(held)))
         elif kind == "holder":
             snap.holders.append((str(name), Mode(mode), int(num)))
+            if expected:
+                snap.handed_off.add(str(name))
         elif kind == "waiter":
             snap.waiters.append(Waiter(resource, str(name), Mode(mode), int(seq), at))
         elif kind == "fence":
@@ -178,20 +186,26 @@ def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> 
 
 def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool,
             expected: float | None, stale_after: float,
-            violation_of: Callable[[str, list[str]], str | None] | None = None, fast: bool = True) -> StepResult:
-    """One try to get a lease: grant it, re-enter it, or (if ``queue``) keep a place in the FIFO queue.
+            violation_of: Callable[[str, list[str]], str | None] | None = None, fast: bool = True,
+            handoff_ok: Callable[[int], bool] | None = None) -> StepResult:
+    """One try to get a lease: grant it, re-enter it, take the lease a release handed to it, or (if
+    ``queue``) keep a place in the FIFO queue.
 
     With ``violation_of`` (the pure lock-order rule) the request is first checked against the other
     resources the agent holds; a violation is recorded and returned as the error. With ``fast`` the
     common grant (a free resource, or the agent at the head of its queue, no other lease to check the
     order against) is tried first in one call (``GRANT_FREE``); anything else runs the full step after
     it, in the same transaction. Pollers that are unlikely to be granted pass ``fast=False``.
+
+    ``handoff_ok`` is given by a request that has queued: when the agent holds the resource by a hand-off
+    it has not taken yet (migration 0010) and ``handoff_ok(token)`` agrees (the hand-off was not already
+    taken in this process), that hold is the grant of this request, not a re-entry.
     """
     if fast and (free := send_grant_free(cur, resource, agent_id, mode, ttl, violation_of is not None)()):
         return StepResult(grant=free)
     log = LockLog()
     result = _attempt(cur, log, resource, agent_id, mode, ttl, queue=queue, expected=expected,
-                      stale_after=stale_after, violation_of=violation_of)
+                      stale_after=stale_after, violation_of=violation_of, handoff_ok=handoff_ok)
     log.append(cur)
     return result
 
@@ -214,7 +228,8 @@ def send_grant_free(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: 
 
 def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool,
              expected: float | None, stale_after: float,
-             violation_of: Callable[[str, list[str]], str | None] | None) -> StepResult:
+             violation_of: Callable[[str, list[str]], str | None] | None,
+             handoff_ok: Callable[[int], bool] | None = None) -> StepResult:
     _lock(cur, resource)
     cur.execute(LOCK_AGENT_EARLY, (agent_id,))
     snap = _snapshot(cur, resource, agent_id, stale_after)
@@ -240,6 +255,15 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
             f"agent {agent_id!r} was stopped by the kill switch ({reason}); an operator must revive it"))
     holders = [Holder(resource, a, m) for a, m, _ in rows]
     mine = [h for h in holders if h.agent_id == agent_id]
+    if mine and agent_id in snap.handed_off and handoff_ok is not None:
+        token = next(t for a, _, t in rows if a == agent_id)
+        if handoff_ok(token):
+            cur.execute(TAKE_HANDOFF, (resource, agent_id))
+            taken = cur.fetchone()
+            if taken is not None:  # handed to this request by a release; the notification was missed
+                tok, held_mode, expires_at, _age = taken
+                return StepResult(expired=expired, grant=Grant(resource, agent_id, Mode(held_mode), int(tok),
+                                                               expires_at, handed_off=True))
     if mine:
         if mine[0].mode is Mode.SHARED and mode is Mode.EXCLUSIVE:
             return StepResult(expired=expired, error=CoordinationError(
@@ -277,7 +301,7 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
     # Keep the place in the queue. Most polls only read: the heartbeat is refreshed when it is a quarter
     # of the way to stale, so a waiting poll rarely needs a WAL flush at commit.
     if snap.my_wait is None:
-        cur.execute(ENQUEUE, (resource, agent_id, mode.value, expected))
+        cur.execute(ENQUEUE, (resource, agent_id, mode.value, expected, ttl))
         waited, alerted, expected_db = 0.0, False, expected
         log.add(lease_stream(resource), ev.LeaseWaited(
             resource=resource, agent_id=agent_id, mode=mode.value, held_by=held_by,
@@ -297,14 +321,21 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
 
 
 def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: str,
-                deadlock: ev.DeadlockFound | None = None) -> float | None:
+                deadlock: ev.DeadlockFound | None = None, *, stale_after: float = 5.0,
+                handoff_ok: Callable[[int], bool] | None = None) -> float | None:
     """Give up waiting (timeout, deadlock victim, interruption): remove the queue entry and record why.
-    Returns how long it waited, or None if it was not queued."""
+    Returns how long it waited, or None if it was not queued. If a release handed the lease to this
+    waiter before it gave up (and ``handoff_ok(token)``: not taken in this process), that lease is
+    released here, handed on to the next waiter, so a waiter that walks away never keeps it."""
     log = LockLog()
     _lock(cur, resource)
     cur.execute(DEQUEUE, (resource, agent_id))
     row = cur.fetchone()
     if row is None:
+        cur.execute(HANDED_OFF, (resource, agent_id))
+        handed = cur.fetchone()
+        if handed is not None and (handoff_ok is None or handoff_ok(int(handed[0]))):
+            send_release_fast(cur, resource, agent_id, int(handed[0]), stale_after)()
         return None
     if deadlock is not None:
         log.add(lease_stream(resource), deadlock, agent_id)
@@ -317,11 +348,14 @@ def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: s
     return float(row[0])
 
 
-def send_release_fast(cur: Cursor, resource: str, agent_id: str, token: int) -> Callable[[], float | None]:
-    """Send the common release (a live, non-re-entered hold: one statement that also chains its
-    LeaseReleased and wakes the queue's head); the reader gives the seconds held, or None if the statement
-    changed nothing and ``release_rest`` must decide (in a transaction of its own or the same one)."""
-    cur.execute(RELEASE_FAST, {"r": resource, "a": agent_id, "t": token})
+def send_release_fast(cur: Cursor, resource: str, agent_id: str, token: int,
+                      stale_after: float = 5.0) -> Callable[[], float | None]:
+    """Send the common release (a live, non-re-entered hold: one call, migration 0010, that also chains
+    its LeaseReleased and hands the lease to the head of the queue, or wakes it); the reader gives the
+    seconds held, or None if the call changed nothing and ``release_rest`` must decide (in a transaction
+    of its own or the same one). Waiters whose heartbeat is older than ``stale_after`` are passed over."""
+    cur.execute(RELEASE_FAST, {"r": resource, "a": agent_id, "t": token, "ns": ADVISORY_NS,
+                               "k": key_of(resource), "stale": stale_after})
 
     def read() -> float | None:
         row = cur.fetchone()
@@ -329,14 +363,14 @@ def send_release_fast(cur: Cursor, resource: str, agent_id: str, token: int) -> 
     return read
 
 
-def release(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple[float | None, Expiry | None]:
+def release(cur: Cursor, resource: str, agent_id: str, token: int,
+            stale_after: float = 5.0) -> tuple[float | None, Expiry | None]:
     """Release one hold. Returns (held seconds if the lease is now free of this agent, expiry if it had
     expired). Raises LeaseNotHeldError if the agent does not hold this grant.
 
-    The common case (a live, non-re-entered hold) is one statement and needs no advisory lock: it hands
-    out no token, and a concurrent expiry of the same row is serialised by the row lock.
+    The common case (a live, non-re-entered hold) is one call that may hand the lease to the next waiter.
     """
-    held = send_release_fast(cur, resource, agent_id, token)()
+    held = send_release_fast(cur, resource, agent_id, token, stale_after)()
     if held is not None:
         return held, None
     return release_rest(cur, resource, agent_id, token)
