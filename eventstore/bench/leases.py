@@ -163,6 +163,8 @@ def run_threads(agents: int, per_agent: int, body: Callable[[int], list[float]])
 def lease_contended(url: str, agents: int, resources: int, per_agent: int) -> tuple[list[float], float]:
     c = Coordinator(url, pool_size=agents)
     GRANTS.clear()
+    RELEASES.clear()
+    HANDED.clear()
 
     def body(i: int) -> list[float]:
         lat = []
@@ -172,8 +174,12 @@ def lease_contended(url: str, agents: int, resources: int, per_agent: int) -> tu
             lease = c.acquire(resource, agent_id=f"agent-{i}", ttl=30, wait=60)
             granted = time.perf_counter()
             lease.release()
-            lat.append(time.perf_counter() - t)
+            done = time.perf_counter()
+            lat.append(done - t)
             GRANTS.append((resource, t, granted))
+            RELEASES.append((resource, granted, done))
+            if lease.handed_at is not None:
+                HANDED.append((resource, lease.handed_at, granted))
         return lat
 
     try:
@@ -200,6 +206,33 @@ def handoffs(url: str, prefix: str) -> dict[str, list[float]]:
 
 
 GRANTS: list[tuple[str, float, float]] = []  # (resource, asked at, granted at) of the last contended run
+RELEASES: list[tuple[str, float, float]] = []  # (resource, release called, release returned)
+HANDED: list[tuple[str, float, float]] = []  # (resource, hand-off notification received, acquire returned)
+
+
+def handoff_split(releases: list[tuple[str, float, float]],
+                  handed: list[tuple[str, float, float]]) -> dict[str, list[float]]:
+    """The hand-off latency in three parts (ms, one process's clock): the release call (its transaction,
+    which grants the next waiter, up to the commit's acknowledgement), release commit acknowledged ->
+    the waiter's listener has the notification (can be negative: PostgreSQL notifies listeners at the
+    commit, the releaser's acknowledgement may arrive later), and notification -> the waiter's acquire
+    returns. Each hand-off is matched with the last release of its resource called before it."""
+    by_resource: dict[str, list[tuple[float, float]]] = {}
+    for resource, start, end in releases:
+        by_resource.setdefault(resource, []).append((start, end))
+    for items in by_resource.values():
+        items.sort()
+    out: dict[str, list[float]] = {"release": [], "woken": [], "returned": [], "total": []}
+    for resource, woken, returned in handed:
+        before = [x for x in by_resource.get(resource, []) if x[0] <= woken]
+        if not before:
+            continue
+        start, end = before[-1]
+        out["release"].append((end - start) * 1e3)
+        out["woken"].append((woken - end) * 1e3)
+        out["returned"].append((returned - woken) * 1e3)
+        out["total"].append((returned - start) * 1e3)
+    return out
 
 
 def fifo_inversions(grants: list[tuple[str, float, float]], margin: float = 0.005) -> tuple[int, int]:
@@ -250,7 +283,8 @@ def conditions(url: str) -> None:
     print(f"  python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPUs")
     print(f"  PostgreSQL {version[0] if version else '?'} (synchronous_commit={sync[0] if sync else '?'}, "
           f"fsync={fsync[0] if fsync else '?'}), client and server on one machine")
-    print("  lease = 2 durable transactions (grant, release), each appending a lock event to the lock chain")
+    print("  lease = 2 durable transactions (grant, release), each appending a lock event to the lock chain;")
+    print("  contended: a release grants the head of the queue in its own transaction (direct hand-off, 0010)")
     print(f"  load average (1 min) at start: {os.getloadavg()[0]:.2f}")
 
 
@@ -282,6 +316,15 @@ def bench(url: str, n: int, per_agent: int) -> None:
         print(f"  on the database clock: hold (grant -> release) p50 {pct(handoff['hold'], .5):.1f} ms, p99 "
               f"{pct(handoff['hold'], .99):.1f} ms; handoff (release -> next grant) p50 "
               f"{pct(handoff['handoff'], .5):.1f} ms, p99 {pct(handoff['handoff'], .99):.1f} ms")
+    split = handoff_split(RELEASES, HANDED)
+    if split["total"]:
+        print(f"  direct hand-offs: {len(split['total'])} of {len(GRANTS)} grants came by a release's notification "
+              "(no transaction of the waiter's own); latency split, ms p50 / p99:")
+        for key, label in (("release", "release call (grants the next waiter, commit acknowledged)"),
+                           ("woken", "release commit acknowledged -> waiter notified"),
+                           ("returned", "waiter notified -> its acquire returns"),
+                           ("total", "release called -> waiter's acquire returns")):
+            print(f"    {label:<58} {pct(split[key], .5):7.2f} / {pct(split[key], .99):7.2f}")
     inversions, pairs = fifo_inversions(GRANTS)
     print(f"  FIFO: {inversions} of {pairs} waiting pairs granted out of request order "
           f"(aim 0; p99 aim <= 50 ms)")

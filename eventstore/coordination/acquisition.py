@@ -64,6 +64,8 @@ class Lease:
     ttl: float
     released: bool = False
     lost: bool = False
+    # time.perf_counter() when a release's hand-off notification reached this process, if it came so.
+    handed_at: float | None = None
     _keeper: threading.Thread | None = field(default=None, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -198,7 +200,8 @@ class Acquisition:
         if not self.c.wakeups.claim(self.resource, self.agent_id, g.token, self):
             return None  # another request of the same agent in this process took it
         self.c.metrics.granted(self.resource, self.agent_id, g.waited_seconds, True)
-        return Lease(self.c, self.resource, self.agent_id, self.mode, g.token, g.expires_at, self.ttl)
+        return Lease(self.c, self.resource, self.agent_id, self.mode, g.token, g.expires_at, self.ttl,
+                     handed_at=g.received_at)
 
     def _handoff_ok(self, token: int) -> bool:
         """May this request take, from the database, the hand-off with ``token`` (its notification was

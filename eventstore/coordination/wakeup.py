@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -33,6 +34,7 @@ class HandedOff:
     token: int
     expires_at: datetime
     waited_seconds: float
+    received_at: float = 0.0  # time.perf_counter() when the listener handed it over (latency figures)
 
 
 class Wake(threading.Event):
@@ -105,7 +107,8 @@ class Wakeups:
             if grant is not None:
                 for event, agent in waiting.items():
                     if agent == head and event.grant is None:  # the first request of that agent gets it
-                        event.grant = grant
+                        event.grant = HandedOff(grant.token, grant.expires_at, grant.waited_seconds,
+                                                time.perf_counter())
                         event.set()
                         return
                 return
