@@ -221,3 +221,25 @@ def test_handoffs_keep_fifo_order_and_increasing_tokens_with_real_threads(databa
     assert tokens == sorted(tokens) and len(set(tokens)) == 6 and tokens[0] > held.token
     granted = [a for t, a, _ in lock_events(database_url, "f") if t == "LeaseGranted"]
     assert granted == ["holder"] + [f"a{i}" for i in range(6)]
+
+
+def test_a_forged_handoff_notice_grants_nothing(database_url: str) -> None:
+    """Any role may NOTIFY: a notice that hands a lease to a waiter is checked against the database
+    before the waiter believes it."""
+    with Coordinator(database_url) as c1, Coordinator(database_url) as c2:
+        held = c1.acquire("x", agent_id="holder", wait=0)
+        got: list[Lease] = []
+        waiter = threading.Thread(target=lambda: got.append(c2.acquire("x", agent_id="waiter", wait=30)))
+        waiter.start()
+        until(lambda: scalar(database_url, "SELECT count(*) FROM lease_waiters") == 1, "the waiter to queue")
+        until(c2.wakeups.listening.is_set, "the lease listener")
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_notify('eventstore_leases', %s)",
+                         ("x\x1fwaiter\x1f999999\x1f" + str(time.time() + 60) + "\x1f0.1",))
+        time.sleep(0.5)
+        assert not got and waiter.is_alive()
+        held.release()
+        waiter.join(30)
+        assert got and got[0].token != 999999
+        assert rows(database_url, "SELECT agent_id, token FROM lease_holders") == [("waiter", got[0].token)]
+        got[0].release()

@@ -185,23 +185,34 @@ class Acquisition:
             raise LeaseTimeout(
                 f"agent {a!r} could not get {self.mode.value} lease on {r!r} within {self.wait:g}s "
                 f"(held by {', '.join(res.held_by) or 'nobody'})")
-        # A release wakes the head of the queue (wakeup.py), so a waiter that follows wake-ups while the
-        # listener listens polls only as a backstop (expiry, deadlock detection, heartbeat): its backoff
-        # may grow to the detection interval instead of 0.1 s, sparing the resource's advisory lock.
-        cap = max(0.1, c.detect_interval) if self.follows_wakeups and c.wakeups.listening.is_set() else 0.1
-        return min(rules.backoff(self.polls - 1, cap=cap), max(self.deadline - now, 0.001))
+        # A release hands the lease to the head of the queue or wakes it (wakeup.py), and since 0010 it
+        # sees a waiter that queued in the same instant (both hold the resource's advisory lock), so a
+        # waiter that follows wake-ups while the listener listens polls only as a backstop (expiry,
+        # deadlock detection, heartbeat): every detection interval from the start, not exponentially from
+        # 5 ms. Early polls only took the advisory lock that the releases they wait for need.
+        if self.follows_wakeups and c.wakeups.listening.is_set():
+            delay = rules.backoff(30, cap=max(0.1, c.detect_interval))
+        else:
+            delay = rules.backoff(self.polls - 1, cap=0.1)
+        return min(delay, max(self.deadline - now, 0.001))
 
     def _handed(self) -> Lease | None:
-        """The lease a release handed to this request, if its notification has arrived (no round trip:
-        the release's transaction granted it and chained the grant)."""
+        """The lease a release handed to this request, if its notification has arrived. The release's
+        transaction granted it and chained the grant; the notice is only believed after one read (any
+        role may NOTIFY), whose commit writes nothing and needs no flush."""
         if self.wake is None or self.wake.grant is None:
             return None
         g, self.wake.grant = self.wake.grant, None
-        if not self.c.wakeups.claim(self.resource, self.agent_id, g.token, self):
+        r, a = self.resource, self.agent_id
+        expires_at = self.c.run_step_then_read(lambda cur: lease_store.send_check_handoff(cur, r, a, g.token))
+        if expires_at is None:
+            log.warning("a notice handed %r token %d to %r, but the database holds no such hand-off "
+                        "(forged, or revoked or expired meanwhile); polling instead", r, g.token, a)
+            return None
+        if not self.c.wakeups.claim(r, a, g.token, self):
             return None  # another request of the same agent in this process took it
-        self.c.metrics.granted(self.resource, self.agent_id, g.waited_seconds, True)
-        return Lease(self.c, self.resource, self.agent_id, self.mode, g.token, g.expires_at, self.ttl,
-                     handed_at=g.received_at)
+        self.c.metrics.granted(r, a, g.waited_seconds, True)
+        return Lease(self.c, r, a, self.mode, g.token, expires_at, self.ttl, handed_at=g.received_at)
 
     def _handoff_ok(self, token: int) -> bool:
         """May this request take, from the database, the hand-off with ``token`` (its notification was

@@ -122,6 +122,12 @@ UPDATE lease_holders SET handoff = false
 WHERE resource = %s AND agent_id = %s AND handoff AND expires_at > clock_timestamp()
 RETURNING token, mode, expires_at, extract(epoch FROM clock_timestamp() - granted_at)::float8
 """
+# A waiter told of a hand-off by a notification checks it here (any role may NOTIFY, so a payload is never
+# believed): a read, so its commit needs no flush.
+CHECK_HANDOFF = """
+SELECT expires_at FROM lease_holders
+WHERE resource = %s AND agent_id = %s AND token = %s AND handoff AND expires_at > clock_timestamp()
+"""
 # A waiter that gives up finds the lease handed to it meanwhile (the caller then releases it).
 HANDED_OFF = "SELECT token FROM lease_holders WHERE resource = %s AND agent_id = %s AND handoff AND hold_count = 1"
 DROP_HOLDER = "DELETE FROM lease_holders WHERE resource = %s AND agent_id = %s"

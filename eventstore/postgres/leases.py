@@ -36,6 +36,7 @@ from eventstore.postgres.lease_sql import (
     AGENT_RESOURCES,
     AGENT_STATUS,
     BUMP_FENCE,
+    CHECK_HANDOFF,
     DECREMENT,
     DEQUEUE,
     DROP_HOLDER,
@@ -318,6 +319,17 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
                                        expected_seconds=expected_db, held_by=held_by)
         log.add(lease_stream(resource), result.alert, agent_id)
     return result
+
+
+def send_check_handoff(cur: Cursor, resource: str, agent_id: str, token: int) -> Callable[[], datetime | None]:
+    """Send the check of a hand-off a notification announced; the reader gives its expiry, or None if
+    the database holds no such hand-off (forged notice, or revoked or expired meanwhile)."""
+    cur.execute(CHECK_HANDOFF, (resource, agent_id, token))
+
+    def read() -> datetime | None:
+        row = cur.fetchone()
+        return None if row is None else row[0]
+    return read
 
 
 def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: str,
