@@ -243,3 +243,28 @@ def test_a_forged_handoff_notice_grants_nothing(database_url: str) -> None:
         assert got and got[0].token != 999999
         assert rows(database_url, "SELECT agent_id, token FROM lease_holders") == [("waiter", got[0].token)]
         got[0].release()
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_a_request_on_a_recently_contended_resource_sends_its_snapshot_with_the_grant(
+        database_url: str, pipeline: bool) -> None:
+    """With ``prefetch`` the one-call grant and the full step's snapshot travel together: a free resource
+    is still granted (the snapshot dropped), a busy one still queued, each exactly once."""
+    with Coordinator(database_url, pipeline=pipeline) as c:
+        c.contended["p"] = time.monotonic()
+        free = c.acquire("p", agent_id="first", wait=0)  # granted by the one call, snapshot dropped
+        assert rows(database_url, "SELECT agent_id, hold_count FROM lease_holders") == [("first", 1)]
+        acq = c.acquisition("p", agent_id="second", wait=30)
+        assert isinstance(acq.step(), float)  # queued by the full step on the prefetched snapshot
+        assert rows(database_url, "SELECT agent_id FROM lease_waiters") == [("second",)]
+        until(c.wakeups.listening.is_set, "the lease listener")
+        free.release()  # handed to the queued request
+        wake = acq.wake
+        assert wake is not None
+        until(lambda: wake.grant is not None, "the hand-off notice")
+        lease = acq.step()
+        acq.done()
+        assert isinstance(lease, Lease) and lease.token > free.token
+        lease.release()
+    assert [t for t, _, _ in lock_events(database_url, "p")] == [
+        "LeaseGranted", "LeaseReleased", "LeaseGranted", "LeaseReleased"]

@@ -36,6 +36,7 @@ class LeaseHost(Protocol):
     metrics: LeaseMetrics
     alerter: Alerter
     wakeups: Wakeups
+    contended: dict[str, float]  # resource -> time.monotonic() when a request of this process last queued
 
     def run_step(self, fn: Callable[[Cursor], T], attempts: int = 5) -> T: ...
 
@@ -169,6 +170,9 @@ class Acquisition:
             return None
         if res.newly_queued:
             self.queued = True
+            if len(c.contended) > 10_000:
+                c.contended.clear()
+            c.contended[r] = time.monotonic()
             c.metrics.waited(r, a)
         if res.alert is not None:
             c.metrics.wait_exceeded(r, a)
@@ -241,10 +245,12 @@ class Acquisition:
             return rules.order_violation(requested, held, rank)
 
         check = first and self.c.enforce_lock_order
+        # A resource on which a request of this process queued within the last second is likely busy.
+        prefetch = first and time.monotonic() - self.c.contended.get(self.resource, -1e9) < 1.0
         return lease_store.attempt(cur, self.resource, self.agent_id, self.mode, self.ttl, queue=self.wait > 0,
                           expected=self.expected, stale_after=self.c.stale_waiter_after,
                           violation_of=violation if check else None, fast=fast,
-                          handoff_ok=None if first else self._handoff_ok)
+                          handoff_ok=None if first else self._handoff_ok, prefetch=prefetch)
 
     def _detect(self) -> None:
         """Look for a wait-for cycle through this agent; abort this request if it is the victim."""

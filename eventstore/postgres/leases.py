@@ -163,6 +163,10 @@ def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> 
     its live holders, its queue, its fence token, the other resources the agent holds, and the agent's
     status (re-checked under a lock by the grant itself)."""
     cur.execute(SNAPSHOT, {"r": resource, "a": agent_id, "stale": stale_after})
+    return _read_snapshot(cur, resource)
+
+
+def _read_snapshot(cur: Cursor, resource: str) -> _Snapshot:
     snap = _Snapshot()
     for kind, name, mode, num, seq, at, held, expected, age in cur.fetchall():
         if kind == "expired":
@@ -188,7 +192,7 @@ def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> 
 def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool,
             expected: float | None, stale_after: float,
             violation_of: Callable[[str, list[str]], str | None] | None = None, fast: bool = True,
-            handoff_ok: Callable[[int], bool] | None = None) -> StepResult:
+            handoff_ok: Callable[[int], bool] | None = None, prefetch: bool = False) -> StepResult:
     """One try to get a lease: grant it, re-enter it, take the lease a release handed to it, or (if
     ``queue``) keep a place in the FIFO queue.
 
@@ -201,12 +205,28 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
     ``handoff_ok`` is given by a request that has queued: when the agent holds the resource by a hand-off
     it has not taken yet (migration 0010) and ``handoff_ok(token)`` agrees (the hand-off was not already
     taken in this process), that hold is the grant of this request, not a re-entry.
+
+    With ``prefetch`` (and ``fast``) the full step's locks and snapshot are sent together with the one-call
+    grant, in one round trip, and the snapshot is dropped if it granted: a request that is likely to be
+    queued (its resource was contended a moment ago) then holds the resource's advisory lock for one
+    round trip less, and that lock is what the release it waits for needs.
     """
-    if fast and (free := send_grant_free(cur, resource, agent_id, mode, ttl, violation_of is not None)()):
+    snap: _Snapshot | None = None
+    if fast and prefetch:
+        read_free = send_grant_free(cur, resource, agent_id, mode, ttl, violation_of is not None)
+        with cur.connection.cursor() as more:
+            _lock(more, resource)
+            more.execute(LOCK_AGENT_EARLY, (agent_id,))
+            more.execute(SNAPSHOT, {"r": resource, "a": agent_id, "stale": stale_after})
+            free = read_free()
+            snap = _read_snapshot(more, resource)  # read either way: no result is left pending
+        if free:
+            return StepResult(grant=free)
+    elif fast and (free := send_grant_free(cur, resource, agent_id, mode, ttl, violation_of is not None)()):
         return StepResult(grant=free)
     log = LockLog()
     result = _attempt(cur, log, resource, agent_id, mode, ttl, queue=queue, expected=expected,
-                      stale_after=stale_after, violation_of=violation_of, handoff_ok=handoff_ok)
+                      stale_after=stale_after, violation_of=violation_of, handoff_ok=handoff_ok, snap=snap)
     log.append(cur)
     return result
 
@@ -230,10 +250,11 @@ def send_grant_free(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: 
 def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool,
              expected: float | None, stale_after: float,
              violation_of: Callable[[str, list[str]], str | None] | None,
-             handoff_ok: Callable[[int], bool] | None = None) -> StepResult:
-    _lock(cur, resource)
-    cur.execute(LOCK_AGENT_EARLY, (agent_id,))
-    snap = _snapshot(cur, resource, agent_id, stale_after)
+             handoff_ok: Callable[[int], bool] | None = None, snap: _Snapshot | None = None) -> StepResult:
+    if snap is None:
+        _lock(cur, resource)
+        cur.execute(LOCK_AGENT_EARLY, (agent_id,))
+        snap = _snapshot(cur, resource, agent_id, stale_after)
     expired, rows, waiters, fence = snap.expired, snap.holders, snap.waiters, snap.fence
     if expired:
         fence = _bump(cur, resource)
