@@ -3,7 +3,7 @@ threads waiting for that resource: only the head of its queue when the payload n
 head, after which nobody else can be granted; see lease_sql.py), else every waiter of the resource.
 When a release handed the lease to that head in its own transaction (migration 0010), the payload also
 carries the grant (token, expiry, seconds waited): it is given to one waiting request of that agent,
-which returns the lease without a transaction of its own.
+which checks it with one read (any role may NOTIFY) and returns the lease without a commit of its own.
 
 Polling alone leaves a freed resource idle for up to a backoff interval; with a notification the head
 of the queue polls again at once. Polling stays as the backstop (expiry has no notification, and a
