@@ -268,3 +268,29 @@ def test_a_request_on_a_recently_contended_resource_sends_its_snapshot_with_the_
         lease.release()
     assert [t for t, _, _ in lock_events(database_url, "p")] == [
         "LeaseGranted", "LeaseReleased", "LeaseGranted", "LeaseReleased"]
+
+
+def test_a_first_request_that_must_wait_is_queued_in_one_call(coord: Coordinator, database_url: str) -> None:
+    """The one-call queueing (0010) writes the queue row with the TTL and a LeaseWaited that validates as
+    its class, held_by sorted by code point; a request it leaves to the full step (the agent holds
+    another lease, so the lock order is checked) is queued by the full step the same way."""
+    from eventstore.core.lockevents import LeaseWaited
+
+    held = [coord.acquire("q1", agent_id=a, mode="shared", wait=0) for a in ("b-holder", "B-holder")]
+    coord.acquire("q0", agent_id="other", wait=0).release()  # the agent row of 'other' exists now
+    one = coord.acquisition("q1", agent_id="other", ttl=4, wait=30, expected_duration=2)
+    assert isinstance(one.step(), float)
+    keep = coord.acquire("q0", agent_id="second", wait=0)  # holds q0 < q1: the order must be checked
+    two = coord.acquisition("q1", agent_id="second", ttl=5, wait=30)
+    assert isinstance(two.step(), float)
+    assert rows(database_url, "SELECT agent_id, ttl_seconds FROM lease_waiters ORDER BY seq") == [
+        ("other", 4.0), ("second", 5.0)]
+    waited = rows(database_url, "SELECT payload FROM lock_events WHERE type = 'LeaseWaited' ORDER BY chain_seq")
+    events = [LeaseWaited.model_validate_json(p) for (p,) in waited]
+    assert [(e.agent_id, e.held_by, e.expected_seconds) for e in events] == [
+        ("other", ["B-holder", "b-holder"], 2.0), ("second", ["B-holder", "b-holder"], None)]
+    for acq in (one, two):
+        acq.abandon("test over")
+        acq.done()
+    for lease in [*held, keep]:
+        lease.release()

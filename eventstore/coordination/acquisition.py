@@ -225,10 +225,21 @@ class Acquisition:
         return self.queued and self.c.wakeups.claim(self.resource, self.agent_id, token, self)
 
     def _poll(self, first: bool, fast: bool) -> lease_store.StepResult:
-        """One poll. The first one is one transaction (the one-call grant, then the full step if it did not
-        grant), so a request that is not granted takes its place in the queue as of that transaction: a
-        request made later cannot slip in between (FIFO). A queued waiter woken by a release tries the
-        one-call grant alone (one round trip with its commit), then if need be the full step."""
+        """One poll. The first one is one transaction (the one-call grant, then the one-call queueing, or
+        the full step), so a request that is not granted takes its place in the queue as of that
+        transaction: a request made later cannot slip in between (FIFO). Only when neither call decides
+        (an expired holder or a stale waiter to clean up, another lease held whose order must be checked,
+        the agent's first request, a shared request) does the full step run in a second transaction. A
+        queued waiter woken by a release tries the one-call grant alone (one round trip with its commit),
+        then if need be the full step."""
+        if first and self.wait > 0 and self.mode is Mode.EXCLUSIVE:
+            # One round trip with the commit: granted, or queued by the one-call queueing (0010); if
+            # neither call decided (nothing written), the full step runs in a transaction of its own.
+            decided = self.c.run_step_then_read(lambda cur: lease_store.send_first_request(
+                cur, self.resource, self.agent_id, self.mode, self.ttl, self.c.enforce_lock_order,
+                self.expected, self.c.stale_waiter_after))
+            if decided is not None:
+                return decided
         if first:
             return self.c.run_step(lambda cur: self._attempt(cur, first, fast=True))
         if fast:

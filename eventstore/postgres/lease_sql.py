@@ -112,6 +112,9 @@ _WAKE_HEAD = """
 # (seconds held) or none when the full step (``release_rest``) must decide.
 RELEASE_FAST = ("SELECT * FROM eventstore_lease_release(%(r)s::text, %(a)s::text, %(t)s::bigint, %(ns)s::int, "
                 "%(k)s::int, %(stale)s::float8)")
+# A first request that must wait, queued in one call (migration 0010): a row (held_by) or none.
+QUEUE_ONE_CALL = ("SELECT * FROM eventstore_lease_queue(%s::text, %s::text, %s::text, %s::float8, %s::int, %s::int, "
+                  "%s, %s::float8, %s::float8)")
 # The common grant in one call (migration 0009): a row (token, expires_at, waited) or none.
 GRANT_FREE = "SELECT * FROM eventstore_lease_grant_free(%s::text, %s::text, %s::text, %s::float8, %s::int, %s::int, %s)"
 NOTIFY = "SELECT " + _WAKE_HEAD

@@ -54,6 +54,7 @@ from eventstore.postgres.lease_sql import (
     LOCK_AGENT_EARLY,
     MARK_ALERTED,
     NOTIFY,
+    QUEUE_ONE_CALL,
     REENTER,
     RELEASE_FAST,
     RELEASE_ROW,
@@ -229,6 +230,32 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
                       stale_after=stale_after, violation_of=violation_of, handoff_ok=handoff_ok, snap=snap)
     log.append(cur)
     return result
+
+
+def send_first_request(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, check_order: bool,
+                       expected: float | None, stale_after: float) -> Callable[[], StepResult | None]:
+    """Send a first request that needs no answer before its commit (migration 0010): the one-call grant,
+    then the one-call queueing (which does nothing if the grant was made, or if the full step must
+    decide). The reader gives the grant or the queued result, or None when neither call decided and
+    nothing was written; the full step then runs in a transaction of its own. With the commit in the
+    same round trip, the resource's advisory lock is held for no client round trip."""
+    read_free = send_grant_free(cur, resource, agent_id, mode, ttl, check_order)
+    more = cur.connection.cursor()
+    more.execute(QUEUE_ONE_CALL, (resource, agent_id, mode.value, ttl, ADVISORY_NS, key_of(resource), check_order,
+                                  expected, stale_after))
+
+    def read() -> StepResult | None:
+        try:
+            free = read_free()
+            queued = more.fetchone()
+        finally:
+            more.close()
+        if free is not None:
+            return StepResult(grant=free)
+        if queued is not None:
+            return StepResult(held_by=list(queued[0]), newly_queued=True)
+        return None
+    return read
 
 
 def send_grant_free(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float,

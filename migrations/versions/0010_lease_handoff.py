@@ -105,6 +105,49 @@ BEGIN
     FROM (SELECT q.resource, q.mode, q.agent_id FROM lease_waiters q WHERE q.resource = r ORDER BY q.seq LIMIT 1) w;
     RETURN QUERY SELECT held;
 END $$;
+-- A first request that must wait, queued in one call (its caller sends it with the one-call grant and the
+-- commit in one round trip, so the advisory lock is held for no client round trip): an exclusive request
+-- of a known, active agent, not yet holding or queued for the resource, holding no other live lease when
+-- the lock order is to be checked, on a resource with a live holder or a queue and nothing for the full
+-- step to clean up (no expired holder, no stale waiter). Returns held_by and writes the queue row with
+-- its chained LeaseWaited; otherwise returns nothing and changes nothing (the full step decides).
+CREATE FUNCTION eventstore_lease_queue(r text, a text, m text, ttl float8, ns int, k int, check_order boolean,
+                                       expected float8, stale float8)
+RETURNS TABLE (out_held_by text[]) LANGUAGE plpgsql AS $$
+DECLARE
+    held text[];
+BEGIN
+    PERFORM pg_advisory_xact_lock(ns, k);
+    IF m <> 'exclusive' THEN RETURN; END IF;
+    IF EXISTS (SELECT 1 FROM lease_holders h
+               WHERE h.resource = r AND (h.agent_id = a OR h.expires_at <= clock_timestamp())) THEN RETURN; END IF;
+    IF check_order AND EXISTS (SELECT 1 FROM lease_holders h WHERE h.agent_id = a) THEN RETURN; END IF;
+    IF EXISTS (SELECT 1 FROM lease_waiters q
+               WHERE q.resource = r AND (q.agent_id = a
+                                         OR q.heartbeat_at < clock_timestamp() - make_interval(secs => stale)))
+    THEN RETURN; END IF;
+    SELECT array_agg(DISTINCT h.agent_id COLLATE "C" ORDER BY h.agent_id COLLATE "C") INTO held
+    FROM lease_holders h WHERE h.resource = r;
+    IF held IS NULL THEN
+        SELECT array_agg(DISTINCT q.agent_id COLLATE "C" ORDER BY q.agent_id COLLATE "C") INTO held
+        FROM lease_waiters q WHERE q.resource = r;
+    END IF;
+    IF held IS NULL THEN RETURN; END IF;  -- free: the one-call grant's case
+    PERFORM 1 FROM agents g WHERE g.agent_id = a AND g.status = 'active' FOR SHARE;
+    IF NOT FOUND THEN RETURN; END IF;
+    INSERT INTO lease_waiters (resource, agent_id, mode, enqueued_at, heartbeat_at, expected_seconds, ttl_seconds)
+    VALUES (r, a, m, clock_timestamp(), clock_timestamp(), expected, ttl);
+    INSERT INTO lock_events (event_id, stream, type, schema_version, payload, agent_id, lease_resource, fencing_token)
+    VALUES (gen_random_uuid(), 'lease-' || r, 'LeaseWaited', 1,
+            jsonb_build_object('agent_id', a, 'expected_seconds', expected, 'held_by', to_jsonb(held), 'mode', m,
+                               'resource', r)::text,
+            a, NULL, NULL);
+    RETURN QUERY SELECT held;
+END $$;
+REVOKE ALL ON FUNCTION eventstore_lease_queue(text, text, text, float8, int, int, boolean, float8, float8)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eventstore_lease_queue(text, text, text, float8, int, int, boolean, float8, float8)
+    TO eventstore_coordinator;
 REVOKE ALL ON FUNCTION eventstore_lease_release(text, text, bigint, int, int, float8) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION eventstore_lease_release(text, text, bigint, int, int, float8) TO eventstore_coordinator;
 """
@@ -114,6 +157,7 @@ GRANT EXECUTE ON FUNCTION eventstore_lease_release(text, text, bigint, int, int,
 def downgrade() -> None:
     op.execute(
         """
+DROP FUNCTION IF EXISTS eventstore_lease_queue(text, text, text, float8, int, int, boolean, float8, float8);
 DROP FUNCTION IF EXISTS eventstore_lease_release(text, text, bigint, int, int, float8);
 ALTER TABLE lease_holders DROP COLUMN IF EXISTS handoff;
 ALTER TABLE lease_waiters DROP COLUMN IF EXISTS ttl_seconds;
