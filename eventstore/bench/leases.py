@@ -370,8 +370,9 @@ def bench(url: str, n: int, per_agent: int) -> None:
           f"throughput baseline/lease: {adv_c['rate'] / lease_c['rate']:.1f}x")
     goal = "met" if lease_u["p50"] <= 2.0 else "NOT met"
     print(f"goal uncontended lease p50 <= 2 ms: {goal} ({lease_u['p50']:.3f} ms)")
-    goal = "met" if lease_c["p99"] <= 50.0 and inversions == 0 else "NOT met"
-    print(f"goal contended p99 <= 50 ms with FIFO kept: {goal} ({lease_c['p99']:.1f} ms, {inversions} inversions)")
+    goal = "met" if lease_c["p99"] <= 50.0 and skipped == 0 else "NOT met"
+    print(f"goal contended p99 <= 50 ms with FIFO kept: {goal} ({lease_c['p99']:.1f} ms, {skipped} grants past "
+          f"the head of the database's queue; {inversions} pairs by thread clocks)")
     print(f"  load average (1 min) at end: {os.getloadavg()[0]:.2f}")
 
 
