@@ -60,6 +60,7 @@ class Subscriber(BackgroundRunner):
         catch_up_from_db: bool = True,
         idle_check: float = 2.0,
         page: int = 10_000,
+        kafka_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(f"subscriber-{group}")
         self.group = group
@@ -78,6 +79,10 @@ class Subscriber(BackgroundRunner):
         self.backfilled = 0
         self.forgeries = 0  # committed-topic messages refused (not chaining, not in the log)
         self.page = page
+        # librdkafka settings for this subscriber's consumer only, over the deployment's: for example a
+        # smaller fetch.wait.max.ms on a broker that answers a waiting fetch only when it expires (tansu)
+        # trades idle fetch requests for latency (docs/perf-subscribers.md).
+        self.kafka_config = dict(kafka_config or {})
         self.last_hash = GENESIS
         self.live = threading.Event()
         self._db: psycopg.Connection[Any] | None = None
@@ -117,7 +122,8 @@ class Subscriber(BackgroundRunner):
 
     def _follow(self) -> None:
         topic = self.settings.committed_topic
-        consumer = Consumer(consumer_config(self.settings, f"{self.settings.namespace}.subscriber.{self.group}"))
+        consumer = Consumer(consumer_config(self.settings, f"{self.settings.namespace}.subscriber.{self.group}",
+                                            **self.kafka_config))
         try:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
             # Without republishes offset k holds position k + 1 (republishes only push positions to
@@ -131,7 +137,10 @@ class Subscriber(BackgroundRunner):
                 msgs = [] if first is None else [first, *consumer.consume(999, timeout=0)]
                 if msgs:
                     self._fetched(msgs)
-                values = [m.value() for m in msgs if not _skip(m)]
+                values = [m.value() for m in msgs if m.error() is None or not _skip(m)]
+                # The Message objects are tracked by the cyclic collector: drop them before the batch's
+                # events are built, so that collections during the batch have fewer survivors to walk.
+                del msgs, first
                 if values:
                     self._retrying(lambda: self._take(values))  # noqa: B023 (called at once)
                     idle_since = time.monotonic()
@@ -228,10 +237,15 @@ class Subscriber(BackgroundRunner):
         out: list[RecordedEvent] = []
         version_of = self.view.version_of
         for ev in events:
-            known = seen.get(ev.stream)
+            stream, version = ev.stream, ev.version
+            known = seen.get(stream)
             if known is None:
-                known = version_of(ev.stream)
-            if known and ev.version > known + 1 and self.view.accepts(ev.stream):
+                known = version_of(stream)
+            if version == known + 1:  # the common case: the stream's next event
+                out.append(ev)
+                seen[stream] = version
+                continue
+            if known and version > known + 1 and self.view.accepts(stream):
                 with self._conn().cursor() as cur:
                     missing = [m for m in eventlog.read_stream(cur, ev.stream, known, ev.version - known - 1)
                                if m.version < ev.version]

@@ -31,7 +31,7 @@ import pydantic_core
 from eventstore.core.errors import DecodeError
 from eventstore.core.hashing import _as_jsonb_returns as as_jsonb_returns
 from eventstore.core.hashing import canonical_json, chain_link, hashed_time, intent_hash, recorded_hash
-from eventstore.core.limits import DEFAULT_MAX_COMMITTED_BYTES, may_hold_surrogates
+from eventstore.core.limits import DEFAULT_MAX_COMMITTED_BYTES
 from eventstore.core.records import RecordedEvent
 from eventstore.wire.envelope import Headers
 
@@ -178,8 +178,8 @@ def _hex(value: Any) -> bytes | None:
 # -- the subscriber's one-pass decoder ---------------------------------------------------------------
 # The fields decode_committed reads, typed as the publisher writes them: msgspec checks types while it
 # reads the bytes and builds the UUIDs in C; the payload stays raw JSON text and is parsed by the same
-# parser decode_committed uses. Anything this does not take (another type, a stub, a possible lone
-# surrogate, any error) goes through decode_committed, so both give the same event or the same refusal.
+# parser decode_committed uses. Anything this does not take (another type, a stub, a lone surrogate, any
+# error) goes through decode_committed, so both give the same event or the same refusal.
 class _WireCommitted(msgspec.Struct, gc=False):
     position: int
     event_id: str
@@ -281,7 +281,7 @@ def decode_linked(value: bytes | None) -> tuple[RecordedEvent, bytes | None]:
     hash equals ``ev.hash``. The subscriber's hot path: one msgspec pass over the bytes, hashed from the
     texts it read; equal to ``decode_committed`` and ``recorded_hash`` (the reference, and the fallback for
     anything else), which raise the same errors (DecodeError, PayloadOmitted)."""
-    if value is not None and not may_hold_surrogates(value):
+    if value is not None:  # msgspec and pydantic_core both refuse a lone surrogate: such a message falls back
         fast = _decode_fast(value)
         if fast is not None:
             return fast
