@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from consumers.subscriber import Subscriber
 from consumers.views import LocalView
 from eventstore.bench.writepath import SKUS, Latency, projector, wait_ready
 from eventstore.core.gcpolicy import tune_for_batches
-from eventstore.core.hashing import canonical_json, intent_hash
+from eventstore.core.hashing import GENESIS, canonical_json, intent_hash, recorded_hash
 from eventstore.core.outcomes import Outcome
 from eventstore.core.records import NewEvent, RecordedEvent
 from eventstore.core.settings import Settings
@@ -61,12 +61,13 @@ from eventstore.postgres.eventlog import EVENT_COLUMNS, to_recorded
 from eventstore.postgres.migrate import upgrade
 from eventstore.projection.publisher import SAVE_CHECKPOINT, Publisher
 from eventstore.sdk.client import AgentClient
-from eventstore.wire.committed import encode_committed
+from eventstore.wire.committed import decode_committed, decode_linked, encode_committed, encode_recorded
 
 FILL_BATCH = 10_000
 NAIVE_SAMPLE = 20_000
 BURST_SECONDS = 3.0
 QUICK_FETCH_WAIT_MS = 2
+DECODE_SAMPLE = 20_000
 TYPE = InventoryAdjusted.event_type
 
 
@@ -285,6 +286,43 @@ def bare_consume(settings: Settings, target: int) -> tuple[Rate, float]:
         consumer.close()
 
 
+def decode_costs(n: int = DECODE_SAMPLE, rounds: int = 3) -> tuple[float, float]:
+    """CPU µs per event of the subscriber's decode + chain check: the reference (``decode_committed`` then
+    ``recorded_hash``) and the one-pass ``decode_linked``, alternated over the same committed messages in
+    batches of 1,000 (as the subscriber takes them); the best round of each."""
+    rnd = random.Random(n)
+    prev, values = GENESIS, []
+    for position in range(1, n + 1):
+        eid = uuid.uuid4()
+        sku = f"d-{rnd.randrange(SKUS):04d}"
+        ev = RecordedEvent(position=position, event_id=eid, stream=stream_for(sku), version=position, type=TYPE,
+                           schema_version=1, payload={"sku": sku, "delta": rnd.randint(-5, 9)}, agent_id="bench-fill",
+                           idempotency_key=f"bench:{eid}", correlation_id=eid, causation_id=None, occurred_at=None,
+                           recorded_at=datetime.now(UTC), prev_hash=prev)
+        prev = recorded_hash(ev, prev)
+        values.append(encode_recorded(replace(ev, hash=prev))[2])
+    batches = [values[i:i + 1000] for i in range(0, n, 1000)]
+
+    def reference(batch: list[bytes]) -> int:
+        out = []
+        for v in batch:
+            ev = decode_committed(v)
+            out.append((ev, recorded_hash(ev, ev.prev_hash or GENESIS)))
+        return len(out)
+
+    def linked(batch: list[bytes]) -> int:
+        return len([decode_linked(v) for v in batch])
+
+    best = {reference: float("inf"), linked: float("inf")}
+    for _ in range(rounds):
+        for fn in (reference, linked):
+            c0 = time.process_time()
+            for batch in batches:
+                fn(batch)
+            best[fn] = min(best[fn], (time.process_time() - c0) / n * 1e6)
+    return best[reference], best[linked]
+
+
 def conditions(settings: Settings, conn: psycopg.Connection[Any], mode: str, events: int, rate: int,
                latency_events: int) -> None:
     row = conn.execute("SELECT version()").fetchone()
@@ -336,6 +374,11 @@ def main(events: int = 1_000_000, rate: int = 1000, latency_events: int = 3000) 
         rebuilt = live.replace(namespace=f"bsub-{run}-rebuild", projector_group=f"bsub-{run}-rebuild")
         conn = stack.enter_context(psycopg.connect(servers.postgres.url, autocommit=True))
         conditions(live, conn, mode, events, rate, latency_events)
+
+        slow_us, fast_us = decode_costs()
+        print(f"\n[decode] committed message -> event + chain check, CPU per event (best of 3 alternated rounds of "
+              f"{DECODE_SAMPLE:,}): reference decode_committed + recorded_hash {slow_us:.2f} µs, one-pass "
+              f"decode_linked {fast_us:.2f} µs = {slow_us / fast_us:.2f}x; load {os.getloadavg()[0]:.2f}", flush=True)
 
         # 1. rebuild throughput
         print(f"\n[rebuild] filling the log with {events:,} events ...", flush=True)
@@ -437,6 +480,8 @@ def main(events: int = 1_000_000, rate: int = 1000, latency_events: int = 3000) 
     print(f"  emit -> visible at the maximum rate (emits {burst_emit.per_s:,.0f}/s, visible "
           f"{burst_visible.per_s:,.0f}/s end to end): {burst.line()}")
     print(f"  log fill {filled.per_s:,.0f} events/s; publisher {published.per_s:,.0f} events/s")
+    print(f"  decode + chain check per event: {slow_us:.2f} µs reference, {fast_us:.2f} µs one pass "
+          f"({slow_us / fast_us:.2f}x)")
     for name, part in parts:
         print(f"    {name:<84}: p50 {part.pct(50):6.1f} ms   p99 {part.pct(99):6.1f} ms" if part.samples
               else f"    {name}: no samples")
