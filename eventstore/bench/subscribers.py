@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -46,6 +46,7 @@ from psycopg.rows import dict_row
 from consumers.checkpoints import MemoryCheckpoint
 from consumers.subscriber import Subscriber
 from consumers.views import LocalView
+from eventstore.bench.viewtiming import TimedSubscriber, TimedView, split
 from eventstore.bench.writepath import SKUS, Latency, projector, wait_ready
 from eventstore.core.gcpolicy import tune_for_batches
 from eventstore.core.hashing import GENESIS, canonical_json, intent_hash, recorded_hash
@@ -69,64 +70,6 @@ BURST_SECONDS = 3.0
 QUICK_FETCH_WAIT_MS = 2
 DECODE_SAMPLE = 20_000
 TYPE = InventoryAdjusted.event_type
-
-
-class TimedView(LocalView):
-    """A LocalView that notes when each event became visible (after ``apply_batch`` returned), on the
-    monotonic clock and on the wall clock (the database's ``recorded_at`` and Kafka's timestamps are
-    wall-clock times of the same machine), and each event's ``recorded_at``."""
-
-    def __init__(self) -> None:
-        super().__init__(quantity_reducer)
-        self.seen: dict[uuid.UUID, float] = {}
-        self.visible_wall: dict[int, float] = {}
-        self.recorded: dict[int, float] = {}
-
-    def apply_batch(self, events: Sequence[RecordedEvent], position: int) -> None:
-        super().apply_batch(events, position)
-        now, wall = time.perf_counter(), time.time()
-        for ev in events:
-            self.seen[ev.event_id] = now
-            self.visible_wall[ev.position] = wall
-            self.recorded[ev.position] = ev.recorded_at.timestamp()
-
-
-class TimedSubscriber(Subscriber):
-    """A Subscriber that notes, for each committed message, when the publisher produced it (the message's
-    CreateTime) and when the consumer handed it over (the wall clock as the fetched batch arrived)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.produced: dict[int, float] = {}
-        self.fetched_at: dict[int, float] = {}
-
-    def _fetched(self, messages: list[Any]) -> None:
-        now = time.time()
-        for m in messages:
-            if m.error() is None:
-                position = dict(m.headers() or []).get("es-position")
-                if position is not None:
-                    self.produced[int(position)] = m.timestamp()[1] / 1000
-                    self.fetched_at[int(position)] = now
-
-
-def split(sent_wall: dict[int, float], view: TimedView, sub: TimedSubscriber) -> list[tuple[str, Latency]]:
-    """Emit -> visible cut at the database's recorded_at, the publisher's produce and the consumer's hand-over."""
-    parts: dict[str, list[float]] = {k: [] for k in SPLIT}
-    for position, emitted in sent_wall.items():
-        marks = (emitted, view.recorded.get(position), sub.produced.get(position), sub.fetched_at.get(position),
-                 view.visible_wall.get(position))
-        if any(m is None for m in marks):
-            continue
-        for name, a, b in zip(SPLIT, marks, marks[1:], strict=False):
-            parts[name].append(max(0.0, float(b) - float(a)))  # type: ignore[arg-type]
-    return [(name, Latency(sorted(v), 0)) for name, v in parts.items()]
-
-
-SPLIT = ("emit -> recorded_at (agent, intake topic, projector up to its commit's head lock)",
-         "recorded_at -> produced (commit, hand-off to the publisher, encode, produce)",
-         "produced -> fetched (broker, consumer fetch wait)",
-         "fetched -> visible (decode, chain check, log lookup, apply)")
 
 
 @dataclass(frozen=True)
