@@ -187,6 +187,9 @@ def cmd_follow(args: argparse.Namespace) -> int:
     view = SQLiteView(args.view_file, reducer, accept) if args.view_file else LocalView(reducer, accept)
     stop = threading.Event()
     _stop_on_signals(stop)
+    from eventstore.core.gcpolicy import tune_for_batches
+
+    tune_for_batches()  # this process is the subscriber's: collector settings for batches (docs/perf-subscribers.md)
     sub = Subscriber(args.group, view=view, settings=settings, from_beginning=args.from_beginning).start()
     print(f"following {settings.committed_topic} as {args.group!r} from position {view.position}", flush=True)
     while not stop.wait(0.5) and not sub.finished.is_set():
