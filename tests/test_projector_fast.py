@@ -127,3 +127,10 @@ def test_a_message_from_printed_texts_decodes_as_one_from_the_fields(
     assert decode_committed(fast[2]) == decode_committed(plain[2])
     assert json.loads(fast[2]) == json.loads(plain[2])  # the same values, the payload's numbers included
     assert dataclasses.replace(ev).__dict__.get(PRINTED) is None  # a changed copy never carries stale texts
+
+
+def test_the_parts_benchmark_runs_and_checks_its_baseline(capsys: Any) -> None:
+    from eventstore.bench import projectorparts
+    assert projectorparts.main(40) == 0
+    out = capsys.readouterr().out
+    assert "together" in out and "load average" in out
