@@ -87,15 +87,18 @@ def lock_streams(cur: Cursor, streams: Iterable[str]) -> dict[str, int]:
     names = sorted(set(streams))
     if not names:
         return {}
-    cur.execute(ENSURE_STREAMS, (names,))
-    cur.execute(LOCK_STREAMS, (names,))
+    binarrays.register(cur)
+    param = text_array(names)  # built once for both statements
+    cur.execute(ENSURE_STREAMS, (param,))
+    cur.execute(LOCK_STREAMS, (param,))
     return {s: int(v) for s, v in cur.fetchall()}
 
 
 def set_stream_versions(cur: Cursor, versions: dict[str, int]) -> None:
     if versions:
         names = list(versions)
-        cur.execute(SET_STREAM_VERSIONS, (names, [versions[n] for n in names]))
+        binarrays.register(cur)
+        cur.execute(SET_STREAM_VERSIONS, (text_array(names), int8_array([versions[n] for n in names])))
 
 
 @dataclass

@@ -43,7 +43,8 @@ from eventstore.core.offsetorder import order_batch
 from eventstore.core.outcomes import EmitResult, Outcome, ReasonCode
 from eventstore.core.records import EnvelopeFields, RecordedEvent
 from eventstore.core.validation import check_no_nul, check_stream, printable
-from eventstore.postgres import eventlog
+from eventstore.postgres import binarrays, eventlog
+from eventstore.postgres.binarrays import text_array
 from eventstore.postgres.connection import Disposition, convert, disposition_of
 from eventstore.postgres.offsets import ENSURE_OFFSETS, LOCK_OFFSETS, STORE_OFFSETS
 from eventstore.postgres.readmodels import ReadModel, ReadModelError, apply_all
@@ -311,7 +312,9 @@ def _known(cur: Cursor, candidates: Sequence[Candidate[Any]], authenticate: bool
             ac.execute(LOCK_AGENTS, (sorted({e.agent_id for e in envs}),))
             if leased:
                 rc.execute(LOCK_RESOURCES, (leased,))
-            ck.execute(COMMITTED_KEYS, ([e.agent_id for e in envs], [e.idempotency_key for e in envs]))
+            binarrays.register(ck)
+            ck.execute(COMMITTED_KEYS, (text_array([e.agent_id for e in envs]),
+                                        text_array([e.idempotency_key for e in envs])))
             tk.execute(TAKEN_IDS, ([e.event_id for e in envs],))
             versions = eventlog.lock_streams(cur, (e.stream for e in envs))  # its fetch syncs the queue
         holders: dict[str, list[HolderRow]] = defaultdict(list)
