@@ -107,7 +107,7 @@ def main(n: int = 2000) -> int:
         [e.schema_version for e in envs], [p.payload_json for p in parsed], [e.agent_id for e in envs],
         [e.idempotency_key for e in envs], [None] * n, [None] * n, [p.intent for p in parsed],
         [GENESIS] * n, [GENESIS] * n]
-    builders: list[Callable[[Any], binarrays.BinaryArray]] = [
+    builders: list[Callable[[Any], Any]] = [
                 binarrays.int8_array, binarrays.text_array, binarrays.int8_array, binarrays.text_array,
                 binarrays.int4_array, binarrays.text_array, binarrays.text_array, binarrays.text_array,
                 binarrays.text_array, binarrays.int8_array, binarrays.bytea_array, binarrays.bytea_array,

@@ -86,23 +86,28 @@ def text_array(values: Sequence[str | None]) -> BinaryArray:
     return TextArray.of(len(values), False, _elements(list(map(str.encode, values))))  # type: ignore[arg-type]
 
 
-def _ints(cls: type[BinaryArray], code: str, size: int, values: Sequence[int | None]) -> BinaryArray:
+def _ints(cls: type[BinaryArray], code: str, size: int, values: Sequence[int | None]) -> BinaryArray | list[Any]:
     n = len(values)
-    if None in values:
-        one = struct.Struct(">" + code).pack
-        head = _LEN(size)
-        return cls.of(n, True, b"".join(_NULL if v is None else head + one(v) for v in values))
-    pairs = chain.from_iterable(zip(repeat(size, n), values, strict=True))  # (length, value) per element
-    return cls.of(n, False, struct.pack(">" + ("i" + code) * n, *pairs))
+    try:
+        if None in values:
+            one = struct.Struct(">" + code).pack
+            head = _LEN(size)
+            return cls.of(n, True, b"".join(_NULL if v is None else head + one(v) for v in values))
+        pairs = chain.from_iterable(zip(repeat(size, n), values, strict=True))  # (length, value) per element
+        return cls.of(n, False, struct.pack(">" + ("i" + code) * n, *pairs))
+    except struct.error:
+        # A value outside the type's range (or not an int): hand psycopg the list, so PostgreSQL refuses it
+        # exactly as before (a DataError the projector dead-letters), never a new kind of error.
+        return list(values)
 
 
-def int8_array(values: Sequence[int | None]) -> BinaryArray:
-    """A ``bigint[]`` parameter (struct.error for a value outside bigint's range)."""
+def int8_array(values: Sequence[int | None]) -> BinaryArray | list[Any]:
+    """A ``bigint[]`` parameter; outside bigint's range, the plain list (PostgreSQL refuses it)."""
     return _ints(Int8Array, "q", 8, values)
 
 
-def int4_array(values: Sequence[int | None]) -> BinaryArray:
-    """An ``int[]`` parameter (struct.error for a value outside int's range)."""
+def int4_array(values: Sequence[int | None]) -> BinaryArray | list[Any]:
+    """An ``int[]`` parameter; outside int's range, the plain list (PostgreSQL refuses it)."""
     return _ints(Int4Array, "i", 4, values)
 
 
