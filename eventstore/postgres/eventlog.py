@@ -35,6 +35,9 @@ from eventstore.core.hashing import (
     legacy_payload_texts,
 )
 from eventstore.core.records import RECORDED_FIELDS, DirectEvent, NewEvent, RecordedEvent, recorded_event
+from eventstore.postgres import binarrays
+from eventstore.postgres.binarrays import bytea_array, int4_array, int8_array, text_array
+from eventstore.wire.committed import PRINTED, CommittedTexts
 
 Cursor = psycopg.Cursor[Any]
 
@@ -84,15 +87,18 @@ def lock_streams(cur: Cursor, streams: Iterable[str]) -> dict[str, int]:
     names = sorted(set(streams))
     if not names:
         return {}
-    cur.execute(ENSURE_STREAMS, (names,))
-    cur.execute(LOCK_STREAMS, (names,))
+    binarrays.register(cur)
+    param = text_array(names)  # built once for both statements
+    cur.execute(ENSURE_STREAMS, (param,))
+    cur.execute(LOCK_STREAMS, (param,))
     return {s: int(v) for s, v in cur.fetchall()}
 
 
 def set_stream_versions(cur: Cursor, versions: dict[str, int]) -> None:
     if versions:
         names = list(versions)
-        cur.execute(SET_STREAM_VERSIONS, (names, [versions[n] for n in names]))
+        binarrays.register(cur)
+        cur.execute(SET_STREAM_VERSIONS, (text_array(names), int8_array([versions[n] for n in names])))
 
 
 @dataclass
@@ -115,6 +121,9 @@ class Columns:
     lease_resource: list[str | None] = field(default_factory=list)
     fencing_token: list[int | None] = field(default_factory=list)
     intent: list[bytes] = field(default_factory=list)
+    # Filled by append_columns: each event id's text as hashed into the chain (the outcome notification
+    # and the committed topic print the same text).
+    event_text: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.event_id)
@@ -173,25 +182,40 @@ def append_columns(cur: Cursor, c: Columns) -> list[RecordedEvent]:
     positions = list(range(head + 1, head + 1 + n))
     prevs: list[bytes] = []
     hashes: list[bytes] = []
+    texts = c.event_text = [str(e) for e in c.event_id]
+    printed: list[CommittedTexts] = []
     for i in range(n):
         causation, lease, token = c.causation_id[i], c.lease_resource[i], c.fencing_token[i]
-        h = chain_link(prev, positions[i], str(c.event_id[i]), c.stream[i], c.version[i], c.agent_id[i],
-                       c.idempotency_key[i], str(c.correlation_id[i]), "" if causation is None else str(causation),
-                       hashed_time(c.occurred_at[i]), recorded_text, lease or "",
-                       "" if token is None else str(token), c.intent[i])
+        event_id, correlation, text = c.event_id[i], c.correlation_id[i], texts[i]
+        # correlation_id is the event id unless the agent set one: print the UUID once
+        correlation_text = text if correlation == event_id else str(correlation)
+        causation_text = "" if causation is None else str(causation)
+        occurred_text = hashed_time(c.occurred_at[i])
+        h = chain_link(prev, positions[i], text, c.stream[i], c.version[i], c.agent_id[i],
+                       c.idempotency_key[i], correlation_text, causation_text, occurred_text, recorded_text,
+                       lease or "", "" if token is None else str(token), c.intent[i])
+        printed.append((text, correlation_text, causation_text, occurred_text, recorded_text, c.payload_json[i]))
         prevs.append(prev)
         hashes.append(h)
         prev = h
+    # Columns psycopg would dump element by element in Python go as prebuilt binary arrays (binarrays.py);
+    # uuid and timestamptz columns keep psycopg's dumpers (no faster in Python).
+    binarrays.register(cur)
     cur.execute(INSERT_EVENTS, (
-        recorded_at, positions, c.event_id, c.stream, c.version, c.type, c.schema_version, c.payload_json,
-        c.agent_id, c.idempotency_key, c.correlation_id, c.causation_id, c.occurred_at, c.lease_resource,
-        c.fencing_token, c.intent, prevs, hashes,
+        recorded_at, int8_array(positions), c.event_id, text_array(c.stream), int8_array(c.version),
+        text_array(c.type), int4_array(c.schema_version), text_array(c.payload_json), text_array(c.agent_id),
+        text_array(c.idempotency_key), c.correlation_id, c.causation_id, c.occurred_at,
+        text_array(c.lease_resource), int8_array(c.fencing_token), bytea_array(c.intent), bytea_array(prevs),
+        bytea_array(hashes),
     ))
     cur.execute(MOVE_HEAD, (head + n, prev))
-    return [recorded_event(*fields) for fields in zip(
+    recorded = [recorded_event(*fields) for fields in zip(
         positions, c.event_id, c.stream, c.version, c.type, c.schema_version, c.payload, c.agent_id,
         c.idempotency_key, c.correlation_id, c.causation_id, c.occurred_at, [recorded_at] * n, c.lease_resource,
         c.fencing_token, prevs, hashes, strict=True)]
+    for ev, texts_of in zip(recorded, printed, strict=True):
+        ev.__dict__[PRINTED] = texts_of  # not a field: equality, repr and replace() ignore it
+    return recorded
 
 
 def append_direct(cur: Cursor, items: Sequence[DirectEvent]) -> list[RecordedEvent]:

@@ -43,15 +43,17 @@ from eventstore.core.offsetorder import order_batch
 from eventstore.core.outcomes import EmitResult, Outcome, ReasonCode
 from eventstore.core.records import EnvelopeFields, RecordedEvent
 from eventstore.core.validation import check_no_nul, check_stream, printable
-from eventstore.postgres import eventlog
+from eventstore.postgres import binarrays, eventlog
+from eventstore.postgres.binarrays import text_array
 from eventstore.postgres.connection import Disposition, convert, disposition_of
 from eventstore.postgres.offsets import ENSURE_OFFSETS, LOCK_OFFSETS, STORE_OFFSETS
 from eventstore.postgres.readmodels import ReadModel, ReadModelError, apply_all
 from eventstore.wire.envelope import Headers, IntakeEnvelope, decode_intake, salvage_ids
-from eventstore.wire.notifications import COMMITTED_CHANNEL, channel_for, pack
+from eventstore.wire.notifications import COMMITTED_CHANNEL, channel_for, pack_rows
 from eventstore.wire.rejections import EventConflicted, EventRejected, IdempotencyKeyReused
 
 log = logging.getLogger(__name__)
+_new = object.__new__
 Cursor = psycopg.Cursor[Any]
 
 LOCK_AGENTS = "SELECT agent_id, status, reason FROM agents WHERE agent_id = ANY(%b::text[]) ORDER BY agent_id FOR SHARE"
@@ -164,8 +166,10 @@ def parse(msg: IntakeMessage, types: EventRegistry, *, max_event_bytes: int = DE
     payload_json = canonical_json(payload)
     if odd or may_hold_non_finite(payload_json):
         check_values(env.type, payload)
-    return _Parsed(env, intent_hash(env.type, env.schema_version, env.stream, payload_json), split_signed(value),
-                   message=msg, payload_json=payload_json, payload=payload)
+    parsed: _Parsed = _new(_Parsed)  # a frozen dataclass's __init__ costs a setattr per field; same object
+    parsed.__dict__.update(envelope=env, intent=intent_hash(env.type, env.schema_version, env.stream, payload_json),
+                           signed=split_signed(value), message=msg, payload_json=payload_json, payload=payload)
+    return parsed
 
 
 def read_message(msg: IntakeMessage, types: EventRegistry, *,
@@ -238,11 +242,11 @@ def write_batch(
             unparsed = [sv.key_id for m, _ in rejected if (sv := split_signed(m.value)) is not None]
             known = _known(cur, parsed, authenticate, unparsed)
             decisions = decide_batch(parsed, known)
-            recorded = _append(cur, parsed, decisions)
+            recorded, texts = _append(cur, parsed, decisions)
             pipe.sync()  # an append error must surface here, not be blamed on a read model below
             result.committed = recorded
             apply_all(cur, models, recorded)
-            _record(cur, topic, parsed, decisions, recorded, rejected, result, known)
+            _record(cur, topic, parsed, decisions, recorded, rejected, result, known, texts)
             _store_offsets(cur, group, topic, fresh, result)
     except ReadModelError as e:
         cause = e.__cause__
@@ -308,7 +312,9 @@ def _known(cur: Cursor, candidates: Sequence[Candidate[Any]], authenticate: bool
             ac.execute(LOCK_AGENTS, (sorted({e.agent_id for e in envs}),))
             if leased:
                 rc.execute(LOCK_RESOURCES, (leased,))
-            ck.execute(COMMITTED_KEYS, ([e.agent_id for e in envs], [e.idempotency_key for e in envs]))
+            binarrays.register(ck)
+            ck.execute(COMMITTED_KEYS, (text_array([e.agent_id for e in envs]),
+                                        text_array([e.idempotency_key for e in envs])))
             tk.execute(TAKEN_IDS, ([e.event_id for e in envs],))
             versions = eventlog.lock_streams(cur, (e.stream for e in envs))  # its fetch syncs the queue
         holders: dict[str, list[HolderRow]] = defaultdict(list)
@@ -327,8 +333,10 @@ def _known(cur: Cursor, candidates: Sequence[Candidate[Any]], authenticate: bool
                       taken_ids=taken, guards=guards, holders=dict(holders))
 
 
-def _append(cur: Cursor, parsed: Sequence[_Parsed], decisions: Sequence[Decision]) -> list[RecordedEvent]:
-    """Append the committed candidates, column by column straight from their envelopes."""
+def _append(cur: Cursor, parsed: Sequence[_Parsed],
+            decisions: Sequence[Decision]) -> tuple[list[RecordedEvent], list[str]]:
+    """Append the committed candidates, column by column straight from their envelopes; returns them as
+    recorded, with their event ids' texts."""
     cols = eventlog.Columns()
     versions: dict[str, int] = {}
     committed = Outcome.COMMITTED
@@ -345,7 +353,7 @@ def _append(cur: Cursor, parsed: Sequence[_Parsed], decisions: Sequence[Decision
                  None if lease is None else lease.resource, None if lease is None else lease.token, p.intent)
     recorded = eventlog.append_columns(cur, cols)
     eventlog.set_stream_versions(cur, versions)
-    return recorded
+    return recorded, cols.event_text
 
 
 def _record(
@@ -357,39 +365,52 @@ def _record(
     rejected: Sequence[tuple[IntakeMessage, str]],
     result: BatchResult,
     known: KnownState | None = None,
+    texts: Sequence[str] | None = None,
 ) -> None:
     """Outcomes (table + notifications) and dead letters. With authentication on, a dead-lettered
     message gets an outcome row for the agent it names only if that agent signed it: otherwise anyone
-    could write a false REJECTED for another agent's pending event id."""
+    could write a false REJECTED for another agent's pending event id. ``texts``: the committed events'
+    id texts (from the append), printed into their notifications."""
     by_index: dict[int, RecordedEvent] = {}
+    text_of: dict[int, str] = {}
     it = iter(recorded)
+    it_text = iter(texts if texts is not None else [str(ev.event_id) for ev in recorded])
     for i, d in enumerate(decisions):
         if d.status is Outcome.COMMITTED:
             by_index[i] = next(it)
+            text_of[i] = next(it_text)
     rows: list[tuple[Any, ...]] = []
-    per_agent: dict[str, list[EmitResult]] = defaultdict(list)
+    per_agent: dict[str, list[list[Any]]] = defaultdict(list)
+    committed, committed_value = Outcome.COMMITTED, Outcome.COMMITTED.value
+    results = result.results
     for i, (p, d) in enumerate(zip(parsed, decisions, strict=True)):
         e = p.envelope
-        if d.status is Outcome.COMMITTED:
+        if d.status is committed:
             ev = by_index[i]
-            res = EmitResult(e.event_id, Outcome.COMMITTED, e.stream, ev.version, ev.position, ev.version)
-        else:
-            # A duplicate points at the original event; a key reuse names the event that owns the key.
-            pos: int | None = None
-            ver: int | None = None
-            if d.duplicate_of is not None:
-                pos, ver = by_index[d.duplicate_of].position, by_index[d.duplicate_of].version
-            elif d.original is not None:
-                pos, ver = d.original.position, d.original.version
-            if d.status is not Outcome.DUPLICATE:
-                ver = None
-            res = EmitResult(e.event_id, d.status, e.stream, ver, pos, d.current_version, d.reason, d.code)
-            result.rejections.extend(_rejection(e, d))
-            rows.append((e.event_id, e.agent_id, e.idempotency_key, e.stream, d.status.value,
-                         e.expected_version, d.current_version, pos, d.reason or "",
-                         p.message.partition, p.message.offset, None if d.code is None else d.code.value))
-        per_agent[e.agent_id].append(res)
-        result.results.append(res)
+            version, position = ev.version, ev.position
+            res = _new(EmitResult)  # as EmitResult(...) without the frozen __init__'s setattr per field
+            res.__dict__.update(event_id=e.event_id, status=committed, stream=e.stream, version=version,
+                                position=position, current_version=version, reason=None, reason_code=None)
+            per_agent[e.agent_id].append([text_of[i], committed_value, e.stream, version, position, version,
+                                          None, None])
+            results.append(res)
+            continue
+        # A duplicate points at the original event; a key reuse names the event that owns the key.
+        pos: int | None = None
+        ver: int | None = None
+        if d.duplicate_of is not None:
+            pos, ver = by_index[d.duplicate_of].position, by_index[d.duplicate_of].version
+        elif d.original is not None:
+            pos, ver = d.original.position, d.original.version
+        if d.status is not Outcome.DUPLICATE:
+            ver = None
+        res = EmitResult(e.event_id, d.status, e.stream, ver, pos, d.current_version, d.reason, d.code)
+        result.rejections.extend(_rejection(e, d))
+        rows.append((e.event_id, e.agent_id, e.idempotency_key, e.stream, d.status.value,
+                     e.expected_version, d.current_version, pos, d.reason or "",
+                     p.message.partition, p.message.offset, None if d.code is None else d.code.value))
+        per_agent[e.agent_id].append(res.to_wire())
+        results.append(res)
     for msg, reason in rejected:
         result.dead_letters.append(DeadLetter(msg, reason))
         ids = salvage_ids(msg.value)
@@ -403,8 +424,8 @@ def _record(
                                                    reason=reason))
             rows.append((event_id, agent_id, key, None, "rejected", None, None, None, reason,
                          msg.partition, msg.offset, ReasonCode.INVALID.value))
-            per_agent[agent_id].append(res)
-            result.results.append(res)
+            per_agent[agent_id].append(res.to_wire())
+            results.append(res)
     if rows:
         cur.execute(INSERT_OUTCOMES, tuple(list(col) for col in zip(*rows, strict=True)))
     if result.dead_letters:
@@ -418,8 +439,8 @@ def _record(
     if recorded:  # wakes the committed-topic publisher
         channels.append(COMMITTED_CHANNEL)
         payloads.append(str(recorded[-1].position))
-    for agent_id, results in per_agent.items():
-        for chunk in pack(results):
+    for agent_id, wire_rows in per_agent.items():
+        for chunk in pack_rows(wire_rows):
             channels.append(channel_for(agent_id))
             payloads.append(chunk)
     if channels:

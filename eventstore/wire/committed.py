@@ -58,11 +58,35 @@ def encode_committed(ev: RecordedEvent, max_bytes: int = DEFAULT_MAX_COMMITTED_B
     return key, value, headers
 
 
+# The texts the projector's append printed for the hash chain, kept on each RecordedEvent it returns (in the
+# instance's __dict__ under PRINTED, not a dataclass field: equality, repr and dataclasses.replace ignore
+# it): event id, correlation id, causation id ("" for none), occurred-at and recorded-at as the chain hashes
+# them (UTC ISO 8601, "" for none), and the payload's canonical JSON (numbers as jsonb returns them).
+PRINTED = "_es_printed"
+CommittedTexts = tuple[str, str, str, str, str, str]
+_UTC_SUFFIX = "+00:00"
+
+
+def _z(text: str) -> str:
+    """A hashed UTC timestamp ("...+00:00") in the committed topic's form ("...Z")."""
+    return text[:-6] + "Z" if text.endswith(_UTC_SUFFIX) else text
+
+
 def encode_recorded(ev: RecordedEvent, max_bytes: int = DEFAULT_MAX_COMMITTED_BYTES) -> Encoded:
     """(position, key, value, headers, stub?) of an event the caller holds in memory (the publisher's
-    hand-off): one dict serialised in one call of pydantic_core's Rust encoder (UUIDs and timestamps
-    included), with numbers as jsonb returns them (``1e+16`` as an integer, ``-0.0`` as ``0.0``), so an
-    event published from memory carries the values the log holds."""
+    hand-off). An event fresh from the projector's append carries the texts the chain hashed (``PRINTED``)
+    and goes through the same f-string encoder as a row read from the log; any other event is one dict
+    serialised in one call of pydantic_core's Rust encoder (UUIDs and timestamps included). Either way
+    numbers are written as jsonb returns them (``1e+16`` as an integer, ``-0.0`` as ``0.0``), so an event
+    published from memory carries the values the log holds."""
+    printed: CommittedTexts | None = ev.__dict__.get(PRINTED)
+    if printed is not None:
+        event_id, correlation, causation, occurred_text, recorded_text, payload = printed
+        return _encode(ev.position, event_id, ev.stream, ev.version, ev.type, ev.schema_version, payload,
+                       ev.agent_id, ev.idempotency_key, correlation, causation or None,
+                       _z(occurred_text) if occurred_text else None, _z(recorded_text), ev.lease_resource,
+                       ev.fencing_token, None if ev.prev_hash is None else ev.prev_hash.hex(),
+                       None if ev.hash is None else ev.hash.hex(), max_bytes=max_bytes)
     occurred, recorded = ev.occurred_at, ev.recorded_at
     if occurred is not None and occurred.utcoffset() != _ZERO:
         occurred = occurred.astimezone(UTC)

@@ -8,10 +8,11 @@ can NOTIFY, so the SDK reads every decision from the outcome tables, which only 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
+from typing import Any
 
 from eventstore.core.outcomes import EmitResult
 
@@ -20,6 +21,10 @@ MAX_PAYLOAD = 7800
 # Notified with the newest position by every batch that committed events; wakes the publisher.
 COMMITTED_CHANNEL = "es_committed"
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
+# JSONEncoder.encode builds its C encoder on every call; this is the same C encoder with _COMPACT's settings
+# (ASCII output, so a payload's length in characters is its length in bytes), built once.
+_C_COMPACT = None if c_make_encoder is None else c_make_encoder(
+    None, _COMPACT.default, encode_basestring_ascii, None, ":", ",", False, False, True)
 
 
 def channel_for(agent_id: str) -> str:
@@ -27,21 +32,34 @@ def channel_for(agent_id: str) -> str:
     return "es_out_" + hashlib.sha1(agent_id.encode()).hexdigest()[:24]
 
 
+def _item(row: list[Any]) -> str:
+    """One wire row as compact ASCII JSON (the text ``_COMPACT.encode`` gives)."""
+    if _C_COMPACT is None:
+        return _COMPACT.encode(row)
+    return "".join(_C_COMPACT(row, 0))
+
+
 def pack(results: Iterable[EmitResult]) -> list[str]:
     """JSON arrays of wire results, each under the NOTIFY payload limit."""
+    return pack_rows([r.to_wire() for r in results])
+
+
+def pack_rows(rows: Iterable[list[Any]]) -> list[str]:
+    """:func:`pack` of results already in their wire form (``EmitResult.to_wire``); the projector builds
+    the rows of committed events straight from the event-id texts its append computed."""
     chunks: list[str] = []
     current: list[str] = []
     size = 2
-    for r in results:
-        item = _COMPACT.encode(r.to_wire())
-        if len(item.encode()) + 2 > MAX_PAYLOAD:  # an overlong reason: keep the decision, cut the text
-            r = dataclasses.replace(r, reason=(r.reason or "")[:1000])
-            item = _COMPACT.encode(r.to_wire())
-        if current and size + len(item.encode()) + 1 > MAX_PAYLOAD:
+    for row in rows:
+        item = _item(row)
+        if len(item) + 2 > MAX_PAYLOAD:  # an overlong reason: keep the decision, cut the text
+            row = [*row[:6], (row[6] or "")[:1000], *row[7:]]
+            item = _item(row)
+        if current and size + len(item) + 1 > MAX_PAYLOAD:
             chunks.append("[" + ",".join(current) + "]")
             current, size = [], 2
         current.append(item)
-        size += len(item.encode()) + 1
+        size += len(item) + 1
     if current:
         chunks.append("[" + ",".join(current) + "]")
     return chunks
