@@ -39,7 +39,7 @@ from eventstore.core.errors import BrokerError, EventStoreError
 from eventstore.core.lifecycle import BackgroundRunner
 from eventstore.core.records import RECORDED_FIELDS, RecordedEvent
 from eventstore.core.settings import Settings
-from eventstore.kafka.config import ensure_topics, producer_config
+from eventstore.kafka.config import committed_producer_config, ensure_topics
 from eventstore.postgres.connection import Database, convert, is_transient
 from eventstore.postgres.eventlog import hash_at
 from eventstore.postgres.logreader import read_committed_rows
@@ -107,8 +107,7 @@ class Publisher(BackgroundRunner):
 
     def run(self) -> None:
         # One delivery callback for the producer, called only for failures: no Python call per message.
-        producer = Producer({**producer_config(self.settings), "on_delivery": self._delivered,
-                             "delivery.report.only.error": True})
+        producer = Producer(committed_producer_config(self.settings, on_delivery=self._delivered))
         try:
             for conn in self.database.reconnecting(self._stop, "publisher"):
                 try:
