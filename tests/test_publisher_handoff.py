@@ -384,7 +384,7 @@ def test_the_checkpoint_moves_only_over_acknowledged_positions_and_not_every_pag
     with pytest.raises(BrokerError):
         pub._settle(conn, _Queue(0), final=True)  # type: ignore[arg-type]
     assert conn.saved == [100, 150], "stored a checkpoint over a failed delivery"
-    every_page = Publisher(settings, pipeline=False)
+    every_page = Publisher(settings, pipeline=False, checkpoint_every=0)
     every_page.position, every_page._saved_at = 10, time.monotonic()
     every_page._settle(conn, _Queue(0))  # type: ignore[arg-type]
     assert conn.saved[-1] == 10

@@ -142,12 +142,14 @@ def run_projector(variant: str) -> int:
     """The projector process of one variant (``python -m eventstore.bench.publishing VARIANT``)."""
     settings = Settings.from_env()
     projector = Projector(settings, publish=variant not in ("before", "none"),
-                          hand_off=variant in ("handoff", "pipelined", "every-page"))
+                          hand_off=variant in ("handoff", "pipelined", "every-page", "flush-each"))
     if variant == "every-page" and projector.publisher is not None:
         # The previous round's publisher: waits for the broker and stores the checkpoint after every page.
         projector.publisher.pipeline = False
         projector.publisher.checkpoint_every = 0.0
-    if variant in ("pipelined", "every-page") and projector.publisher is not None:
+    if variant == "flush-each" and projector.publisher is not None:
+        projector.publisher.pipeline = False  # waits for the broker every page, checkpoint every 0.25 s
+    if variant in ("pipelined", "every-page", "flush-each") and projector.publisher is not None:
         projector.publisher.trace, projector.publisher.local.trace = [], []
     legacy = LegacyPublisher(settings) if variant == "before" else None
     stop = threading.Event()

@@ -7,7 +7,12 @@ servers:
 - ``every-page``: the previous publisher, the baseline: after each page it waits for the broker's
   acknowledgement and stores its checkpoint (a durable commit) before it takes the next page;
 - ``pipelined``: as shipped: it produces each page as soon as it is handed over, while earlier pages'
-  acknowledgements are outstanding, and stores the checkpoint every 0.25 s over acknowledged positions.
+  acknowledgements are outstanding, and stores the checkpoint every 0.25 s over acknowledged positions;
+- ``flush-each`` (only when asked for, ``main(variants=...)``): waits for the broker every page, stores the
+  checkpoint every 0.25 s.
+
+The pages per round are printed too: commit -> produced follows how many batches the projector made
+(small batches, short inserts) at least as much as the publisher variant, and that moves with the load.
 
 The figure is commit -> produced per event: the message's CreateTime (set by the producer when the
 publisher calls ``produce``; millisecond resolution) minus the event's ``recorded_at`` (the database's
@@ -18,6 +23,7 @@ from the committed topic; plus the projector process's CPU per event from /proc 
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -54,6 +60,11 @@ class LatencyRound:
     load: float
     ok: bool
     own: str  # the projector process's own split: handed over -> produced
+
+    @property
+    def pages(self) -> int:
+        found = re.search(r"(\d+) pages", self.own)
+        return int(found.group(1)) if found else 0
 
     def pct(self, p: float) -> float:
         return self.waits_ms[min(len(self.waits_ms) - 1, int(len(self.waits_ms) * p / 100))] if self.waits_ms \
@@ -120,11 +131,11 @@ def one_round(base: Settings, admin_url: str, variant: str, n: int, rate: int, p
                         load, ok, own)
 
 
-def main(events: int = 3000, rate: int = 1000, rounds: int = 3) -> int:
+def main(events: int = 3000, rate: int = 1000, rounds: int = 3, variants: tuple[str, ...] = VARIANTS) -> int:
     """``rounds`` interleaved rounds of both variants; 0 when every round published every event."""
     tag = uuid.uuid4().hex[:6]
     logdir = Path(tempfile.mkdtemp(prefix="eventstore-bench-publisher-latency-"))
-    print(f"eventstore publisher latency benchmark: {rounds} rounds x {len(VARIANTS)} variants x {events:,} events "
+    print(f"eventstore publisher latency benchmark: {rounds} rounds x {len(variants)} variants x {events:,} events "
           f"at {rate}/s through one projector process (publisher thread inside); logs in {logdir}", flush=True)
     results: list[LatencyRound] = []
     with EmbeddedServers(None) as servers:
@@ -138,7 +149,7 @@ def main(events: int = 3000, rate: int = 1000, rounds: int = 3) -> int:
             postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
         pids = {"postgres": postmaster}
         for r in range(rounds):
-            for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+            for variant in variants if r % 2 == 0 else variants[::-1]:
                 res = one_round(base, url, variant, events, rate, pids, logdir, f"{tag}{r}")
                 results.append(res)
                 print(f"  round {r + 1} {variant:10s}: commit -> produced p50 {res.pct(50):6.1f} ms, p90 "
@@ -147,15 +158,17 @@ def main(events: int = 3000, rate: int = 1000, rounds: int = 3) -> int:
                       f"{'PASS' if res.ok else 'FAIL'}\n      {res.own}", flush=True)
     print(f"\nSummary (median over {rounds} rounds; load average now {os.getloadavg()[0]:.2f})")
     med: dict[str, dict[str, float]] = {}
-    for v in VARIANTS:
+    for v in variants:
         mine = [r for r in results if r.variant == v]
         med[v] = {f"p{p}": statistics.median(r.pct(p) for r in mine) for p in (50, 90, 99)}
         med[v]["cpu"] = statistics.median(r.cpu_us for r in mine)
         med[v]["pg"] = statistics.median(r.pg_us for r in mine)
-    for v in VARIANTS:
+        med[v]["pages"] = statistics.median(r.pages for r in mine)
+    for v in variants:
         m = med[v]
         print(f"  {v:10s}: commit -> produced p50 {m['p50']:6.1f} ms, p90 {m['p90']:6.1f}, p99 {m['p99']:6.1f}; "
-              f"CPU per event: projector process {m['cpu']:6.1f} us, PostgreSQL {m['pg']:6.1f} us")
+              f"CPU per event: projector process {m['cpu']:6.1f} us, PostgreSQL {m['pg']:6.1f} us; "
+              f"{m['pages']:.0f} pages")
     a, b = med["every-page"], med["pipelined"]
     print(f"  pipelined / every-page: p50 {b['p50'] / a['p50']:.2f}x, p90 {b['p90'] / a['p90']:.2f}x, "
           f"p99 {b['p99'] / a['p99']:.2f}x; CPU projector process {b['cpu'] / a['cpu']:.2f}x, "

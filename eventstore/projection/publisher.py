@@ -81,11 +81,13 @@ class Publisher(BackgroundRunner):
         self.position = 0  # the last position produced
         self.acked = 0  # the last position the broker acknowledged, with every position before it
         self.saved = 0  # the position in the stored checkpoint
-        # pipeline=False is the previous behaviour (wait for the broker and store the checkpoint after
-        # every page), kept as the baseline of `eventstore bench publisher --latency`.
+        # pipeline=False waits for the broker's acknowledgement of every page; with checkpoint_every=0 as well
+        # it is the previous publisher (checkpoint stored after every page), the baseline of
+        # `eventstore bench publisher-latency`.
         self.pipeline = pipeline
-        self.checkpoint_every = checkpoint_every if pipeline else 0.0
+        self.checkpoint_every = checkpoint_every
         self._saved_at = 0.0
+        self.producer_overrides: dict[str, Any] = {}  # librdkafka settings over the committed producer's
         self.leading = threading.Event()
         # What this process's projector committed: Projector calls ``local.batch()`` around each batch.
         self.local = LocalCommits(hand_off_limit)
@@ -107,7 +109,8 @@ class Publisher(BackgroundRunner):
 
     def run(self) -> None:
         # One delivery callback for the producer, called only for failures: no Python call per message.
-        producer = Producer(committed_producer_config(self.settings, on_delivery=self._delivered))
+        producer = Producer(committed_producer_config(self.settings, on_delivery=self._delivered,
+                                                      **self.producer_overrides))
         try:
             for conn in self.database.reconnecting(self._stop, "publisher"):
                 try:
@@ -163,8 +166,8 @@ class Publisher(BackgroundRunner):
         producer.poll(0)
         outstanding = len(producer)
         due = final or time.monotonic() - self._saved_at >= self.checkpoint_every
-        if outstanding and due and self.position > self.saved:
-            outstanding = producer.flush(30)  # at most once per checkpoint_every: wait for the acknowledgements
+        if outstanding and (due or not self.pipeline) and self.position > self.acked:
+            outstanding = producer.flush(30)  # wait for the acknowledgements: every page, or when due
         if self._failures:
             raise BrokerError(f"committed topic did not take events after position {self.acked}: "
                               f"{self._failures[:1]}")
