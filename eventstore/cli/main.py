@@ -234,7 +234,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.which == "memory":
         from eventstore.bench import memory
 
-        return memory.main(events=args.events or 1_000_000)
+        return memory.main(events=args.events or 1_000_000, heap_trace=args.heap_trace)
     if args.which == "scale":
         from eventstore.bench import scale
 
@@ -445,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--profile", action="store_true", help="intake: also print a cProfile of one round")
     bn.add_argument("--default-gc", action="store_true",
                     help="intake: keep CPython's collector settings (the baseline of core/gcpolicy.py)")
+    bn.add_argument("--heap-trace", action="store_true",
+                    help="memory: tracemalloc in the projector and the subscriber, growth by component (slower)")
     bn.set_defaults(fn=cmd_bench)
     return p
 
