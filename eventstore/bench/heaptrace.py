@@ -1,13 +1,15 @@
 """Opt-in heap attribution for ``eventstore bench memory --heap-trace``: where a process's Python heap grows.
 
-A process started with ``EVENTSTORE_BENCH_HEAPTRACE=<dir>`` traces its allocations (``tracemalloc``) from
-the start and runs a small thread that answers snapshot requests: the benchmark drops ``<role>.<label>.req``
-into the directory, the process writes ``<role>.<label>.snap`` (the tracemalloc snapshot) and
-``<role>.<label>.json`` (live objects by type from ``gc.get_objects``, traced bytes, glibc's ``mallinfo2``
-and VmRSS), then ``<role>.<label>.done``. The benchmark diffs the warm and end snapshots: bytes by component
-(the projector's and the publisher's threads run different code, so each allocation is attributed by the
-innermost frame of ours in its traceback), the top allocation sites, and the object types that grew.
-Tracing slows a process several times, so it is off in the main figure.
+A process started with ``EVENTSTORE_BENCH_HEAPTRACE=<dir>`` runs a small thread that answers snapshot
+requests: the benchmark drops ``<role>.<label>.req`` into the directory and the process writes
+``<role>.<label>.json`` (live objects by type from ``gc.get_objects``, Python's allocated blocks, glibc's
+``mallinfo2``, VmRSS) and then ``<role>.<label>.done``. The first request (``warm``) also starts
+``tracemalloc``, so the snapshot of the last one (``end``, ``<role>.end.snap``) holds exactly the
+allocations made after warm-up that are still alive: the growth, with the working churn of one batch. The
+benchmark prints it by component (the projector's and the publisher's threads run different code, so each
+allocation is attributed by the innermost frame of ours in its traceback), by allocation site, and the
+object types that grew. Tracing slows the process many times over from warm-up on, so it is off in the
+main figure; use it with a smaller run (``--events 100000``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import ctypes
 import gc
 import json
 import os
+import sys
 import threading
 import time
 import tracemalloc
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 ENV = "EVENTSTORE_BENCH_HEAPTRACE"
-FRAMES = 40
+FRAMES = 16
 
 # Component of an allocation: the innermost frame (most recent call) from one of these files decides.
 COMPONENTS = (
@@ -74,11 +77,10 @@ def _vm(field: str) -> int:
 
 
 def install(role: str) -> None:
-    """In a benchmarked process: trace allocations and answer snapshot requests, when the env asks."""
+    """In a benchmarked process: answer snapshot requests, when the env asks."""
     folder = os.environ.get(ENV)
     if not folder:
         return
-    tracemalloc.start(FRAMES)
     threading.Thread(target=_serve, args=(Path(folder), role), name="heaptrace", daemon=True).start()
 
 
@@ -86,21 +88,23 @@ def _serve(folder: Path, role: str) -> None:
     while True:
         for req in folder.glob(f"{role}.*.req"):
             label = req.name[len(role) + 1:-len(".req")]
-            _snapshot(folder / f"{role}.{label}")
+            _snapshot(folder, f"{role}.{label}")
             req.unlink(missing_ok=True)
         time.sleep(0.2)
 
 
-def _snapshot(stem: Path) -> None:
+def _snapshot(folder: Path, stem: str) -> None:
     gc.collect()  # count what is alive, not what a collection would free
-    snap = tracemalloc.take_snapshot()
-    snap.dump(str(stem.with_suffix(".snap")))
+    if tracemalloc.is_tracing():
+        tracemalloc.take_snapshot().dump(str(folder / f"{stem}.snap"))
     types = Counter(type(o).__name__ for o in gc.get_objects())
-    traced, peak = tracemalloc.get_traced_memory()
-    info = {"types": dict(types), "traced": traced, "traced_peak": peak, "malloc": mallinfo(),
+    traced = tracemalloc.get_traced_memory()[0]
+    info = {"types": dict(types), "traced": traced, "blocks": sys.getallocatedblocks(), "malloc": mallinfo(),
             "rss_kib": _vm("VmRSS"), "hwm_kib": _vm("VmHWM"), "threads": threading.active_count()}
-    stem.with_suffix(".json").write_text(json.dumps(info))
-    stem.with_suffix(".done").write_text("")
+    (folder / f"{stem}.json").write_text(json.dumps(info))
+    if not tracemalloc.is_tracing():
+        tracemalloc.start(FRAMES)  # from now on: what is still alive at the next snapshot was allocated after it
+    (folder / f"{stem}.done").write_text("")
 
 
 def request(folder: Path, role: str, label: str, timeout: float = 120.0) -> dict[str, Any] | None:
@@ -117,31 +121,33 @@ def request(folder: Path, role: str, label: str, timeout: float = 120.0) -> dict
 
 
 def report(folder: Path, role: str, before: str, after: str, top: int = 12) -> list[str]:
-    """The heap growth of ``role`` between two snapshots: by component, by allocation site, by type."""
-    skip = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, __file__),
-            tracemalloc.Filter(False, "<frozen importlib._bootstrap*>")]
-    a = tracemalloc.Snapshot.load(str(folder / f"{role}.{before}.snap")).filter_traces(skip)
-    b = tracemalloc.Snapshot.load(str(folder / f"{role}.{after}.snap")).filter_traces(skip)
+    """The heap growth of ``role`` between two snapshots: totals, by component, by allocation site, by type."""
     ja = json.loads((folder / f"{role}.{before}.json").read_text())
     jb = json.loads((folder / f"{role}.{after}.json").read_text())
-    lines = [f"  {role}: VmRSS {ja['rss_kib'] / 1024:,.1f} -> {jb['rss_kib'] / 1024:,.1f} MiB, Python heap traced "
-             f"{ja['traced'] / 2**20:,.1f} -> {jb['traced'] / 2**20:,.1f} MiB, malloc in use "
-             f"{ja['malloc'].get('in_use', 0) / 2**20:,.1f} -> {jb['malloc'].get('in_use', 0) / 2**20:,.1f} MiB, "
-             f"malloc free inside its arenas {ja['malloc'].get('free', 0) / 2**20:,.1f} -> "
-             f"{jb['malloc'].get('free', 0) / 2**20:,.1f} MiB, threads {ja['threads']} -> {jb['threads']}"]
-    comp_a, comp_b = _by_component(a), _by_component(b)
-    lines.append("    traced bytes by component (" + before + " -> " + after + "): " + ", ".join(
-        f"{c} {comp_a.get(c, 0) / 2**20:,.2f} -> {comp_b.get(c, 0) / 2**20:,.2f} MiB"
-        for c in sorted(set(comp_a) | set(comp_b), key=lambda c: -comp_b.get(c, 0))))
-    lines.append(f"    top allocation sites by growth ({before} -> {after}):")
-    for stat in b.compare_to(a, "lineno")[:top]:
-        frame = stat.traceback[0]
-        lines.append(f"      {stat.size_diff / 1024:+10,.1f} KiB {stat.count_diff:+9,} blocks  "
-                     f"{_short(frame.filename)}:{frame.lineno}")
+    mib = 2**20
+    lines = [f"  {role}: VmRSS {ja['rss_kib'] / 1024:,.1f} -> {jb['rss_kib'] / 1024:,.1f} MiB; Python allocated blocks "
+             f"{ja['blocks']:,} -> {jb['blocks']:,}; malloc in use {ja['malloc'].get('in_use', 0) / mib:,.1f} -> "
+             f"{jb['malloc'].get('in_use', 0) / mib:,.1f} MiB, free inside malloc's heaps "
+             f"{ja['malloc'].get('free', 0) / mib:,.1f} -> {jb['malloc'].get('free', 0) / mib:,.1f} MiB, mmapped "
+             f"{ja['malloc'].get('mmapped', 0) / mib:,.1f} -> {jb['malloc'].get('mmapped', 0) / mib:,.1f} MiB; "
+             f"threads {ja['threads']} -> {jb['threads']}"]
     grown = Counter(jb["types"])
     grown.subtract(Counter(ja["types"]))
-    lines.append("    live objects by type, growth: " + (", ".join(
+    lines.append("    live objects by type, largest growth: " + (", ".join(
         f"{name} {n:+,}" for name, n in grown.most_common(8) if n > 0) or "none"))
+    snap_path = folder / f"{role}.{after}.snap"
+    if not snap_path.exists():
+        return lines
+    skip = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, __file__)]
+    snap = tracemalloc.Snapshot.load(str(snap_path)).filter_traces(skip)
+    comp = _by_component(snap)
+    lines.append(f"    allocated after {before} and alive at {after} (tracemalloc, {jb['traced'] / mib:,.2f} MiB), "
+                 "by component: " + ", ".join(f"{c} {n / 1024:,.0f} KiB" for c, n in comp.most_common()))
+    lines.append("    by allocation site:")
+    for stat in snap.statistics("lineno")[:top]:
+        frame = stat.traceback[0]
+        where = f"{_short(frame.filename)}:{frame.lineno}"
+        lines.append(f"      {stat.size / 1024:10,.1f} KiB {stat.count:9,} blocks  {where}")
     return lines
 
 

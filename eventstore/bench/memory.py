@@ -38,8 +38,8 @@ from eventstore.bench import agents as bench_agents
 from eventstore.bench import flatness, heaptrace
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
-from eventstore.kafka.config import ensure_topics
 from eventstore.examples.inventory import InventoryAdjusted, stream_for
+from eventstore.kafka.config import ensure_topics
 from eventstore.postgres.migrate import upgrade
 from eventstore.sdk.client import AgentClient
 from eventstore.simulate.processes import projector_env
@@ -119,7 +119,8 @@ def main(events: int = 1_000_000, heap_trace: bool = False) -> int:
           f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; embedded PostgreSQL and tansu "
           "started for this run")
     tracing = "ON (tracemalloc in projector and subscriber: slower, RSS includes the tracer)" if heap_trace else "off"
-    print(f"  MALLOC_ARENA_MAX={os.environ.get('MALLOC_ARENA_MAX', 'unset (glibc default: 8 per core)')}; "
+    print(f"  MALLOC_ARENA_MAX={os.environ.get('MALLOC_ARENA_MAX', 'unset (glibc default: 8 per core)')}, "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', 'unset')} (both inherited by every process); "
           f"heap trace {tracing}")
     with EmbeddedServers(None) as s, tempfile.TemporaryDirectory(prefix="es-heaptrace-") as trace_dir:
         upgrade(s.postgres.url)
