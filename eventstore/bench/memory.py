@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import platform
+import runpy
 import signal
 import subprocess
 import sys
@@ -97,19 +98,25 @@ def subscriber_main() -> int:
     return 0
 
 
-def projector_main() -> int:
-    """``eventstore project`` with the heap tracer installed first (``--heap-trace`` only)."""
-    heaptrace.install("projector")
-    from eventstore.cli.main import main as cli_main
+TRIM_ENV = "EVENTSTORE_BENCH_MALLOC_TRIM"
 
-    return cli_main(["project"])
+
+def projector_main() -> int:
+    """``eventstore project`` with the heap tracer (``--heap-trace``) or a malloc_trim thread
+    (``--malloc-trim``) installed first."""
+    heaptrace.install("projector")
+    if os.environ.get(TRIM_ENV):
+        heaptrace.trim_every(float(os.environ[TRIM_ENV]))
+    sys.argv = ["eventstore", "project"]
+    runpy.run_module("eventstore.cli", run_name="__main__")  # the CLI's own entry (it exits the process)
+    return 0
 
 
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(events: int = 1_000_000, heap_trace: bool = False) -> int:
+def main(events: int = 1_000_000, heap_trace: bool = False, malloc_trim: float = 0.0) -> int:
     """Run the benchmark. SIGTERM, like Ctrl-C, unwinds through the context managers, so both
     processes and both servers are always stopped."""
     signal.signal(signal.SIGTERM, _interrupt)
@@ -121,7 +128,8 @@ def main(events: int = 1_000_000, heap_trace: bool = False) -> int:
     tracing = "ON (tracemalloc in projector and subscriber: slower, RSS includes the tracer)" if heap_trace else "off"
     print(f"  MALLOC_ARENA_MAX={os.environ.get('MALLOC_ARENA_MAX', 'unset (glibc default: 8 per core)')}, "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', 'unset')} (both inherited by every process); "
-          f"heap trace {tracing}")
+          f"heap trace {tracing}; projector malloc_trim(0) "
+          f"{f'every {malloc_trim:g}s' if malloc_trim else 'off (glibc trims only the top of its main heap)'}")
     with EmbeddedServers(None) as s, tempfile.TemporaryDirectory(prefix="es-heaptrace-") as trace_dir:
         upgrade(s.postgres.url)
         settings = Settings.from_env().with_servers(s.postgres.url, s.broker.bootstrap).replace(
@@ -130,17 +138,16 @@ def main(events: int = 1_000_000, heap_trace: bool = False) -> int:
               f"{SKUS} SKUs, agent at most {AHEAD:,} events ahead of the log, sampling VmRSS/VmHWM every second")
         context = {"tansu (broker)": s.broker._proc.pid if s.broker._proc is not None else 0,
                    "PostgreSQL (PSS, all backends)": _postmaster_pid(s.postgres.url)}
-        return _run(settings, events, context, Path(trace_dir) if heap_trace else None)
+        return _run(settings, events, context, Path(trace_dir) if heap_trace else None, malloc_trim)
 
 
 def _postmaster_pid(url: str) -> int:
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True) as conn:  # the backend's parent, read while it runs
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    backend = int(row[0]) if row else 0
-    try:
-        return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError):
-        return 0
+        try:
+            return int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            return 0
 
 
 def _start(args: list[str], env: dict[str, str], stdout: int) -> subprocess.Popen[str]:
@@ -152,11 +159,14 @@ def _tail(stream: object, keep: deque[str]) -> None:
         keep.append(line.rstrip())
 
 
-def _run(settings: Settings, events: int, context: dict[str, int], trace: Path | None) -> int:
+def _run(settings: Settings, events: int, context: dict[str, int], trace: Path | None, trim: float) -> int:
     env = projector_env(settings)
     if trace is not None:
         env[heaptrace.ENV] = str(trace)
-    project = ["-m", "eventstore.bench.memory", "--projector"] if trace else ["-m", "eventstore.cli", "project"]
+    if trim:
+        env[TRIM_ENV] = str(trim)
+    wrapped = trace is not None or trim
+    project = ["-m", "eventstore.bench.memory", "--projector"] if wrapped else ["-m", "eventstore.cli", "project"]
     # The publisher creates the committed topic when it starts; a Subscriber started before that fails
     # (unknown partition), so the topic is made first.
     ensure_topics(settings, {settings.committed_topic: 1})
