@@ -190,6 +190,7 @@ def _run(settings: Settings, events: int, context: dict[str, int], trace: Path |
             (flatness.Samples("agent (this process)", os.getpid()), emitted)]
     others = [flatness.Samples(name, pid) for name, pid in context.items()]
     traced: dict[str, bool] = {}
+    ahead = 0  # the largest backlog seen: emitted but not yet in the log (what the projector's consumer may prefetch)
     t0 = time.monotonic()
     try:
         with bench_agents.client("bench-memory-agent", settings) as client, \
@@ -207,6 +208,7 @@ def _run(settings: Settings, events: int, context: dict[str, int], trace: Path |
                 for s in others:
                     kib = pss_tree_kib(s.pid) if s.name.startswith("PostgreSQL") else vm_kib(s.pid)
                     s.add(in_log[0], kib, kib if s.name.startswith("PostgreSQL") else vm_kib(s.pid, "VmHWM"))
+                ahead = max(ahead, emitted[0] - in_log[0])
                 finished = in_log[0] >= events and position[0] >= events
                 now = time.monotonic() - t0
                 if trace is not None and not traced.get("warm") and in_log[0] >= events * flatness.WARM:
@@ -242,7 +244,8 @@ def _run(settings: Settings, events: int, context: dict[str, int], trace: Path |
     seconds = time.monotonic() - t0
     load = os.getloadavg()
     print(f"\n{events:,} events in {seconds:.0f}s ({events / seconds:,.0f}/s end to end); load average at the "
-          f"end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+          f"end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; largest backlog (emitted, not yet in the log) "
+          f"{ahead:,} events")
     flat = _report(ours, others, events)
     if trace is not None:
         _trace_report(trace, traced)
