@@ -20,6 +20,7 @@ the subscriber (eventstore/bench/heaptrace.py) and prints, between warm and end,
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import runpy
@@ -134,7 +135,8 @@ def main(events: int = 1_000_000, heap_trace: bool = False, malloc_trim: float =
         upgrade(s.postgres.url)
         settings = Settings.from_env().with_servers(s.postgres.url, s.broker.bootstrap).replace(
             namespace=f"mem-{uuid.uuid4().hex[:6]}", intake_partitions=4)
-        print(f"  batch size {settings.batch_size}, {settings.intake_partitions} intake partitions, "
+        print(f"  EVENTSTORE_KAFKA_CONFIG={json.dumps(settings.kafka_config)} (every process); "
+              f"batch size {settings.batch_size}, {settings.intake_partitions} intake partitions, "
               f"{SKUS} SKUs, agent at most {AHEAD:,} events ahead of the log, sampling VmRSS/VmHWM every second")
         context = {"tansu (broker)": s.broker._proc.pid if s.broker._proc is not None else 0,
                    "PostgreSQL (PSS, all backends)": _postmaster_pid(s.postgres.url)}
@@ -161,6 +163,8 @@ def _tail(stream: object, keep: deque[str]) -> None:
 
 def _run(settings: Settings, events: int, context: dict[str, int], trace: Path | None, trim: float) -> int:
     env = projector_env(settings)
+    if settings.kafka_config:  # EVENTSTORE_KAFKA_CONFIG of this run (e.g. a consumer's prefetch bound) for all
+        env["EVENTSTORE_KAFKA_CONFIG"] = json.dumps(settings.kafka_config)
     if trace is not None:
         env[heaptrace.ENV] = str(trace)
     if trim:
