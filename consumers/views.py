@@ -17,6 +17,10 @@ from eventstore.core.records import RecordedEvent
 Reducer = Callable[[Any, RecordedEvent], Any]
 
 
+def _position(ev: RecordedEvent) -> int:
+    return ev.position
+
+
 def merge_payloads(state: Any, ev: RecordedEvent) -> Any:
     """Default reducer: the stream's state is its payloads merged, newest field values winning."""
     return {**(state or {}), **ev.payload}
@@ -32,12 +36,28 @@ class StreamState:
     state: Any
 
 
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _stream_state(stream: str, version: int, position: int, state: Any) -> StreamState:
+    """``StreamState(stream, version, position, state)`` without the frozen dataclass's per-field
+    ``__init__`` (most of its cost): a view builds one per applied event."""
+    st: StreamState = _new(StreamState)
+    _set(st, "__dict__", {"stream": stream, "version": version, "position": position, "state": state})
+    return st
+
+
+def _accept_all(_stream: str) -> bool:
+    return True
+
+
 class LocalView:
     """In-memory view of the streams a subscriber follows. Thread-safe; readers may wait on it."""
 
     def __init__(self, reducer: Reducer = merge_payloads, streams: Callable[[str], bool] | None = None) -> None:
         self._reducer = reducer
-        self._accept = streams or (lambda _s: True)
+        self._accept = streams or _accept_all
         self._streams: dict[str, StreamState] = {}
         self._position = 0
         self._head_hash: bytes | None = None  # the chain hash of the event at _position, when known
@@ -54,17 +74,19 @@ class LocalView:
     def apply_batch(self, events: Sequence[RecordedEvent], position: int) -> None:
         """Apply events (position order, each once) and advance the view to ``position``."""
         accept, reducer, streams = self._accept, self._reducer, self._streams
+        every = accept is _accept_all
         with self._changed:
             touched: dict[str, int] = {}
+            get = streams.get
             for ev in events:
                 stream = ev.stream
-                if accept(stream):
-                    prev = streams.get(stream)
+                if every or accept(stream):
+                    prev = get(stream)
                     state = reducer(None if prev is None else prev.state, ev)
-                    streams[stream] = StreamState(stream, ev.version, ev.position, state)
+                    streams[stream] = _stream_state(stream, ev.version, ev.position, state)
                     touched[stream] = touched.get(stream, 0) + 1
             position = max(self._position, position)
-            newest = max(events, key=lambda e: e.position, default=None)
+            newest = max(events, key=_position, default=None)
             head_hash = newest.hash if newest is not None and newest.position == position else None
             if position != self._position or head_hash is not None:
                 self._head_hash = head_hash

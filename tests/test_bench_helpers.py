@@ -38,3 +38,22 @@ def test_peer_settings_from_unix_socket_and_tcp_urls() -> None:
     env = _env("postgresql://u:pw@db.example:6543/x", "peer")
     assert (env["POSTGRES_HOST"], env["POSTGRES_PORT"], env["POSTGRES_USER"], env["POSTGRES_PASSWORD"]) == (
         "db.example", "6543", "u", "pw")
+
+
+def test_latency_split_assigns_each_step_and_counts_failures_apart() -> None:
+    from eventstore.bench.brokerlatency import STEPS, split_of
+    from eventstore.core.outcomes import Outcome
+
+    # a: every timestamp; b: committed but the listener never named it; c: rejected (a failure)
+    sent = {"a": 0.000, "b": 0.000, "c": 0.000}
+    acked = {"a": 0.001, "b": 0.001, "c": 0.001}
+    noted = {"handed": [[0.004, 0.004, ["a", "b"]], [0.009, 0.009, ["c"]]],
+             "written": [[0.005, 0.012, ["a", "b"]], [0.010, 0.011, ["c"]]]}
+    woke = [(0.013, ["a"]), (0.020, ["a"])]  # the first wake-up naming an event counts
+    resolved = {"a": 0.015, "b": 0.030, "c": 0.016}
+    statuses = {"a": Outcome.COMMITTED, "b": Outcome.COMMITTED, "c": Outcome.REJECTED}
+    sp = split_of(sent, acked, noted, woke, resolved, statuses)
+    assert (sp.failed, sp.unmatched, sp.batch_sizes) == (1, 1, [2, 1])
+    got = {s: round(sp.steps[s][0] * 1000, 3) for s in STEPS}
+    assert got == {"produce": 1.0, "fetch": 3.0, "queue": 1.0, "write": 7.0, "notify": 1.0, "lookup": 2.0}
+    assert [round(x * 1000, 3) for x in (sp.total[0], sp.broker[0], sp.ours[0])] == [15.0, 4.0, 11.0]

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from eventstore.cli.main import EXIT_INTEGRITY, EXIT_OK, main
 from eventstore.coordination import Coordinator
+from eventstore.coordination.wakeup import parse
 from eventstore.core import anchoring
 from eventstore.core.errors import AppendOnlyViolation
 from eventstore.core.hashing import field_text, row_hash
@@ -304,5 +305,10 @@ def _released_notice(url: str, mode: str) -> str:
 
 
 def test_a_release_names_the_exclusive_head_of_the_queue(database_url: str) -> None:
-    assert _released_notice(database_url, "exclusive") == "n\x1fq"
+    """An exclusive head is handed the lease by the release (migration 0010): the notice names it and
+    carries its grant; a shared head is only woken, with every other waiter of the resource."""
+    resource, head, grant = parse(_released_notice(database_url, "exclusive"))
+    assert (resource, head) == ("n", "q") and grant is not None
+    assert grant.token == _scalar(database_url, "SELECT fencing_token FROM lock_events WHERE type = 'LeaseGranted' "
+                                                "AND agent_id = 'q' AND lease_resource = 'n'")
     assert _released_notice(database_url, "shared") == "n"

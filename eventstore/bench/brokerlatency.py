@@ -1,240 +1,401 @@
-"""Where emit -> outcome latency goes: the broker's share and our own code's share, in one run.
+"""Where emit -> outcome latency goes, step by step, and what the projector's fetch wait buys, in one run.
 
-``eventstore bench latency`` starts fresh embedded servers and measures:
+``eventstore bench latency`` starts fresh embedded servers and a projector *process* (as deployed) that
+notes when its consumer hands over each message and when that message's batch committed
+(``eventstore.bench.timedprojector``). The agent, in this process, notes when it emitted, when the broker
+acknowledged the produce, when its listener woke on the notification and when the handle resolved. Every
+timestamp is ``time.monotonic()`` (CLOCK_MONOTONIC, one clock for every process of the machine), so the
+steps of one event compare exactly:
 
-1. produce -> consume through the broker alone (one partition, an ``assign()``ed consumer, produce at a
-   steady rate, latency from ``produce()`` to the consumer receiving it) for several
-   ``fetch.wait.max.ms`` / ``fetch.min.bytes`` settings, on the fresh broker;
-2. emit -> outcome at a steady rate with an in-process projector whose batches are timestamped when the
-   consumer hands them over: per event, broker time (emit -> projector has the message) and our time
-   (projector has it -> the agent's handle resolved: batch transaction, NOTIFY, listener);
-3. heavy traffic: N events pre-filled and drained by the same projector; then 1 and 2 again.
+    emit -> acknowledged -> projector has it -> its write starts -> committed -> listener woke -> resolved
+       produce          fetch              queue              write       notify          lookup
 
-All timestamps are ``time.perf_counter()`` in this one process, so they compare exactly. The projector
-runs in a thread here (the agent shares its GIL), so our share is, if anything, overstated.
+Phases: (1) a fresh broker; (2) ``heavy`` events pre-filled into the intake topic and drained by the
+projector (the throughput run), then at once the steady-rate run; (3) on that same broker, each of the
+projector's ``fetch.wait.max.ms`` settings in turn, ``rounds`` times alternately (A, B, C, A, B, C ...),
+each with the broker's CPU while the projector is idle and per event while it works. The summary merges
+the rounds per setting and gives each setting's ratio against 10 ms (the previous default) of the same
+run. Then the broker alone (``eventstore.bench.brokerprobes``): produce -> consume by fetch wait, a
+partition's stored history, and the broker's idle CPU by fetch wait.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+import psycopg
+from confluent_kafka import KafkaError, Message
 
 from eventstore.bench import agents as bench_agents
+from eventstore.bench.brokerprobes import fetch_wait_cost, history_probe, probes
 from eventstore.bench.drain import prefill
-from eventstore.bench.writepath import Latency, make_events
+from eventstore.bench.writepath import CpuMeter, Latency, head, make_events
 from eventstore.core.outcomes import EmitResult, Outcome
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
-from eventstore.kafka.config import PRODUCER_DEFAULTS, ensure_topics
-from eventstore.postgres.intake import IntakeMessage
+from eventstore.postgres.connection import Connection
 from eventstore.postgres.migrate import upgrade
-from eventstore.projection.projector import Projector
 from eventstore.sdk.client import AgentClient
+from eventstore.sdk.listener import named_ids
 
-SETTINGS_TRIED = ((10, 1), (1, 1), (0, 1), (100, 1), (500, 1), (10, 65536))
-
-
-def broker_probe(bootstrap: str, topic: str, fetch_wait_ms: int, min_bytes: int, n: int = 300,
-                 rate: int = 500) -> Latency:
-    """produce() -> consumer has it, for n small messages at a steady rate on partition 0."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex[:6]}",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": fetch_wait_ms,
-                         "fetch.min.bytes": min_bytes})
-    consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
-    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS, "linger.ms": 0})
-    got: list[float] = []
-    stop = threading.Event()
-
-    def consume() -> None:
-        while not stop.is_set():
-            m = consumer.poll(0.05)
-            value = None if m is None or m.error() is not None else m.value()
-            if value is not None and len(value) == 8:
-                got.append(time.perf_counter() - struct.unpack("d", value)[0])
-
-    t = threading.Thread(target=consume, daemon=True)
-    t.start()
-    time.sleep(1.0)  # the assignment resolves OFFSET_END before anything is produced
-    t0 = time.perf_counter()
-    for i in range(n):
-        delay = t0 + i / rate - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        producer.produce(topic, value=struct.pack("d", time.perf_counter()), partition=0)
-        producer.poll(0)
-    producer.flush(30)
-    deadline = time.monotonic() + 5 + fetch_wait_ms / 1000 * 4
-    while len(got) < n and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
-    t.join(5)
-    consumer.close()
-    return Latency(sorted(got), n - len(got))
+BASELINE_WAIT = 10  # ms: the projector's fetch.wait.max.ms before it became a setting
+STEPS = ("produce", "fetch", "queue", "write", "notify", "lookup")
+IDLE_SECONDS = 3.0
 
 
-class TimedProjector(Projector):
-    """A Projector that notes when its consumer hands over each batch (the benchmark's probe only)."""
+class TimedClient(AgentClient):
+    """An AgentClient that also notes when the broker acknowledged each produce (the benchmark turns on
+    delivery reports for successes; the SDK normally asks only for failures)."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.handed: list[tuple[float, list[bytes | None]]] = []
+    def __init__(self, agent_id: str, settings: Settings, **options: Any) -> None:
+        self.acked: list[tuple[float, bytes | None]] = []
+        super().__init__(agent_id, settings, **options)
 
-    def _next_batch(self, consumer: Consumer) -> list[IntakeMessage]:
-        batch = super()._next_batch(consumer)
-        if batch:
-            self.handed.append((time.perf_counter(), [m.value for m in batch]))
-        return batch
+    def _undelivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            self.acked.append((time.monotonic(), msg.value()))
+            return
+        super()._undelivered(err, msg)
 
 
-@dataclass(frozen=True)
+def timed_client(agent_id: str, settings: Settings) -> tuple[TimedClient, list[tuple[float, list[str]]]]:
+    """A registered agent's TimedClient, and the list its listener notes (when, [event ids]) in at each wake-up."""
+    agent_settings = settings.replace(kafka_config={**settings.kafka_config, "delivery.report.only.error": False})
+    client = TimedClient(agent_id, agent_settings, credential=str(bench_agents.credential(settings, agent_id)))
+    woke: list[tuple[float, list[str]]] = []
+    listener = client._listener
+    wake = listener._wake
+
+    def timed_wake(conn: Connection, payloads: list[str]) -> None:
+        woke.append((time.monotonic(), [i for p in payloads for i in named_ids(p)]))
+        wake(conn, payloads)
+
+    setattr(listener, "_wake", timed_wake)  # noqa: B010 (the benchmark's probe only)
+    return client, woke
+
+
+@dataclass
+class TimedProjectorProcess:
+    """A running ``eventstore.bench.timedprojector`` process."""
+
+    proc: subprocess.Popen[bytes]
+    out: Path
+    fetch_wait_ms: int
+
+    def take(self, timeout: float = 30.0) -> dict[str, list[Any]]:
+        """What the projector noted since the last call."""
+        self.out.unlink(missing_ok=True)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while not self.out.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the timed projector did not answer (exit code {self.proc.poll()})")
+            time.sleep(0.02)
+        data: dict[str, list[Any]] = json.loads(self.out.read_text())
+        return data
+
+
+@contextmanager
+def timed_projector(settings: Settings, fetch_wait_ms: int, logdir: Path) -> Iterator[TimedProjectorProcess]:
+    """A timed projector process for ``settings`` with this fetch wait (its log in ``logdir``); always stopped."""
+    db, bootstrap = settings.require_servers()
+    env = {**os.environ, "EVENTSTORE_DATABASE_URL": db, "EVENTSTORE_KAFKA_BOOTSTRAP": bootstrap,
+           "EVENTSTORE_NAMESPACE": settings.namespace, "EVENTSTORE_PROJECTOR_GROUP": settings.projector_group,
+           "EVENTSTORE_PROJECTOR_FETCH_WAIT_MS": str(fetch_wait_ms)}
+    out = logdir / f"noted-{uuid.uuid4().hex[:6]}.json"
+    with (logdir / f"projector-{fetch_wait_ms}ms.log").open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "eventstore.bench.timedprojector", str(out)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield TimedProjectorProcess(proc, out, fetch_wait_ms)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@dataclass
 class Split:
-    """Per event: emit -> projector has it (broker), projector has it -> outcome resolved (ours)."""
+    """Per event, seconds: each step, the total, the broker's share (emit -> projector has it) and ours."""
 
-    broker: Latency
-    ours: Latency
-    total: Latency
+    steps: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STEPS})
+    total: list[float] = field(default_factory=list)
+    broker: list[float] = field(default_factory=list)
+    ours: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    failed: int = 0  # no committed outcome: a correctness failure
+    unmatched: int = 0  # committed, but a step's timestamp is missing (not in the figures)
+    cpu_us: dict[str, float] = field(default_factory=dict)  # CPU µs per event by component
+    runs_cpu_us: list[dict[str, float]] = field(default_factory=list)  # of merged runs
+
+    def merge(self, other: Split) -> None:
+        for s in STEPS:
+            self.steps[s] += other.steps[s]
+        self.total += other.total
+        self.broker += other.broker
+        self.ours += other.ours
+        self.batch_sizes += other.batch_sizes
+        self.failed += other.failed
+        self.unmatched += other.unmatched
+        self.runs_cpu_us.append(other.cpu_us)
+
+    def lat(self, samples: list[float]) -> Latency:
+        return Latency(sorted(samples), self.failed)
 
 
-def split_run(client: AgentClient, proj: TimedProjector, n: int, rate: int, prefix: str) -> Split:
-    """Emit n events at a steady rate; split each one's emit -> outcome time at the projector hand-over."""
-    proj.handed.clear()
-    sent: dict[uuid.UUID, float] = {}
-    done: dict[uuid.UUID, float] = {}
+def _last(noted: list[tuple[float, list[str]]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for at, ids in noted:
+        for i in ids:
+            out[i] = at
+    return out
+
+
+def split_of(sent: dict[str, float], acked: dict[str, float], noted: dict[str, list[Any]],
+             woke: list[tuple[float, list[str]]], resolved: dict[str, float], statuses: dict[str, Outcome]) -> Split:
+    """Each event's steps from the timestamps of the agent (``sent``, ``acked``, ``woke``, ``resolved``) and
+    of the projector (``noted``: hand-overs and writes); an event without a COMMITTED outcome is a failure,
+    one missing a timestamp is left out of the figures (counted)."""
+    handed = _last([(a, ids) for a, _, ids in noted["handed"]])
+    started = _last([(a, ids) for a, _, ids in noted["written"]])
+    committed = _last([(b, ids) for _, b, ids in noted["written"]])
+    notified: dict[str, float] = {}
+    for at, ids in woke:
+        for named in ids:
+            notified.setdefault(named, at)
+    sp = Split(batch_sizes=[len(ids) for _, _, ids in noted["written"]])
+    for eid, t_sent in sent.items():
+        if statuses.get(eid) is not Outcome.COMMITTED:
+            sp.failed += 1
+            continue
+        points = (t_sent, acked.get(eid), handed.get(eid), started.get(eid), committed.get(eid), notified.get(eid),
+                  resolved.get(eid))
+        ts = [p for p in points if p is not None]
+        if len(ts) < len(points):
+            sp.unmatched += 1
+            continue
+        for step, a, b in zip(STEPS, ts, ts[1:], strict=False):
+            sp.steps[step].append(b - a)
+        sp.total.append(ts[-1] - ts[0])
+        sp.broker.append(ts[2] - ts[0])
+        sp.ours.append(ts[-1] - ts[2])
+    return sp
+
+
+def split_run(client: TimedClient, woke: list[tuple[float, list[str]]], proj: TimedProjectorProcess,
+              cpu: CpuMeter, n: int, rate: int, prefix: str) -> Split:
+    """Emit n events at a steady rate and split each one's emit -> outcome time into its steps."""
+    proj.take()
+    client.acked.clear()
+    woke.clear()
+    sent: dict[str, float] = {}
+    resolved: dict[str, float] = {}
+    statuses: dict[str, Outcome] = {}
     lock = threading.Lock()
 
-    def on_done(eid: uuid.UUID) -> Any:
+    def on_done(eid: str) -> Any:
         def cb(f: Future[EmitResult]) -> None:
-            if f.exception() is None and f.result().status is Outcome.COMMITTED:
+            now = time.monotonic()
+            if f.exception() is None:
                 with lock:
-                    done[eid] = time.perf_counter()
+                    resolved[eid] = now
+                    statuses[eid] = f.result().status
         return cb
 
     handles = []
-    t0 = time.perf_counter()
+    cpu.start()
+    t0 = time.monotonic()
     for i, (e, s) in enumerate(make_events(n, prefix, seed=rate)):
-        delay = t0 + i / rate - time.perf_counter()
+        delay = t0 + i / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        now = time.perf_counter()
+        now = time.monotonic()
         h = client.emit(e, s)
-        sent[h.event_id] = now
-        h.future.add_done_callback(on_done(h.event_id))
+        eid = str(h.event_id)
+        sent[eid] = now
+        h.future.add_done_callback(on_done(eid))
         handles.append(h)
     for h in handles:
         try:
             h.result(30)
         except Exception:  # counted as failed below
             continue
-    handed: dict[uuid.UUID, float] = {}
-    for at, values in list(proj.handed):
-        for v in values:
-            try:
-                handed[uuid.UUID(json.loads(v or b"{}")["event_id"])] = at
-            except (ValueError, KeyError, TypeError):
-                continue
-    broker, ours, total = [], [], []
+    cpu.stop()
+    time.sleep(0.5)  # the projector notes a write after its commit: under load, after the outcome arrived
+    noted = proj.take()
+    acked: dict[str, float] = {}
+    for at, value in client.acked:
+        try:
+            acked[str(json.loads(value or b"{}")["event_id"])] = at
+        except (ValueError, KeyError, TypeError):
+            continue
     with lock:
-        for eid, t_sent in sent.items():
-            if eid in done and eid in handed:
-                broker.append(handed[eid] - t_sent)
-                ours.append(done[eid] - handed[eid])
-                total.append(done[eid] - t_sent)
-    failed = n - len(total)
-    return Split(Latency(sorted(broker), failed), Latency(sorted(ours), failed), Latency(sorted(total), failed))
+        sp = split_of(sent, acked, noted, woke, resolved, statuses)
+    sp.cpu_us = {k: v / n * 1e6 for k, v in cpu.used.items()}
+    return sp
 
 
-def probes(bootstrap: str, label: str) -> None:
-    admin_settings = Settings.from_env().with_servers("postgresql://unused", bootstrap)
-    for fw, mb in SETTINGS_TRIED:
-        topic = f"probe-{uuid.uuid4().hex[:8]}"
-        ensure_topics(admin_settings, {topic: 1})
-        lat = broker_probe(bootstrap, topic, fw, mb)
-        print(f"  [{label}] fresh topic, fetch.wait.max.ms={fw:<4} fetch.min.bytes={mb:<6}: {lat.line()}",
-              flush=True)
+def idle_cpu(cpu: CpuMeter, seconds: float = IDLE_SECONDS) -> float:
+    """The broker's CPU (percent of one core) while the projector waits on an idle intake topic."""
+    cpu.start()
+    time.sleep(seconds)
+    cpu.stop()
+    return cpu.used.get("tansu", 0.0) / seconds * 100
 
 
-def aged_topic_probe(bootstrap: str, messages: int, linger_ms: int) -> None:
-    """The same probe on one partition that already holds ``messages`` messages produced with
-    ``linger_ms`` (tansu's in-memory store keeps one object per produced batch and lists them all on
-    every fetch, so its fetch cost grows with the partition's history)."""
-    admin_settings = Settings.from_env().with_servers("postgresql://unused", bootstrap)
-    topic = f"aged-{uuid.uuid4().hex[:8]}"
-    ensure_topics(admin_settings, {topic: 1})
-    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS, "linger.ms": linger_ms})
-    t0 = time.perf_counter()
-    for i in range(messages):
-        while True:
-            try:
-                producer.produce(topic, value=b"x" * 100, partition=0)
+def print_split(label: str, sp: Split, idle: float | None = None) -> None:
+    load = os.getloadavg()[0]
+    print(f"  [{label}] emit -> outcome total : {sp.lat(sp.total).line()}   load {load:.2f}")
+    print(f"  [{label}]   broker share        : {sp.lat(sp.broker).line()}")
+    print(f"  [{label}]   our share           : {sp.lat(sp.ours).line()}")
+    for s in STEPS:
+        print(f"  [{label}]     {s:<8}          : {sp.lat(sp.steps[s]).line()}")
+    sizes = sorted(sp.batch_sizes) or [0]
+    cpu = ", ".join(f"{k} {v:.0f}" for k, v in sp.cpu_us.items() if not k.startswith("machine"))
+    idle_text = "" if idle is None else f"; tansu idle {idle:.1f}% of a core"
+    unmatched = f", {sp.unmatched} without every timestamp" if sp.unmatched else ""
+    print(f"  [{label}]   batches {len(sp.batch_sizes)}{unmatched}, median size {sizes[len(sizes) // 2]}; "
+          f"CPU µs/event: {cpu}{idle_text}", flush=True)
+
+
+def settle(client: AgentClient, prefix: str) -> None:
+    """Until the projector answers: it joined its group and its connections are warm."""
+    deadline = time.monotonic() + 90
+    for i in range(1_000_000):
+        event, stream = make_events(1, f"{prefix}-warm{i}", 1)[0]
+        try:
+            if client.emit_and_wait(event, stream, timeout=10).status is Outcome.COMMITTED:
                 break
-            except BufferError:
-                producer.poll(0.01)
-        if i % 1000 == 0:
-            producer.poll(0)
-    producer.flush(120)
-    fill = time.perf_counter() - t0
-    lat = broker_probe(bootstrap, topic, 10, 1)
-    print(f"  topic aged by {messages:,} messages (linger.ms={linger_ms}, produced in {fill:.1f} s), "
-          f"fetch.wait.max.ms=10: {lat.line()}", flush=True)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+    for event, stream in make_events(20, f"{prefix}-warm", 2):  # warm the listener's prepared lookup
+        client.emit_and_wait(event, stream, timeout=10)
 
 
-def print_split(label: str, rate: int, sp: Split) -> None:
-    print(f"  [{label}] emit -> outcome at {rate}/s, total          : {sp.total.line()}")
-    print(f"  [{label}]   emit -> projector has it (broker) : {sp.broker.line()}")
-    print(f"  [{label}]   projector has it -> outcome (ours): {sp.ours.line()}", flush=True)
-
-
-def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000) -> int:
-    """Run the probes and the split before and after ``heavy`` events of traffic."""
-    print(f"broker latency benchmark: probes of 300 messages at 500/s; split of {events} events at {rate}/s; "
-          f"heavy traffic {heavy:,} events; load average {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs, "
-          "shared machine)", flush=True)
+def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tuple[int, ...] = (10, 1, 2, 5),
+         rounds: int = 2, probe: bool = True) -> int:
+    """Fresh broker, the throughput run, then each fetch wait ``rounds`` times alternately; a summary."""
+    default = Settings().projector_fetch_wait_ms
+    print(f"emit -> outcome latency benchmark: {events} events at {rate}/s per run; throughput run {heavy:,} "
+          f"events; projector fetch.wait.max.ms {', '.join(map(str, waits))} x {rounds} rounds alternately "
+          f"(default {default}, baseline {BASELINE_WAIT}); load average {os.getloadavg()[0]:.2f} "
+          f"({os.cpu_count()} CPUs, shared machine); one monotonic clock across processes", flush=True)
+    logdir = Path(tempfile.mkdtemp(prefix="eventstore-latency-"))
+    merged: dict[int, Split] = {w: Split() for w in waits}
+    others = Split()  # the fresh and right-after runs, for the correctness count
+    idles: dict[int, list[float]] = {w: [] for w in waits}
     with EmbeddedServers(None) as servers:
         upgrade(servers.postgres.url)
         bootstrap = servers.broker.bootstrap
         settings = Settings.from_env().with_servers(servers.postgres.url, bootstrap).replace(
             namespace="lat", projector_group="lat")
-        print("\n1) fresh broker")
-        probes(bootstrap, "fresh")
-        proj = TimedProjector(settings).start()
-        try:
-            with bench_agents.client("lat-agent", settings) as client:
-                warm_event, warm_stream = make_events(1, "warm", 1)[0]
-                client.emit_and_wait(warm_event, warm_stream, timeout=60)
-                print_split("fresh", rate, split_run(client, proj, events, rate, "f"))
-                print(f"\n2) heavy traffic: {heavy:,} events pre-filled into the same intake topic and drained")
-                t0 = time.perf_counter()
-                prefill(settings, heavy)
-                while proj.stats.committed < heavy + events + 1:
-                    if time.perf_counter() - t0 > 600:
-                        raise RuntimeError("the heavy traffic was not drained within 600 s")
-                    time.sleep(0.05)
-                print(f"  drained in {time.perf_counter() - t0:.1f} s", flush=True)
-                # The publisher (a thread of this process) may still be sending the backlog to the
-                # committed topic: measuring then would time our code against that catch-up.
-                target = proj.stats.committed
-                while proj.publisher is not None and proj.publisher.position < target:
-                    if time.perf_counter() - t0 > 600:
-                        raise RuntimeError("the publisher did not catch up within 600 s")
-                    time.sleep(0.05)
-                print(f"  published in {time.perf_counter() - t0:.1f} s (the publisher caught up)", flush=True)
-                print_split("after heavy traffic", rate, split_run(client, proj, events, rate, "h"))
-        finally:
-            proj.stop()
-        probes(bootstrap, "after heavy traffic")
-        print("\n3) one partition's history (same broker)")
-        for messages, linger in ((0, 0), (20_000, 0), (heavy, 0), (heavy, 20)):
-            aged_topic_probe(bootstrap, messages, linger)
-    print(f"\nload average after the run {os.getloadavg()[0]:.2f}")
-    return 0
+        with psycopg.connect(servers.postgres.url, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            client, woke = timed_client("lat-agent", settings)
+            try:
+                print(f"\n1) fresh broker (projector fetch.wait.max.ms={default})", flush=True)
+                with timed_projector(settings, default, logdir) as proj:
+                    cpu = _meter(servers, postmaster, proj)
+                    settle(client, "fresh")
+                    idle = idle_cpu(cpu)
+                    sp = split_run(client, woke, proj, cpu, events, rate, "f")
+                    print_split(f"fresh, {default} ms", sp, idle)
+                    others.merge(sp)
+                    print(f"\n2) throughput run: {heavy:,} events pre-filled into the same intake topic and drained",
+                          flush=True)
+                    start = head(conn)
+                    t0 = time.monotonic()
+                    prefill(settings, heavy)
+                    while head(conn) < start + heavy:
+                        if time.monotonic() - t0 > 600 or proj.proc.poll() is not None:
+                            raise RuntimeError("the throughput run was not drained within 600 s")
+                        time.sleep(0.02)
+                    row = conn.execute("SELECT coalesce(max(position), 0) FROM publisher_checkpoints").fetchone()
+                    behind = head(conn) - int(row[0] if row else 0)
+                    print(f"  drained in {time.monotonic() - t0:.1f} s ({heavy / (time.monotonic() - t0):,.0f} "
+                          f"events/s); the steady run starts at once, the publisher's checkpoint {behind:,} events "
+                          "behind the log head", flush=True)
+                    sp = split_run(client, woke, proj, cpu, events, rate, "r")
+                    print_split(f"right after, {default} ms", sp)
+                    others.merge(sp)
+            finally:
+                client.close()
+            # Each setting on topics of its own (same broker): the intake topic's history slows tansu's
+            # fetches (section 4), so settings measured one after another on one topic would not compare.
+            print(f"\n3) the same broker after the throughput run: fetch.wait.max.ms {waits} x {rounds}, "
+                  "alternately, each run on fresh topics", flush=True)
+            for r in range(rounds):
+                for w in waits:
+                    ns = settings.replace(namespace=f"lat-{r}-{w}", projector_group=f"lat-{r}-{w}")
+                    client, woke = timed_client(f"lat-agent-{r}-{w}", ns)
+                    try:
+                        with timed_projector(ns, w, logdir) as proj:
+                            cpu = _meter(servers, postmaster, proj)
+                            settle(client, f"r{r}w{w}")
+                            idle = idle_cpu(cpu)
+                            sp = split_run(client, woke, proj, cpu, events, rate, f"h{r}w{w}")
+                    finally:
+                        client.close()
+                    print_split(f"round {r + 1}, {w} ms", sp, idle)
+                    merged[w].merge(sp)
+                    idles[w].append(idle)
+        summary(merged, idles, rate)
+        if probe:
+            print("\n4) the broker alone: produce -> consume on fresh topics (one partition, assign())")
+            probes(bootstrap, "broker only")
+            print("\n5) the broker alone, one partition's history (stored batches, not messages, cost)")
+            history_probe(bootstrap)
+            print("\n6) the broker's CPU by the projector consumer's fetch wait, idle and at the rate (alternately)")
+            fetch_wait_cost(bootstrap, waits, rate=rate)
+    failed = others.failed + sum(sp.failed for sp in merged.values())
+    print(f"\ncorrectness: {'PASS' if failed == 0 else 'FAIL'} ({failed} emitted events without a COMMITTED "
+          f"outcome); load average after the run {os.getloadavg()[0]:.2f}; logs in {logdir}")
+    return 0 if failed == 0 else 1
 
 
+def _meter(servers: EmbeddedServers, postmaster: int, proj: TimedProjectorProcess) -> CpuMeter:
+    pids = {"agent": os.getpid(), "projector": proj.proc.pid, "postgres": postmaster}
+    if servers.broker._proc is not None:
+        pids["tansu"] = servers.broker._proc.pid
+    return CpuMeter(pids)
+
+
+def summary(merged: dict[int, Split], idles: dict[int, list[float]], rate: int) -> None:
+    base = merged.get(BASELINE_WAIT)
+    print(f"\nSummary after the throughput run (rounds merged; aim at {rate}/s: p50 <= 10 ms, p99 <= 30 ms)")
+    print("  fetch wait | total p50 / p99 ms | broker p50 | ours p50 | fetch p50 | queue p50 | write p50 | "
+          f"notify p50 | lookup p50 | tansu idle % | tansu µs/event | vs {BASELINE_WAIT} ms p50 / p99")
+    for w, sp in merged.items():
+        if not sp.total:
+            print(f"  {w:>7} ms | no outcome arrived")
+            continue
+        t = sp.lat(sp.total)
+        ratio = ""
+        if base is not None and base.total:
+            b = base.lat(base.total)
+            ratio = f"{t.pct(50) / b.pct(50):.2f}x / {t.pct(99) / b.pct(99):.2f}x"
+        idle = sum(idles[w]) / max(len(idles[w]), 1)
+        tansu = sum(c.get("tansu", 0.0) for c in sp.runs_cpu_us) / max(len(sp.runs_cpu_us), 1)
+        steps = " | ".join(f"{sp.lat(sp.steps[s]).pct(50):9.1f}" for s in STEPS[1:])
+        print(f"  {w:>7} ms | {t.pct(50):8.1f} / {t.pct(99):6.1f} | {sp.lat(sp.broker).pct(50):10.1f} | "
+              f"{sp.lat(sp.ours).pct(50):8.1f} | {steps} | {idle:12.1f} | {tansu:14.0f} | {ratio}",
+              flush=True)

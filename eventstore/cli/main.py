@@ -187,6 +187,9 @@ def cmd_follow(args: argparse.Namespace) -> int:
     view = SQLiteView(args.view_file, reducer, accept) if args.view_file else LocalView(reducer, accept)
     stop = threading.Event()
     _stop_on_signals(stop)
+    from eventstore.core.gcpolicy import tune_for_batches
+
+    tune_for_batches()  # this process is the subscriber's: collector settings for batches (docs/perf-subscribers.md)
     sub = Subscriber(args.group, view=view, settings=settings, from_beginning=args.from_beginning).start()
     print(f"following {settings.committed_topic} as {args.group!r} from position {view.position}", flush=True)
     while not stop.wait(0.5) and not sub.finished.is_set():
@@ -258,7 +261,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.which == "latency":
         from eventstore.bench import brokerlatency
 
-        return brokerlatency.main(heavy=args.events or 100_000, rate=args.rate)
+        return brokerlatency.main(heavy=args.events or 100_000, rate=args.rate, events=args.latency_events,
+                                  rounds=1 if args.quick else 2, probe=not args.quick)
     if args.which == "references":
         from eventstore.bench import references
 
@@ -441,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--latency-events", type=int, default=3000, help="events for the latency run")
     bn.add_argument("--rate", type=int, default=1000, help="steady rate (events/s) for the latency run")
     bn.add_argument("--quick", action="store_true",
-                    help="references: smaller runs (drain of 100,000 events); publisher: one round")
+                    help="references: smaller runs (drain of 100,000 events); publisher, latency: one round "
+                         "(latency: without the broker-only probes)")
     bn.add_argument("--profile", action="store_true", help="intake: also print a cProfile of one round")
     bn.add_argument("--default-gc", action="store_true",
                     help="intake: keep CPython's collector settings (the baseline of core/gcpolicy.py)")

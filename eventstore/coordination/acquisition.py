@@ -12,7 +12,7 @@ from typing import Protocol, TypeVar
 
 from eventstore.coordination.alerts import Alerter
 from eventstore.coordination.metrics import LeaseMetrics
-from eventstore.coordination.wakeup import Wakeups
+from eventstore.coordination.wakeup import Wake, Wakeups
 from eventstore.core import lockevents as ev
 from eventstore.core import lockrules as rules
 from eventstore.core.errors import DeadlockDetected, LeaseNotHeldError, LeaseTimeout, LockOrderViolation
@@ -36,6 +36,7 @@ class LeaseHost(Protocol):
     metrics: LeaseMetrics
     alerter: Alerter
     wakeups: Wakeups
+    contended: dict[str, float]  # resource -> time.monotonic() when a request of this process last queued
 
     def run_step(self, fn: Callable[[Cursor], T], attempts: int = 5) -> T: ...
 
@@ -64,6 +65,8 @@ class Lease:
     ttl: float
     released: bool = False
     lost: bool = False
+    # time.perf_counter() when a release's hand-off notification reached this process, if it came so.
+    handed_at: float | None = None
     _keeper: threading.Thread | None = field(default=None, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -132,11 +135,13 @@ class Acquisition:
         self.polls = 0
         self.queued = False
         self.last_detect = time.monotonic()
-        self.wake: threading.Event | None = None
+        self.wake: Wake | None = None
         # Set by a caller that sleeps with ``sleep()`` (cut short by wake-ups); the asyncio API polls.
         self.follows_wakeups = False
 
     def step(self) -> Lease | float | None:
+        if (handed := self._handed()) is not None:
+            return handed
         first = self.polls == 0
         self.polls += 1
         if self.wake is None and self.wait > 0:
@@ -165,6 +170,9 @@ class Acquisition:
             return None
         if res.newly_queued:
             self.queued = True
+            if len(c.contended) > 10_000:
+                c.contended.clear()
+            c.contended[r] = time.monotonic()
             c.metrics.waited(r, a)
         if res.alert is not None:
             c.metrics.wait_exceeded(r, a)
@@ -174,22 +182,64 @@ class Acquisition:
             self.last_detect = now
             self._detect()
         if now >= self.deadline:
+            if (handed := self._handed()) is not None:  # handed to us before we gave up: take it
+                return handed
             self.abandon(f"wait of {self.wait:g}s ran out")
             c.metrics.denied(r, a)
             raise LeaseTimeout(
                 f"agent {a!r} could not get {self.mode.value} lease on {r!r} within {self.wait:g}s "
                 f"(held by {', '.join(res.held_by) or 'nobody'})")
-        # A release wakes the head of the queue (wakeup.py), so a waiter that follows wake-ups while the
-        # listener listens polls only as a backstop (expiry, deadlock detection, heartbeat): its backoff
-        # may grow to the detection interval instead of 0.1 s, sparing the resource's advisory lock.
-        cap = max(0.1, c.detect_interval) if self.follows_wakeups and c.wakeups.listening.is_set() else 0.1
-        return min(rules.backoff(self.polls - 1, cap=cap), max(self.deadline - now, 0.001))
+        # A release hands the lease to the head of the queue or wakes it (wakeup.py), and since 0010 it
+        # sees a waiter that queued in the same instant (both hold the resource's advisory lock), so a
+        # waiter that follows wake-ups while the listener listens polls only as a backstop (expiry,
+        # deadlock detection, heartbeat): every detection interval from the start, not exponentially from
+        # 5 ms. Early polls only took the advisory lock that the releases they wait for need.
+        if self.follows_wakeups and c.wakeups.listening.is_set():
+            delay = rules.backoff(30, cap=max(0.1, c.detect_interval))
+        else:
+            delay = rules.backoff(self.polls - 1, cap=0.1)
+        return min(delay, max(self.deadline - now, 0.001))
+
+    def _handed(self) -> Lease | None:
+        """The lease a release handed to this request, if its notification has arrived. The release's
+        transaction granted it and chained the grant; the notice is only believed after one read (any
+        role may NOTIFY), whose commit writes nothing and needs no flush."""
+        if self.wake is None or self.wake.grant is None:
+            return None
+        g, self.wake.grant = self.wake.grant, None
+        r, a = self.resource, self.agent_id
+        expires_at = self.c.run_step_then_read(lambda cur: lease_store.send_check_handoff(cur, r, a, g.token))
+        if expires_at is None:
+            log.warning("a notice handed %r token %d to %r, but the database holds no such hand-off "
+                        "(forged, or revoked or expired meanwhile); polling instead", r, g.token, a)
+            return None
+        if not self.c.wakeups.claim(r, a, g.token, self):
+            return None  # another request of the same agent in this process took it
+        self.c.metrics.granted(r, a, g.waited_seconds, True)
+        return Lease(self.c, r, a, self.mode, g.token, expires_at, self.ttl, handed_at=g.received_at)
+
+    def _handoff_ok(self, token: int) -> bool:
+        """May this request take, from the database, the hand-off with ``token`` (its notification was
+        missed or came during the poll)? Only a request that queued, and only one request per agent in
+        this process."""
+        return self.queued and self.c.wakeups.claim(self.resource, self.agent_id, token, self)
 
     def _poll(self, first: bool, fast: bool) -> lease_store.StepResult:
-        """One poll. The first one is one transaction (the one-call grant, then the full step if it did not
-        grant), so a request that is not granted takes its place in the queue as of that transaction: a
-        request made later cannot slip in between (FIFO). A queued waiter woken by a release tries the
-        one-call grant alone (one round trip with its commit), then if need be the full step."""
+        """One poll. The first one is one transaction (the one-call grant, then the one-call queueing, or
+        the full step), so a request that is not granted takes its place in the queue as of that
+        transaction: a request made later cannot slip in between (FIFO). Only when neither call decides
+        (an expired holder or a stale waiter to clean up, another lease held whose order must be checked,
+        the agent's first request, a shared request) does the full step run in a second transaction. A
+        queued waiter woken by a release tries the one-call grant alone (one round trip with its commit),
+        then if need be the full step."""
+        if first and self.wait > 0 and self.mode is Mode.EXCLUSIVE:
+            # One round trip with the commit: granted, or queued by the one-call queueing (0010); if
+            # neither call decided (nothing written), the full step runs in a transaction of its own.
+            decided = self.c.run_step_then_read(lambda cur: lease_store.send_first_request(
+                cur, self.resource, self.agent_id, self.mode, self.ttl, self.c.enforce_lock_order,
+                self.expected, self.c.stale_waiter_after))
+            if decided is not None:
+                return decided
         if first:
             return self.c.run_step(lambda cur: self._attempt(cur, first, fast=True))
         if fast:
@@ -206,9 +256,12 @@ class Acquisition:
             return rules.order_violation(requested, held, rank)
 
         check = first and self.c.enforce_lock_order
+        # A resource on which a request of this process queued within the last second is likely busy.
+        prefetch = first and time.monotonic() - self.c.contended.get(self.resource, -1e9) < 1.0
         return lease_store.attempt(cur, self.resource, self.agent_id, self.mode, self.ttl, queue=self.wait > 0,
                           expected=self.expected, stale_after=self.c.stale_waiter_after,
-                          violation_of=violation if check else None, fast=fast)
+                          violation_of=violation if check else None, fast=fast,
+                          handoff_ok=None if first else self._handoff_ok, prefetch=prefetch)
 
     def _detect(self) -> None:
         """Look for a wait-for cycle through this agent; abort this request if it is the victim."""
@@ -245,5 +298,6 @@ class Acquisition:
 
     def abandon(self, reason: str, deadlock: ev.DeadlockFound | None = None) -> None:
         """Leave the wait queue and record why (timeout, deadlock victim, cancellation)."""
-        self.c.run_step(lambda cur: lease_store.leave_queue(cur, self.resource, self.agent_id, self.mode, reason,
-                                                            deadlock))
+        self.c.run_step(lambda cur: lease_store.leave_queue(
+            cur, self.resource, self.agent_id, self.mode, reason, deadlock, stale_after=self.c.stale_waiter_after,
+            handoff_ok=lambda token: self.c.wakeups.claim(self.resource, self.agent_id, token, self)))

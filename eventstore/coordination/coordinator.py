@@ -82,6 +82,7 @@ class Coordinator:
         self.metrics = LeaseMetrics()
         self.alerter = Alerter(alert_webhook if alert_webhook is not None else self.settings.alert_webhook)
         self.wakeups = Wakeups(database)
+        self.contended: dict[str, float] = {}  # resource -> when a request of this process last queued
         self._pool = database.pool(min_size=1, max_size=pool_size, autocommit=False, name="eventstore-coordinator",
                                    check=False)
         # The storage steps behind one typed interface (tests/test_contract_leases.py); the policy is here.

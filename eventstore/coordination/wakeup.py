@@ -1,6 +1,9 @@
 """Prompt wake-ups for waiters: releases NOTIFY, one LISTEN connection per coordinator wakes the
 threads waiting for that resource: only the head of its queue when the payload names it (an exclusive
 head, after which nobody else can be granted; see lease_sql.py), else every waiter of the resource.
+When a release handed the lease to that head in its own transaction (migration 0010), the payload also
+carries the grant (token, expiry, seconds waited): it is given to one waiting request of that agent,
+which checks it with one read (any role may NOTIFY) and returns the lease without a commit of its own.
 
 Polling alone leaves a freed resource idle for up to a backoff interval; with a notification the head
 of the queue polls again at once. Polling stays as the backstop (expiry has no notification, and a
@@ -12,6 +15,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from eventstore.core.errors import EventStoreError
 from eventstore.postgres.connection import Database
@@ -21,21 +27,53 @@ log = logging.getLogger("eventstore.coordination")
 CHANNEL = "eventstore_leases"
 
 
+@dataclass(frozen=True)
+class HandedOff:
+    """A lease a release handed to a waiting agent, as the notification carried it."""
+
+    token: int
+    expires_at: datetime
+    waited_seconds: float
+    received_at: float = 0.0  # time.perf_counter() when the listener handed it over (latency figures)
+
+
+class Wake(threading.Event):
+    """Set when the resource a request waits for is released; ``grant`` is set first when the release
+    handed the lease to this request's agent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grant: HandedOff | None = None
+
+
+def parse(payload: str) -> tuple[str, str, HandedOff | None]:
+    """A notification's resource, head agent ('' = every waiter) and hand-off, if it carries one."""
+    parts = payload.split("\x1f")
+    if len(parts) == 5:
+        token, expires, waited = parts[2:]
+        return parts[0], parts[1], HandedOff(int(token), datetime.fromtimestamp(float(expires), UTC),
+                                             float(waited))
+    return parts[0], parts[1] if len(parts) > 1 else "", None
+
+
 class Wakeups:
     """Registry of waiting threads per resource, fed by a daemon LISTEN thread started on first use."""
 
     def __init__(self, database: Database) -> None:
         self._database = database
         self._lock = threading.Lock()
-        self._waiting: dict[str, dict[threading.Event, str | None]] = {}
+        self._waiting: dict[str, dict[Wake, str | None]] = {}
+        # Hand-offs taken by a request in this process, by (resource, agent): (token, the request). Two
+        # requests of one agent for one resource share one queue place; only one of them takes a hand-off.
+        self._taken: dict[tuple[str, str], tuple[int, object]] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.listening = threading.Event()
 
-    def register(self, resource: str, agent_id: str | None = None) -> threading.Event:
+    def register(self, resource: str, agent_id: str | None = None) -> Wake:
         """An Event that is set whenever ``resource`` is released and ``agent_id`` may be next (any
         agent if None); unregister it when done."""
-        event = threading.Event()
+        event = Wake()
         with self._lock:
             self._waiting.setdefault(resource, {})[event] = agent_id
             if self._thread is None and not self._stop.is_set():
@@ -43,7 +81,17 @@ class Wakeups:
                 self._thread.start()
         return event
 
-    def unregister(self, resource: str, event: threading.Event) -> None:
+    def claim(self, resource: str, agent_id: str, token: int, request: object) -> bool:
+        """Take the hand-off ``token`` of ``resource`` for ``request``: True unless another request of
+        the same agent in this process took it already (asking again for the same request is True)."""
+        with self._lock:
+            taken = self._taken.get((resource, agent_id))
+            if taken is not None and taken[0] == token:
+                return taken[1] is request
+            self._taken[(resource, agent_id)] = (token, request)
+            return True
+
+    def unregister(self, resource: str, event: Wake) -> None:
         with self._lock:
             waiting = self._waiting.get(resource)
             if waiting is not None:
@@ -53,11 +101,18 @@ class Wakeups:
 
     def _wake(self, payload: str) -> None:
         """Wake for one notification: ``resource`` (every waiter) or ``resource`` chr(31) ``agent`` (its head)."""
-        resource, sep, head = payload.rpartition("\x1f")
-        if not sep:
-            resource, head = payload, ""
+        resource, head, grant = parse(payload)
         with self._lock:
-            for event, agent in self._waiting.get(resource, {}).items():
+            waiting = self._waiting.get(resource, {})
+            if grant is not None:
+                for event, agent in waiting.items():
+                    if agent == head and event.grant is None:  # the first request of that agent gets it
+                        event.grant = HandedOff(grant.token, grant.expires_at, grant.waited_seconds,
+                                                time.perf_counter())
+                        event.set()
+                        return
+                return
+            for event, agent in waiting.items():
                 if not head or agent is None or agent == head:
                     event.set()
 

@@ -70,6 +70,14 @@ def consumer_config(settings: Settings, group: str, **extra: Any) -> dict[str, A
             **settings.kafka_config, **extra}
 
 
+def projector_consumer_config(settings: Settings, group: str, **extra: Any) -> dict[str, Any]:
+    """The projector's intake consumer: :func:`consumer_config` with ``fetch.wait.max.ms`` from
+    ``EVENTSTORE_PROJECTOR_FETCH_WAIT_MS`` (more specific, so it wins over ``EVENTSTORE_KAFKA_CONFIG``).
+    On a broker that answers a waiting fetch only when the wait ends (tansu), this wait is most of the
+    broker's share of emit -> outcome latency; other consumers keep :data:`CONSUMER_DEFAULTS`."""
+    return consumer_config(settings, group, **{"fetch.wait.max.ms": settings.projector_fetch_wait_ms, **extra})
+
+
 def ensure_topics(settings: Settings, topics: Mapping[str, int], timeout: float = 15.0) -> None:
     """Create topics that do not exist yet (name -> partitions); an existing topic with another
     partition count is a ConfigurationError (a stream would change partitions and lose its order)."""

@@ -185,10 +185,12 @@ class Database:
                     on_listening(conn)
                 while not stop.is_set():
                     # stop_after=1: hand over what arrived as soon as something did, with whatever is
-                    # already queued behind it; only a quiet connection waits out the timeout.
+                    # already queued behind it (timeout=0 reads what has arrived without waiting for
+                    # more: a wait here would delay every outcome); only a quiet connection waits out
+                    # the timeout.
                     notes = list(conn.notifies(timeout=timeout, stop_after=1))
                     if notes:
-                        notes += conn.notifies(timeout=0.0005)
+                        notes += conn.notifies(timeout=0)
                     yield notes
             except psycopg.Error as e:
                 if not is_transient(e):

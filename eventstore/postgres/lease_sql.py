@@ -33,7 +33,8 @@ ag AS (SELECT status, reason FROM agents WHERE agent_id = %(a)s)
 SELECT 'expired', agent_id, NULL, token, NULL::bigint, NULL::timestamptz, held, NULL::float8, NULL::float8
 FROM exp
 UNION ALL
-SELECT 'holder', h.agent_id, h.mode, h.token, h.hold_count, NULL, NULL, NULL, NULL FROM lease_holders h, t
+SELECT 'holder', h.agent_id, h.mode, h.token, h.hold_count, NULL, NULL, h.handoff::int::float8, NULL
+FROM lease_holders h, t
  WHERE h.resource = %(r)s AND h.expires_at > t.now
 UNION ALL
 SELECT 'waiter', w.agent_id, w.mode, NULL, w.seq, w.enqueued_at, NULL, NULL, NULL FROM lease_waiters w, t
@@ -84,8 +85,8 @@ DELETE FROM lease_waiters WHERE resource = %s AND agent_id = %s
 RETURNING extract(epoch FROM clock_timestamp() - enqueued_at)::float8
 """
 ENQUEUE = """
-INSERT INTO lease_waiters (resource, agent_id, mode, enqueued_at, heartbeat_at, expected_seconds)
-VALUES (%s, %s, %s, clock_timestamp(), clock_timestamp(), %s)
+INSERT INTO lease_waiters (resource, agent_id, mode, enqueued_at, heartbeat_at, expected_seconds, ttl_seconds)
+VALUES (%s, %s, %s, clock_timestamp(), clock_timestamp(), %s, %s)
 ON CONFLICT (resource, agent_id) DO UPDATE SET heartbeat_at = clock_timestamp()
 """
 HEARTBEAT = "UPDATE lease_waiters SET heartbeat_at = clock_timestamp() WHERE resource = %s AND agent_id = %s"
@@ -105,31 +106,33 @@ _WAKE_HEAD = """
                   CASE WHEN w.mode = 'exclusive' THEN w.resource || chr(31) || w.agent_id ELSE w.resource END)
  FROM (SELECT resource, mode, agent_id FROM lease_waiters WHERE resource = %(r)s ORDER BY seq LIMIT 1) w)
 """
-# A live, non-re-entered hold released in one statement: the holder row goes, its LeaseReleased is
-# chained (payload written by the database as jsonb text, the fields of lockevents.LeaseReleased) and the
-# head of the queue is woken.
-RELEASE_FAST = """
-WITH d AS (
-    DELETE FROM lease_holders
-    WHERE resource = %(r)s AND agent_id = %(a)s AND token = %(t)s AND hold_count = 1
-      AND expires_at > clock_timestamp()
-    RETURNING extract(epoch FROM clock_timestamp() - granted_at)::float8 AS held
-),
-ev AS (
-    INSERT INTO lock_events (event_id, stream, type, schema_version, payload, agent_id, lease_resource,
-                             fencing_token)
-    SELECT gen_random_uuid(), 'lease-' || %(r)s::text, 'LeaseReleased', 1,
-           jsonb_build_object('agent_id', %(a)s::text, 'held_seconds', d.held, 'resource', %(r)s::text,
-                              'token', %(t)s::bigint)::text,
-           %(a)s, %(r)s, %(t)s
-    FROM d
-)
-SELECT d.held, """ + _WAKE_HEAD + """
-FROM d
-"""
+# A live, non-re-entered hold released in one call (migration 0010): under the resource's advisory lock it
+# deletes the holder row, hands the lease to the head of the queue when that waiter waits for an exclusive
+# lease (its grant chained in the same commit, the notification carrying it), else wakes the head; a row
+# (seconds held) or none when the full step (``release_rest``) must decide.
+RELEASE_FAST = ("SELECT * FROM eventstore_lease_release(%(r)s::text, %(a)s::text, %(t)s::bigint, %(ns)s::int, "
+                "%(k)s::int, %(stale)s::float8)")
+# A first request that must wait, queued in one call (migration 0010): a row (held_by) or none.
+QUEUE_ONE_CALL = ("SELECT * FROM eventstore_lease_queue(%s::text, %s::text, %s::text, %s::float8, %s::int, %s::int, "
+                  "%s, %s::float8, %s::float8)")
 # The common grant in one call (migration 0009): a row (token, expires_at, waited) or none.
 GRANT_FREE = "SELECT * FROM eventstore_lease_grant_free(%s::text, %s::text, %s::text, %s::float8, %s::int, %s::int, %s)"
 NOTIFY = "SELECT " + _WAKE_HEAD
+# A waiter takes the lease a release handed to it (found by a poll, the notification missed): the flag is
+# cleared so that the same hand-off is taken once.
+TAKE_HANDOFF = """
+UPDATE lease_holders SET handoff = false
+WHERE resource = %s AND agent_id = %s AND handoff AND expires_at > clock_timestamp()
+RETURNING token, mode, expires_at, extract(epoch FROM clock_timestamp() - granted_at)::float8
+"""
+# A waiter told of a hand-off by a notification checks it here (any role may NOTIFY, so a payload is never
+# believed): a read, so its commit needs no flush.
+CHECK_HANDOFF = """
+SELECT expires_at FROM lease_holders
+WHERE resource = %s AND agent_id = %s AND token = %s AND handoff AND expires_at > clock_timestamp()
+"""
+# A waiter that gives up finds the lease handed to it meanwhile (the caller then releases it).
+HANDED_OFF = "SELECT token FROM lease_holders WHERE resource = %s AND agent_id = %s AND handoff AND hold_count = 1"
 DROP_HOLDER = "DELETE FROM lease_holders WHERE resource = %s AND agent_id = %s"
 DECREMENT = "UPDATE lease_holders SET hold_count = hold_count - 1 WHERE resource = %s AND agent_id = %s"
 RENEW = """

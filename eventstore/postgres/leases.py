@@ -7,8 +7,10 @@ projector's batches. Lock order: the resource's advisory lock (namespace ``ADVIS
 tables -> agents -> resources -> the lock chain's head (taken by the step's one append, at its end).
 Every transaction that hands out or bumps a fencing token (grant, expiry, revocation) holds that
 resource's advisory lock, so those steps of one resource are serialised and the tokens increase in
-commit order. A plain release or renew touches only the holder's own row, whose row lock serialises
-it against a concurrent expiry, so it skips the advisory lock.
+commit order. A release takes it too (migration 0010): it may hand the lease to the head of the queue
+in its own transaction (new token, LeaseReleased and LeaseGranted chained in that one commit), and under
+the lock it also sees a waiter that queued in the same instant. A renew touches only the holder's own
+row, whose row lock serialises it against a concurrent expiry, so it skips the advisory lock.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from eventstore.postgres.lease_sql import (
     AGENT_RESOURCES,
     AGENT_STATUS,
     BUMP_FENCE,
+    CHECK_HANDOFF,
     DECREMENT,
     DEQUEUE,
     DROP_HOLDER,
@@ -43,6 +46,7 @@ from eventstore.postgres.lease_sql import (
     GRANT_FREE,
     GRANT_NEW,
     GRANT_SHARED,
+    HANDED_OFF,
     HEARTBEAT,
     HOLDERS,
     KILL,
@@ -50,12 +54,14 @@ from eventstore.postgres.lease_sql import (
     LOCK_AGENT_EARLY,
     MARK_ALERTED,
     NOTIFY,
+    QUEUE_ONE_CALL,
     REENTER,
     RELEASE_FAST,
     RELEASE_ROW,
     RENEW,
     REVIVE,
     SNAPSHOT,
+    TAKE_HANDOFF,
     WAIT_GRAPH,
 )
 from eventstore.postgres.lockchain import LockLog
@@ -82,6 +88,7 @@ class Grant:
     expires_at: datetime
     waited_seconds: float = 0.0
     reentered: bool = False
+    handed_off: bool = False  # granted by a release's hand-off, found by this poll
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,7 @@ class _Snapshot:
     waiters: list[Waiter] = field(default_factory=list)
     fence: int | None = None
     held_elsewhere: list[str] = field(default_factory=list)
+    handed_off: set[str] = field(default_factory=set)  # holders granted by a release's hand-off, not yet taken
     agent: tuple[str, str | None] | None = None
     my_wait: tuple[float, bool, float | None, float] | None = None  # waited, alerted, expected, heartbeat age
 
@@ -156,12 +164,18 @@ def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> 
     its live holders, its queue, its fence token, the other resources the agent holds, and the agent's
     status (re-checked under a lock by the grant itself)."""
     cur.execute(SNAPSHOT, {"r": resource, "a": agent_id, "stale": stale_after})
+    return _read_snapshot(cur, resource)
+
+
+def _read_snapshot(cur: Cursor, resource: str) -> _Snapshot:
     snap = _Snapshot()
     for kind, name, mode, num, seq, at, held, expected, age in cur.fetchall():
         if kind == "expired":
             snap.expired.append(Expiry(resource, str(name), int(num), float(held)))
         elif kind == "holder":
             snap.holders.append((str(name), Mode(mode), int(num)))
+            if expected:
+                snap.handed_off.add(str(name))
         elif kind == "waiter":
             snap.waiters.append(Waiter(resource, str(name), Mode(mode), int(seq), at))
         elif kind == "fence":
@@ -178,22 +192,70 @@ def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> 
 
 def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool,
             expected: float | None, stale_after: float,
-            violation_of: Callable[[str, list[str]], str | None] | None = None, fast: bool = True) -> StepResult:
-    """One try to get a lease: grant it, re-enter it, or (if ``queue``) keep a place in the FIFO queue.
+            violation_of: Callable[[str, list[str]], str | None] | None = None, fast: bool = True,
+            handoff_ok: Callable[[int], bool] | None = None, prefetch: bool = False) -> StepResult:
+    """One try to get a lease: grant it, re-enter it, take the lease a release handed to it, or (if
+    ``queue``) keep a place in the FIFO queue.
 
     With ``violation_of`` (the pure lock-order rule) the request is first checked against the other
     resources the agent holds; a violation is recorded and returned as the error. With ``fast`` the
     common grant (a free resource, or the agent at the head of its queue, no other lease to check the
     order against) is tried first in one call (``GRANT_FREE``); anything else runs the full step after
     it, in the same transaction. Pollers that are unlikely to be granted pass ``fast=False``.
+
+    ``handoff_ok`` is given by a request that has queued: when the agent holds the resource by a hand-off
+    it has not taken yet (migration 0010) and ``handoff_ok(token)`` agrees (the hand-off was not already
+    taken in this process), that hold is the grant of this request, not a re-entry.
+
+    With ``prefetch`` (and ``fast``) the full step's locks and snapshot are sent together with the one-call
+    grant, in one round trip, and the snapshot is dropped if it granted: a request that is likely to be
+    queued (its resource was contended a moment ago) then holds the resource's advisory lock for one
+    round trip less, and that lock is what the release it waits for needs.
     """
-    if fast and (free := send_grant_free(cur, resource, agent_id, mode, ttl, violation_of is not None)()):
+    snap: _Snapshot | None = None
+    if fast and prefetch:
+        read_free = send_grant_free(cur, resource, agent_id, mode, ttl, violation_of is not None)
+        with cur.connection.cursor() as more:
+            _lock(more, resource)
+            more.execute(LOCK_AGENT_EARLY, (agent_id,))
+            more.execute(SNAPSHOT, {"r": resource, "a": agent_id, "stale": stale_after})
+            free = read_free()
+            snap = _read_snapshot(more, resource)  # read either way: no result is left pending
+        if free:
+            return StepResult(grant=free)
+    elif fast and (free := send_grant_free(cur, resource, agent_id, mode, ttl, violation_of is not None)()):
         return StepResult(grant=free)
     log = LockLog()
     result = _attempt(cur, log, resource, agent_id, mode, ttl, queue=queue, expected=expected,
-                      stale_after=stale_after, violation_of=violation_of)
+                      stale_after=stale_after, violation_of=violation_of, handoff_ok=handoff_ok, snap=snap)
     log.append(cur)
     return result
+
+
+def send_first_request(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, check_order: bool,
+                       expected: float | None, stale_after: float) -> Callable[[], StepResult | None]:
+    """Send a first request that needs no answer before its commit (migration 0010): the one-call grant,
+    then the one-call queueing (which does nothing if the grant was made, or if the full step must
+    decide). The reader gives the grant or the queued result, or None when neither call decided and
+    nothing was written; the full step then runs in a transaction of its own. With the commit in the
+    same round trip, the resource's advisory lock is held for no client round trip."""
+    read_free = send_grant_free(cur, resource, agent_id, mode, ttl, check_order)
+    more = cur.connection.cursor()
+    more.execute(QUEUE_ONE_CALL, (resource, agent_id, mode.value, ttl, ADVISORY_NS, key_of(resource), check_order,
+                                  expected, stale_after))
+
+    def read() -> StepResult | None:
+        try:
+            free = read_free()
+            queued = more.fetchone()
+        finally:
+            more.close()
+        if free is not None:
+            return StepResult(grant=free)
+        if queued is not None:
+            return StepResult(held_by=list(queued[0]), newly_queued=True)
+        return None
+    return read
 
 
 def send_grant_free(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float,
@@ -214,10 +276,12 @@ def send_grant_free(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: 
 
 def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool,
              expected: float | None, stale_after: float,
-             violation_of: Callable[[str, list[str]], str | None] | None) -> StepResult:
-    _lock(cur, resource)
-    cur.execute(LOCK_AGENT_EARLY, (agent_id,))
-    snap = _snapshot(cur, resource, agent_id, stale_after)
+             violation_of: Callable[[str, list[str]], str | None] | None,
+             handoff_ok: Callable[[int], bool] | None = None, snap: _Snapshot | None = None) -> StepResult:
+    if snap is None:
+        _lock(cur, resource)
+        cur.execute(LOCK_AGENT_EARLY, (agent_id,))
+        snap = _snapshot(cur, resource, agent_id, stale_after)
     expired, rows, waiters, fence = snap.expired, snap.holders, snap.waiters, snap.fence
     if expired:
         fence = _bump(cur, resource)
@@ -240,6 +304,15 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
             f"agent {agent_id!r} was stopped by the kill switch ({reason}); an operator must revive it"))
     holders = [Holder(resource, a, m) for a, m, _ in rows]
     mine = [h for h in holders if h.agent_id == agent_id]
+    if mine and agent_id in snap.handed_off and handoff_ok is not None:
+        token = next(t for a, _, t in rows if a == agent_id)
+        if handoff_ok(token):
+            cur.execute(TAKE_HANDOFF, (resource, agent_id))
+            taken = cur.fetchone()
+            if taken is not None:  # handed to this request by a release; the notification was missed
+                tok, held_mode, expires_at, _age = taken
+                return StepResult(expired=expired, grant=Grant(resource, agent_id, Mode(held_mode), int(tok),
+                                                               expires_at, handed_off=True))
     if mine:
         if mine[0].mode is Mode.SHARED and mode is Mode.EXCLUSIVE:
             return StepResult(expired=expired, error=CoordinationError(
@@ -277,7 +350,7 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
     # Keep the place in the queue. Most polls only read: the heartbeat is refreshed when it is a quarter
     # of the way to stale, so a waiting poll rarely needs a WAL flush at commit.
     if snap.my_wait is None:
-        cur.execute(ENQUEUE, (resource, agent_id, mode.value, expected))
+        cur.execute(ENQUEUE, (resource, agent_id, mode.value, expected, ttl))
         waited, alerted, expected_db = 0.0, False, expected
         log.add(lease_stream(resource), ev.LeaseWaited(
             resource=resource, agent_id=agent_id, mode=mode.value, held_by=held_by,
@@ -296,15 +369,33 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
     return result
 
 
+def send_check_handoff(cur: Cursor, resource: str, agent_id: str, token: int) -> Callable[[], datetime | None]:
+    """Send the check of a hand-off a notification announced; the reader gives its expiry, or None if
+    the database holds no such hand-off (forged notice, or revoked or expired meanwhile)."""
+    cur.execute(CHECK_HANDOFF, (resource, agent_id, token))
+
+    def read() -> datetime | None:
+        row = cur.fetchone()
+        return None if row is None else row[0]
+    return read
+
+
 def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: str,
-                deadlock: ev.DeadlockFound | None = None) -> float | None:
+                deadlock: ev.DeadlockFound | None = None, *, stale_after: float = 5.0,
+                handoff_ok: Callable[[int], bool] | None = None) -> float | None:
     """Give up waiting (timeout, deadlock victim, interruption): remove the queue entry and record why.
-    Returns how long it waited, or None if it was not queued."""
+    Returns how long it waited, or None if it was not queued. If a release handed the lease to this
+    waiter before it gave up (and ``handoff_ok(token)``: not taken in this process), that lease is
+    released here, handed on to the next waiter, so a waiter that walks away never keeps it."""
     log = LockLog()
     _lock(cur, resource)
     cur.execute(DEQUEUE, (resource, agent_id))
     row = cur.fetchone()
     if row is None:
+        cur.execute(HANDED_OFF, (resource, agent_id))
+        handed = cur.fetchone()
+        if handed is not None and (handoff_ok is None or handoff_ok(int(handed[0]))):
+            send_release_fast(cur, resource, agent_id, int(handed[0]), stale_after)()
         return None
     if deadlock is not None:
         log.add(lease_stream(resource), deadlock, agent_id)
@@ -317,11 +408,14 @@ def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: s
     return float(row[0])
 
 
-def send_release_fast(cur: Cursor, resource: str, agent_id: str, token: int) -> Callable[[], float | None]:
-    """Send the common release (a live, non-re-entered hold: one statement that also chains its
-    LeaseReleased and wakes the queue's head); the reader gives the seconds held, or None if the statement
-    changed nothing and ``release_rest`` must decide (in a transaction of its own or the same one)."""
-    cur.execute(RELEASE_FAST, {"r": resource, "a": agent_id, "t": token})
+def send_release_fast(cur: Cursor, resource: str, agent_id: str, token: int,
+                      stale_after: float = 5.0) -> Callable[[], float | None]:
+    """Send the common release (a live, non-re-entered hold: one call, migration 0010, that also chains
+    its LeaseReleased and hands the lease to the head of the queue, or wakes it); the reader gives the
+    seconds held, or None if the call changed nothing and ``release_rest`` must decide (in a transaction
+    of its own or the same one). Waiters whose heartbeat is older than ``stale_after`` are passed over."""
+    cur.execute(RELEASE_FAST, {"r": resource, "a": agent_id, "t": token, "ns": ADVISORY_NS,
+                               "k": key_of(resource), "stale": stale_after})
 
     def read() -> float | None:
         row = cur.fetchone()
@@ -329,14 +423,14 @@ def send_release_fast(cur: Cursor, resource: str, agent_id: str, token: int) -> 
     return read
 
 
-def release(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple[float | None, Expiry | None]:
+def release(cur: Cursor, resource: str, agent_id: str, token: int,
+            stale_after: float = 5.0) -> tuple[float | None, Expiry | None]:
     """Release one hold. Returns (held seconds if the lease is now free of this agent, expiry if it had
     expired). Raises LeaseNotHeldError if the agent does not hold this grant.
 
-    The common case (a live, non-re-entered hold) is one statement and needs no advisory lock: it hands
-    out no token, and a concurrent expiry of the same row is serialised by the row lock.
+    The common case (a live, non-re-entered hold) is one call that may hand the lease to the next waiter.
     """
-    held = send_release_fast(cur, resource, agent_id, token)()
+    held = send_release_fast(cur, resource, agent_id, token, stale_after)()
     if held is not None:
         return held, None
     return release_rest(cur, resource, agent_id, token)

@@ -84,14 +84,16 @@ class PostgresLeaseStore:
             cur, resource, agent_id, mode, ttl, queue=queue, expected=expected, stale_after=self.stale_after))
 
     def leave_queue(self, resource: str, agent_id: str, mode: Mode, reason: str) -> float | None:
-        return self._runner.run_step(lambda cur: leases.leave_queue(cur, resource, agent_id, mode, reason))
+        return self._runner.run_step(lambda cur: leases.leave_queue(
+            cur, resource, agent_id, mode, reason, stale_after=self.stale_after))
 
     def renew(self, resource: str, agent_id: str, token: int, ttl: float) -> datetime:
         return self._runner.run_step(lambda cur: leases.renew(cur, resource, agent_id, token, ttl))
 
     def release(self, resource: str, agent_id: str, token: int) -> tuple[float | None, Expiry | None]:
         # The common case in one round trip; the rest (re-entered, expired, not held) in a second step.
-        held = self._runner.run_step_then_read(lambda cur: leases.send_release_fast(cur, resource, agent_id, token))
+        held = self._runner.run_step_then_read(
+            lambda cur: leases.send_release_fast(cur, resource, agent_id, token, self.stale_after))
         if held is not None:
             return held, None
         return self._runner.run_step(lambda cur: leases.release_rest(cur, resource, agent_id, token))

@@ -33,7 +33,7 @@ from eventstore.core.opsevents import ProjectorStalled
 from eventstore.core.outcomes import Outcome
 from eventstore.core.settings import Settings
 from eventstore.core.validation import printable
-from eventstore.kafka.config import consumer_config, ensure_topics, pipeline_topics, producer_config
+from eventstore.kafka.config import ensure_topics, pipeline_topics, producer_config, projector_consumer_config
 from eventstore.kafka.probe import partitions_reaching
 from eventstore.postgres.connection import Database, converted_errors
 from eventstore.postgres.intake import (
@@ -142,7 +142,7 @@ class Projector(BackgroundRunner):
         """Consume until stop() (or SIGTERM via the CLI). A fatal error ends the loop; run in a
         thread (``start()``), it is kept in ``self.error``."""
         conn = self._connect()
-        consumer = Consumer(consumer_config(self.settings, self.group))
+        consumer = Consumer(projector_consumer_config(self.settings, self.group))
         producer = Producer(producer_config(self.settings))
 
         def on_assign(c: Consumer, parts: list[TopicPartition]) -> None:

@@ -25,10 +25,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pydantic_core
 
 from eventstore.core.errors import DecodeError
 from eventstore.core.hashing import _as_jsonb_returns as as_jsonb_returns
+from eventstore.core.hashing import canonical_json, chain_link, hashed_time, intent_hash, recorded_hash
 from eventstore.core.limits import DEFAULT_MAX_COMMITTED_BYTES
 from eventstore.core.records import RecordedEvent
 from eventstore.wire.envelope import Headers
@@ -171,3 +173,119 @@ def decode_committed(value: bytes | None) -> RecordedEvent:
 def _hex(value: Any) -> bytes | None:
     """A chain hash from its hex form; a message without one (an older publisher) carries None."""
     return None if value is None else bytes.fromhex(str(value))
+
+
+# -- the subscriber's one-pass decoder ---------------------------------------------------------------
+# The fields decode_committed reads, typed as the publisher writes them: msgspec checks types while it
+# reads the bytes and builds the UUIDs in C; the payload stays raw JSON text and is parsed by the same
+# parser decode_committed uses. Anything this does not take (another type, a stub, a lone surrogate, any
+# error) goes through decode_committed, so both give the same event or the same refusal.
+class _WireCommitted(msgspec.Struct, gc=False):
+    position: int
+    event_id: str
+    stream: str
+    version: int
+    type: str
+    schema_version: int
+    payload: msgspec.Raw
+    agent_id: str
+    idempotency_key: str
+    correlation_id: str
+    causation_id: str | None
+    occurred_at: str | None
+    recorded_at: str
+    lease_resource: str | None
+    fencing_token: int | None
+    prev_hash: str | None = None
+    hash: str | None = None
+    payload_omitted: Any = None
+
+
+_COMMITTED = msgspec.json.Decoder(_WireCommitted)
+_new = object.__new__
+_set = object.__setattr__
+_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def _uuid(text: str) -> uuid.UUID:
+    """``uuid.UUID(text)`` for the canonical form (lowercase, hyphenated: what the publisher writes and the
+    chain hashes), built without its parsing (half its cost); ValueError for any other form."""
+    digits = text.replace("-", "")
+    if len(text) != 36 or text[8] != "-" or text[13] != "-" or text[18] != "-" or text[23] != "-":
+        raise ValueError("not a canonical UUID")
+    number = int(digits, 16)
+    if f"{number:032x}" != digits:
+        raise ValueError("not a canonical UUID")
+    value: uuid.UUID = _new(_UUID)
+    _set(value, "int", number)
+    _set(value, "is_safe", _UNKNOWN)
+    return value
+
+
+def _stamp(text: str) -> tuple[datetime, str]:
+    """A timestamp and its text as the chain hashes it (``hashed_time``). The publisher's form
+    ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (a non-zero fraction) already is that text with ``+00:00`` for ``Z``;
+    any other form that ``fromisoformat`` takes is formatted by ``hashed_time``."""
+    value = _fromiso(text)
+    if (len(text) == 27 and text[26] == "Z" and text[19] == "." and text[10] == "T" and text[4] == "-"
+            and text[7] == "-" and text[13] == ":" and text[16] == ":" and text[20:26] != "000000"):
+        return value, text[:26] + "+00:00"
+    return value, hashed_time(value)
+
+
+def _decode_fast(value: bytes) -> tuple[RecordedEvent, bytes | None] | None:
+    try:
+        w = _COMMITTED.decode(value)
+        if w.payload_omitted is not None:
+            return None
+        raw = bytes(w.payload)
+        payload = _from_json(raw) if raw[:1] == b"{" else None
+        if not isinstance(payload, dict):
+            return None
+        eid_text, cid_text, caus_text = w.event_id, w.correlation_id, w.causation_id
+        eid = _uuid(eid_text)
+        cid = eid if cid_text == eid_text else _uuid(cid_text)
+        caus = None if caus_text is None else _uuid(caus_text)
+        occ_text = w.occurred_at
+        if occ_text is None:
+            occurred, occ_hashed = None, ""
+        else:
+            occurred, occ_hashed = _stamp(occ_text)
+        recorded, rec_hashed = _stamp(w.recorded_at)
+        prev_text, hash_text = w.prev_hash, w.hash
+        prev = None if prev_text is None else bytes.fromhex(prev_text)
+        claimed = None if hash_text is None else bytes.fromhex(hash_text)
+        position, stream, version, etype, schema = w.position, w.stream, w.version, w.type, w.schema_version
+        lease, token = w.lease_resource, w.fencing_token
+        ev: RecordedEvent = _new(RecordedEvent)
+        _set(ev, "__dict__", {
+            "position": position, "event_id": eid, "stream": stream, "version": version, "type": etype,
+            "schema_version": schema, "payload": payload, "agent_id": w.agent_id,
+            "idempotency_key": w.idempotency_key, "correlation_id": cid, "causation_id": caus,
+            "occurred_at": occurred, "recorded_at": recorded, "lease_resource": lease, "fencing_token": token,
+            "prev_hash": prev, "hash": claimed})
+        if prev is None or claimed is None:
+            return ev, None
+        intent = intent_hash(etype, schema, stream, canonical_json(payload))
+        link = chain_link(prev, position, eid_text, stream, version, w.agent_id, w.idempotency_key, cid_text,
+                          caus_text or "", occ_hashed, rec_hashed, lease or "",
+                          "" if token is None else str(token), intent)
+        return ev, link
+    except (msgspec.MsgspecError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return None
+
+
+def decode_linked(value: bytes | None) -> tuple[RecordedEvent, bytes | None]:
+    """A committed message's event and the chain hash its fields give over its own ``prev_hash`` (None when
+    it carries no ``prev_hash`` or ``hash``): it chains onto ``prev`` when ``ev.prev_hash == prev`` and that
+    hash equals ``ev.hash``. The subscriber's hot path: one msgspec pass over the bytes, hashed from the
+    texts it read; equal to ``decode_committed`` and ``recorded_hash`` (the reference, and the fallback for
+    anything else), which raise the same errors (DecodeError, PayloadOmitted)."""
+    if value is not None:  # msgspec and pydantic_core both refuse a lone surrogate: such a message falls back
+        fast = _decode_fast(value)
+        if fast is not None:
+            return fast
+    ev = decode_committed(value)
+    if ev.prev_hash is None or ev.hash is None:
+        return ev, None
+    return ev, recorded_hash(ev, ev.prev_hash)

@@ -1,0 +1,89 @@
+"""A projector process for ``bench latency`` that notes when its consumer hands over each intake message
+and when that message's batch committed, on the machine's monotonic clock (the benchmark process reads
+the same clock, so the steps of one event compare exactly across the two processes). Not for deployments.
+
+Run as ``python -m eventstore.bench.timedprojector OUT`` with ``EVENTSTORE_*`` in the environment:
+SIGUSR1 writes what was noted since the last dump to OUT (JSON, written whole then renamed), SIGTERM stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka import Consumer
+
+from eventstore.core.settings import Settings
+from eventstore.postgres.intake import BatchResult, IntakeMessage
+from eventstore.projection.projector import Projector
+
+Noted = list[tuple[float, float, list[bytes | None]]]
+
+
+class TimedProjector(Projector):
+    """A Projector noting (when, values) per consumer hand-over and (started, committed, values) per write."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.handed: Noted = []
+        self.written: Noted = []
+
+    def _next_batch(self, consumer: Consumer) -> list[IntakeMessage]:
+        batch = super()._next_batch(consumer)
+        if batch:
+            now = time.monotonic()
+            self.handed.append((now, now, [m.value for m in batch]))
+        return batch
+
+    def _write(self, conn: psycopg.Connection[Any], batch: list[IntakeMessage],
+               poisoned: dict[tuple[int, int], str]) -> BatchResult:
+        started = time.monotonic()
+        result = super()._write(conn, batch, poisoned)
+        self.written.append((started, time.monotonic(), [m.value for m in batch]))
+        return result
+
+    def take(self) -> dict[str, list[tuple[float, float, list[str]]]]:
+        """What was noted since the last call, with each message as its event id."""
+        handed, self.handed = self.handed, []
+        written, self.written = self.written, []
+        return {"handed": [(a, b, _ids(v)) for a, b, v in handed], "written": [(a, b, _ids(v)) for a, b, v in written]}
+
+
+def _ids(values: list[bytes | None]) -> list[str]:
+    out = []
+    for v in values:
+        try:
+            out.append(str(json.loads(v or b"{}")["event_id"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def main(out: Path) -> int:
+    stop = threading.Event()
+    dump = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, lambda *_: dump.set())
+    proj = TimedProjector(Settings.from_env()).start()
+    try:
+        while not stop.is_set() and not proj.finished.is_set():
+            if dump.wait(0.05):
+                dump.clear()
+                tmp = out.with_suffix(".tmp")
+                tmp.write_text(json.dumps(proj.take()))
+                os.replace(tmp, out)
+    finally:
+        proj.stop()
+    proj.raise_if_failed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1])))
