@@ -2,8 +2,8 @@
 subscriber with a local view and an agent, all in this process against the real servers, keep no Python
 object per event. Counted without timing: Python's allocated blocks and live objects by type after a
 collection, before and after ``MORE`` events; a leak of one small object per event adds ``MORE`` blocks.
-pydantic_core's JSON parser (the subscriber's decoder) keeps a process-wide cache of up to 16,384 short
-strings, bounded but filled by the first tens of thousands of events: the test fills it first.
+pydantic_core's JSON parser (used by the committed-message decoders) keeps a process-wide cache of up to
+16,384 short strings, bounded but filled by the first thousands of events: the test fills it first.
 ``eventstore bench memory`` shows the same for RSS over 1,000,000 events (docs/perf-memory.md)."""
 
 from __future__ import annotations
