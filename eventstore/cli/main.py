@@ -237,7 +237,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.which == "memory":
         from eventstore.bench import memory
 
-        return memory.main(events=args.events or 1_000_000)
+        return memory.main(events=args.events or 1_000_000, heap_trace=args.heap_trace, malloc_trim=args.malloc_trim)
     if args.which == "scale":
         from eventstore.bench import scale
 
@@ -450,6 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--profile", action="store_true", help="intake: also print a cProfile of one round")
     bn.add_argument("--default-gc", action="store_true",
                     help="intake: keep CPython's collector settings (the baseline of core/gcpolicy.py)")
+    bn.add_argument("--heap-trace", action="store_true",
+                    help="memory: tracemalloc in the projector and the subscriber, growth by component (slower)")
+    bn.add_argument("--malloc-trim", type=float, default=0.0, metavar="SECONDS",
+                    help="memory: the projector process returns glibc's free heap memory every SECONDS (experiment)")
     bn.set_defaults(fn=cmd_bench)
     return p
 
