@@ -30,6 +30,7 @@ from typing import Any
 
 import psycopg
 
+from eventstore.bench.leasetimeline import WaitSampler, fifo_floor_ms, read_timeline
 from eventstore.bench.writepath import CpuMeter
 from eventstore.coordination import Coordinator
 from eventstore.core.lockevents import LeaseReleased
@@ -49,7 +50,7 @@ def summary(name: str, lat: list[float], elapsed: float) -> dict[str, float]:
     p50, p99 = pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3
     rate = len(lat) / elapsed
     print(f"  {name:<44} n={len(lat):>6}  p50 {p50:7.3f} ms  p99 {p99:7.3f} ms  {rate:9.0f} ops/s")
-    return {"p50": p50, "p99": p99, "rate": rate}
+    return {"p50": p50, "p99": p99, "rate": rate, "mean": sum(lat) / max(len(lat), 1) * 1e3}
 
 
 def lease_round(c: Coordinator, n: int) -> list[float]:
@@ -60,6 +61,22 @@ def lease_round(c: Coordinator, n: int) -> list[float]:
         c.acquire("bench:solo", agent_id="solo", wait=0).release()
         lat.append(time.perf_counter() - t)
     return lat
+
+
+def lease_round_on(c: Coordinator, resource: str, agent_id: str) -> list[float]:
+    """One acquire+release of ``agent_id`` on ``resource`` (seconds)."""
+    t = time.perf_counter()
+    c.acquire(resource, agent_id=agent_id, ttl=30, wait=60).release()
+    return [time.perf_counter() - t]
+
+
+def wal_fsyncs(url: str) -> int:
+    """WAL fsyncs of the whole server so far (pg_stat_io; backends report at their exit or within a
+    second). Read from the database, so the count does not depend on the machine's load."""
+    with psycopg.connect(url) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        row = conn.execute(WAL_FSYNCS).fetchone()
+    return int(row[0]) if row else 0
 
 
 def chain_floor_round(conn: psycopg.Connection[Any], n: int) -> list[float]:
@@ -165,11 +182,19 @@ def run_threads(agents: int, per_agent: int, body: Callable[[int], list[float]])
     return [x for r in results for x in r], elapsed
 
 
+WAL_FSYNCS = "SELECT coalesce(sum(fsyncs), 0)::bigint FROM pg_stat_io WHERE object = 'wal'"
+WARMUP: list[float] = []  # each agent's first request (own resource) before the contended run
+
+
 def lease_contended(url: str, agents: int, resources: int, per_agent: int) -> tuple[list[float], float]:
+    """The timed run: ``agents`` threads take and release ``resources`` resources in turn. Each agent first
+    takes a resource of its own once (its first request ever, its pool connection opened; WARMUP), so
+    the timed run measures the steady state."""
     c = Coordinator(url, pool_size=agents)
     GRANTS.clear()
     RELEASES.clear()
     HANDED.clear()
+    WARMUP[:] = run_threads(agents, 1, lambda i: lease_round_on(c, f"bench:warm-{i}", f"agent-{i}"))[0]
 
     def body(i: int) -> list[float]:
         lat = []
@@ -341,9 +366,18 @@ def bench(url: str, n: int, per_agent: int) -> None:
           f"PostgreSQL {cpu['lease']['postgres'] / max(cpu['floor']['postgres'], 1e-9):.1f}x")
     for key in ("p50", "p99"):
         print(f"  ratio lease/baseline {key}: {lease_u[key] / adv_u[key]:.1f}x")
-    print(f"contended: 16 agents (threads) on 4 resources, {per_agent} acquire+release each:")
-    lat, wall = lease_contended(url, 16, 4, per_agent)
+    print(f"contended: 16 agents (threads) on 4 resources, {per_agent} acquire+release each "
+          "(after one warm-up request per agent on a resource of its own):")
+    fsyncs = wal_fsyncs(url)
+    with WaitSampler(url) as sampler:
+        lat, wall = lease_contended(url, 16, 4, per_agent)
+    time.sleep(0.5)  # pool connections closed: their backends report their I/O at exit
+    fsyncs = wal_fsyncs(url) - fsyncs
+    print(f"  warm-up (each agent's first request, connection opened): max {max(WARMUP) * 1e3:.1f} ms")
     lease_c = summary("lease", lat, wall)
+    contended_report(url, lease_c, chain["p50"] / 2, fsyncs / max(len(lat), 1))
+    print(f"    server backends, mean number per sample in each state ({sampler.samples} samples of "
+          "pg_stat_activity): " + ", ".join(f"{k} {v:.2f}" for k, v in sampler.shares()))
     handoff = handoffs(url, "bench:r")
     if handoff:
         print(f"  on the database clock: hold (grant -> release) p50 {pct(handoff['hold'], .5):.1f} ms, p99 "
@@ -374,6 +408,26 @@ def bench(url: str, n: int, per_agent: int) -> None:
     print(f"goal contended p99 <= 50 ms with FIFO kept: {goal} ({lease_c['p99']:.1f} ms, {skipped} grants past "
           f"the head of the database's queue; {inversions} pairs by thread clocks)")
     print(f"  load average (1 min) at end: {os.getloadavg()[0]:.2f}")
+
+
+def contended_report(url: str, lease_c: dict[str, float], commit_ms: float, fsyncs_per_request: float) -> None:
+    """Where the contended requests' time went on the database clock, and the FIFO floor (leasetimeline)."""
+    t = read_timeline(url, "bench:r")
+    if not t.queued_to_granted:
+        return
+    print(f"  on the database clock: {len(t.queued_to_granted)} of {t.grants} grants waited in the queue; "
+          f"queued -> granted p50 {pct(t.queued_to_granted, .5):.1f} / p99 {pct(t.queued_to_granted, .99):.1f} ms "
+          f"with {pct([float(x) for x in t.ahead_when_queued], .5):.0f} ahead (p50), "
+          f"{pct(t.per_turn_ahead, .5):.1f} ms per turn")
+    print(f"    a turn = hold (grant -> release, the holder's client) p50 {pct(t.hold, .5):.1f} / p99 "
+          f"{pct(t.hold, .99):.1f} ms + release -> next grant p50 {pct(t.gap, .5):.2f} ms")
+    print(f"    lock chain: {t.transactions} transactions in {t.span_ms:.0f} ms ({t.span_ms / t.transactions:.2f} ms "
+          f"each; one durable lock-chain commit alone: {commit_ms:.2f} ms p50), {t.queue_only} only queued "
+          f"(no flush of their own since 0011); WAL fsyncs per acquire+release: {fsyncs_per_request:.2f}")
+    floor = fifo_floor_ms(16, commit_ms)
+    print(f"  FIFO floor (16 agents x 1 durable lock-chain commit each, {commit_ms:.2f} ms, Little's law): mean "
+          f">= {floor:.1f} ms; measured mean {lease_c['mean']:.1f} ms, p99 {lease_c['p99']:.1f} ms "
+          f"(p99/floor {lease_c['p99'] / floor:.1f}x; aim p99 <= 50 ms needs one commit <= {50 / 16:.2f} ms)")
 
 
 def write_coupling(url: str, bootstrap: str) -> None:
