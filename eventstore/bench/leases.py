@@ -423,7 +423,7 @@ def contended_report(url: str, lease_c: dict[str, float], commit_ms: float, fsyn
           f"{pct(t.hold, .99):.1f} ms + release -> next grant p50 {pct(t.gap, .5):.2f} ms")
     print(f"    lock chain: {t.transactions} transactions in {t.span_ms:.0f} ms ({t.span_ms / t.transactions:.2f} ms "
           f"each; one durable lock-chain commit alone: {commit_ms:.2f} ms p50), {t.queue_only} only queued "
-          f"(no flush of their own since 0011); WAL fsyncs per acquire+release: {fsyncs_per_request:.2f}")
+          f"(each a durable commit of its own); WAL fsyncs per acquire+release: {fsyncs_per_request:.2f}")
     floor = fifo_floor_ms(16, commit_ms)
     print(f"  FIFO floor (16 agents x 1 durable lock-chain commit each, {commit_ms:.2f} ms, Little's law): mean "
           f">= {floor:.1f} ms; measured mean {lease_c['mean']:.1f} ms, p99 {lease_c['p99']:.1f} ms "

@@ -36,7 +36,7 @@ class Timeline:
     hold: list[float] = field(default_factory=list)  # LeaseGranted -> LeaseReleased of the same holder
     gap: list[float] = field(default_factory=list)  # LeaseReleased -> the next LeaseGranted, same resource
     transactions: int = 0  # chained transactions (distinct xmin)
-    queue_only: int = 0  # of which wrote only LeaseWaited (committed without a flush since 0011)
+    queue_only: int = 0  # of which wrote only LeaseWaited (a place in the queue)
     grants: int = 0
     span_ms: float = 0.0  # first to last chained row
 

@@ -115,8 +115,6 @@ RELEASE_FAST = ("SELECT * FROM eventstore_lease_release(%(r)s::text, %(a)s::text
 # A first request that must wait, queued in one call (migration 0010): a row (held_by) or none.
 QUEUE_ONE_CALL = ("SELECT * FROM eventstore_lease_queue(%s::text, %s::text, %s::text, %s::float8, %s::int, %s::int, "
                   "%s, %s::float8, %s::float8)")
-# A step that only queued (or refreshed its heartbeat) commits without a flush of its own (migration 0011).
-QUEUE_WITHOUT_FLUSH = "SET LOCAL synchronous_commit = off"
 # The common grant in one call (migration 0009): a row (token, expires_at, waited) or none.
 GRANT_FREE = "SELECT * FROM eventstore_lease_grant_free(%s::text, %s::text, %s::text, %s::float8, %s::int, %s::int, %s)"
 NOTIFY = "SELECT " + _WAKE_HEAD

@@ -55,7 +55,6 @@ from eventstore.postgres.lease_sql import (
     MARK_ALERTED,
     NOTIFY,
     QUEUE_ONE_CALL,
-    QUEUE_WITHOUT_FLUSH,
     REENTER,
     RELEASE_FAST,
     RELEASE_ROW,
@@ -367,11 +366,6 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
         result.alert = ev.WaitExceeded(resource=resource, agent_id=agent_id, waited_seconds=waited,
                                        expected_seconds=expected_db, held_by=held_by)
         log.add(lease_stream(resource), result.alert, agent_id)
-    elif not expired and snap.agent is not None:
-        # Only a place in the queue (and its LeaseWaited) or a heartbeat was written: no flush of its
-        # own. Any later durable commit flushes it; a crash loses it only before anything durable
-        # followed it, and the waiter then queues again (migration 0011, docs/perf-leases.md "Round 3").
-        cur.execute(QUEUE_WITHOUT_FLUSH)
     return result
 
 
