@@ -70,13 +70,17 @@ def lease_round_on(c: Coordinator, resource: str, agent_id: str) -> list[float]:
     return [time.perf_counter() - t]
 
 
-def wal_fsyncs(url: str) -> int:
+def wal_fsyncs(url: str) -> int | None:
     """WAL fsyncs of the whole server so far (pg_stat_io; backends report at their exit or within a
-    second). Read from the database, so the count does not depend on the machine's load."""
+    second), or None before PostgreSQL 18. Read from the database, so the count does not depend on the
+    machine's load."""
     with psycopg.connect(url) as conn:
-        conn.execute("SELECT pg_stat_force_next_flush()")
-        row = conn.execute(WAL_FSYNCS).fetchone()
-    return int(row[0]) if row else 0
+        try:
+            conn.execute("SELECT pg_stat_force_next_flush()")
+            row = conn.execute(WAL_FSYNCS).fetchone()
+        except psycopg.Error:
+            return None
+    return int(row[0]) if row and row[0] is not None else None
 
 
 def chain_floor_round(conn: psycopg.Connection[Any], n: int) -> list[float]:
@@ -187,19 +191,22 @@ def run_threads(agents: int, per_agent: int, body: Callable[[int], list[float]])
     return [x for r in results for x in r], elapsed
 
 
-WAL_FSYNCS = "SELECT coalesce(sum(fsyncs), 0)::bigint FROM pg_stat_io WHERE object = 'wal'"
+WAL_FSYNCS = "SELECT sum(fsyncs)::bigint FROM pg_stat_io WHERE object = 'wal'"  # PostgreSQL 18+
 WARMUP: list[float] = []  # each agent's first request (own resource) before the contended run
 
 
-def lease_contended(url: str, agents: int, resources: int, per_agent: int) -> tuple[list[float], float]:
+def lease_contended(url: str, agents: int, resources: int, per_agent: int,
+                    warmed: Callable[[], None] | None = None) -> tuple[list[float], float]:
     """The timed run: ``agents`` threads take and release ``resources`` resources in turn. Each agent first
     takes a resource of its own once (its first request ever, its pool connection opened; WARMUP), so
-    the timed run measures the steady state."""
+    the timed run measures the steady state; ``warmed`` is called between the two (to start meters)."""
     c = Coordinator(url, pool_size=agents)
     GRANTS.clear()
     RELEASES.clear()
     HANDED.clear()
     WARMUP[:] = run_threads(agents, 1, lambda i: lease_round_on(c, f"bench:warm-{i}", f"agent-{i}"))[0]
+    if warmed is not None:
+        warmed()
 
     def body(i: int) -> list[float]:
         lat = []
@@ -376,15 +383,15 @@ def bench(url: str, n: int, per_agent: int) -> None:
     fsyncs = wal_fsyncs(url)
     with psycopg.connect(url) as conn:
         meter = CpuMeter({"client": os.getpid(), "postgres": postmaster_pid(conn)})
-    meter.start()
     with WaitSampler(url, interval=0.01) as sampler:
-        lat, wall = lease_contended(url, 16, 4, per_agent)
+        lat, wall = lease_contended(url, 16, 4, per_agent, warmed=meter.start)
     time.sleep(0.5)  # pool connections closed: their backends report their I/O at exit
     meter.stop()
-    fsyncs = wal_fsyncs(url) - fsyncs
+    fsyncs_after = wal_fsyncs(url)
+    per_request = None if fsyncs is None or fsyncs_after is None else (fsyncs_after - fsyncs) / max(len(lat), 1)
     print(f"  warm-up (each agent's first request, connection opened): max {max(WARMUP) * 1e3:.1f} ms")
     lease_c = summary("lease", lat, wall)
-    contended_report(url, lease_c, chain["p50"] / 2, fsyncs / max(len(lat), 1))
+    contended_report(url, lease_c, chain["p50"] / 2, per_request)
     cpu_client, cpu_pg = (meter.used[k] / max(len(lat), 1) * 1e3 for k in ("client", "postgres"))
     cores, ncpu = (meter.used["client"] + meter.used["postgres"]) / wall, os.cpu_count() or 1
     cpu_floor = fifo_floor_ms(16, (cpu_client + cpu_pg) / ncpu)
@@ -431,7 +438,7 @@ def bench(url: str, n: int, per_agent: int) -> None:
     print(f"  load average (1 min) at end: {os.getloadavg()[0]:.2f}")
 
 
-def contended_report(url: str, lease_c: dict[str, float], commit_ms: float, fsyncs_per_request: float) -> None:
+def contended_report(url: str, lease_c: dict[str, float], commit_ms: float, fsyncs_per_request: float | None) -> None:
     """Where the contended requests' time went on the database clock, and the FIFO floor (leasetimeline)."""
     t = read_timeline(url, "bench:r")
     if not t.queued_to_granted:
@@ -444,7 +451,8 @@ def contended_report(url: str, lease_c: dict[str, float], commit_ms: float, fsyn
           f"{pct(t.hold, .99):.1f} ms + release -> next grant p50 {pct(t.gap, .5):.2f} ms")
     print(f"    lock chain: {t.transactions} transactions in {t.span_ms:.0f} ms ({t.span_ms / t.transactions:.2f} ms "
           f"each; one durable lock-chain commit alone: {commit_ms:.2f} ms p50), {t.queue_only} only queued "
-          f"(each a durable commit of its own); WAL fsyncs per acquire+release: {fsyncs_per_request:.2f}")
+          f"(each a durable commit of its own); WAL fsyncs per acquire+release: "
+          f"{'n/a' if fsyncs_per_request is None else f'{fsyncs_per_request:.2f}'}")
     per_request = t.transactions / max(t.grants, 1)
     print(f"  lock-chain bound: {per_request:.1f} chained commits per request, each holding the chain's head through "
           f"its flush; at {commit_ms:.2f} ms each (one commit alone, this run) mean >= "
