@@ -13,7 +13,10 @@ write today) and to the event log under its head lock (what a lease wrote before
 In the contended run a release hands the lease to the head of the queue in its own transaction
 (migration 0010); the bench prints that hand-off's latency split (release call, release commit -> waiter
 notified, notified -> acquire returns) and checks FIFO twice: by each thread's clock before its request,
-and by replaying the database's own queue from the lock chain. ``--no-coupling`` skips the write-path part.
+and by replaying the database's own queue from the lock chain. The contended run starts after one warm-up
+request per agent and prints where its time went on the database clock, the CPU per request, the WAL fsyncs
+per request, what the server's backends waited for, and the FIFO floor (Little's law) beside the p99
+(eventstore/bench/leasetimeline.py). ``--no-coupling`` skips the write-path part.
 """
 
 from __future__ import annotations
