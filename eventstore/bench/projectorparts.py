@@ -10,7 +10,8 @@ notifications (``JSONEncoder.encode`` per result vs the C encoder built once, ro
 texts) and the committed-topic message from memory (pydantic_core over the fields vs the texts the chain
 hashed). Round 2 adds: the payload's validation (pydantic ``model_validate`` + ``model_dump`` vs the class's
 compiled check, core/payloadcheck.py) and the consumer's hand-over (an ``IntakeMessage`` built by its frozen
-``__init__`` per confluent_kafka Message vs ``intake.intake_messages``). Printed: µs per event each way, the
+``__init__`` per confluent_kafka Message vs ``intake.intake_messages``) and the control-character checks
+of the envelope's names (the regex vs printable ASCII first). Printed: µs per event each way, the
 saving and the ratio, each round's total, and the machine's load.
 """
 
@@ -38,13 +39,14 @@ from eventstore.core.events import registry
 from eventstore.core.hashing import GENESIS, hashed_time
 from eventstore.core.outcomes import EmitResult, Outcome
 from eventstore.core.records import RecordedEvent, recorded_event
+from eventstore.core.validation import CONTROL_CHARS
 from eventstore.postgres import binarrays
 from eventstore.postgres.intake import IntakeMessage, _Parsed, intake_messages, parse
 from eventstore.wire.committed import PRINTED, encode_recorded
 from eventstore.wire.notifications import MAX_PAYLOAD, pack_rows
 
 REPEATS = 7
-ROUND_2 = ("payload validation", "consumer messages")
+ROUND_2 = ("payload validation", "consumer messages", "control-character checks")
 _PREVIOUS = json.JSONEncoder(separators=(",", ":"))
 
 
@@ -155,6 +157,18 @@ def main(n: int = 2000) -> int:
     if consumer_before() != intake_messages(consumed):
         raise RuntimeError("intake_messages gives other messages than the constructor")
 
+    names = [(f"{e.idempotency_key}{e.stream}{e.agent_id}{e.type}", e.stream) for e in envs]
+
+    def names_before() -> None:  # the envelope's four names, then the stream again (check_name)
+        for joined, stream in names:
+            CONTROL_CHARS.search(joined)
+            CONTROL_CHARS.search(stream)
+
+    def names_after() -> None:  # printable ASCII skips the regex
+        for joined, stream in names:
+            _ = (joined.isascii() and joined.isprintable()) or CONTROL_CHARS.search(joined)
+            _ = (stream.isascii() and stream.isprintable()) or CONTROL_CHARS.search(stream)
+
     parts: list[tuple[str, Callable[[], object], Callable[[], object]]] = [
         ("signature check (HMAC) per envelope", sig_before, sig_after),
         ("append's 13 array parameters", lambda: tx.dump_sequence(columns, formats),
@@ -164,6 +178,7 @@ def main(n: int = 2000) -> int:
          lambda: [encode_recorded(ev) for ev in held]),
         ("payload validation", payload_before, payload_after),
         ("consumer messages", consumer_before, lambda: intake_messages(consumed)),
+        ("control-character checks", names_before, names_after),
     ]
     print(f"eventstore projector parts: a batch of {n:,} signed InventoryAdjusted envelopes, each part previous "
           f"vs current, interleaved, best of {REPEATS} (process CPU)")
