@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from eventstore.core.errors import InvalidEventError
 from eventstore.core.events import Event, EventRegistry
@@ -145,7 +145,31 @@ def test_classes_not_plain_get_no_check() -> None:
         model_config = CONFIG
         x: int = Field(exclude=True)
 
-    for cls in (Optionally, Pattern, Aliased, Validated, Strict, Lenient, PostInit, Excluded):
+    class Inherited(Validated):  # the parent's validator still applies
+        y: int
+
+    class ModelValidated(BaseModel):
+        model_config = CONFIG
+        x: int
+
+        @model_validator(mode="after")
+        def same(self) -> ModelValidated:
+            return self
+
+    class StrictField(BaseModel):
+        model_config = CONFIG
+        x: int = Field(strict=True)
+
+    class Multiple(BaseModel):
+        model_config = CONFIG
+        x: int = Field(multiple_of=2)
+
+    class FiniteOnly(BaseModel):
+        model_config = CONFIG
+        x: float = Field(allow_inf_nan=False)
+
+    for cls in (Optionally, Pattern, Aliased, Validated, Strict, Lenient, PostInit, Excluded, Inherited,
+                ModelValidated, StrictField, Multiple, FiniteOnly):
         assert compile_check(cls) is None, cls.__name__
 
 
