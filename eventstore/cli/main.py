@@ -263,6 +263,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return brokerlatency.main(heavy=args.events or 100_000, rate=args.rate, events=args.latency_events,
                                   rounds=1 if args.quick else 2, probe=not args.quick)
+    if args.which == "broker-growth":
+        from eventstore.bench import brokergrowth
+
+        return brokergrowth.main(rate=args.rate, rounds=1 if args.quick else 2)
     if args.which == "references":
         from eventstore.bench import references
 
@@ -433,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("which", nargs="?", default="write-path",
                     choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history",
                              "references", "latency", "profile", "auth", "memory", "intake", "agent",
-                             "publisher"])
+                             "publisher", "broker-growth"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers and memory 1,000,000; "
                          "chain-check 100,000; history 1,000,000; references: the drain, 1,000,000; latency: the "
