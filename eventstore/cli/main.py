@@ -266,7 +266,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.which == "broker-growth":
         from eventstore.bench import brokergrowth
 
-        return brokergrowth.main(rate=args.rate, rounds=1 if args.quick else 2)
+        return brokergrowth.main(rate=args.rate, rounds=1 if args.quick else 2, seconds=args.seconds,
+                                 variants=brokergrowth.VARIANTS + (brokergrowth.MORE_VARIANTS if args.all else ()))
     if args.which == "references":
         from eventstore.bench import references
 
@@ -451,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--quick", action="store_true",
                     help="references: smaller runs (drain of 100,000 events); publisher, latency: one round "
                          "(latency: without the broker-only probes)")
+    bn.add_argument("--seconds", type=float, default=30.0, help="broker-growth: seconds per steady run")
+    bn.add_argument("--all", action="store_true",
+                    help="broker-growth: also linger 20 ms and 32 intake partitions")
     bn.add_argument("--profile", action="store_true", help="intake: also print a cProfile of one round")
     bn.add_argument("--default-gc", action="store_true",
                     help="intake: keep CPython's collector settings (the baseline of core/gcpolicy.py)")
