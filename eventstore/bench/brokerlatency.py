@@ -115,7 +115,8 @@ def timed_projector(settings: Settings, fetch_wait_ms: int, logdir: Path) -> Ite
     db, bootstrap = settings.require_servers()
     env = {**os.environ, "EVENTSTORE_DATABASE_URL": db, "EVENTSTORE_KAFKA_BOOTSTRAP": bootstrap,
            "EVENTSTORE_NAMESPACE": settings.namespace, "EVENTSTORE_PROJECTOR_GROUP": settings.projector_group,
-           "EVENTSTORE_PROJECTOR_FETCH_WAIT_MS": str(fetch_wait_ms)}
+           "EVENTSTORE_PROJECTOR_FETCH_WAIT_MS": str(fetch_wait_ms),
+           "EVENTSTORE_INTAKE_PARTITIONS": str(settings.intake_partitions)}
     out = logdir / f"noted-{uuid.uuid4().hex[:6]}.json"
     with (logdir / f"projector-{fetch_wait_ms}ms.log").open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "eventstore.bench.timedprojector", str(out)], env=env,

@@ -13,7 +13,10 @@ write today) and to the event log under its head lock (what a lease wrote before
 In the contended run a release hands the lease to the head of the queue in its own transaction
 (migration 0010); the bench prints that hand-off's latency split (release call, release commit -> waiter
 notified, notified -> acquire returns) and checks FIFO twice: by each thread's clock before its request,
-and by replaying the database's own queue from the lock chain. ``--no-coupling`` skips the write-path part.
+and by replaying the database's own queue from the lock chain. The contended run starts after one warm-up
+request per agent and prints where its time went on the database clock, the CPU per request, the WAL fsyncs
+per request, what the server's backends waited for, and the FIFO floor (Little's law) beside the p99
+(eventstore/bench/leasetimeline.py). ``--no-coupling`` skips the write-path part.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 
 import psycopg
 
+from eventstore.bench.leasetimeline import WaitSampler, fifo_floor_ms, read_timeline
 from eventstore.bench.writepath import CpuMeter
 from eventstore.coordination import Coordinator
 from eventstore.core.lockevents import LeaseReleased
@@ -49,7 +53,7 @@ def summary(name: str, lat: list[float], elapsed: float) -> dict[str, float]:
     p50, p99 = pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3
     rate = len(lat) / elapsed
     print(f"  {name:<44} n={len(lat):>6}  p50 {p50:7.3f} ms  p99 {p99:7.3f} ms  {rate:9.0f} ops/s")
-    return {"p50": p50, "p99": p99, "rate": rate}
+    return {"p50": p50, "p99": p99, "rate": rate, "mean": sum(lat) / max(len(lat), 1) * 1e3}
 
 
 def lease_round(c: Coordinator, n: int) -> list[float]:
@@ -60,6 +64,26 @@ def lease_round(c: Coordinator, n: int) -> list[float]:
         c.acquire("bench:solo", agent_id="solo", wait=0).release()
         lat.append(time.perf_counter() - t)
     return lat
+
+
+def lease_round_on(c: Coordinator, resource: str, agent_id: str) -> list[float]:
+    """One acquire+release of ``agent_id`` on ``resource`` (seconds)."""
+    t = time.perf_counter()
+    c.acquire(resource, agent_id=agent_id, ttl=30, wait=60).release()
+    return [time.perf_counter() - t]
+
+
+def wal_fsyncs(url: str) -> int | None:
+    """WAL fsyncs of the whole server so far (pg_stat_io; backends report at their exit or within a
+    second), or None before PostgreSQL 18. Read from the database, so the count does not depend on the
+    machine's load."""
+    with psycopg.connect(url) as conn:
+        try:
+            conn.execute("SELECT pg_stat_force_next_flush()")
+            row = conn.execute(WAL_FSYNCS).fetchone()
+        except psycopg.Error:
+            return None
+    return int(row[0]) if row and row[0] is not None else None
 
 
 def chain_floor_round(conn: psycopg.Connection[Any], n: int) -> list[float]:
@@ -126,13 +150,18 @@ def uncontended(url: str, n: int, rounds: int = 10) -> dict[str, list[float]]:
     return lat
 
 
+def postmaster_pid(conn: psycopg.Connection[Any]) -> int:
+    """The pid of the server's postmaster (the parent of this connection's backend)."""
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    return int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def cpu_per_lease(url: str, n: int) -> dict[str, dict[str, float]]:
     """CPU microseconds per acquire+release (and per floor round) of this process and of PostgreSQL (the
     postmaster and all its processes, WAL writer included), read from /proc around n rounds of each."""
     out: dict[str, dict[str, float]] = {}
     with Coordinator(url, pool_size=2) as piped, psycopg.connect(url) as conn:
-        row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        postmaster = postmaster_pid(conn)
         rounds: dict[str, Callable[[int], list[float]]] = {
             "lease": lambda k: lease_round(piped, k), "floor": lambda k: chain_floor_round(conn, k)}
         for name, run in rounds.items():
@@ -165,11 +194,22 @@ def run_threads(agents: int, per_agent: int, body: Callable[[int], list[float]])
     return [x for r in results for x in r], elapsed
 
 
-def lease_contended(url: str, agents: int, resources: int, per_agent: int) -> tuple[list[float], float]:
+WAL_FSYNCS = "SELECT sum(fsyncs)::bigint FROM pg_stat_io WHERE object = 'wal'"  # PostgreSQL 18+
+WARMUP: list[float] = []  # each agent's first request (own resource) before the contended run
+
+
+def lease_contended(url: str, agents: int, resources: int, per_agent: int,
+                    warmed: Callable[[], None] | None = None) -> tuple[list[float], float]:
+    """The timed run: ``agents`` threads take and release ``resources`` resources in turn. Each agent first
+    takes a resource of its own once (its first request ever, its pool connection opened; WARMUP), so
+    the timed run measures the steady state; ``warmed`` is called between the two (to start meters)."""
     c = Coordinator(url, pool_size=agents)
     GRANTS.clear()
     RELEASES.clear()
     HANDED.clear()
+    WARMUP[:] = run_threads(agents, 1, lambda i: lease_round_on(c, f"bench:warm-{i}", f"agent-{i}"))[0]
+    if warmed is not None:
+        warmed()
 
     def body(i: int) -> list[float]:
         lat = []
@@ -341,9 +381,33 @@ def bench(url: str, n: int, per_agent: int) -> None:
           f"PostgreSQL {cpu['lease']['postgres'] / max(cpu['floor']['postgres'], 1e-9):.1f}x")
     for key in ("p50", "p99"):
         print(f"  ratio lease/baseline {key}: {lease_u[key] / adv_u[key]:.1f}x")
-    print(f"contended: 16 agents (threads) on 4 resources, {per_agent} acquire+release each:")
-    lat, wall = lease_contended(url, 16, 4, per_agent)
+    print(f"contended: 16 agents (threads) on 4 resources, {per_agent} acquire+release each "
+          "(after one warm-up request per agent on a resource of its own):")
+    fsyncs = wal_fsyncs(url)
+    with psycopg.connect(url) as conn:
+        meter = CpuMeter({"client": os.getpid(), "postgres": postmaster_pid(conn)})
+    with WaitSampler(url, interval=0.01) as sampler:
+        lat, wall = lease_contended(url, 16, 4, per_agent, warmed=meter.start)
+    time.sleep(0.5)  # pool connections closed: their backends report their I/O at exit
+    meter.stop()
+    fsyncs_after = wal_fsyncs(url)
+    per_request = None if fsyncs is None or fsyncs_after is None else (fsyncs_after - fsyncs) / max(len(lat), 1)
+    print(f"  warm-up (each agent's first request, connection opened): max {max(WARMUP) * 1e3:.1f} ms")
     lease_c = summary("lease", lat, wall)
+    contended_report(url, lease_c, chain["p50"] / 2, per_request)
+    cpu_client, cpu_pg = (meter.used[k] / max(len(lat), 1) * 1e3 for k in ("client", "postgres"))
+    cores, ncpu = (meter.used["client"] + meter.used["postgres"]) / wall, os.cpu_count() or 1
+    cpu_floor = fifo_floor_ms(16, (cpu_client + cpu_pg) / ncpu)
+    print(f"  CPU per contended request: client {cpu_client * 1e3:.0f} us, PostgreSQL {cpu_pg * 1e3:.0f} us "
+          f"(uncontended: {cpu['lease']['client']:.0f} + {cpu['lease']['postgres']:.0f} us); the run got "
+          f"{cores:.2f} of {ncpu} cores")
+    print(f"  FIFO floor (Little's law: mean = 16 agents / throughput, here {16e3 / lease_c['rate']:.1f} ms; "
+          f"under FIFO the p99 is not below the mean): CPU floor with all {ncpu} cores ours "
+          f"16 x {cpu_client + cpu_pg:.2f} ms / {ncpu} = {cpu_floor:.1f} ms; with the {cores:.2f} cores this run got "
+          f"{fifo_floor_ms(16, (cpu_client + cpu_pg) / max(cores, 1e-9)):.1f} ms; measured mean {lease_c['mean']:.1f}, "
+          f"p99 {lease_c['p99']:.1f} ms (p99 / floor {lease_c['p99'] / cpu_floor:.1f}x)")
+    print(f"    server backends, mean number per sample in each state ({sampler.samples} samples of "
+          "pg_stat_activity): " + ", ".join(f"{k} {v:.2f}" for k, v in sampler.shares()))
     handoff = handoffs(url, "bench:r")
     if handoff:
         print(f"  on the database clock: hold (grant -> release) p50 {pct(handoff['hold'], .5):.1f} ms, p99 "
@@ -371,9 +435,31 @@ def bench(url: str, n: int, per_agent: int) -> None:
     goal = "met" if lease_u["p50"] <= 2.0 else "NOT met"
     print(f"goal uncontended lease p50 <= 2 ms: {goal} ({lease_u['p50']:.3f} ms)")
     goal = "met" if lease_c["p99"] <= 50.0 and skipped == 0 else "NOT met"
-    print(f"goal contended p99 <= 50 ms with FIFO kept: {goal} ({lease_c['p99']:.1f} ms, {skipped} grants past "
-          f"the head of the database's queue; {inversions} pairs by thread clocks)")
+    print(f"goal contended p99 <= 50 ms with FIFO kept: {goal} ({lease_c['p99']:.1f} ms against a CPU floor of "
+          f"{cpu_floor:.1f} ms, {skipped} grants past the head of the database's queue; "
+          f"{inversions} pairs by thread clocks)")
     print(f"  load average (1 min) at end: {os.getloadavg()[0]:.2f}")
+
+
+def contended_report(url: str, lease_c: dict[str, float], commit_ms: float, fsyncs_per_request: float | None) -> None:
+    """Where the contended requests' time went on the database clock, and the FIFO floor (leasetimeline)."""
+    t = read_timeline(url, "bench:r")
+    if not t.queued_to_granted:
+        return
+    print(f"  on the database clock: {len(t.queued_to_granted)} of {t.grants} grants waited in the queue; "
+          f"queued -> granted p50 {pct(t.queued_to_granted, .5):.1f} / p99 {pct(t.queued_to_granted, .99):.1f} ms "
+          f"with {pct([float(x) for x in t.ahead_when_queued], .5):.0f} ahead (p50), "
+          f"{pct(t.per_turn_ahead, .5):.1f} ms per turn")
+    print(f"    a turn = hold (grant -> release, the holder's client) p50 {pct(t.hold, .5):.1f} / p99 "
+          f"{pct(t.hold, .99):.1f} ms + release -> next grant p50 {pct(t.gap, .5):.2f} ms")
+    print(f"    lock chain: {t.transactions} transactions in {t.span_ms:.0f} ms ({t.span_ms / t.transactions:.2f} ms "
+          f"each; one durable lock-chain commit alone: {commit_ms:.2f} ms p50), {t.queue_only} only queued "
+          f"(each a durable commit of its own); WAL fsyncs per acquire+release: "
+          f"{'n/a' if fsyncs_per_request is None else f'{fsyncs_per_request:.2f}'}")
+    per_request = t.transactions / max(t.grants, 1)
+    print(f"  lock-chain bound: {per_request:.1f} chained commits per request, each holding the chain's head through "
+          f"its flush; at {commit_ms:.2f} ms each (one commit alone, this run) mean >= "
+          f"{fifo_floor_ms(16, commit_ms, per_request):.1f} ms")
 
 
 def write_coupling(url: str, bootstrap: str) -> None:

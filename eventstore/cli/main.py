@@ -237,7 +237,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.which == "memory":
         from eventstore.bench import memory
 
-        return memory.main(events=args.events or 1_000_000)
+        return memory.main(events=args.events or 1_000_000, heap_trace=args.heap_trace, malloc_trim=args.malloc_trim)
     if args.which == "scale":
         from eventstore.bench import scale
 
@@ -263,6 +263,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return brokerlatency.main(heavy=args.events or 100_000, rate=args.rate, events=args.latency_events,
                                   rounds=1 if args.quick else 2, probe=not args.quick)
+    if args.which == "broker-growth":
+        from eventstore.bench import brokergrowth
+
+        return brokergrowth.main(rate=args.rate, rounds=1 if args.quick else 2, seconds=args.seconds,
+                                 variants=brokergrowth.VARIANTS + (brokergrowth.MORE_VARIANTS if args.all else ()))
     if args.which == "references":
         from eventstore.bench import references
 
@@ -437,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("which", nargs="?", default="write-path",
                     choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history",
                              "references", "latency", "profile", "auth", "memory", "intake", "agent",
-                             "publisher", "publisher-latency"])
+                             "publisher", "broker-growth", "publisher-latency"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers and memory 1,000,000; "
                          "chain-check 100,000; history 1,000,000; references: the drain, 1,000,000; latency: the "
@@ -451,9 +456,16 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--quick", action="store_true",
                     help="references: smaller runs (drain of 100,000 events); publisher, latency: one round "
                          "(latency: without the broker-only probes)")
+    bn.add_argument("--seconds", type=float, default=30.0, help="broker-growth: seconds per steady run")
+    bn.add_argument("--all", action="store_true",
+                    help="broker-growth: also linger 20 ms and 32 intake partitions")
     bn.add_argument("--profile", action="store_true", help="intake: also print a cProfile of one round")
     bn.add_argument("--default-gc", action="store_true",
                     help="intake: keep CPython's collector settings (the baseline of core/gcpolicy.py)")
+    bn.add_argument("--heap-trace", action="store_true",
+                    help="memory: tracemalloc in the projector and the subscriber, growth by component (slower)")
+    bn.add_argument("--malloc-trim", type=float, default=0.0, metavar="SECONDS",
+                    help="memory: the projector process returns glibc's free heap memory every SECONDS (experiment)")
     bn.set_defaults(fn=cmd_bench)
     return p
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from eventstore.core.errors import ConfigurationError, InvalidEventError, UnknownEventTypeError
+from eventstore.core.payloadcheck import PayloadCheck, compile_check
 from eventstore.core.validation import check_no_nul
 
 
@@ -44,6 +45,8 @@ class EventRegistry:
 
     def __init__(self) -> None:
         self._types: dict[tuple[str, int], type[Event]] = {}
+        # Per class: the compiled acceptance check (core/payloadcheck.py), or None: pydantic validates.
+        self._checks: dict[type[Event], PayloadCheck | None] = {}
         self._lock = threading.Lock()
 
     def register(self, cls: type[Event]) -> None:
@@ -73,6 +76,22 @@ class EventRegistry:
             return cls.model_validate(payload)
         except ValidationError as e:
             raise InvalidEventError(f"invalid {event_type} v{schema_version} payload: {_summary(e)}") from e
+
+    def decode_payload(self, event_type: str, schema_version: int,
+                       payload: dict[str, Any]) -> tuple[type[Event], dict[str, Any]]:
+        """The registered class and the payload as its ``model_dump(mode="json")`` gives it. A payload the
+        class's compiled check accepts is taken as it is; any other goes through pydantic (``decode``), so
+        a refusal is pydantic's, with the same text."""
+        cls = self.lookup(event_type, schema_version)
+        try:
+            check = self._checks[cls]
+        except KeyError:
+            check = self._checks[cls] = compile_check(cls)
+        if check is not None:
+            accepted = check(payload)
+            if accepted is not None:
+                return cls, accepted
+        return cls, self.decode(event_type, schema_version, payload).model_dump(mode="json")
 
     def known(self) -> list[tuple[str, int]]:
         return sorted(self._types)

@@ -22,7 +22,8 @@ def check_name(what: str, value: object) -> str:
         raise InvalidEventError(f"{what} must be a non-empty string, got {value!r}")
     if len(value) > MAX_NAME:
         raise InvalidEventError(f"{what} is {len(value)} characters long; at most {MAX_NAME} are allowed")
-    if CONTROL_CHARS.search(value):
+    # printable ASCII holds no control character: the regex runs only for other text
+    if not (value.isascii() and value.isprintable()) and CONTROL_CHARS.search(value):
         raise InvalidEventError(f"{what} {value!r} contains control characters")
     return value
 

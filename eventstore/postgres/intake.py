@@ -108,6 +108,19 @@ class IntakeMessage:
     value: bytes | None
 
 
+def intake_messages(msgs: Sequence[Any]) -> list[IntakeMessage]:
+    """The consumer's messages that carry no error, as IntakeMessages (the same objects the constructor
+    builds, without the frozen ``__init__``'s setattr per field: this runs once per consumed message).
+    ``msgs`` are confluent_kafka Messages; one with an error (end of partition, ...) is left out."""
+    out = []
+    for m in msgs:
+        if m.error() is None:
+            im: IntakeMessage = _new(IntakeMessage)
+            im.__dict__.update(partition=m.partition(), offset=m.offset(), key=m.key(), value=m.value())
+            out.append(im)
+    return out
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     message: IntakeMessage
@@ -155,10 +168,9 @@ def parse(msg: IntakeMessage, types: EventRegistry, *, max_event_bytes: int = DE
         strings = [env.idempotency_key, env.stream, env.agent_id, env.type]
         check_values("the envelope", strings + ([env.lease.resource] if env.lease else []))
     check_timestamp("occurred_at", env.occurred_at)
-    typed = types.decode(env.type, env.schema_version, raw_payload)
-    if typed.server_only:
+    cls, payload = types.decode_payload(env.type, env.schema_version, raw_payload)
+    if cls.server_only:
         raise InvalidEventError(f"{env.type} events are written by the server only; agents cannot emit them")
-    payload = typed.model_dump(mode="json")
     # JSON carries a NUL inside a string only as the escape \u0000 (a raw control character is refused by
     # the parser), so the walk over the payload is needed only when the bytes hold that escape.
     if value is not None and b"\\u0000" in value:

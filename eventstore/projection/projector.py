@@ -41,6 +41,7 @@ from eventstore.postgres.intake import (
     IntakeMessage,
     PoisonBatchError,
     dead_letter_headers,
+    intake_messages,
     write_batch,
 )
 from eventstore.postgres.offsets import load_offsets
@@ -206,14 +207,12 @@ class Projector(BackgroundRunner):
         msgs: list[Message] = [first]
         if self.settings.batch_size > 1:
             msgs.extend(consumer.consume(self.settings.batch_size - 1, timeout=self.settings.batch_wait_ms / 1000))
-        out = []
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+        out = intake_messages(msgs)
+        if len(out) < len(msgs):
+            for m in msgs:
+                err = m.error()
+                if err is not None and err.code() != KafkaError._PARTITION_EOF:
                     log.warning("intake consumer error: %s", err.str())
-                continue
-            out.append(IntakeMessage(int(m.partition() or 0), int(m.offset() or 0), m.key(), m.value()))
         return out
 
     def _stored_offsets(self) -> dict[int, int]:

@@ -164,8 +164,10 @@ def decode_intake(value: bytes | None) -> tuple[EnvelopeFields, dict[str, Any]]:
             env = _INTAKE.decode(value)
             raw = bytes(env.payload)
             stamp, auth = env.occurred_at, env.auth
+            names = f"{env.idempotency_key}{env.stream}{env.agent_id}{env.type}"
+            # printable ASCII holds no control character: the regex runs only for other text
             if (raw[:1] == b"{"
-                    and not CONTROL_CHARS.search(f"{env.idempotency_key}{env.stream}{env.agent_id}{env.type}")
+                    and ((names.isascii() and names.isprintable()) or not CONTROL_CHARS.search(names))
                     and (auth is None or _AUTH_FORM.match(f"{auth.key_id}:{auth.mac}"))
                     and (stamp is None or (stamp.tzinfo is not None and _SUB_MICROSECONDS.search(value) is None
                                            and _ESCAPE not in value))):
