@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from eventstore import AgentClient, Projector
+from eventstore.core.errors import BrokerError
 from eventstore.core.hashing import GENESIS, canonical_json, intent_hash, recorded_hash
 from eventstore.core.records import DirectEvent, NewEvent, RecordedEvent
 from eventstore.core.settings import Settings
@@ -299,3 +300,91 @@ def test_an_oversized_event_goes_out_as_a_stub_from_memory(settings: Settings) -
     with pytest.raises(PayloadOmitted):
         decode_committed(values[1])
     assert [decode_committed(v).payload["quantity"] for v in (values[0], values[2])] == [1, 2]
+
+
+def test_the_checkpoint_never_claims_what_the_topic_lacks_across_sigkills(
+    settings: Settings, spawn_projector: Callable[..., ProjectorProcess]
+) -> None:
+    """The publisher pipelines pages and stores its checkpoint only now and then, for positions the broker
+    acknowledged. A projector process SIGKILLed twice mid-stream: at each kill every position up to the
+    stored checkpoint is on the topic (a checkpoint ahead of the topic would be a hole after the restart),
+    and the final topic, repeats dropped as subscribers drop them, is exactly the log."""
+    db = settings.require_database()
+    total = 4000
+    proc = spawn_projector(EVENTSTORE_BATCH_SIZE="40")
+    with AgentClient("sigkill", settings) as c:
+        for i in range(total):
+            c.emit(InventoryUpdated(sku=f"K{i % 25}", quantity=i), stream_for(f"K{i % 25}"))
+        c.flush(60)
+        for kill_after in (500, 2000):
+            def past(n: int = kill_after) -> bool:
+                return (scalar(db, "SELECT position FROM publisher_checkpoints") or 0) > n
+
+            wait_until(past, 120, f"the checkpoint past {kill_after}")
+            proc.kill()
+            checkpoint = scalar(db, "SELECT position FROM publisher_checkpoints") or 0
+            head = scalar(db, "SELECT position FROM log_head") or 0
+            assert checkpoint < total, "the kill must land mid-stream"
+            on_topic = {decode_committed(v).position
+                        for v in topic_messages(settings, settings.committed_topic, checkpoint, timeout=60)}
+            missing = [p for p in range(1, checkpoint + 1) if p not in on_topic]
+            assert not missing, f"checkpoint {checkpoint} claims positions the topic lacks: {missing[:5]}"
+            assert max(on_topic) <= head
+            proc = spawn_projector(EVENTSTORE_BATCH_SIZE="40")
+        wait_until(lambda: scalar(db, "SELECT position FROM log_head") == total, 120, "everything committed")
+    wait_until(lambda: scalar(db, "SELECT position FROM publisher_checkpoints") == total, 60, "all published")
+    check_topic(settings, total, repeats_allowed=True)
+
+
+class _Queue:
+    """What ``Publisher._settle`` asks of a producer: messages outstanding, served by poll, waited by flush."""
+
+    def __init__(self, outstanding: int, after_flush: int = 0) -> None:
+        self.outstanding, self.after_flush, self.flushes = outstanding, after_flush, 0
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return self.outstanding
+
+    def flush(self, timeout: float) -> int:
+        self.flushes += 1
+        self.outstanding = self.after_flush
+        return self.outstanding
+
+
+class _Conn:
+    def __init__(self) -> None:
+        self.saved: list[int] = []
+
+    def execute(self, query: str, params: tuple[str, int]) -> None:
+        self.saved.append(params[1])
+
+
+def test_the_checkpoint_moves_only_over_acknowledged_positions_and_not_every_page(settings: Settings) -> None:
+    """The decision alone (no servers): nothing outstanding is stored only when due; while messages are
+    outstanding it waits for them once when due, and stores nothing if they are still not acknowledged."""
+    pub = Publisher(settings, checkpoint_every=3600)
+    conn = _Conn()
+    pub.position, pub.acked, pub.saved, pub._saved_at = 100, 50, 50, time.monotonic()
+    pub._settle(conn, _Queue(0))  # type: ignore[arg-type]
+    assert pub.acked == 100 and conn.saved == [], "stored before it was due"
+    pub.position = 150
+    queue = _Queue(3)
+    pub._settle(conn, queue)  # type: ignore[arg-type]
+    assert pub.acked == 100 and queue.flushes == 0
+    stuck = _Queue(3, after_flush=1)
+    pub._settle(conn, stuck, final=True)  # type: ignore[arg-type]
+    assert stuck.flushes == 1 and conn.saved == [100], "stored a position the broker had not acknowledged"
+    pub._settle(conn, _Queue(2, after_flush=0), final=True)  # type: ignore[arg-type]
+    assert conn.saved == [100, 150] and pub.saved == 150
+    pub.position = 160
+    pub._failures = ["broker said no"]
+    with pytest.raises(BrokerError):
+        pub._settle(conn, _Queue(0), final=True)  # type: ignore[arg-type]
+    assert conn.saved == [100, 150], "stored a checkpoint over a failed delivery"
+    every_page = Publisher(settings, pipeline=False, checkpoint_every=0)
+    every_page.position, every_page._saved_at = 10, time.monotonic()
+    every_page._settle(conn, _Queue(0))  # type: ignore[arg-type]
+    assert conn.saved[-1] == 10

@@ -114,13 +114,43 @@ class LegacyPublisher(Publisher):
         self.position = events[-1].position
         self.published += len(events)
         conn.execute(SAVE_CHECKPOINT, (self.name, self.position))
+        self.acked = self.saved = self.position
         return True
+
+
+def handed_to_produced(handed: list[tuple[int, int, float]], pages: list[tuple[int, int, float, float]]) -> str:
+    """The publisher's own share of commit -> produced, per event: from the projector handing the batch over
+    (after its COMMIT returned) to the publisher's produce call, and from taking the page to producing it."""
+    at: dict[int, float] = {}
+    for first, last, t in handed:
+        at.update(dict.fromkeys(range(first, last + 1), t))
+    waits = sorted((produced - at[p]) * 1000 for first, last, _, produced in pages
+                   for p in range(first, last + 1) if p in at)
+    own = sorted((produced - taken) * 1000 for first, last, taken, produced in pages for _ in range(first, last + 1))
+    if not waits or not own:
+        return "handed -> produced: no samples"
+
+    def pct(v: list[float], p: int) -> float:
+        return v[min(len(v) - 1, len(v) * p // 100)]
+
+    return (f"handed -> produced p50 {pct(waits, 50):.2f} ms p90 {pct(waits, 90):.2f} p99 {pct(waits, 99):.2f} "
+            f"({len(waits)} events); taken -> produced p50 {pct(own, 50):.2f} ms p99 {pct(own, 99):.2f}; "
+            f"{len(pages)} pages")
 
 
 def run_projector(variant: str) -> int:
     """The projector process of one variant (``python -m eventstore.bench.publishing VARIANT``)."""
     settings = Settings.from_env()
-    projector = Projector(settings, publish=variant not in ("before", "none"), hand_off=variant == "handoff")
+    projector = Projector(settings, publish=variant not in ("before", "none"),
+                          hand_off=variant in ("handoff", "pipelined", "every-page", "flush-each"))
+    if variant == "every-page" and projector.publisher is not None:
+        # The previous round's publisher: waits for the broker and stores the checkpoint after every page.
+        projector.publisher.pipeline = False
+        projector.publisher.checkpoint_every = 0.0
+    if variant == "flush-each" and projector.publisher is not None:
+        projector.publisher.pipeline = False  # waits for the broker every page, checkpoint every 0.25 s
+    if variant in ("pipelined", "every-page", "flush-each") and projector.publisher is not None:
+        projector.publisher.trace, projector.publisher.local.trace = [], []
     legacy = LegacyPublisher(settings) if variant == "before" else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -137,6 +167,8 @@ def run_projector(variant: str) -> int:
     if pub is not None:
         print(f"published {pub.published}: {pub.from_memory} from memory, {pub.from_log} from the log, "
               f"{pub.chain_misses} chain misses, {pub.local.dropped} dropped from the hand-off", flush=True)
+        if pub.trace is not None and pub.local.trace is not None:
+            print(handed_to_produced(pub.local.trace, pub.trace), flush=True)
     return 0
 
 

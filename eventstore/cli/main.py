@@ -276,6 +276,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import publishing
 
         return publishing.main(events=args.events or 100_000, rounds=2 if not args.quick else 1)
+    if args.which == "publisher-latency":
+        from eventstore.bench import publishlatency
+
+        return publishlatency.main(events=args.latency_events, rate=args.rate, rounds=1 if args.quick else 3)
     if args.which == "intake":
         from eventstore.bench import intake
 
@@ -438,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("which", nargs="?", default="write-path",
                     choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history",
                              "references", "latency", "profile", "auth", "memory", "intake", "agent",
-                             "publisher", "broker-growth"])
+                             "publisher", "broker-growth", "publisher-latency"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers and memory 1,000,000; "
                          "chain-check 100,000; history 1,000,000; references: the drain, 1,000,000; latency: the "

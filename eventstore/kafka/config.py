@@ -37,6 +37,10 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
 # more), every emit_and_wait and the end of every emit_many batch, so a lone event is
 # not held back. Failed deliveries only call back into Python.
 AGENT_PRODUCER: Mapping[str, Any] = {"linger.ms": 5, "delivery.report.only.error": True}
+# The publisher's producer (committed topic) sends each page at once: it no longer flushes every page (it
+# pipelines them, eventstore.projection.publisher), and while a request is in flight the next messages batch
+# up by themselves; failed deliveries only call back into Python.
+COMMITTED_PRODUCER: Mapping[str, Any] = {"linger.ms": 0, "delivery.report.only.error": True}
 # fetch.wait.max.ms bounds latency on brokers (tansu) that do not answer a waiting fetch early.
 # A small max.poll.interval.ms keeps the embedded broker's JoinGroup from stalling; a batch
 # takes milliseconds, far below it.
@@ -62,6 +66,14 @@ def agent_producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     ``EVENTSTORE_KAFKA_CONFIG`` still overrides both."""
     _, bootstrap = settings.require_servers()
     return {"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS, **AGENT_PRODUCER, **settings.kafka_config, **extra}
+
+
+def committed_producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    """The publisher's producer: :data:`PRODUCER_DEFAULTS` with :data:`COMMITTED_PRODUCER`; the deployment's
+    ``EVENTSTORE_KAFKA_CONFIG`` still overrides both."""
+    _, bootstrap = settings.require_servers()
+    return {"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS, **COMMITTED_PRODUCER, **settings.kafka_config,
+            **extra}
 
 
 def consumer_config(settings: Settings, group: str, **extra: Any) -> dict[str, Any]:

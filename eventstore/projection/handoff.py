@@ -58,6 +58,8 @@ class LocalCommits:
         self._finished = 0
         self._enabled = False
         self.dropped = 0
+        # Benchmarks set a list here: (first position, last position, time.time()) per batch handed over.
+        self.trace: list[tuple[int, int, float]] | None = None
 
     def enable(self, on: bool) -> None:
         """Keep hand-offs (while this process's publisher leads) or drop them (standby)."""
@@ -89,6 +91,8 @@ class LocalCommits:
 
     def _hand(self, events: Sequence[RecordedEvent]) -> None:
         runs = contiguous_runs(events)
+        if self.trace is not None and events:
+            self.trace.append((events[0].position, events[-1].position, time.time()))
         with self._cond:
             if not self._enabled:
                 return

@@ -7,10 +7,16 @@ the topic (promise 3). Positions are gapless and handed out in commit order unde
 lock, so tailing ``position > checkpoint`` never skips an event that commits late (promise 4).
 
 One publisher per namespace is active at a time: each candidate holds a PostgreSQL session advisory
-lock while it publishes (released by the server if the process dies). The checkpoint is stored
-after the broker acknowledged a page; a crash in between republishes that page, and subscribers drop
-the repeats by position. The topic has one partition, which is what gives subscribers one global
-order; per-stream order would survive more partitions, global order would not.
+lock while it publishes (released by the server if the process dies).
+
+Pages are pipelined: the next page is produced while the broker has not yet acknowledged the previous
+ones (the idempotent producer keeps them in order on the one partition), so a batch is produced as soon
+as it is handed over. The checkpoint is a cursor, stored (durably) only for positions the broker
+acknowledged with everything before them, at most every ``checkpoint_every`` seconds and when the
+publisher stops; a crash or a broker error republishes from the stored checkpoint (at most the last
+``checkpoint_every`` seconds of events), and subscribers drop the repeats by position.
+The topic has one partition, which is what gives subscribers one global order; per-stream order would
+survive more partitions, global order would not.
 
 Events from the hand-off are published only as a run that starts at the next unpublished position and
 chains hash by hash onto the last event published (``prev_hash``); any other run is dropped and the log
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -32,7 +39,7 @@ from eventstore.core.errors import BrokerError, EventStoreError
 from eventstore.core.lifecycle import BackgroundRunner
 from eventstore.core.records import RECORDED_FIELDS, RecordedEvent
 from eventstore.core.settings import Settings
-from eventstore.kafka.config import ensure_topics, producer_config
+from eventstore.kafka.config import committed_producer_config, ensure_topics
 from eventstore.postgres.connection import Database, convert, is_transient
 from eventstore.postgres.eventlog import hash_at
 from eventstore.postgres.logreader import read_committed_rows
@@ -50,6 +57,8 @@ SAVE_CHECKPOINT = (
 TRY_LEAD = "SELECT pg_try_advisory_lock(%s)"
 # How long the publisher waits for its own projector's batch in flight before reading the log instead.
 HANDOFF_WAIT = 1.0
+# How often (seconds) the checkpoint is stored while events flow; a crash republishes at most this much.
+CHECKPOINT_EVERY = 0.25
 # Which column of a logreader row holds the hash (hex): RECORDED_FIELDS order.
 _HASH = RECORDED_FIELDS.index("hash")
 T = TypeVar("T")
@@ -59,7 +68,8 @@ class Publisher(BackgroundRunner):
     """Produce each committed event once (at least once across crashes), in position order."""
 
     def __init__(self, settings: Settings, *, page: int = 5000, start_after: int | None = None,
-                 hand_off_limit: int = 10_000) -> None:
+                 hand_off_limit: int = 10_000, pipeline: bool = True,
+                 checkpoint_every: float = CHECKPOINT_EVERY) -> None:
         super().__init__("publisher")
         self.settings = settings
         self.database = Database(settings.require_database(), application_name="eventstore-publisher")
@@ -68,7 +78,16 @@ class Publisher(BackgroundRunner):
         self.name = self.topic
         self._start_after = start_after
         self.published = 0
-        self.position = 0
+        self.position = 0  # the last position produced
+        self.acked = 0  # the last position the broker acknowledged, with every position before it
+        self.saved = 0  # the position in the stored checkpoint
+        # pipeline=False waits for the broker's acknowledgement of every page; with checkpoint_every=0 as well
+        # it is the previous publisher (checkpoint stored after every page), the baseline of
+        # `eventstore bench publisher-latency`.
+        self.pipeline = pipeline
+        self.checkpoint_every = checkpoint_every
+        self._saved_at = 0.0
+        self.producer_overrides: dict[str, Any] = {}  # librdkafka settings over the committed producer's
         self.leading = threading.Event()
         # What this process's projector committed: Projector calls ``local.batch()`` around each batch.
         self.local = LocalCommits(hand_off_limit)
@@ -80,15 +99,18 @@ class Publisher(BackgroundRunner):
         # Positions the broker refused as too large (its limit is below ours): sent as stubs on retry.
         self._too_large: set[int] = set()
         self._failures: list[str] = []
+        self._taken = 0.0
         self.stubs = 0
+        # Benchmarks set a list here: one (first, last, taken, produced) row of time.time() marks per page.
+        self.trace: list[tuple[int, int, float, float]] | None = None
 
     def _before_start(self) -> None:
         ensure_topics(self.settings, {self.topic: 1})
 
     def run(self) -> None:
         # One delivery callback for the producer, called only for failures: no Python call per message.
-        producer = Producer({**producer_config(self.settings), "on_delivery": self._delivered,
-                             "delivery.report.only.error": True})
+        producer = Producer(committed_producer_config(self.settings, on_delivery=self._delivered,
+                                                      **self.producer_overrides))
         try:
             for conn in self.database.reconnecting(self._stop, "publisher"):
                 try:
@@ -102,6 +124,7 @@ class Publisher(BackgroundRunner):
                     # Retry from the stored checkpoint; subscribers drop anything published twice and
                     # fill what is missing from PostgreSQL meanwhile.
                     log.error("publisher could not publish, retrying from the checkpoint: %s", e)
+                    self._failures = []
                     self._stop.wait(1.0)
         finally:
             self.local.enable(False)
@@ -124,17 +147,44 @@ class Publisher(BackgroundRunner):
             row = cur.fetchone()
             self.position = int(row[0]) if row else (self._start_after or 0)
             self._last_hash = hash_at(cur, self.position)
+        self.acked = self.saved = self.position
+        self._saved_at = time.monotonic()
         self.local.enable(True)
         self.leads += 1
         while not self._stop.is_set():
-            if not self._publish_page(conn, producer):
-                for _ in conn.notifies(timeout=0.25, stop_after=1):
-                    pass
+            if self._publish_page(conn, producer):
+                self._settle(conn, producer)
+                continue
+            wait = self._settle(conn, producer)
+            for _ in conn.notifies(timeout=wait, stop_after=1):
+                pass
+        self._settle(conn, producer, final=True)
+
+    def _settle(self, conn: psycopg.Connection[Any], producer: Producer, final: bool = False) -> float:
+        """Serve delivery reports, note what the broker acknowledged and store the checkpoint when it is due
+        (every page without pipelining); how long an idle publisher may wait before calling again."""
+        producer.poll(0)
+        outstanding = len(producer)
+        due = final or time.monotonic() - self._saved_at >= self.checkpoint_every
+        if outstanding and (due or not self.pipeline) and self.position > self.acked:
+            outstanding = producer.flush(30)  # wait for the acknowledgements: every page, or when due
+        if self._failures:
+            raise BrokerError(f"committed topic did not take events after position {self.acked}: "
+                              f"{self._failures[:1]}")
+        if not outstanding:
+            self.acked = self.position
+        if due and self.acked > self.saved:
+            conn.execute(SAVE_CHECKPOINT, (self.name, self.acked))
+            self.saved, self._saved_at = self.acked, time.monotonic()
+        if self.acked > self.saved or outstanding:
+            return max(0.001, min(0.25, self.checkpoint_every - (time.monotonic() - self._saved_at)))
+        return 0.25
 
     def _publish_page(self, conn: psycopg.Connection[Any], producer: Producer) -> bool:
         """Publish the next page (from the hand-off when it holds the next positions, else from the log);
         False when there was nothing to publish."""
         events, before = self.local.take(self.position, self.page, HANDOFF_WAIT)
+        self._taken = time.time()
         if events:
             messages = self._encode_held(events)
             if messages is not None:
@@ -185,10 +235,11 @@ class Publisher(BackgroundRunner):
         return True
 
     def _advance(self, conn: psycopg.Connection[Any], position: int, last_hash: bytes | None, count: int) -> None:
+        if self.trace is not None:
+            self.trace.append((position - count + 1, position, self._taken, time.time()))
         self.position = position
         self._last_hash = last_hash
         self.published += count
-        conn.execute(SAVE_CHECKPOINT, (self.name, self.position))
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -199,8 +250,7 @@ class Publisher(BackgroundRunner):
 
     def _send(self, producer: Producer, items: Sequence[T], messages: list[Encoded],
               encode: Callable[[T, int], Encoded]) -> None:
-        """Produce a page's messages and wait for the broker's acknowledgement of all of them."""
-        self._failures = []
+        """Produce a page's messages; ``_settle`` learns when the broker acknowledged them."""
         too_large, topic, produce = self._too_large, self.topic, producer.produce
         for item, encoded in zip(items, messages, strict=True):
             if too_large and encoded[0] in too_large:
@@ -211,9 +261,6 @@ class Publisher(BackgroundRunner):
                 produce(topic, value=encoded[2], key=encoded[1], headers=encoded[3])
             except (BufferError, KafkaException):
                 self._produce(producer, item, encoded, encode)
-        if producer.flush(30) or self._failures:
-            raise BrokerError(f"committed topic did not take events after position {self.position}: "
-                              f"{self._failures[:1]}")
 
     def _stub(self, position: int) -> None:
         self.stubs += 1
