@@ -329,6 +329,9 @@ def test_the_publisher_sends_a_stub_when_the_client_refuses_a_message_as_too_lar
     with Publisher(tight) as pub:
         wait_until(lambda: pub.published == 2, 30, "both events published")
         assert pub.stubs == 1 and not pub.finished.is_set()
+        # The refused position is remembered only until the checkpoint passes it (no per-event memory).
+        wait_until(lambda: pub.saved == 2, 30, "the checkpoint stored past both events")
+        wait_until(lambda: not pub._too_large, 5, "the refused position forgotten after the checkpoint")
     first, second = (json.loads(v) for v in _committed_values(settings, 2))
     assert first["payload_omitted"] is True and first["position"] == 1
     assert second["payload"] == {"doc": "b", "title": "small"}

@@ -176,6 +176,8 @@ class Publisher(BackgroundRunner):
         if due and self.acked > self.saved:
             conn.execute(SAVE_CHECKPOINT, (self.name, self.acked))
             self.saved, self._saved_at = self.acked, time.monotonic()
+            if self._too_large:  # positions at or below the checkpoint are never published again
+                self._too_large = {p for p in self._too_large if p > self.saved}
         if self.acked > self.saved or outstanding:
             return max(0.001, min(0.25, self.checkpoint_every - (time.monotonic() - self._saved_at)))
         return 0.25
