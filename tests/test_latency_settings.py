@@ -36,3 +36,13 @@ def test_a_fetch_wait_out_of_range_is_refused_naming_the_variable(value: str) ->
     # 0 makes tansu deliver nothing at all (bench latency's probes); above 500 ms is an outage, not a setting
     with pytest.raises(ConfigurationError, match="EVENTSTORE_PROJECTOR_FETCH_WAIT_MS"):
         Settings.from_env({**SERVERS, "EVENTSTORE_PROJECTOR_FETCH_WAIT_MS": value})
+
+
+def test_the_projector_consumer_bounds_its_prefetch_and_the_deployment_can_change_it() -> None:
+    """The prefetch bound keeps the projector's RSS flat (docs/perf-memory.md); other consumers keep
+    librdkafka's default, and EVENTSTORE_KAFKA_CONFIG still decides."""
+    default = Settings.from_env(SERVERS)
+    assert projector_consumer_config(default, "g")["queued.max.messages.kbytes"] == 8192
+    assert "queued.max.messages.kbytes" not in consumer_config(default, "g")
+    s = Settings.from_env({**SERVERS, "EVENTSTORE_KAFKA_CONFIG": json.dumps({"queued.max.messages.kbytes": 65536})})
+    assert projector_consumer_config(s, "g")["queued.max.messages.kbytes"] == 65536
