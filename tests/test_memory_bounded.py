@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import sys
+import time
 import uuid
 from collections import Counter
 
@@ -48,6 +49,7 @@ def _settle(projector: Projector, sub: Subscriber, head: int) -> tuple[int, Coun
     publisher = projector.publisher
     assert publisher is not None
     wait_until(lambda: publisher.position >= head and sub.last >= head, 120, f"publisher and subscriber at {head}")
+    time.sleep(0.5)  # let the threads finish the batch in hand and go back to polling (not a timing claim)
     gc.collect()
     return sys.getallocatedblocks(), Counter(type(o).__name__ for o in gc.get_objects())
 

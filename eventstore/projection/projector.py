@@ -193,6 +193,7 @@ class Projector(BackgroundRunner):
                     raise self._fatal
                 if batch:
                     conn = self._process(conn, consumer, producer, batch, self._watermarks(consumer, batch))
+                del batch  # an idle projector holds no message of its last batch while it polls
         finally:
             if self.publisher is not None:
                 self.publisher.stop()
