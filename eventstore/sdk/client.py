@@ -196,13 +196,7 @@ class AgentClient:
             raise BrokerError("the client is closed")
         handle, key, value, headers = self._prepare(event, stream, expected_version, idempotency_key,
                                                     correlation_id, causation_id, lease)
-        self._pending.add(handle)
-        try:
-            self._produce_one(key, value, headers)
-        except BrokerError as e:
-            self._pending.fail(handle.event_id, e)  # nothing waits for an outcome that cannot come
-            raise
-        return handle
+        return self._send_one(handle, key, value, headers)
 
     def emit_envelope(self, env: Envelope) -> EmitHandle:
         """Send a prepared envelope (built by :func:`build_envelope`)."""
@@ -211,6 +205,10 @@ class AgentClient:
         key, value, headers = self._writer.encode(env)
         self._check_size(value, env.type, env.stream)
         handle = EmitHandle(env.event_id, env.stream, env.idempotency_key, self._pending)
+        return self._send_one(handle, key, value, headers)
+
+    def _send_one(self, handle: EmitHandle, key: bytes, value: bytes, headers: Headers) -> EmitHandle:
+        """Register the handle, then produce its message; a refused produce fails the handle at once."""
         self._pending.add(handle)
         try:
             self._produce_one(key, value, headers)
