@@ -294,7 +294,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return auth.main(events=args.events or 20_000)
     from eventstore.bench import leases
 
-    leases.main(["--rounds", str(args.rounds), "--per-agent", str(args.per_agent)])
+    leases.main(["--rounds", str(args.rounds), "--per-agent", str(args.per_agent),
+                 "--processes", str(args.agent_processes)] + (["--no-coupling"] if args.no_coupling else []))
     return EXIT_OK
 
 
@@ -451,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
+    bn.add_argument("--agent-processes", type=int, default=4,
+                    help="leases: also run the 16 contended agents as this many processes (1: threads only)")
+    bn.add_argument("--no-coupling", action="store_true", help="leases: skip the write-path coupling part")
     bn.add_argument("--latency-events", type=int, default=3000, help="events for the latency run")
     bn.add_argument("--rate", type=int, default=1000, help="steady rate (events/s) for the latency run")
     bn.add_argument("--quick", action="store_true",

@@ -42,6 +42,10 @@ class LeaseHost(Protocol):
 
     def run_step_then_read(self, send: Callable[[Cursor], Callable[[], T]], attempts: int = 5) -> T: ...
 
+    def run_call(self, fn: Callable[[Cursor], T], attempts: int = 5) -> T: ...
+
+    def notice_key(self) -> bytes | None: ...
+
     def renew(self, lease: Lease, ttl: float | None = None) -> datetime: ...
 
     def release(self, lease: Lease) -> None: ...
@@ -134,6 +138,7 @@ class Acquisition:
         self.deadline = time.monotonic() + wait
         self.polls = 0
         self.queued = False
+        self.queue_seq: int | None = None  # this request's queue place (lease_waiters.seq), when known
         self.last_detect = time.monotonic()
         self.wake: Wake | None = None
         # Set by a caller that sleeps with ``sleep()`` (cut short by wake-ups); the asyncio API polls.
@@ -170,6 +175,7 @@ class Acquisition:
             return None
         if res.newly_queued:
             self.queued = True
+            self.queue_seq = res.queue_seq
             if len(c.contended) > 10_000:
                 c.contended.clear()
             c.contended[r] = time.monotonic()
@@ -202,13 +208,17 @@ class Acquisition:
 
     def _handed(self) -> Lease | None:
         """The lease a release handed to this request, if its notification has arrived. The release's
-        transaction granted it and chained the grant; the notice is only believed after one read (any
-        role may NOTIFY), whose commit writes nothing and needs no flush."""
+        transaction granted it and chained the grant, and the notice was sent at its commit. Any role may
+        NOTIFY: the notice is believed as it stands only when it is signed with the coordinator's key and
+        names this request's queue place (migration 0011); otherwise after one read, which writes nothing."""
         if self.wake is None or self.wake.grant is None:
             return None
         g, self.wake.grant = self.wake.grant, None
         r, a = self.resource, self.agent_id
-        expires_at = self.c.run_step_then_read(lambda cur: lease_store.send_check_handoff(cur, r, a, g.token))
+        if g.authentic(self.c.notice_key(), self.queue_seq):
+            expires_at: datetime | None = g.expires_at
+        else:
+            expires_at = self.c.run_call(lambda cur: lease_store.send_check_handoff(cur, r, a, g.token)())
         if expires_at is None:
             log.warning("a notice handed %r token %d to %r, but the database holds no such hand-off "
                         "(forged, or revoked or expired meanwhile); polling instead", r, g.token, a)
@@ -230,21 +240,29 @@ class Acquisition:
         transaction: a request made later cannot slip in between (FIFO). Only when neither call decides
         (an expired holder or a stale waiter to clean up, another lease held whose order must be checked,
         the agent's first request, a shared request) does the full step run in a second transaction. A
-        queued waiter woken by a release tries the one-call grant alone (one round trip with its commit),
+        queued waiter woken by a release tries the one-call grant alone (one statement in autocommit mode),
         then if need be the full step."""
         if first and self.wait > 0 and self.mode is Mode.EXCLUSIVE:
-            # One round trip with the commit: granted, or queued by the one-call queueing (0010); if
+            # One statement in autocommit mode (0011): granted, or queued by the one-call queueing; if
             # neither call decided (nothing written), the full step runs in a transaction of its own.
-            decided = self.c.run_step_then_read(lambda cur: lease_store.send_first_request(
+            decided = self.c.run_call(lambda cur: lease_store.send_first_request(
                 cur, self.resource, self.agent_id, self.mode, self.ttl, self.c.enforce_lock_order,
-                self.expected, self.c.stale_waiter_after))
+                self.expected, self.c.stale_waiter_after)())
             if decided is not None:
                 return decided
+        if first and self.wait <= 0 and self.mode is Mode.EXCLUSIVE:
+            # A try never queues, so nothing orders it against others: the one-call grant alone (one
+            # statement in autocommit mode), else the full step in a transaction of its own.
+            grant = self.c.run_call(lambda cur: lease_store.send_grant_free(
+                cur, self.resource, self.agent_id, self.mode, self.ttl, self.c.enforce_lock_order)())
+            if grant is not None:
+                return lease_store.StepResult(grant=grant)
+            return self.c.run_step(lambda cur: self._attempt(cur, first, fast=False))
         if first:
             return self.c.run_step(lambda cur: self._attempt(cur, first, fast=True))
         if fast:
-            grant = self.c.run_step_then_read(lambda cur: lease_store.send_grant_free(
-                cur, self.resource, self.agent_id, self.mode, self.ttl, check_order=False))
+            grant = self.c.run_call(lambda cur: lease_store.send_grant_free(
+                cur, self.resource, self.agent_id, self.mode, self.ttl, check_order=False)())
             if grant is not None:
                 return lease_store.StepResult(grant=grant)
         return self.c.run_step(lambda cur: self._attempt(cur, first, fast=False))

@@ -125,6 +125,7 @@ class AsyncCoordinator:
     refresh_fence_rejections = offload(Coordinator.refresh_fence_rejections)
     run_step = offload(Coordinator.run_step)
     run_step_then_read = offload(Coordinator.run_step_then_read)
+    run_call = offload(Coordinator.run_call)
     close = offload(Coordinator.close)
 
     def acquisition(self, resource: str, *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE,

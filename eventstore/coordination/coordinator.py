@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
+from psycopg.pq import TransactionStatus
+
 from eventstore.coordination.acquisition import Acquisition, Lease
 from eventstore.coordination.alerts import Alerter
 from eventstore.coordination.metrics import LeaseMetrics
@@ -27,6 +29,7 @@ from eventstore.core.errors import (
     CoordinationError,
     LeaseNotHeldError,
     LeaseTimeout,
+    StorageError,
     TransientStorageError,
 )
 from eventstore.core.lockevents import AgentKilled
@@ -47,6 +50,7 @@ __all__ = ["Coordinator", "Lease"]
 
 
 R = TypeVar("R")
+_UNREAD = object()  # the notice key has not been read yet
 
 
 def _itself(result: T) -> T:
@@ -83,6 +87,7 @@ class Coordinator:
         self.alerter = Alerter(alert_webhook if alert_webhook is not None else self.settings.alert_webhook)
         self.wakeups = Wakeups(database)
         self.contended: dict[str, float] = {}  # resource -> when a request of this process last queued
+        self._notice_key: bytes | object | None = _UNREAD
         self._pool = database.pool(min_size=1, max_size=pool_size, autocommit=False, name="eventstore-coordinator",
                                    check=False)
         # The storage steps behind one typed interface (tests/test_contract_leases.py); the policy is here.
@@ -108,6 +113,43 @@ class Coordinator:
         the reader of their results, called after the commit. In pipeline mode the statements and the
         commit travel in one round trip."""
         return self._transaction(send, attempts, _called)
+
+    def run_call(self, fn: Callable[[Cursor], T], attempts: int = 5) -> T:
+        """Run ``fn``, which sends ONE statement and reads its result, in autocommit mode: the statement
+        is its own transaction, durable at its commit, in one round trip with no BEGIN or COMMIT for
+        either side to process. With ``synchronous_commit=False`` it runs as a step (``run_step``)."""
+        if not self.synchronous_commit:
+            return self.run_step(fn, attempts)
+        for i in range(attempts):
+            try:
+                with converted_errors(), self._pool.connection() as conn:
+                    conn.autocommit = True  # client-side only: no round trip
+                    try:
+                        with conn.cursor() as cur:
+                            return fn(cur)
+                    finally:
+                        if conn.info.transaction_status == TransactionStatus.IDLE:
+                            conn.autocommit = False  # else the pool discards the broken connection
+            except TransientStorageError:
+                if i == attempts - 1:
+                    raise
+                self._pool.check()
+                time.sleep(rules.backoff(i, base=0.01, cap=0.2))
+        raise TransientStorageError(f"no attempt was made (attempts={attempts})")
+
+    def notice_key(self) -> bytes | None:
+        """The key that signs hand-off notices (migration 0011), read once; None if this role cannot read
+        it (every notice is then checked with a read, as before 0011)."""
+        if self._notice_key is _UNREAD:
+            try:
+                key = self.run_call(lease_store.read_notice_key, attempts=1)
+            except TransientStorageError:
+                return None  # try again at the next hand-off
+            except StorageError as e:
+                log.warning("cannot read the hand-off notice key (%s); hand-offs are checked with a read", e)
+                key = None
+            self._notice_key = key
+        return self._notice_key if isinstance(self._notice_key, bytes) else None
 
     def _transaction(self, fn: Callable[[Cursor], R], attempts: int, finish: Callable[[R], T]) -> T:
         for i in range(attempts):

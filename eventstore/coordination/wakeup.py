@@ -3,7 +3,9 @@ threads waiting for that resource: only the head of its queue when the payload n
 head, after which nobody else can be granted; see lease_sql.py), else every waiter of the resource.
 When a release handed the lease to that head in its own transaction (migration 0010), the payload also
 carries the grant (token, expiry, seconds waited): it is given to one waiting request of that agent,
-which checks it with one read (any role may NOTIFY) and returns the lease without a commit of its own.
+which returns the lease without a commit of its own. Any role may NOTIFY, so the notice is believed only
+if it is signed with the coordinator's key and names the request's own queue place (migration 0011);
+otherwise the request checks it with one read.
 
 Polling alone leaves a freed resource idle for up to a backoff interval; with a notification the head
 of the queue polls again at once. Polling stays as the backstop (expiry has no notification, and a
@@ -13,10 +15,12 @@ costs latency, never correctness.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from eventstore.core.errors import EventStoreError
@@ -29,12 +33,26 @@ CHANNEL = "eventstore_leases"
 
 @dataclass(frozen=True)
 class HandedOff:
-    """A lease a release handed to a waiting agent, as the notification carried it."""
+    """A lease a release handed to a waiting agent, as the notification carried it. Since migration 0011
+    the notice also names the queue place it was granted for and is signed (``signed`` is the text the
+    MAC covers)."""
 
     token: int
     expires_at: datetime
     waited_seconds: float
     received_at: float = 0.0  # time.perf_counter() when the listener handed it over (latency figures)
+    seq: int | None = None
+    signed: str = ""
+    mac: str = ""
+
+    def authentic(self, key: bytes | None, queue_seq: int | None) -> bool:
+        """Whether the notice may be believed without a read: its HMAC-SHA256 under the coordinator's
+        notice key matches, and it names the queue place this request holds (an older notice, replayed
+        by anyone who listens, names an older place)."""
+        if key is None or queue_seq is None or self.seq != queue_seq or not self.mac:
+            return False
+        expected = hmac.new(key, self.signed.encode(), hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, self.mac)
 
 
 class Wake(threading.Event):
@@ -47,12 +65,19 @@ class Wake(threading.Event):
 
 
 def parse(payload: str) -> tuple[str, str, HandedOff | None]:
-    """A notification's resource, head agent ('' = every waiter) and hand-off, if it carries one."""
+    """A notification's resource, head agent ('' = every waiter) and hand-off, if it carries one: five
+    fields (0010), or seven, signed (0011: the queue place, then the MAC of everything before it)."""
     parts = payload.split("\x1f")
-    if len(parts) == 5:
-        token, expires, waited = parts[2:]
-        return parts[0], parts[1], HandedOff(int(token), datetime.fromtimestamp(float(expires), UTC),
-                                             float(waited))
+    if len(parts) in (5, 7):
+        token, expires, waited = parts[2:5]
+        seq, signed, mac = None, "", ""
+        try:
+            if len(parts) == 7:
+                seq, signed, mac = int(parts[5]), payload[:payload.rindex("\x1f")], parts[6]
+            return parts[0], parts[1], HandedOff(int(token), datetime.fromtimestamp(float(expires), UTC),
+                                                 float(waited), seq=seq, signed=signed, mac=mac)
+        except (ValueError, OverflowError, OSError):  # not ours (any role may NOTIFY): wake the head to poll
+            return parts[0], parts[1], None
     return parts[0], parts[1] if len(parts) > 1 else "", None
 
 
@@ -107,8 +132,7 @@ class Wakeups:
             if grant is not None:
                 for event, agent in waiting.items():
                     if agent == head and event.grant is None:  # the first request of that agent gets it
-                        event.grant = HandedOff(grant.token, grant.expires_at, grant.waited_seconds,
-                                                time.perf_counter())
+                        event.grant = replace(grant, received_at=time.perf_counter())
                         event.set()
                         return
                 return

@@ -88,6 +88,7 @@ ENQUEUE = """
 INSERT INTO lease_waiters (resource, agent_id, mode, enqueued_at, heartbeat_at, expected_seconds, ttl_seconds)
 VALUES (%s, %s, %s, clock_timestamp(), clock_timestamp(), %s, %s)
 ON CONFLICT (resource, agent_id) DO UPDATE SET heartbeat_at = clock_timestamp()
+RETURNING seq
 """
 HEARTBEAT = "UPDATE lease_waiters SET heartbeat_at = clock_timestamp() WHERE resource = %s AND agent_id = %s"
 MARK_ALERTED = "UPDATE lease_waiters SET alerted = true WHERE resource = %s AND agent_id = %s"
@@ -108,13 +109,16 @@ _WAKE_HEAD = """
 """
 # A live, non-re-entered hold released in one call (migration 0010): under the resource's advisory lock it
 # deletes the holder row, hands the lease to the head of the queue when that waiter waits for an exclusive
-# lease (its grant chained in the same commit, the notification carrying it), else wakes the head; a row
-# (seconds held) or none when the full step (``release_rest``) must decide.
-RELEASE_FAST = ("SELECT * FROM eventstore_lease_release(%(r)s::text, %(a)s::text, %(t)s::bigint, %(ns)s::int, "
+# lease (its grant chained in the same commit, the notification carrying it, signed since 0011), else wakes
+# the head; a row (seconds held) or none when the full step (``release_rest``) must decide.
+RELEASE_FAST = ("SELECT * FROM eventstore_lease_release_signed(%(r)s::text, %(a)s::text, %(t)s::bigint, %(ns)s::int, "
                 "%(k)s::int, %(stale)s::float8)")
-# A first request that must wait, queued in one call (migration 0010): a row (held_by) or none.
-QUEUE_ONE_CALL = ("SELECT * FROM eventstore_lease_queue(%s::text, %s::text, %s::text, %s::float8, %s::int, %s::int, "
-                  "%s, %s::float8, %s::float8)")
+# A first request in one statement (migration 0011): the one-call grant, else the one-call queueing; a row
+# (token, expires_at, waited, held_by, queue seq) or none when the full step must decide.
+REQUEST = ("SELECT * FROM eventstore_lease_request(%s::text, %s::text, %s::text, %s::float8, %s::int, %s::int, "
+           "%s, %s::float8, %s::float8)")
+# The key of signed hand-off notices (migration 0011), readable by the coordinator role only.
+NOTICE_KEY = "SELECT key FROM lease_notice_key"
 # The common grant in one call (migration 0009): a row (token, expires_at, waited) or none.
 GRANT_FREE = "SELECT * FROM eventstore_lease_grant_free(%s::text, %s::text, %s::text, %s::float8, %s::int, %s::int, %s)"
 NOTIFY = "SELECT " + _WAKE_HEAD

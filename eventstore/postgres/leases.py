@@ -53,12 +53,13 @@ from eventstore.postgres.lease_sql import (
     LOCK,
     LOCK_AGENT_EARLY,
     MARK_ALERTED,
+    NOTICE_KEY,
     NOTIFY,
-    QUEUE_ONE_CALL,
     REENTER,
     RELEASE_FAST,
     RELEASE_ROW,
     RENEW,
+    REQUEST,
     REVIVE,
     SNAPSHOT,
     TAKE_HANDOFF,
@@ -113,6 +114,7 @@ class StepResult:
     alert: ev.WaitExceeded | None = None
     expired: list[Expiry] = field(default_factory=list)
     error: EventStoreError | None = None
+    queue_seq: int | None = None  # the queue place taken (lease_waiters.seq), when known
 
 
 def _lock(cur: Cursor, resource: str) -> None:
@@ -234,27 +236,22 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
 
 def send_first_request(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, check_order: bool,
                        expected: float | None, stale_after: float) -> Callable[[], StepResult | None]:
-    """Send a first request that needs no answer before its commit (migration 0010): the one-call grant,
-    then the one-call queueing (which does nothing if the grant was made, or if the full step must
-    decide). The reader gives the grant or the queued result, or None when neither call decided and
-    nothing was written; the full step then runs in a transaction of its own. With the commit in the
-    same round trip, the resource's advisory lock is held for no client round trip."""
-    read_free = send_grant_free(cur, resource, agent_id, mode, ttl, check_order)
-    more = cur.connection.cursor()
-    more.execute(QUEUE_ONE_CALL, (resource, agent_id, mode.value, ttl, ADVISORY_NS, key_of(resource), check_order,
-                                  expected, stale_after))
+    """Send a first request as ONE statement (migration 0011): the one-call grant, else the one-call
+    queueing, under the resource's advisory lock. The reader gives the grant, or the queued result with
+    its queue place, or None when neither call decided and nothing was written (the full step then runs
+    in a transaction of its own). Being one statement it can run in autocommit mode: one round trip, no
+    BEGIN or COMMIT, and the advisory lock is held for no client round trip."""
+    cur.execute(REQUEST, (resource, agent_id, mode.value, ttl, ADVISORY_NS, key_of(resource), check_order,
+                          expected, stale_after))
 
     def read() -> StepResult | None:
-        try:
-            free = read_free()
-            queued = more.fetchone()
-        finally:
-            more.close()
-        if free is not None:
-            return StepResult(grant=free)
-        if queued is not None:
-            return StepResult(held_by=list(queued[0]), newly_queued=True)
-        return None
+        row = cur.fetchone()
+        if row is None:
+            return None
+        token, expires_at, waited, held_by, seq = row
+        if token is not None:
+            return StepResult(grant=Grant(resource, agent_id, mode, int(token), expires_at, float(waited)))
+        return StepResult(held_by=list(held_by), newly_queued=True, queue_seq=None if seq is None else int(seq))
     return read
 
 
@@ -351,16 +348,19 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
     # of the way to stale, so a waiting poll rarely needs a WAL flush at commit.
     if snap.my_wait is None:
         cur.execute(ENQUEUE, (resource, agent_id, mode.value, expected, ttl))
+        row = cur.fetchone()
+        queue_seq = None if row is None else int(row[0])
         waited, alerted, expected_db = 0.0, False, expected
         log.add(lease_stream(resource), ev.LeaseWaited(
             resource=resource, agent_id=agent_id, mode=mode.value, held_by=held_by,
             expected_seconds=expected), agent_id)
     else:
         waited, alerted, expected_db, age = snap.my_wait
+        queue_seq = None
         if age > stale_after / 4:
             cur.execute(HEARTBEAT, (resource, agent_id))
     result = StepResult(expired=expired, held_by=held_by, newly_queued=snap.my_wait is None,
-                        waited_seconds=waited)
+                        waited_seconds=waited, queue_seq=queue_seq)
     if expected_db is not None and wait_exceeded(waited, expected_db, alerted):
         cur.execute(MARK_ALERTED, (resource, agent_id))
         result.alert = ev.WaitExceeded(resource=resource, agent_id=agent_id, waited_seconds=waited,
@@ -378,6 +378,13 @@ def send_check_handoff(cur: Cursor, resource: str, agent_id: str, token: int) ->
         row = cur.fetchone()
         return None if row is None else row[0]
     return read
+
+
+def read_notice_key(cur: Cursor) -> bytes | None:
+    """The key that signs hand-off notices (migration 0011), or None if there is none."""
+    cur.execute(NOTICE_KEY)
+    row = cur.fetchone()
+    return None if row is None else bytes(row[0])
 
 
 def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: str,

@@ -68,6 +68,10 @@ class StepRunner(Protocol):
         """Run a step whose results are read after its commit (one round trip in pipeline mode)."""
         ...
 
+    def run_call(self, fn: Callable[[Cursor], T], attempts: int = 5) -> T:
+        """Run ``fn``, which sends one statement and reads its result, as its own transaction."""
+        ...
+
 
 class PostgresLeaseStore:
     """The lease store in PostgreSQL (tables ``resources``, ``lease_holders``, ``lease_waiters``, ``agents``;
@@ -91,9 +95,9 @@ class PostgresLeaseStore:
         return self._runner.run_step(lambda cur: leases.renew(cur, resource, agent_id, token, ttl))
 
     def release(self, resource: str, agent_id: str, token: int) -> tuple[float | None, Expiry | None]:
-        # The common case in one round trip; the rest (re-entered, expired, not held) in a second step.
-        held = self._runner.run_step_then_read(
-            lambda cur: leases.send_release_fast(cur, resource, agent_id, token, self.stale_after))
+        # The common case in one statement (autocommit); the rest (re-entered, expired, not held) in a second step.
+        held = self._runner.run_call(
+            lambda cur: leases.send_release_fast(cur, resource, agent_id, token, self.stale_after)())
         if held is not None:
             return held, None
         return self._runner.run_step(lambda cur: leases.release_rest(cur, resource, agent_id, token))
