@@ -10,9 +10,10 @@ queue place is the one its request holds (an old notice replayed by a listener n
 no read; anything else is checked with the read as before. The notice is only sent at the release's
 commit, so a signed notice is a committed (durable) grant.
 
-``eventstore_lease_request`` is a first request in one call: 0009's one-call grant, else 0010's one-call
-queueing (returning the queue place), under the resource's advisory lock in one statement, so a client can
-send it alone in autocommit mode (no BEGIN, no COMMIT statement) and still queue atomically (FIFO).
+``eventstore_lease_request`` is a first request in one call: it decides as 0009's one-call grant followed by
+0010's one-call queueing (and returns the queue place), reading the holders and the queue's head once under
+the resource's advisory lock, in one statement, so a client can send it alone in autocommit mode (no BEGIN,
+no COMMIT statement) and still queue atomically (FIFO).
 
 Revision ID: 0011
 Revises: 0010
@@ -123,26 +124,79 @@ BEGIN
 END $$;
 
 -- A first request in one statement: granted (token, expiry, seconds waited), or queued (held_by, the queue
--- place), or no row and nothing written (the full step decides, in a transaction of its own).
+-- place), or no row and nothing written (the full step decides, in a transaction of its own). It decides
+-- exactly as 0009's eventstore_lease_grant_free followed by 0010's eventstore_lease_queue, reading the
+-- resource's holders and the head of its queue once under one advisory lock.
 CREATE FUNCTION eventstore_lease_request(r text, a text, m text, ttl float8, ns int, k int, check_order boolean,
                                          expected float8, stale float8)
 RETURNS TABLE (out_token bigint, out_expires_at timestamptz, out_waited float8, out_held_by text[],
                out_seq bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
-    g record;
     held text[];
+    blocked boolean;
+    head record;
+    queued boolean;
+    tok bigint;
+    exp timestamptz;
+    waited float8 := 0;
+    place bigint;
 BEGIN
-    SELECT * INTO g FROM eventstore_lease_grant_free(r, a, m, ttl, ns, k, check_order);
-    IF FOUND THEN
-        RETURN QUERY SELECT g.out_token, g.out_expires_at, g.out_waited, NULL::text[], NULL::bigint;
-        RETURN;
+    PERFORM pg_advisory_xact_lock(ns, k);
+    -- Holding another lease while the order is checked: neither one-call path decides.
+    IF check_order AND EXISTS (SELECT 1 FROM lease_holders h WHERE h.agent_id = a) THEN RETURN; END IF;
+    SELECT array_agg(DISTINCT h.agent_id COLLATE "C" ORDER BY h.agent_id COLLATE "C"),
+           bool_or(h.agent_id = a OR h.expires_at <= clock_timestamp())
+    INTO held, blocked FROM lease_holders h WHERE h.resource = r;
+    IF held IS NULL THEN
+        -- No holder row: granted when nobody is queued or the agent is the head (0009's one-call grant).
+        SELECT q.agent_id, q.enqueued_at INTO head FROM lease_waiters q WHERE q.resource = r ORDER BY q.seq LIMIT 1;
+        queued := FOUND;
+        IF NOT queued OR head.agent_id = a THEN
+            PERFORM 1 FROM agents g WHERE g.agent_id = a AND g.status = 'active' FOR SHARE;
+            IF NOT FOUND THEN RETURN; END IF;
+            IF queued THEN
+                DELETE FROM lease_waiters q WHERE q.resource = r AND q.agent_id = a;
+                waited := extract(epoch FROM clock_timestamp() - head.enqueued_at);
+            END IF;
+            INSERT INTO resources AS s (resource, fence_token) VALUES (r, nextval('fencing_tokens'))
+            ON CONFLICT (resource) DO UPDATE SET fence_token = GREATEST(s.fence_token, EXCLUDED.fence_token)
+            RETURNING s.fence_token INTO tok;
+            INSERT INTO lease_holders AS h (resource, agent_id, mode, token, ttl_seconds, granted_at, expires_at)
+            VALUES (r, a, m, tok, ttl, clock_timestamp(), clock_timestamp() + make_interval(secs => ttl))
+            RETURNING h.expires_at INTO exp;
+            INSERT INTO lock_events (event_id, stream, type, schema_version, payload, agent_id, lease_resource,
+                                     fencing_token)
+            VALUES (gen_random_uuid(), 'lease-' || r, 'LeaseGranted', 1,
+                    jsonb_build_object('agent_id', a, 'mode', m, 'resource', r, 'token', tok, 'ttl_seconds', ttl,
+                                       'waited_seconds', waited)::text,
+                    a, r, tok);
+            RETURN QUERY SELECT tok, exp, waited, NULL::text[], NULL::bigint;
+            RETURN;
+        END IF;
     END IF;
-    SELECT q.out_held_by INTO held FROM eventstore_lease_queue(r, a, m, ttl, ns, k, check_order, expected, stale) q;
-    IF FOUND THEN
-        RETURN QUERY SELECT NULL::bigint, NULL::timestamptz, NULL::float8, held,
-                            (SELECT w.seq FROM lease_waiters w WHERE w.resource = r AND w.agent_id = a);
+    -- Busy: queued (0010's one-call queueing) when nothing is left for the full step to decide or clean up.
+    IF m <> 'exclusive' OR blocked THEN RETURN; END IF;
+    IF EXISTS (SELECT 1 FROM lease_waiters q
+               WHERE q.resource = r AND (q.agent_id = a
+                                         OR q.heartbeat_at < clock_timestamp() - make_interval(secs => stale)))
+    THEN RETURN; END IF;
+    IF held IS NULL THEN
+        SELECT array_agg(DISTINCT q.agent_id COLLATE "C" ORDER BY q.agent_id COLLATE "C") INTO held
+        FROM lease_waiters q WHERE q.resource = r;
     END IF;
+    PERFORM 1 FROM agents g WHERE g.agent_id = a AND g.status = 'active' FOR SHARE;
+    IF NOT FOUND THEN RETURN; END IF;
+    INSERT INTO lease_waiters AS q (resource, agent_id, mode, enqueued_at, heartbeat_at, expected_seconds,
+                                    ttl_seconds)
+    VALUES (r, a, m, clock_timestamp(), clock_timestamp(), expected, ttl)
+    RETURNING q.seq INTO place;
+    INSERT INTO lock_events (event_id, stream, type, schema_version, payload, agent_id, lease_resource, fencing_token)
+    VALUES (gen_random_uuid(), 'lease-' || r, 'LeaseWaited', 1,
+            jsonb_build_object('agent_id', a, 'expected_seconds', expected, 'held_by', to_jsonb(held), 'mode', m,
+                               'resource', r)::text,
+            a, NULL, NULL);
+    RETURN QUERY SELECT NULL::bigint, NULL::timestamptz, NULL::float8, held, place;
 END $$;
 REVOKE ALL ON FUNCTION eventstore_lease_release_signed(text, text, bigint, int, int, float8) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION eventstore_lease_release_signed(text, text, bigint, int, int, float8)
