@@ -90,6 +90,15 @@ BEGIN
             VALUES (r, head.agent_id, 'exclusive', tok, head.ttl_seconds, clock_timestamp(),
                     clock_timestamp() + make_interval(secs => head.ttl_seconds), true)
             RETURNING h.expires_at INTO exp;
+            body := r || chr(31) || head.agent_id || chr(31) || tok::text || chr(31) || extract(epoch FROM exp)::text
+                    || chr(31) || waited::text || chr(31) || head.seq::text;
+            SELECT p.inner_pad, p.outer_pad INTO pads FROM lease_notice_key p;
+            IF FOUND THEN
+                body := body || chr(31)
+                        || encode(sha256(pads.outer_pad || sha256(pads.inner_pad || convert_to(body, 'UTF8'))), 'hex');
+            END IF;
+            PERFORM pg_notify('eventstore_leases', body);  -- sent at commit
+            -- The chain's head is the last lock taken: nothing after the append but the commit.
             INSERT INTO lock_events (event_id, stream, type, schema_version, payload, agent_id, lease_resource,
                                      fencing_token)
             VALUES (gen_random_uuid(), 'lease-' || r, 'LeaseReleased', 1,
@@ -100,26 +109,18 @@ BEGIN
                                        'token', tok, 'ttl_seconds', head.ttl_seconds,
                                        'waited_seconds', waited)::text,
                     head.agent_id, r, tok);
-            body := r || chr(31) || head.agent_id || chr(31) || tok::text || chr(31) || extract(epoch FROM exp)::text
-                    || chr(31) || waited::text || chr(31) || head.seq::text;
-            SELECT p.inner_pad, p.outer_pad INTO pads FROM lease_notice_key p;
-            IF FOUND THEN
-                body := body || chr(31)
-                        || encode(sha256(pads.outer_pad || sha256(pads.inner_pad || convert_to(body, 'UTF8'))), 'hex');
-            END IF;
-            PERFORM pg_notify('eventstore_leases', body);
             RETURN QUERY SELECT held;
             RETURN;
         END IF;
     END LOOP;
+    PERFORM pg_notify('eventstore_leases',
+                      CASE WHEN w.mode = 'exclusive' THEN w.resource || chr(31) || w.agent_id ELSE w.resource END)
+    FROM (SELECT q.resource, q.mode, q.agent_id FROM lease_waiters q WHERE q.resource = r ORDER BY q.seq LIMIT 1) w;
     INSERT INTO lock_events (event_id, stream, type, schema_version, payload, agent_id, lease_resource,
                              fencing_token)
     VALUES (gen_random_uuid(), 'lease-' || r, 'LeaseReleased', 1,
             jsonb_build_object('agent_id', a, 'held_seconds', held, 'resource', r, 'token', t)::text,
             a, r, t);
-    PERFORM pg_notify('eventstore_leases',
-                      CASE WHEN w.mode = 'exclusive' THEN w.resource || chr(31) || w.agent_id ELSE w.resource END)
-    FROM (SELECT q.resource, q.mode, q.agent_id FROM lease_waiters q WHERE q.resource = r ORDER BY q.seq LIMIT 1) w;
     RETURN QUERY SELECT held;
 END $$;
 
