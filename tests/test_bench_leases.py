@@ -4,7 +4,7 @@ grant of the run."""
 
 from __future__ import annotations
 
-from eventstore.bench.leases import lease_contended_processes, queue_order
+from eventstore.bench.leaserun import lease_contended_processes, queue_order
 
 
 def test_the_contended_run_in_processes_times_every_request(database_url: str) -> None:

@@ -24,11 +24,9 @@ floor and FIFO check. ``--no-coupling`` skips the write-path part.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import platform
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +34,19 @@ from typing import Any
 
 import psycopg
 
+from eventstore.bench.leaserun import (
+    GRANTS,
+    HANDED,
+    RELEASES,
+    contended_body,
+    contended_processes,
+    lease_round_on,
+    pct,
+    postmaster_pid,
+    queue_order,
+    run_threads,
+    summary,
+)
 from eventstore.bench.leasetimeline import WaitSampler, fifo_floor_ms, read_timeline
 from eventstore.bench.writepath import CpuMeter
 from eventstore.coordination import Coordinator
@@ -43,20 +54,6 @@ from eventstore.core.lockevents import LeaseReleased
 from eventstore.core.records import DirectEvent
 from eventstore.postgres.eventlog import append_direct
 from eventstore.postgres.lockchain import LockLog
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) of the values, nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def summary(name: str, lat: list[float], elapsed: float) -> dict[str, float]:
-    """Print and return p50/p99 in ms and operations per second."""
-    p50, p99 = pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3
-    rate = len(lat) / elapsed
-    print(f"  {name:<44} n={len(lat):>6}  p50 {p50:7.3f} ms  p99 {p99:7.3f} ms  {rate:9.0f} ops/s")
-    return {"p50": p50, "p99": p99, "rate": rate, "mean": sum(lat) / max(len(lat), 1) * 1e3}
 
 
 def lease_round(c: Coordinator, n: int) -> list[float]:
@@ -67,13 +64,6 @@ def lease_round(c: Coordinator, n: int) -> list[float]:
         c.acquire("bench:solo", agent_id="solo", wait=0).release()
         lat.append(time.perf_counter() - t)
     return lat
-
-
-def lease_round_on(c: Coordinator, resource: str, agent_id: str) -> list[float]:
-    """One acquire+release of ``agent_id`` on ``resource`` (seconds)."""
-    t = time.perf_counter()
-    c.acquire(resource, agent_id=agent_id, ttl=30, wait=60).release()
-    return [time.perf_counter() - t]
 
 
 def wal_fsyncs(url: str) -> int | None:
@@ -153,12 +143,6 @@ def uncontended(url: str, n: int, rounds: int = 10) -> dict[str, list[float]]:
     return lat
 
 
-def postmaster_pid(conn: psycopg.Connection[Any]) -> int:
-    """The pid of the server's postmaster (the parent of this connection's backend)."""
-    row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    return int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 def cpu_per_lease(url: str, n: int) -> dict[str, dict[str, float]]:
     """CPU microseconds per acquire+release (and per floor round) of this process and of PostgreSQL (the
     postmaster and all its processes, WAL writer included), read from /proc around n rounds of each."""
@@ -175,26 +159,6 @@ def cpu_per_lease(url: str, n: int) -> dict[str, dict[str, float]]:
             meter.stop()
             out[name] = {k: v / n * 1e6 for k, v in meter.used.items()}
     return out
-
-
-def run_threads(agents: int, per_agent: int, body: Callable[[int], list[float]]) -> tuple[list[float], float]:
-    """Run ``body(i)`` in ``agents`` threads started together; all latencies and the wall time."""
-    results: list[list[float]] = [[] for _ in range(agents)]
-    barrier = threading.Barrier(agents + 1)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = body(i)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(agents)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
-    return [x for r in results for x in r], elapsed
 
 
 WAL_FSYNCS = "SELECT sum(fsyncs)::bigint FROM pg_stat_io WHERE object = 'wal'"  # PostgreSQL 18+
@@ -219,69 +183,6 @@ def lease_contended(url: str, agents: int, resources: int, per_agent: int,
         c.close()
 
 
-def contended_body(c: Coordinator, i: int, resources: int, per_agent: int, prefix: str) -> list[float]:
-    """Agent ``i``: ``per_agent`` acquire+release rounds, moving from resource to resource (seconds each)."""
-    lat = []
-    for k in range(per_agent):
-        resource = f"{prefix}{(i + k) % resources}"
-        t = time.perf_counter()
-        lease = c.acquire(resource, agent_id=f"agent-{i}", ttl=30, wait=60)
-        granted = time.perf_counter()
-        lease.release()
-        done = time.perf_counter()
-        lat.append(done - t)
-        GRANTS.append((resource, t, granted))
-        RELEASES.append((resource, granted, done))
-        if lease.handed_at is not None:
-            HANDED.append((resource, lease.handed_at, granted))
-    return lat
-
-
-def _agents_process(url: str, first: int, count: int, resources: int, per_agent: int, prefix: str,
-                    start: Any, out: Any) -> None:
-    """One agent process of the multi-process shape: agents ``first`` .. ``first + count - 1`` as threads
-    of one Coordinator; warms up, waits for the others, runs, and reports its latencies and CPU seconds."""
-    c = Coordinator(url, pool_size=count)
-    try:
-        run_threads(count, 1, lambda j: lease_round_on(c, f"bench:warm-{prefix}{first + j}", f"agent-{first + j}"))
-        start.wait()
-        cpu = time.process_time()
-        lat, _ = run_threads(count, per_agent, lambda j: contended_body(c, first + j, resources, per_agent, prefix))
-        out.put((lat, time.process_time() - cpu))
-    finally:
-        c.close()
-
-
-def lease_contended_processes(url: str, agents: int, resources: int, per_agent: int, processes: int,
-                              prefix: str, warmed: Callable[[], None] | None = None
-                              ) -> tuple[list[float], float, float]:
-    """The same contended run with the agents spread over ``processes`` processes (real agents do not share
-    one GIL): all latencies, the wall time and the agent processes' CPU seconds."""
-    ctx = multiprocessing.get_context("spawn")
-    start, out = ctx.Barrier(processes + 1), ctx.Queue()
-    per = [agents // processes + (1 if p < agents % processes else 0) for p in range(processes)]
-    firsts = [sum(per[:p]) for p in range(processes)]
-    procs = [ctx.Process(target=_agents_process, args=(url, firsts[p], per[p], resources, per_agent, prefix, start,
-                                                       out), daemon=True) for p in range(processes)]
-    for proc in procs:
-        proc.start()
-    try:
-        start.wait(timeout=120)
-        if warmed is not None:
-            warmed()
-        t0 = time.perf_counter()
-        lat: list[float] = []
-        cpu = 0.0
-        for _ in procs:
-            part, used = out.get(timeout=600)
-            lat += part
-            cpu += used
-        return lat, time.perf_counter() - t0, cpu
-    finally:
-        for proc in procs:
-            proc.join(timeout=30)
-
-
 def handoffs(url: str, prefix: str) -> dict[str, list[float]]:
     """From the lock chain of the last contended run: per resource, how long each grant was held (grant ->
     release) and how long a released resource stayed free before its next grant (ms, database clock)."""
@@ -297,11 +198,6 @@ def handoffs(url: str, prefix: str) -> dict[str, list[float]]:
             out["hold" if kind == "LeaseReleased" else "handoff"].append((at - last[2]).total_seconds() * 1e3)
         last = (resource, kind, at)
     return out if out["hold"] and out["handoff"] else {}
-
-
-GRANTS: list[tuple[str, float, float]] = []  # (resource, asked at, granted at) of the last contended run
-RELEASES: list[tuple[str, float, float]] = []  # (resource, release called, release returned)
-HANDED: list[tuple[str, float, float]] = []  # (resource, hand-off notification received, acquire returned)
 
 
 def handoff_split(releases: list[tuple[str, float, float]],
@@ -347,34 +243,6 @@ def fifo_inversions(grants: list[tuple[str, float, float]], margin: float = 0.00
                 if granted_j < granted_i:
                     inversions += 1
     return inversions, pairs
-
-
-def queue_order(url: str, prefix: str) -> tuple[int, int]:
-    """FIFO as the database recorded it: replaying each resource's lock history (LeaseWaited joins the
-    queue, LeaseDenied leaves it), count grants that went to anyone but the head of a non-empty queue,
-    and the grants checked. Unlike ``fifo_inversions`` this does not depend on when a thread read its
-    clock before its request reached the database."""
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT stream, type, agent_id FROM lock_events WHERE stream LIKE %s "
-            "AND type IN ('LeaseWaited', 'LeaseGranted', 'LeaseDenied') ORDER BY stream, chain_seq",
-            ("lease-" + prefix + "%",)).fetchall()
-    queues: dict[str, list[str]] = {}
-    out_of_order = checked = 0
-    for stream, kind, agent in rows:
-        q = queues.setdefault(stream, [])
-        if kind == "LeaseWaited":
-            q.append(agent)
-        elif kind == "LeaseDenied":
-            if agent in q:
-                q.remove(agent)
-        else:
-            checked += 1
-            if q and q[0] != agent:
-                out_of_order += 1
-            if agent in q:
-                q.remove(agent)
-    return out_of_order, checked
 
 
 def advisory_contended(url: str, agents: int, resources: int, per_agent: int) -> tuple[list[float], float]:
@@ -494,33 +362,6 @@ def bench(url: str, n: int, per_agent: int, processes: int = 4) -> None:
               f"floor of {floor_ms:.1f} ms, {past_head} grants past the head of the database's queue)")
     print(f"  (threads: {inversions} pairs out of request order by thread clocks)")
     print(f"  load average (1 min) at end: {os.getloadavg()[0]:.2f}")
-
-
-def contended_processes(url: str, per_agent: int, processes: int) -> tuple[str, dict[str, float], float, int]:
-    """The contended run again with the 16 agents spread over ``processes`` processes (each its own GIL and
-    Coordinator, as real agents would be), with its CPU per request, FIFO floor and FIFO check."""
-    shape = f"16 agents in {processes} processes"
-    print(f"contended, the same 16 agents on 4 resources as {processes} processes (threads of one Coordinator "
-          f"each, {per_agent} acquire+release per agent, after the same warm-up):")
-    with psycopg.connect(url) as conn:
-        meter = CpuMeter({"postgres": postmaster_pid(conn)})
-    lat, wall, client = lease_contended_processes(url, 16, 4, per_agent, processes, "bench:p", warmed=meter.start)
-    time.sleep(0.5)
-    meter.stop()
-    figures = summary(f"lease ({processes} processes)", lat, wall)
-    n, ncpu = max(len(lat), 1), os.cpu_count() or 1
-    cpu_client, cpu_pg = client / n * 1e3, meter.used["postgres"] / n * 1e3
-    cores = (client + meter.used["postgres"]) / wall
-    floor_ms = fifo_floor_ms(16, (cpu_client + cpu_pg) / ncpu)
-    print(f"  CPU per contended request: agent processes {cpu_client * 1e3:.0f} us, PostgreSQL {cpu_pg * 1e3:.0f} us; "
-          f"the run got {cores:.2f} of {ncpu} cores")
-    print(f"  FIFO floor (Little's law, here {16e3 / figures['rate']:.1f} ms): CPU floor with all {ncpu} cores ours "
-          f"16 x {cpu_client + cpu_pg:.2f} ms / {ncpu} = {floor_ms:.1f} ms; with the {cores:.2f} cores this run got "
-          f"{fifo_floor_ms(16, (cpu_client + cpu_pg) / max(cores, 1e-9)):.1f} ms; measured mean {figures['mean']:.1f}, "
-          f"p99 {figures['p99']:.1f} ms (p99 / floor {figures['p99'] / floor_ms:.1f}x)")
-    skipped, checked = queue_order(url, "bench:p")
-    print(f"  FIFO in the database's own order: {skipped} of {checked} grants went past the head of a non-empty queue")
-    return shape, figures, floor_ms, skipped
 
 
 def contended_report(url: str, lease_c: dict[str, float], commit_ms: float, fsyncs_per_request: float | None) -> None:
