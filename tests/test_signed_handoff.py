@@ -161,3 +161,22 @@ def test_only_the_coordinator_role_reads_the_notice_key(database_url: str, role:
         conn.execute(f"SET ROLE {role}")  # a fixed name from the list above, not input
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT key FROM lease_notice_key")
+
+
+def test_parse_and_authentic_without_a_server() -> None:
+    import hashlib
+    import hmac
+
+    key = bytes(range(32))
+    body = "\x1f".join(["res", "agent", "42", "1790000000.5", "0.25", "7"])
+    mac = hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+    resource, head, grant = parse(body + "\x1f" + mac)
+    assert (resource, head) == ("res", "agent") and grant is not None
+    assert (grant.token, grant.seq, grant.waited_seconds) == (42, 7, 0.25)
+    assert grant.authentic(key, 7)
+    assert not grant.authentic(key, 8) and not grant.authentic(key, None) and not grant.authentic(None, 7)
+    assert not parse(body + "\x1f" + mac[:-2])[2].authentic(key, 7)  # type: ignore[union-attr]
+    unsigned = parse("\x1f".join(["res", "agent", "42", "1790000000.5", "0.25"]))[2]
+    assert unsigned is not None and unsigned.seq is None and not unsigned.authentic(key, 7)
+    assert parse("res\x1fagent\x1fnot-a-number\x1f1\x1f1\x1f7\x1fab") == ("res", "agent", None)
+    assert parse("res") == ("res", "", None) and parse("res\x1fagent") == ("res", "agent", None)
