@@ -11,7 +11,9 @@ steps of one event compare exactly:
        produce          fetch              queue              write       notify          lookup
 
 Phases: (1) a fresh broker; (2) ``heavy`` events pre-filled into the intake topic and drained by the
-projector (the throughput run), then at once the steady-rate run; (3) on that same broker, each of the
+projector (the throughput run), then at once the steady-rate run; (2b) on the same projector, the listener
+taking sealed notifications as the decisions against a table lookup per wake-up (the previous listener),
+A B B A, with their ratio; (3) on that same broker, each of the
 projector's ``fetch.wait.max.ms`` settings in turn, ``rounds`` times alternately (A, B, C, A, B, C ...),
 each with the broker's CPU while the projector is idle and per event while it works. The summary merges
 the rounds per setting and gives each setting's ratio against 10 ms (the previous default) of the same
