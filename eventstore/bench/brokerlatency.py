@@ -259,17 +259,18 @@ def sealed_ab(client: TimedClient, woke: list[tuple[float, list[str]]], proj: Ti
               cpu: CpuMeter, events: int, rate: int) -> Split:
     """Right after the throughput run, on the same projector and broker: the listener taking sealed
     notifications as the decisions (as shipped) against a lookup per wake-up (the previous listener: the
-    seal ignored), in the order A B B A so a drift over the minute weighs on both; the merged runs, for
-    the correctness count."""
+    seal ignored), in the order A B B A A B so a drift over the minutes weighs on both; the merged runs,
+    for the correctness count."""
     print("\n2b) right after the drain, same projector: sealed notifications taken as the decisions (A) vs "
-          "a table lookup per wake-up (B, the previous listener), A B B A", flush=True)
+          "a table lookup per wake-up (B, the previous listener), A B B A A B", flush=True)
     listener = client._listener
     seal = listener.seal
     if seal is None:
         print("  the client has no credential: nothing is sealed; skipped", flush=True)
         return Split()
     runs: dict[str, Split] = {"sealed": Split(), "lookup": Split()}
-    for i, variant in enumerate(("sealed", "lookup", "lookup", "sealed")):
+    p50s: dict[str, list[float]] = {"sealed": [], "lookup": []}
+    for i, variant in enumerate(("sealed", "lookup", "lookup", "sealed", "sealed", "lookup")):
         listener.seal = seal if variant == "sealed" else None
         before = listener.sealed_settled
         sp = split_run(client, woke, proj, cpu, events, rate, f"s{i}")
@@ -277,6 +278,8 @@ def sealed_ab(client: TimedClient, woke: list[tuple[float, list[str]]], proj: Ti
         print(f"  [{variant} {i + 1}]   settled from the notification without a query: "
               f"{listener.sealed_settled - before} of {events}", flush=True)
         runs[variant].merge(sp)
+        if sp.total:
+            p50s[variant].append(sp.lat(sp.total).pct(50))
     listener.seal = seal
     a, b = runs["sealed"], runs["lookup"]
     if a.total and b.total:
@@ -291,6 +294,11 @@ def sealed_ab(client: TimedClient, woke: list[tuple[float, list[str]]], proj: Ti
               f"{ta.pct(99) / tb.pct(99):.2f}x; woke -> resolved p50 {la.pct(50):.2f} vs {lb.pct(50):.2f} ms; "
               f"CPU µs/event agent {agent_a:.0f} vs {agent_b:.0f}, PostgreSQL {pg_a:.0f} vs {pg_b:.0f}; "
               f"load {os.getloadavg()[0]:.2f}", flush=True)
+        pairs = [x / y for x, y in zip(p50s["sealed"], p50s["lookup"], strict=False)]
+        print(f"  per run total p50 ms, sealed {', '.join(f'{x:.1f}' for x in p50s['sealed'])}; lookup "
+              f"{', '.join(f'{x:.1f}' for x in p50s['lookup'])}; pair ratios "
+              f"{', '.join(f'{r:.2f}x' for r in pairs)} (each sealed run against the lookup run in its order)",
+              flush=True)
     merged = Split()
     merged.merge(a)
     merged.merge(b)
