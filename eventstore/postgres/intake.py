@@ -470,7 +470,7 @@ _NOT_AUTHENTIC = frozenset((ReasonCode.BAD_SIGNATURE, ReasonCode.UNKNOWN_AGENT, 
 
 def _seal_for(agent_id: str, key_id: str | None, known: KnownState | None) -> OutcomeSeal | None:
     """The seal for an agent's rows decided on envelopes that passed authentication with credential
-    ``key_id`` (docs/security.md, "Sealed outcome notifications"); None (a wake-up only) otherwise."""
+    ``key_id`` (docs/security.md, "Forged notifications and sealed outcomes"); None (a wake-up only) otherwise."""
     key = None if key_id is None or known is None else known.keys.get(key_id)
     if key is None or key.agent_id != agent_id or key.status != "active":
         return None
