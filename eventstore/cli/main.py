@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="events for the throughput run (write-path 100,000; subscribers and memory 1,000,000; "
                          "chain-check 100,000; history 1,000,000; references: the drain, 1,000,000; latency: the "
                          "heavy traffic, 100,000; profile 100,000; intake: per round, 50,000; agent: per figure, "
-                         "20,000)")
+                         "20,000; visible: the drain, 100,000)")
     bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
