@@ -36,7 +36,7 @@ from eventstore.core.lifecycle import BackgroundRunner
 from eventstore.core.records import RecordedEvent
 from eventstore.core.settings import Settings
 from eventstore.discovery import resolve_settings
-from eventstore.kafka.config import consumer_config
+from eventstore.kafka.config import subscriber_consumer_config
 from eventstore.postgres import eventlog
 from eventstore.postgres.connection import Database, convert, is_transient
 from eventstore.wire.committed import PayloadOmitted, decode_linked
@@ -122,8 +122,8 @@ class Subscriber(BackgroundRunner):
 
     def _follow(self) -> None:
         topic = self.settings.committed_topic
-        consumer = Consumer(consumer_config(self.settings, f"{self.settings.namespace}.subscriber.{self.group}",
-                                            **self.kafka_config))
+        consumer = Consumer(subscriber_consumer_config(
+            self.settings, f"{self.settings.namespace}.subscriber.{self.group}", **self.kafka_config))
         try:
             marks = self._watermarks(consumer, topic)
             if marks is None:

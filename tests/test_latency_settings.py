@@ -46,3 +46,41 @@ def test_the_projector_consumer_bounds_its_prefetch_and_the_deployment_can_chang
     assert "queued.max.messages.kbytes" not in consumer_config(default, "g")
     s = Settings.from_env({**SERVERS, "EVENTSTORE_KAFKA_CONFIG": json.dumps({"queued.max.messages.kbytes": 65536})})
     assert projector_consumer_config(s, "g")["queued.max.messages.kbytes"] == 65536
+
+
+def test_a_subscribers_consumer_takes_its_own_fetch_wait_setting() -> None:
+    """EVENTSTORE_SUBSCRIBER_FETCH_WAIT_MS reaches the committed-topic consumer only, wins over the
+    deployment-wide Kafka settings, and one subscriber's own kafka_config wins over it."""
+    from eventstore.kafka.config import subscriber_consumer_config
+
+    default = Settings.from_env(SERVERS)
+    assert subscriber_consumer_config(default, "g")["fetch.wait.max.ms"] == CONSUMER_DEFAULTS["fetch.wait.max.ms"]
+    s = Settings.from_env({**SERVERS, "EVENTSTORE_SUBSCRIBER_FETCH_WAIT_MS": "2",
+                           "EVENTSTORE_KAFKA_CONFIG": json.dumps({"fetch.wait.max.ms": 100})})
+    assert subscriber_consumer_config(s, "g")["fetch.wait.max.ms"] == 2
+    assert subscriber_consumer_config(s, "g", **{"fetch.wait.max.ms": 7})["fetch.wait.max.ms"] == 7
+    assert projector_consumer_config(s, "g")["fetch.wait.max.ms"] == s.projector_fetch_wait_ms
+    assert consumer_config(s, "g")["fetch.wait.max.ms"] == 100
+    with pytest.raises(ConfigurationError, match="EVENTSTORE_SUBSCRIBER_FETCH_WAIT_MS"):
+        Settings.from_env({**SERVERS, "EVENTSTORE_SUBSCRIBER_FETCH_WAIT_MS": "0"})
+
+
+def test_a_subscriber_builds_its_consumer_from_the_setting(settings: Settings,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Subscriber's consumer is made from subscriber_consumer_config (checked on the config it passes)."""
+    import consumers.subscriber as sub
+
+    seen: list[dict[str, object]] = []
+
+    class Refused(Exception):
+        pass
+
+    def capture(config: dict[str, object]) -> None:
+        seen.append(config)
+        raise Refused
+
+    monkeypatch.setattr(sub, "Consumer", capture)
+    s = sub.Subscriber("fw", settings=settings.replace(subscriber_fetch_wait_ms=3), catch_up_from_db=False)
+    with pytest.raises(Refused):
+        s._follow()
+    assert seen and seen[0]["fetch.wait.max.ms"] == 3

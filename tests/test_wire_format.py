@@ -61,6 +61,22 @@ def sign_as_documented(value: bytes, credential_text: str) -> bytes:
     return value[:-1] + f',"auth":{{"key_id":"{key_id}","mac":"{mac}"}}}}'.encode()
 
 
+def open_as_documented(payload: str, credential_text: str, agent: str) -> list[Any]:
+    """docs/wire-format.md, "Sealed outcomes", by hand: the last element ``"om1.<key id>.<mac>"`` is
+    HMAC-SHA256 with the agent's key over ``eventstore.outcomes/1\\n`` + the agent id + ``\\n`` + the
+    payload's bytes without the seal element; the rows are the elements before it."""
+    i = payload.rindex(',"om1.')
+    _, key_id, tag = payload[i + 2:-2].split(".")
+    _, cred_key_id, key_b64 = credential_text.split(".")
+    key = base64.urlsafe_b64decode(key_b64 + "=" * (-len(key_b64) % 4))
+    unsealed = payload[:i] + "]"
+    signed = b"eventstore.outcomes/1\n" + agent.encode() + b"\n" + unsealed.encode()
+    mac = base64.urlsafe_b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()[:43]
+    assert key_id == cred_key_id and hmac.compare_digest(mac, tag), "the seal does not verify as documented"
+    rows: list[Any] = json.loads(unsealed)
+    return rows
+
+
 def sdk_partition(settings: Settings, topic: str, key: bytes) -> int:
     """Where the SDK's own producer configuration puts a key (delivered for real)."""
     found: list[int | None] = []
@@ -121,7 +137,8 @@ def test_an_event_built_from_the_page_commits_and_its_outcome_arrives(settings: 
 
     def wait_for_outcome(event_id: str) -> None:
         for note in listener.notifies(timeout=60):
-            for row in json.loads(note.payload):
+            # Decisions on envelopes this agent signed come sealed (the seal is the last element).
+            for row in open_as_documented(note.payload, credential, AGENT):
                 outcomes[row[0]] = dict(zip(OUTCOME_FIELDS, row, strict=True))
             if event_id in outcomes:
                 return

@@ -11,7 +11,9 @@ steps of one event compare exactly:
        produce          fetch              queue              write       notify          lookup
 
 Phases: (1) a fresh broker; (2) ``heavy`` events pre-filled into the intake topic and drained by the
-projector (the throughput run), then at once the steady-rate run; (3) on that same broker, each of the
+projector (the throughput run), then at once the steady-rate run; (2b) on the same projector, the listener
+taking sealed notifications as the decisions against a table lookup per wake-up (the previous listener),
+A B B A, with their ratio; (3) on that same broker, each of the
 projector's ``fetch.wait.max.ms`` settings in turn, ``rounds`` times alternately (A, B, C, A, B, C ...),
 each with the broker's CPU while the projector is idle and per event while it works. The summary merges
 the rounds per setting and gives each setting's ratio against 10 ms (the previous default) of the same
@@ -253,6 +255,56 @@ def split_run(client: TimedClient, woke: list[tuple[float, list[str]]], proj: Ti
     return sp
 
 
+def sealed_ab(client: TimedClient, woke: list[tuple[float, list[str]]], proj: TimedProjectorProcess,
+              cpu: CpuMeter, events: int, rate: int) -> Split:
+    """Right after the throughput run, on the same projector and broker: the listener taking sealed
+    notifications as the decisions (as shipped) against a lookup per wake-up (the previous listener: the
+    seal ignored), in the order A B B A A B so a drift over the minutes weighs on both; the merged runs,
+    for the correctness count."""
+    print("\n2b) right after the drain, same projector: sealed notifications taken as the decisions (A) vs "
+          "a table lookup per wake-up (B, the previous listener), A B B A A B", flush=True)
+    listener = client._listener
+    seal = listener.seal
+    if seal is None:
+        print("  the client has no credential: nothing is sealed; skipped", flush=True)
+        return Split()
+    runs: dict[str, Split] = {"sealed": Split(), "lookup": Split()}
+    p50s: dict[str, list[float]] = {"sealed": [], "lookup": []}
+    for i, variant in enumerate(("sealed", "lookup", "lookup", "sealed", "sealed", "lookup")):
+        listener.seal = seal if variant == "sealed" else None
+        before = listener.sealed_settled
+        sp = split_run(client, woke, proj, cpu, events, rate, f"s{i}")
+        print_split(f"{variant} {i + 1}", sp)
+        print(f"  [{variant} {i + 1}]   settled from the notification without a query: "
+              f"{listener.sealed_settled - before} of {events}", flush=True)
+        runs[variant].merge(sp)
+        if sp.total:
+            p50s[variant].append(sp.lat(sp.total).pct(50))
+    listener.seal = seal
+    a, b = runs["sealed"], runs["lookup"]
+    if a.total and b.total:
+        ta, tb = a.lat(a.total), b.lat(b.total)
+        la, lb = a.lat(a.steps["lookup"]), b.lat(b.steps["lookup"])
+        agent_a = sum(c.get("agent", 0.0) for c in a.runs_cpu_us) / len(a.runs_cpu_us)
+        agent_b = sum(c.get("agent", 0.0) for c in b.runs_cpu_us) / len(b.runs_cpu_us)
+        pg_a = sum(c.get("postgres", 0.0) for c in a.runs_cpu_us) / len(a.runs_cpu_us)
+        pg_b = sum(c.get("postgres", 0.0) for c in b.runs_cpu_us) / len(b.runs_cpu_us)
+        print(f"  sealed vs lookup (merged): total p50 {ta.pct(50):.1f} vs {tb.pct(50):.1f} ms = "
+              f"{ta.pct(50) / tb.pct(50):.2f}x, p99 {ta.pct(99):.1f} vs {tb.pct(99):.1f} ms = "
+              f"{ta.pct(99) / tb.pct(99):.2f}x; woke -> resolved p50 {la.pct(50):.2f} vs {lb.pct(50):.2f} ms; "
+              f"CPU µs/event agent {agent_a:.0f} vs {agent_b:.0f}, PostgreSQL {pg_a:.0f} vs {pg_b:.0f}; "
+              f"load {os.getloadavg()[0]:.2f}", flush=True)
+        pairs = [x / y for x, y in zip(p50s["sealed"], p50s["lookup"], strict=False)]
+        print(f"  per run total p50 ms, sealed {', '.join(f'{x:.1f}' for x in p50s['sealed'])}; lookup "
+              f"{', '.join(f'{x:.1f}' for x in p50s['lookup'])}; pair ratios "
+              f"{', '.join(f'{r:.2f}x' for r in pairs)} (each sealed run against the lookup run in its order)",
+              flush=True)
+    merged = Split()
+    merged.merge(a)
+    merged.merge(b)
+    return merged
+
+
 def idle_cpu(cpu: CpuMeter, seconds: float = IDLE_SECONDS) -> float:
     """The broker's CPU (percent of one core) while the projector waits on an idle intake topic."""
     cpu.start()
@@ -338,6 +390,7 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tupl
                     sp = split_run(client, woke, proj, cpu, events, rate, "r")
                     print_split(f"right after, {default} ms", sp)
                     others.merge(sp)
+                    others.merge(sealed_ab(client, woke, proj, cpu, events, rate))
             finally:
                 client.close()
             # Each setting on topics of its own (same broker): the intake topic's history slows tansu's

@@ -263,6 +263,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return brokerlatency.main(heavy=args.events or 100_000, rate=args.rate, events=args.latency_events,
                                   rounds=1 if args.quick else 2, probe=not args.quick)
+    if args.which == "visible":
+        from eventstore.bench import visiblelatency
+
+        return visiblelatency.main(heavy=args.events or 100_000, rate=args.rate,
+                                   events=1000 if args.quick else min(args.latency_events, 2000))
     if args.which == "broker-growth":
         from eventstore.bench import brokergrowth
 
@@ -443,12 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("which", nargs="?", default="write-path",
                     choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history",
                              "references", "latency", "profile", "auth", "memory", "intake", "agent",
-                             "publisher", "broker-growth", "publisher-latency"])
+                             "publisher", "broker-growth", "publisher-latency", "visible"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers and memory 1,000,000; "
                          "chain-check 100,000; history 1,000,000; references: the drain, 1,000,000; latency: the "
                          "heavy traffic, 100,000; profile 100,000; intake: per round, 50,000; agent: per figure, "
-                         "20,000)")
+                         "20,000; visible: the drain, 100,000)")
     bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")

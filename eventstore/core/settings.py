@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # (docs/perf-latency.md): 10 ms p50 3.7 ms, 5 ms 2.3 ms, 2 ms 1.4 ms at the broker; idle 4.6%, 7.0%,
     # 11% of a core; 405, 492, 491 µs per message at 1,000 sparse messages/s.
     projector_fetch_wait_ms: int = Field(default=5, ge=1, le=500)
+    # fetch.wait.max.ms of a subscriber's committed-topic consumer (Subscriber, `eventstore follow`, an
+    # agent's follow()): the broker's share of emit -> visible on tansu, as above (docs/perf-latency.md).
+    subscriber_fetch_wait_ms: int = Field(default=10, ge=1, le=500)
     alert_webhook: str | None = None
     # History anchors (eventstore anchor / verify --anchor): the Ed25519 key file, kept outside the
     # database; the JSON-lines file anchors are appended to; optionally a topic they are also sent to.

@@ -99,6 +99,15 @@ def projector_consumer_config(settings: Settings, group: str, **extra: Any) -> d
             **settings.kafka_config, "fetch.wait.max.ms": settings.projector_fetch_wait_ms, **extra}
 
 
+def subscriber_consumer_config(settings: Settings, group: str, **extra: Any) -> dict[str, Any]:
+    """A subscriber's committed-topic consumer: :func:`consumer_config` with ``fetch.wait.max.ms`` from
+    ``EVENTSTORE_SUBSCRIBER_FETCH_WAIT_MS`` (more specific, so it wins over ``EVENTSTORE_KAFKA_CONFIG``);
+    ``extra`` (one subscriber's own settings) wins over both."""
+    _, bootstrap = settings.require_servers()
+    return {"bootstrap.servers": bootstrap, "group.id": group, **CONSUMER_DEFAULTS, **settings.kafka_config,
+            "fetch.wait.max.ms": settings.subscriber_fetch_wait_ms, **extra}
+
+
 def ensure_topics(settings: Settings, topics: Mapping[str, int], timeout: float = 15.0) -> None:
     """Create topics that do not exist yet (name -> partitions); an existing topic with another
     partition count is a ConfigurationError (a stream would change partitions and lose its order)."""

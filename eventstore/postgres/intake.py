@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from eventstore.core.auth import AgentKey, Guard, HolderRow, guard_for, split_signed
+from eventstore.core.auth import AgentKey, Credential, Guard, HolderRow, guard_for, split_signed
 from eventstore.core.auth import authenticate as signature_problem
 from eventstore.core.decisions import Candidate, CommittedKey, Decision, KnownState, decide_batch
 from eventstore.core.errors import (
@@ -49,7 +49,7 @@ from eventstore.postgres.connection import Disposition, convert, disposition_of
 from eventstore.postgres.offsets import ENSURE_OFFSETS, LOCK_OFFSETS, STORE_OFFSETS
 from eventstore.postgres.readmodels import ReadModel, ReadModelError, apply_all
 from eventstore.wire.envelope import Headers, IntakeEnvelope, decode_intake, salvage_ids
-from eventstore.wire.notifications import COMMITTED_CHANNEL, channel_for, pack_rows
+from eventstore.wire.notifications import COMMITTED_CHANNEL, OutcomeSeal, channel_for, pack_rows
 from eventstore.wire.rejections import EventConflicted, EventRejected, IdempotencyKeyReused
 
 log = logging.getLogger(__name__)
@@ -392,19 +392,22 @@ def _record(
             by_index[i] = next(it)
             text_of[i] = next(it_text)
     rows: list[tuple[Any, ...]] = []
-    per_agent: dict[str, list[list[Any]]] = defaultdict(list)
+    # Rows by (agent, key id of the credential that signed its envelopes; None: not authenticated).
+    per_agent: dict[tuple[str, str | None], list[list[Any]]] = defaultdict(list)
     committed, committed_value = Outcome.COMMITTED, Outcome.COMMITTED.value
     results = result.results
+    sealing = known is not None and known.authenticate
     for i, (p, d) in enumerate(zip(parsed, decisions, strict=True)):
         e = p.envelope
+        signer = p.signed.key_id if sealing and p.signed is not None and d.code not in _NOT_AUTHENTIC else None
         if d.status is committed:
             ev = by_index[i]
             version, position = ev.version, ev.position
             res = _new(EmitResult)  # as EmitResult(...) without the frozen __init__'s setattr per field
             res.__dict__.update(event_id=e.event_id, status=committed, stream=e.stream, version=version,
                                 position=position, current_version=version, reason=None, reason_code=None)
-            per_agent[e.agent_id].append([text_of[i], committed_value, e.stream, version, position, version,
-                                          None, None])
+            per_agent[e.agent_id, signer].append([text_of[i], committed_value, e.stream, version, position,
+                                                  version, None, None])
             results.append(res)
             continue
         # A duplicate points at the original event; a key reuse names the event that owns the key.
@@ -421,13 +424,15 @@ def _record(
         rows.append((e.event_id, e.agent_id, e.idempotency_key, e.stream, d.status.value,
                      e.expected_version, d.current_version, pos, d.reason or "",
                      p.message.partition, p.message.offset, None if d.code is None else d.code.value))
-        per_agent[e.agent_id].append(res.to_wire())
+        per_agent[e.agent_id, signer].append(res.to_wire())
         results.append(res)
     for msg, reason in rejected:
         result.dead_letters.append(DeadLetter(msg, reason))
         ids = salvage_ids(msg.value)
+        signed = split_signed(msg.value)
+        signer = signed.key_id if sealing and signed is not None else None
         if ids is not None and known is not None and known.authenticate \
-                and signature_problem(ids[1], split_signed(msg.value), known.keys) is not None:
+                and signature_problem(ids[1], signed, known.keys) is not None:
             ids = None  # not signed by the agent it names: dead-lettered, but nobody is told
         if ids is not None:
             event_id, agent_id, key = ids
@@ -436,7 +441,7 @@ def _record(
                                                    reason=reason))
             rows.append((event_id, agent_id, key, None, "rejected", None, None, None, reason,
                          msg.partition, msg.offset, ReasonCode.INVALID.value))
-            per_agent[agent_id].append(res.to_wire())
+            per_agent[agent_id, signer].append(res.to_wire())
             results.append(res)
     if rows:
         cur.execute(INSERT_OUTCOMES, tuple(list(col) for col in zip(*rows, strict=True)))
@@ -451,12 +456,25 @@ def _record(
     if recorded:  # wakes the committed-topic publisher
         channels.append(COMMITTED_CHANNEL)
         payloads.append(str(recorded[-1].position))
-    for agent_id, wire_rows in per_agent.items():
-        for chunk in pack_rows(wire_rows):
+    for (agent_id, key_id), wire_rows in per_agent.items():
+        for chunk in pack_rows(wire_rows, _seal_for(agent_id, key_id, known)):
             channels.append(channel_for(agent_id))
             payloads.append(chunk)
     if channels:
         cur.execute(NOTIFY, (channels, payloads))
+
+
+# Refusals of an envelope's identity: its signature did not pass, so its agent's key may not vouch for it.
+_NOT_AUTHENTIC = frozenset((ReasonCode.BAD_SIGNATURE, ReasonCode.UNKNOWN_AGENT, ReasonCode.CREDENTIAL_REVOKED))
+
+
+def _seal_for(agent_id: str, key_id: str | None, known: KnownState | None) -> OutcomeSeal | None:
+    """The seal for an agent's rows decided on envelopes that passed authentication with credential
+    ``key_id`` (docs/security.md, "Forged notifications and sealed outcomes"); None (a wake-up only) otherwise."""
+    key = None if key_id is None or known is None else known.keys.get(key_id)
+    if key is None or key.agent_id != agent_id or key.status != "active":
+        return None
+    return OutcomeSeal(agent_id, Credential(key.key_id, key.secret))
 
 
 def _rejection(e: EnvelopeFields, d: Decision) -> list[Event]:

@@ -127,7 +127,7 @@ class AgentClient:
         if ensure_topic:
             ensure_topics(self.settings, {self.settings.intake_topic: self.settings.intake_partitions})
         self._pending = PendingOutcomes()
-        self._listener = OutcomeListener(database, agent_id, pending=self._pending)
+        self._listener = OutcomeListener(database, agent_id, pending=self._pending, credential=self._credential)
         self._pool = database.pool(min_size=1, max_size=4, name=f"agent-{agent_id}")
         self._writer = EnvelopeWriter(self.agent_id, self._credential)
         self._topic = self.settings.intake_topic

@@ -1,12 +1,14 @@
 """The SDK side of outcome delivery: LISTEN on the agent's channel, resolve waiting handles.
 
-A notification is only a wake-up: any role that can connect can NOTIFY any channel, so its payload
-is never believed. On each wake-up (all notifications queued at that moment) the listener reads the
-decisions of the event ids they name (or, if they name none it waits for, of the oldest pending ones)
-from the outcome tables, which only the projector role writes, restricted to this agent's own
-events: one batched query per wake-up. Should a
-notification be missed (a reconnect), handles still pending after ``recheck_after`` seconds are
-looked up too. The pending map is bounded (``max_pending``); a handle whose caller gave up is forgotten.
+Any role that can connect can NOTIFY any channel, so a payload is believed only when it is **sealed** with
+this agent's credential (wire/notifications.py, :class:`OutcomeSeal`: an HMAC under a key only the agent
+and the projector role hold): its decisions settle the handles at once, without a query. Anything else
+(unsealed, sealed with another key, changed or cut, or a client without a credential) is only a wake-up:
+the listener reads the decisions of the event ids it names (or, if it names none it waits for, of the
+oldest pending ones) from the outcome tables, which only the projector role writes, restricted to this
+agent's own events: one batched query per wake-up. Should a notification be missed (a reconnect),
+handles still pending after ``recheck_after`` seconds are looked up too. The pending map is bounded
+(``max_pending``); a handle whose caller gave up is forgotten.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
+from typing import Any
 
 import psycopg
 
+from eventstore.core.auth import Credential
 from eventstore.core.errors import EventStoreError
-from eventstore.core.outcomes import EmitResult
+from eventstore.core.outcomes import EmitResult, outcome_of, reason_of
 from eventstore.postgres.connection import Connection, Database
 from eventstore.postgres.outcomes import lookup_outcome_rows, result_from_row
 from eventstore.sdk.pending import EmitHandle, PendingOutcomes
-from eventstore.wire.notifications import channel_for
+from eventstore.wire.notifications import OutcomeSeal, channel_for
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +39,14 @@ class OutcomeListener:
     settles the handles of :class:`PendingOutcomes` waiting for them."""
 
     def __init__(self, database: Database, agent_id: str, recheck_after: float = 1.0,
-                 max_pending: int = 100_000, pending: PendingOutcomes | None = None) -> None:
+                 max_pending: int = 100_000, pending: PendingOutcomes | None = None,
+                 credential: Credential | None = None) -> None:
         self._database = database
         self._agent_id = agent_id
         self._channel = channel_for(agent_id)
+        # Sealed payloads are opened with the agent's credential; None: every notification is a wake-up only.
+        self.seal: OutcomeSeal | None = None if credential is None else OutcomeSeal(agent_id, credential)
+        self.sealed_settled = 0  # handles settled straight from a sealed payload (benchmarks, tests)
         self._recheck_after = recheck_after
         self.table = pending if pending is not None else PendingOutcomes(max_pending)
         self._stop = threading.Event()
@@ -94,13 +102,46 @@ class OutcomeListener:
             self._listening.set()
 
     def _wake(self, conn: Connection, payloads: list[str]) -> None:
-        """Notifications arrived: read the named pending events' decisions from the tables, in one query."""
+        """Notifications arrived: settle what sealed payloads decided; read the decisions of the events that
+        unsealed ones name from the tables, in one query."""
+        sealed: dict[str, list[Any]] = {}
         named: list[str] = []
+        unsealed = False
+        seal = self.seal
         for payload in payloads:
-            named.extend(named_ids(payload))
-        # Only ids this client waits for reach the query (its own, in canonical form): a forged id never does.
-        wanted = self.table.waiting(set(named)) or self.table.oldest(500)
-        self._lookup(conn, wanted)
+            rows = None if seal is None else seal.open(payload)
+            if rows is None:
+                unsealed = True
+                named.extend(named_ids(payload))
+                continue
+            for row in rows:
+                if row[0] not in sealed or row[1] == "committed":  # as the lookup: a committed row wins
+                    sealed[row[0]] = row
+        if sealed:
+            named.extend(self._settle_sealed(sealed))
+        if unsealed or named:
+            # Only ids this client waits for reach the query (its own, in canonical form): a forged id never does.
+            wanted = self.table.waiting(set(named)) or (self.table.oldest(500) if unsealed else [])
+            self._lookup(conn, wanted)
+
+    def _settle_sealed(self, rows: dict[str, list[Any]]) -> list[str]:
+        """Settle the waiting handles from verified rows; the ids of rows that do not make a result (none
+        from a projector: those are left to the lookup)."""
+        good: dict[str, list[Any]] = {}
+        bad: list[str] = []
+        for eid, row in rows.items():
+            try:
+                outcome_of(row[1])
+                if row[7] is not None:
+                    reason_of(row[7])
+            except ValueError:
+                bad.append(eid)
+                continue
+            good[eid] = row
+        if good:
+            self.sealed_settled += len(self.table.waiting(good))
+            self.table.settle_rows(good, lambda event_id, row: result_from_row(row, event_id))
+        return bad
 
     def _lookup(self, conn: Connection, ids: list[str]) -> bool:
         if not ids:
