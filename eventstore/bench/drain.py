@@ -39,6 +39,7 @@ from eventstore.kafka.config import ensure_topics, producer_config
 from eventstore.postgres.agents import register
 from eventstore.postgres.connection import connect
 from eventstore.postgres.migrate import upgrade
+from eventstore.projection.publisher import SAVE_CHECKPOINT
 from eventstore.sdk.client import build_envelope
 from eventstore.wire.envelope import encode
 
@@ -130,12 +131,23 @@ def prefill(settings: Settings, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def publish_from_head(conn: psycopg.Connection[Any], settings: Settings) -> int:
+    """Store the committed-topic publisher's checkpoint of ``settings``' namespace at the log's head, so that
+    its projector process publishes only what it commits from now on. The benchmarks run one namespace after
+    another on one database; without this, each new namespace's publisher starts at position 0 and republishes
+    every earlier step's events from the log (measured: 315,000 from the log, 0 from memory, in the third
+    100,000-event drain), which a deployment (one log per namespace) never does. Returns the head."""
+    start = head(conn)
+    conn.execute(SAVE_CHECKPOINT, (settings.committed_topic, start))
+    return start
+
+
 def drain(settings: Settings, n: int, conn: psycopg.Connection[Any], pids: dict[str, int], logdir: Path,
           tree: str | None = None) -> Drain:
     """Pre-fill, then time one projector process draining the topic into the log and read model; ``tree``:
     run the projector from that directory's ``eventstore`` package instead of this one."""
     fill = prefill(settings, n)
-    start_pos = head(conn)
+    start_pos = publish_from_head(conn, settings)
     runner = projector(settings, "process", logdir / "projector-drain.log") if tree is None else \
         _projector_from(tree, settings, logdir / "projector-drain.log")
     with runner as ppid:
