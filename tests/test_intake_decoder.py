@@ -11,9 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from eventstore.core.auth import Credential, sign, split_signed, split_signed_as
 from eventstore.core.errors import DecodeError
+from eventstore.core.events import registry
 from eventstore.core.hashing import hashed_time
 from eventstore.core.records import EnvelopeFields
+from eventstore.postgres.intake import IntakeMessage, _Parsed, read_message
 from eventstore.wire.envelope import IntakeEnvelope, decode, decode_intake
 from tests.test_hostile_parse import HOSTILE, good_envelope, hostile_envelopes, variant
 
@@ -110,3 +113,71 @@ def test_a_timestamp_spelled_with_escapes_gets_the_instant_decode_gives(stamp: b
     slow = decode(value)
     fast, _ = decode_intake(value)
     assert fast.occurred_at == slow.occurred_at
+
+
+@pytest.mark.parametrize("depth", [1, 2, 61, 62, 63, 64, 100, 999, 1000, 1001, 100_000])
+@pytest.mark.parametrize("lease", [None, {"resource": "r", "token": 1}])
+def test_nesting_is_limited_as_decode_limits_it(depth: int, lease: dict[str, Any] | None) -> None:
+    """The fast path counts the payload's nesting after msgspec (the envelope adds one level; a lease or an
+    auth member adds none beyond two): a payload at the limit passes, one level more is refused with
+    decode's text, and a nesting past msgspec's recursion limit is refused the same way."""
+    inner = "[" * depth + "]" * depth  # the value nests depth + 2 levels: the envelope, the payload, the lists
+    value = variant(lease=lease, payload={"deep": "X", "sku": "H1"}).replace(b'"X"', inner.encode(), 1)
+    agree(value)
+    if depth + 2 <= 64:
+        fast, _ = decode_intake(value)
+        assert isinstance(fast, IntakeEnvelope)  # taken by the fast path, not the fallback
+    else:
+        with pytest.raises(DecodeError, match="levels deep"):
+            decode_intake(value)
+
+
+@pytest.mark.parametrize("text", ['"\\u0041"', '"a\\"b"', '"\\\\"', '"[[[\\u005b"', '"\\ud83d\\ude00"'])
+def test_escaped_strings_are_decided_as_decode_decides_them(text: str) -> None:
+    """Escapes (the fast path's memchr for a backslash sends them to the exact tests) in names and payloads."""
+    agree(variant(payload={"s": "X"}).replace(b'"X"', text.encode(), 1))
+    agree(variant(stream="PLACEHOLDER").replace(b'"PLACEHOLDER"', text.encode(), 1))
+
+
+_CREDENTIAL = Credential("0123456789abcdef", bytes(range(32)))
+
+
+@st.composite
+def signed_values(draw: st.DrawFn) -> bytes:
+    """Signed envelopes, some with their auth member respelled, moved, repeated or followed by bytes."""
+    body = json.dumps(good_envelope(), separators=draw(st.sampled_from([(",", ":"), (", ", ": ")]))).encode()
+    value = sign(body, _CREDENTIAL)
+    change = draw(st.integers(min_value=0, max_value=6))
+    if change == 1:
+        value += draw(st.sampled_from([b" ", b"\n", b"\t\r\n ", b"\x0b", b"\x0c", b"x"]))
+    elif change == 2:  # spaces inside the auth member
+        value = value.replace(b'","mac":"', b'", "mac": "')
+    elif change == 3:  # another auth member before the last one (duplicate keys: the last one counts)
+        value = value.replace(b'{"event_id"', b'{"auth":{"key_id":"fedcba9876543210","mac":"' + b"A" * 43 +
+                              b'"},"event_id"', 1)
+    elif change == 4:  # a key id or MAC escaped, upper case or cut short
+        old = value[value.rindex(b'"key_id":"') + 10:][:16]
+        value = value.replace(old, draw(st.sampled_from([b"\\u0030" + old[1:], old.upper(), old[:15]])))
+    elif change == 5:  # the auth member not last
+        value = value[:-1] + b',"z":1}'
+    elif change == 6:  # a MAC that is not the one the body gives
+        value = value[:-4] + (b"A" if value[-4:-3] != b"A" else b"B") + value[-3:]
+    return value
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(signed_values())
+def test_the_signed_part_is_cut_as_split_signed_cuts_it(value: bytes) -> None:
+    """parse() cuts the signed part with split_signed_as when the fast decoder read the auth member: the same
+    Signed (or None) as the regex of split_signed, for every spelling; and the projector's candidate carries it."""
+    agree(value)
+    expected = split_signed(value)
+    try:
+        env, _ = decode_intake(value)
+    except DecodeError:
+        return
+    if isinstance(env, IntakeEnvelope) and env.auth is not None:
+        assert split_signed_as(value, env.auth.key_id, env.auth.mac) == expected
+    got = read_message(IntakeMessage(0, 0, env.stream.encode(), value), registry)
+    if isinstance(got, _Parsed):
+        assert got.signed == expected

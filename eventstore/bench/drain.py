@@ -2,14 +2,30 @@
 
 N ``InventoryAdjusted`` envelopes (built and encoded exactly as the SDK does) are produced to a fresh
 intake topic first; then a projector process starts and the clock runs from its first committed batch
-until the log head is N. CPU seconds per component and peak RSS per process come from /proc.
+until the log head is N. CPU seconds per component and peak RSS per process come from /proc, and the
+projector process's CPU by thread (its Python threads, largest first, and librdkafka's threads).
+
+``python -m eventstore.bench.drain [--events N] [--rounds R] [--baseline TREE]`` runs drains on one pair
+of embedded servers; with ``--baseline`` (a directory holding another checkout's ``eventstore`` package,
+e.g. ``git worktree add /tmp/base main``) each round drains once with that tree's projector and once with
+this one, alternated, and prints the ratio of the projector process's CPU per event (median of rounds).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +34,12 @@ from confluent_kafka import Producer
 
 from eventstore.bench.writepath import CpuMeter, head, make_events, projector
 from eventstore.core.settings import Settings
+from eventstore.embedded import EmbeddedServers
 from eventstore.kafka.config import ensure_topics, producer_config
 from eventstore.postgres.agents import register
 from eventstore.postgres.connection import connect
+from eventstore.postgres.migrate import upgrade
+from eventstore.projection.publisher import SAVE_CHECKPOINT
 from eventstore.sdk.client import build_envelope
 from eventstore.wire.envelope import encode
 
@@ -49,10 +68,40 @@ class Drain:
     rss: dict[str, float]
     ok: bool
     detail: str
+    threads: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds
+
+    def us(self, name: str) -> float:
+        return self.cpu.get(name, 0.0) / self.events * 1e6
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of each thread of a process, by thread id, with the thread's name
+    (librdkafka names its threads ``rdk:...``; Python's threads carry the process's name)."""
+    out: dict[int, tuple[str, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def thread_split(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds between two ``thread_cpu`` samples: each Python thread that ran (largest first, as
+    ``python 1``, ``python 2``, ...) and librdkafka's threads together."""
+    used = {tid: (name, cpu - before.get(tid, (name, 0.0))[1]) for tid, (name, cpu) in after.items()}
+    python = sorted((cpu for name, cpu in used.values() if not name.startswith("rdk:")), reverse=True)
+    split = {f"python {i + 1}": cpu for i, cpu in enumerate(python) if cpu > 0}
+    split["librdkafka"] = sum(cpu for name, cpu in used.values() if name.startswith("rdk:"))
+    return split
 
 
 def prefill(settings: Settings, n: int) -> float:
@@ -82,11 +131,26 @@ def prefill(settings: Settings, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def drain(settings: Settings, n: int, conn: psycopg.Connection[Any], pids: dict[str, int], logdir: Path) -> Drain:
-    """Pre-fill, then time one projector process draining the topic into the log and read model."""
+def publish_from_head(conn: psycopg.Connection[Any], settings: Settings) -> int:
+    """Store the committed-topic publisher's checkpoint of ``settings``' namespace at the log's head, so that
+    its projector process publishes only what it commits from now on. The benchmarks run one namespace after
+    another on one database; without this, each new namespace's publisher starts at position 0 and republishes
+    every earlier step's events from the log (measured: 315,000 from the log, 0 from memory, in the third
+    100,000-event drain), which a deployment (one log per namespace) never does. Returns the head."""
+    start = head(conn)
+    conn.execute(SAVE_CHECKPOINT, (settings.committed_topic, start))
+    return start
+
+
+def drain(settings: Settings, n: int, conn: psycopg.Connection[Any], pids: dict[str, int], logdir: Path,
+          tree: str | None = None) -> Drain:
+    """Pre-fill, then time one projector process draining the topic into the log and read model; ``tree``:
+    run the projector from that directory's ``eventstore`` package instead of this one."""
     fill = prefill(settings, n)
-    start_pos = head(conn)
-    with projector(settings, "process", logdir / "projector-drain.log") as ppid:
+    start_pos = publish_from_head(conn, settings)
+    runner = projector(settings, "process", logdir / "projector-drain.log") if tree is None else \
+        _projector_from(tree, settings, logdir / "projector-drain.log")
+    with runner as ppid:
         if ppid is None:
             raise RuntimeError("the drain needs a projector process")
         deadline = time.monotonic() + 120
@@ -96,6 +160,7 @@ def drain(settings: Settings, n: int, conn: psycopg.Connection[Any], pids: dict[
             time.sleep(0.002)
         cpu = CpuMeter({**pids, "projector process": ppid})
         first = head(conn)
+        threads = thread_cpu(ppid)
         cpu.start()
         t0 = time.perf_counter()
         last, progress_at = first, time.monotonic()
@@ -107,12 +172,35 @@ def drain(settings: Settings, n: int, conn: psycopg.Connection[Any], pids: dict[
             time.sleep(0.005)
         seconds = time.perf_counter() - t0
         cpu.stop()
+        split = thread_split(threads, thread_cpu(ppid))
         rss = {name: peak_rss_mb(pid) for name, pid in {**pids, "projector process": ppid}.items()}
     row = conn.execute("SELECT count(*) FROM events WHERE position > %s", (start_pos,)).fetchone()
     count = int(row[0]) if row else 0
     ok = count == n
     return Drain(start_pos + n - first, seconds, fill, cpu.used, rss, ok,
-                 f"events in log {count} (expected {n})")
+                 f"events in log {count} (expected {n})", split)
+
+
+@contextmanager
+def _projector_from(tree: str, settings: Settings, log_path: Path) -> Iterator[int]:
+    """An ``eventstore project`` process importing the ``eventstore`` package of ``tree`` (the baseline)."""
+    db, bootstrap = settings.require_servers()
+    env = {**os.environ, "PYTHONPATH": tree, "EVENTSTORE_DATABASE_URL": db, "EVENTSTORE_KAFKA_BOOTSTRAP": bootstrap,
+           "EVENTSTORE_NAMESPACE": settings.namespace, "EVENTSTORE_BATCH_SIZE": str(settings.batch_size),
+           "EVENTSTORE_PROJECTOR_GROUP": settings.projector_group, "EVENTSTORE_AUTH": "on"}
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "eventstore.cli", "project"], env=env, cwd=tree,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc.pid
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def report(d: Drain, ceiling_rate: float | None) -> list[str]:
@@ -123,7 +211,68 @@ def report(d: Drain, ceiling_rate: float | None) -> list[str]:
         lines.append(f"  drain / raw unnest ceiling of this run: {d.rate / ceiling_rate:.2f}x (aim >= 0.5x)")
     lines.append("  CPU per event during the drain: " + ", ".join(
         f"{k} {v / d.events * 1e6:.0f} us" for k, v in d.cpu.items()) + f" ({os.cpu_count()} CPUs)")
+    if d.threads:
+        lines.append("  projector process by thread, CPU per event: " + ", ".join(
+            f"{k} {v / d.events * 1e6:.1f} us" for k, v in d.threads.items()) +
+            " (python 1: the batch transaction's thread; python 2: the publisher's)")
     lines.append("  peak RSS (VmHWM): " + ", ".join(f"{k} {v:,.0f} MiB" for k, v in d.rss.items()) +
                  " (postgres: the postmaster only)")
     lines.append(f"  correctness: {'PASS' if d.ok else 'FAIL'}: {d.detail}")
     return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Drains on one pair of embedded servers, alternated with a baseline tree's projector when given."""
+    ap = argparse.ArgumentParser(prog="python -m eventstore.bench.drain")
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--baseline", help="directory of another checkout whose projector is the baseline")
+    args = ap.parse_args(argv)
+    here = str(Path(__file__).resolve().parents[2])
+    trees = [("baseline", str(Path(args.baseline).resolve())), ("this tree", here)] if args.baseline \
+        else [("this tree", here)]
+    logdir = Path(tempfile.mkdtemp(prefix="eventstore-bench-drain-"))
+    print(f"eventstore projector drain: {args.events:,} pre-filled events per drain, {args.rounds} round(s) of "
+          f"{' / '.join(f'{n} ({t})' for n, t in trees)}, alternated; logs in {logdir}")
+    print(f"  machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}; "
+          f"load average {os.getloadavg()[0]:.2f} (shared: compare the ratio, not the absolute figures)")
+    figures: dict[str, list[float]] = {name: [] for name, _ in trees}
+    batch_thread: dict[str, list[float]] = {name: [] for name, _ in trees}
+    ok = True
+    with EmbeddedServers(None) as servers:
+        url = servers.postgres.url
+        upgrade(url)
+        base = Settings.from_env().with_servers(url, servers.broker.bootstrap)
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            pids = {"postgres": postmaster}
+            if servers.broker._proc is not None:
+                pids["tansu"] = servers.broker._proc.pid
+            for r in range(args.rounds):
+                order = trees if r % 2 == 0 else trees[::-1]
+                for name, tree in order:
+                    run = uuid.uuid4().hex[:6]
+                    load = os.getloadavg()[0]
+                    d = drain(base.replace(namespace=f"drain-{run}", projector_group=f"drain-{run}"), args.events,
+                              conn, pids, logdir, tree if name == "baseline" else None)
+                    ok = ok and d.ok
+                    figures[name].append(d.us("projector process"))
+                    batch_thread[name].append(d.threads.get("python 1", 0.0) / d.events * 1e6)
+                    print(f"\nround {r + 1}, {name}, load average {load:.2f} -> {os.getloadavg()[0]:.2f}")
+                    print("\n".join("  " + line for line in report(d, None)), flush=True)
+    print("\nprojector process CPU per event, median of the rounds: " + ", ".join(
+        f"{n} {statistics.median(v):.1f} us ({', '.join(f'{x:.1f}' for x in v)})" for n, v in figures.items()))
+    print("the batch transaction's thread (python 1), median: " + ", ".join(
+        f"{n} {statistics.median(v):.1f} us ({', '.join(f'{x:.1f}' for x in v)})" for n, v in batch_thread.items()))
+    if args.baseline:
+        ratio = statistics.median(figures["this tree"]) / statistics.median(figures["baseline"])
+        thread_ratio = statistics.median(batch_thread["this tree"]) / statistics.median(batch_thread["baseline"])
+        print(f"  this tree / baseline: projector process {ratio:.2f}x, batch thread {thread_ratio:.2f}x "
+              "(aim: projector process <= 25 us per event)")
+    print(f"load average after the run {os.getloadavg()[0]:.2f}; correctness {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -124,6 +124,7 @@ def main(events: int = 1_000_000, quick: bool = False) -> int:
             print(f"\n[5] end to end: {e2e_n:,} events emitted by one agent until the read model shows them ...",
                   flush=True)
             e2e = base.replace(namespace=f"refs-{run}-e2e", projector_group=f"refs-{run}-e2e")
+            drain.publish_from_head(conn, e2e)  # its publisher does not republish the drain's events
             with projector(e2e, "process", logdir / "projector-e2e.log") as ppid, \
                     bench_agents.client("bench-refs-e2e", e2e) as client:
                 wait_ready(client, "ew")

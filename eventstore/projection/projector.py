@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -236,14 +237,16 @@ class Projector(BackgroundRunner):
         """The partitions' (low, high) offsets: by default what the consumer last learned from its
         fetches (no broker round trip; may lag), widened by the batch's own offsets, which exist."""
         out: dict[int, tuple[int, int]] = {}
-        for p in {m.partition for m in batch}:
+        by_partition: dict[int, list[int]] = defaultdict(list)
+        for m in batch:  # one pass over the batch, not one per partition
+            by_partition[m.partition].append(m.offset)
+        for p, offsets in by_partition.items():
             try:
                 low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
             except KafkaException:
                 continue
             if low < 0 or high < 0:
                 continue
-            offsets = [m.offset for m in batch if m.partition == p]
             out[p] = (min(int(low), min(offsets)), max(int(high), max(offsets) + 1))
         return out
 

@@ -158,9 +158,11 @@ def _encode(position: int, event_id: str, stream: str, version: int, type: str, 
     return position, stream.encode(), value, _headers(position, version, type), stub
 
 
+_FORMAT_HEADER = ("es-format", FORMAT)
+
+
 def _headers(position: int, version: int, type: str) -> Headers:
-    return [("es-format", FORMAT), ("es-position", str(position)), ("es-stream-version", str(version)),
-            ("es-type", type)]
+    return [_FORMAT_HEADER, ("es-position", str(position)), ("es-stream-version", str(version)), ("es-type", type)]
 
 
 _UUID = uuid.UUID

@@ -18,7 +18,13 @@ from pydantic import ValidationError
 
 from eventstore.core.auth import Credential, Signer
 from eventstore.core.errors import DecodeError, InvalidEventError
-from eventstore.core.limits import check_json_depth, has_lone_surrogate, may_hold_surrogates
+from eventstore.core.limits import (
+    MAX_JSON_DEPTH,
+    check_json_depth,
+    has_lone_surrogate,
+    json_depth,
+    may_hold_surrogates,
+)
 from eventstore.core.records import Envelope, EnvelopeFields, LeaseRef
 from eventstore.core.validation import CONTROL_CHARS, MAX_BIGINT, MAX_NAME, check_name
 
@@ -116,17 +122,19 @@ _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME)]
 _AUTH_FORM = re.compile(r"[0-9a-f]{16}:[A-Za-z0-9_-]{43}\Z")
 
 
-class _WireLease(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+# gc=False: an envelope holds strings, numbers, UUIDs, a datetime, the payload's bytes and these small structs,
+# never a reference back to itself, so the collector need not track the three objects of every message.
+class _WireLease(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     resource: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME, pattern=r"^[^\x00-\x1f\x7f]+\Z")]
     token: Annotated[int, msgspec.Meta(ge=1, le=MAX_BIGINT)]
 
 
-class _WireAuth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class _WireAuth(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     key_id: str
     mac: str
 
 
-class IntakeEnvelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class IntakeEnvelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """An envelope as the projector reads it: the fields of ``Envelope``, the payload as raw JSON bytes."""
 
     event_id: uuid.UUID
@@ -151,6 +159,7 @@ _INTAKE = msgspec.json.Decoder(IntakeEnvelope)
 # timestamp and any \u escape takes decode()'s path too (found in review: "...59.999999\u0039Z").
 _SUB_MICROSECONDS = re.compile(rb":\d\d[.,]\d{7}")
 _ESCAPE = b"\\u"
+_BACKSLASH = b"\\"
 
 
 def decode_intake(value: bytes | None) -> tuple[EnvelopeFields, dict[str, Any]]:
@@ -158,26 +167,40 @@ def decode_intake(value: bytes | None) -> tuple[EnvelopeFields, dict[str, Any]]:
     the bytes. Anything this fast path does not take (a lone surrogate escape, a naive timestamp, any error)
     goes through :func:`decode`, so exactly what ``decode`` accepts is accepted and every refusal carries
     ``decode``'s reason; DecodeError says what is wrong."""
-    if value is not None and not may_hold_surrogates(value):
-        try:
-            check_json_depth(value, "the envelope")
-            env = _INTAKE.decode(value)
-            raw = bytes(env.payload)
-            stamp, auth = env.occurred_at, env.auth
-            names = f"{env.idempotency_key}{env.stream}{env.agent_id}{env.type}"
-            # printable ASCII holds no control character: the regex runs only for other text
-            if (raw[:1] == b"{"
-                    and ((names.isascii() and names.isprintable()) or not CONTROL_CHARS.search(names))
-                    and (auth is None or _AUTH_FORM.match(f"{auth.key_id}:{auth.mac}"))
-                    and (stamp is None or (stamp.tzinfo is not None and _SUB_MICROSECONDS.search(value) is None
-                                           and _ESCAPE not in value))):
-                payload = pydantic_core.from_json(raw)
-                if isinstance(payload, dict):
-                    return env, payload
-        except (msgspec.MsgspecError, InvalidEventError, ValueError):
-            pass  # decode() below names the problem
+    if value is not None:
+        # Every escape starts with a backslash: one memchr over the bytes answers the escape tests below
+        # for the common envelope, which holds none.
+        escaped = _BACKSLASH in value
+        if not (escaped and may_hold_surrogates(value)):
+            fast = _decode_fast(value, escaped)
+            if fast is not None:
+                return fast
     full = decode(value)
     return full, full.payload
+
+
+def _decode_fast(value: bytes, escaped: bool) -> tuple[IntakeEnvelope, dict[str, Any]] | None:
+    """The fast path of :func:`decode_intake`, or None to let ``decode`` decide. The nesting limit is
+    checked on the payload alone, after msgspec: every other member is a scalar or an object of scalars
+    (msgspec refused anything else), so the envelope is one level deeper than its payload; msgspec stops a
+    deeper nesting than its recursion limit with RecursionError, which leaves it to ``decode`` too."""
+    try:
+        env = _INTAKE.decode(value)
+        raw = bytes(env.payload)
+        stamp, auth = env.occurred_at, env.auth
+        names = f"{env.idempotency_key}{env.stream}{env.agent_id}{env.type}"
+        # printable ASCII holds no control character: the regex runs only for other text
+        if (raw[:1] == b"{" and json_depth(raw) < MAX_JSON_DEPTH
+                and ((names.isascii() and names.isprintable()) or not CONTROL_CHARS.search(names))
+                and (auth is None or _AUTH_FORM.match(f"{auth.key_id}:{auth.mac}"))
+                and (stamp is None or (stamp.tzinfo is not None and _SUB_MICROSECONDS.search(value) is None
+                                       and not (escaped and _ESCAPE in value)))):
+            payload = pydantic_core.from_json(raw)
+            if isinstance(payload, dict):
+                return env, payload
+    except (msgspec.MsgspecError, InvalidEventError, ValueError, RecursionError):
+        pass  # decode() names the problem
+    return None
 
 
 def salvage_ids(value: bytes | None) -> tuple[uuid.UUID, str, str | None] | None:
