@@ -32,14 +32,13 @@ from typing import Any
 import psycopg
 from confluent_kafka import Producer
 
-from eventstore.bench.writepath import CpuMeter, head, make_events, projector
+from eventstore.bench.writepath import CpuMeter, head, make_events, projector, publish_from_head
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.kafka.config import ensure_topics, producer_config
 from eventstore.postgres.agents import register
 from eventstore.postgres.connection import connect
 from eventstore.postgres.migrate import upgrade
-from eventstore.projection.publisher import SAVE_CHECKPOINT
 from eventstore.sdk.client import build_envelope
 from eventstore.wire.envelope import encode
 
@@ -129,17 +128,6 @@ def prefill(settings: Settings, n: int) -> float:
     if left:
         raise RuntimeError(f"{left} pre-fill messages were not acknowledged by the broker")
     return time.perf_counter() - t0
-
-
-def publish_from_head(conn: psycopg.Connection[Any], settings: Settings) -> int:
-    """Store the committed-topic publisher's checkpoint of ``settings``' namespace at the log's head, so that
-    its projector process publishes only what it commits from now on. The benchmarks run one namespace after
-    another on one database; without this, each new namespace's publisher starts at position 0 and republishes
-    every earlier step's events from the log (measured: 315,000 from the log, 0 from memory, in the third
-    100,000-event drain), which a deployment (one log per namespace) never does. Returns the head."""
-    start = head(conn)
-    conn.execute(SAVE_CHECKPOINT, (settings.committed_topic, start))
-    return start
 
 
 def drain(settings: Settings, n: int, conn: psycopg.Connection[Any], pids: dict[str, int], logdir: Path,

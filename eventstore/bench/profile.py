@@ -22,8 +22,16 @@ from typing import Any
 import psycopg
 
 from eventstore.bench import agents as bench_agents
-from eventstore.bench.drain import prefill, publish_from_head
-from eventstore.bench.writepath import CpuMeter, Throughput, head, projector, throughput, wait_ready
+from eventstore.bench.drain import prefill
+from eventstore.bench.writepath import (
+    CpuMeter,
+    Throughput,
+    head,
+    projector,
+    publish_from_head,
+    throughput,
+    wait_ready,
+)
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.postgres.migrate import upgrade

@@ -22,7 +22,7 @@ import psycopg
 
 from eventstore.bench import agents as bench_agents
 from eventstore.bench import ceiling, drain, peers
-from eventstore.bench.writepath import CpuMeter, make_events, projector, throughput, wait_ready
+from eventstore.bench.writepath import CpuMeter, make_events, projector, publish_from_head, throughput, wait_ready
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.postgres.migrate import upgrade
@@ -124,7 +124,7 @@ def main(events: int = 1_000_000, quick: bool = False) -> int:
             print(f"\n[5] end to end: {e2e_n:,} events emitted by one agent until the read model shows them ...",
                   flush=True)
             e2e = base.replace(namespace=f"refs-{run}-e2e", projector_group=f"refs-{run}-e2e")
-            drain.publish_from_head(conn, e2e)  # its publisher does not republish the drain's events
+            publish_from_head(conn, e2e)  # its publisher does not republish the drain's events
             with projector(e2e, "process", logdir / "projector-e2e.log") as ppid, \
                     bench_agents.client("bench-refs-e2e", e2e) as client:
                 wait_ready(client, "ew")

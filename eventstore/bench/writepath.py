@@ -46,6 +46,7 @@ from eventstore.kafka.config import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS
 from eventstore.postgres.agents import register
 from eventstore.postgres.migrate import upgrade
 from eventstore.projection.projector import Projector
+from eventstore.projection.publisher import SAVE_CHECKPOINT
 from eventstore.sdk.client import AgentClient, build_envelope
 from eventstore.wire.envelope import encode
 
@@ -177,6 +178,17 @@ def head(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
+def publish_from_head(conn: psycopg.Connection[Any], settings: Settings) -> int:
+    """Store the committed-topic publisher's checkpoint of ``settings``' namespace at the log's head, so that
+    its projector process publishes only what it commits from now on. The benchmarks run one namespace after
+    another on one database; without this, each new namespace's publisher starts at position 0 and republishes
+    every earlier step's events from the log (measured: 315,000 from the log, 0 from memory, in the third
+    100,000-event drain), which a deployment (one log per namespace) never does. Returns the head."""
+    start = head(conn)
+    conn.execute(SAVE_CHECKPOINT, (settings.committed_topic, start))
+    return start
+
+
 def wait_ready(client: AgentClient, prefix: str) -> None:
     """Until the projector answers (it joined its group and the idempotent producer is warm)."""
     deadline = time.monotonic() + READY_TIMEOUT
@@ -268,6 +280,7 @@ def run_phase(settings: Settings, mode: str, label: str, n: int, lat_n: int, rat
     print(f"\n[{label}] batch_size={settings.batch_size}: starting projector ({mode}) ...", flush=True)
     # The bench registers its agent (a fresh credential per phase) unless it measures unsigned intake.
     credential = str(register(conn.cursor(), f"bench-{label}")) if sign else None
+    publish_from_head(conn, settings)  # this phase's publisher does not republish earlier phases' events
     with projector(settings, mode, logdir / f"projector-{label}.log") as ppid, \
             AgentClient(f"bench-{label}", settings, credential=credential) as client:
         wait_ready(client, f"{label}w")
