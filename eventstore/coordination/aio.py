@@ -123,6 +123,7 @@ class AsyncCoordinator:
     holders = offload(Coordinator.holders)
     deadlocks = offload(Coordinator.deadlocks)
     refresh_fence_rejections = offload(Coordinator.refresh_fence_rejections)
+    notice_key = offload(Coordinator.notice_key)
     run_step = offload(Coordinator.run_step)
     run_step_then_read = offload(Coordinator.run_step_then_read)
     run_call = offload(Coordinator.run_call)
