@@ -20,6 +20,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
 
 from eventstore.core.errors import ClientClosedError, EmitTimeout
+from eventstore.core.ids import uuid_of
 from eventstore.core.outcomes import EmitResult
 
 R = TypeVar("R")
@@ -28,12 +29,18 @@ R = TypeVar("R")
 class EmitHandle:
     """An emitted event whose outcome may still be pending."""
 
-    __slots__ = ("_error", "_future", "_key", "_result", "_since", "_table", "event_id", "idempotency_key", "stream")
+    __slots__ = ("_error", "_future", "_id", "_key", "_result", "_since", "_table", "idempotency_key", "stream")
 
-    def __init__(self, event_id: uuid.UUID, stream: str, idempotency_key: str, table: PendingOutcomes,
+    def __init__(self, event_id: uuid.UUID | None, stream: str, idempotency_key: str, table: PendingOutcomes,
                  id_text: str | None = None) -> None:
-        self.event_id = event_id
-        self._key = str(event_id) if id_text is None else id_text  # the table's key: the id's canonical text
+        # The table's key is the id's canonical text; the UUID object is made on first use (event_id) when
+        # the SDK gives only the text (an emit needs none).
+        if id_text is None:
+            if event_id is None:
+                raise TypeError("EmitHandle needs the event id or its canonical text")
+            id_text = str(event_id)
+        self._id = event_id
+        self._key = id_text
         self.stream = stream
         self.idempotency_key = idempotency_key
         self._table = table
@@ -41,6 +48,14 @@ class EmitHandle:
         self._result: EmitResult | None = None
         self._error: BaseException | None = None
         self._future: Future[EmitResult] | None = None
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        """The emitted event's id."""
+        u = self._id
+        if u is None:
+            u = self._id = uuid_of(self._key)
+        return u
 
     def done(self) -> bool:
         return self._result is not None or self._error is not None
@@ -89,10 +104,10 @@ class PendingOutcomes:
         with self._lock:
             return len(self._pending)
 
-    def add(self, handle: EmitHandle) -> None:
-        """Wait for one handle's outcome."""
+    def add(self, handle: EmitHandle, now: float | None = None) -> None:
+        """Wait for one handle's outcome (``now``: time.monotonic() if the caller has it)."""
         with self._lock:
-            handle._since = time.monotonic()
+            handle._since = time.monotonic() if now is None else now
             self._pending[handle._key] = handle
             evicted = self._evict() if len(self._pending) > self._max_pending else None
         if evicted:
