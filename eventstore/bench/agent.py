@@ -33,7 +33,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from eventstore.bench import agents as bench_agents
-from eventstore.bench.threadcpu import ThreadCpu
+from eventstore.bench.threadcpu import GcPauses, ThreadCpu
 from eventstore.bench.writepath import CpuMeter, Latency, latency, make_events, projector, wait_ready
 from eventstore.core.auth import Credential
 from eventstore.core.settings import Settings
@@ -57,29 +57,34 @@ class Figure:
     cpu: float
     broker: float
     threads: dict[str, float] = field(default_factory=dict)
+    gc: float = 0.0  # wall µs per event in the garbage collector (any thread)
+    full_gcs: float = 0.0  # full collections during the figure
 
 
 def _median(samples: list[Figure]) -> Figure:
     roles = sorted({r for f in samples for r in f.threads})
     return Figure(statistics.median(f.wall for f in samples), statistics.median(f.cpu for f in samples),
                   statistics.median(f.broker for f in samples),
-                  {r: statistics.median(f.threads.get(r, 0.0) for f in samples) for r in roles})
+                  {r: statistics.median(f.threads.get(r, 0.0) for f in samples) for r in roles},
+                  statistics.median(f.gc for f in samples), statistics.median(f.full_gcs for f in samples))
 
 
 def _measure(n: int, broker: CpuMeter, send: Callable[[], None], finish: Callable[[], None]) -> Figure:
-    threads = ThreadCpu()
+    threads, pauses = ThreadCpu(), GcPauses()
     broker.start()
     threads.start()
+    pauses.start()
     c0, t0 = time.process_time(), time.perf_counter()
     send()
     wall = time.perf_counter() - t0
     threads.sample()
     finish()
     cpu = time.process_time() - c0
+    pauses.stop()
     threads.stop()
     broker.stop()
     return Figure(wall / n * 1e6, cpu / n * 1e6, broker.used.get("tansu", 0.0) / n * 1e6,
-                  {r: v / n * 1e6 for r, v in threads.used.items()})
+                  {r: v / n * 1e6 for r, v in threads.used.items()}, pauses.seconds / n * 1e6, pauses.full)
 
 
 def signed_values(events: Events, agent_id: str, cred: Credential) -> list[tuple[bytes, bytes, Any]]:
@@ -142,7 +147,8 @@ def _line(name: str, f: Figure, base: Figure | None) -> str:
     split = ", ".join(f"{role} {us:.1f}" for role, us in sorted(f.threads.items(), key=lambda kv: -kv[1])
                       if us >= 0.05)
     return (f"  {name:<34} {f.wall:7.1f} us/event (calls)  {f.cpu:7.1f} us CPU/event  tansu {f.broker:6.1f} "
-            f"us/event{ratio}\n  {'':<34} by thread (us CPU/event): {split}")
+            f"us/event{ratio}\n  {'':<34} by thread (us CPU/event): {split}; in the collector {f.gc:.1f} us/event "
+            f"({f.full_gcs:.0f} full)")
 
 
 def _merge(runs: list[Latency]) -> Latency:

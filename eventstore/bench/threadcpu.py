@@ -8,8 +8,10 @@ thread's native id) and, for librdkafka's threads (not Python's), by their kerne
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,3 +84,29 @@ class ThreadCpu:
         for tid, (role, cpu) in self._last.items():
             used[role] = used.get(role, 0.0) + cpu - self._first.get(tid, 0.0)
         self.used = used
+
+
+class GcPauses:
+    """Wall time this process spent in the garbage collector between :meth:`start` and :meth:`stop` (all
+    threads), and the number of full (oldest-generation) collections: CPython's share of an emit that grows
+    with the size of the process's heap."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full = 0
+        self._began = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._began
+            self.full += info.get("generation") == 2
+
+    def start(self) -> None:
+        self.seconds, self.full = 0.0, 0
+        gc.callbacks.append(self._callback)
+
+    def stop(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)

@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from eventstore.core.auth import Credential
 from eventstore.core.errors import BrokerError, ConfigurationError, InvalidEventError
-from eventstore.core.events import Event, validate_event
+from eventstore.core.events import Event, dump_payloads, validate_event
 from eventstore.core.ids import event_id_texts, next_event_id
 from eventstore.core.outcomes import EmitResult, Outcome
 from eventstore.core.records import Envelope, LeaseRef, RecordedEvent
@@ -356,12 +356,19 @@ class AgentClient:
         handles: list[EmitHandle] = []
         messages: list[tuple[bytes, bytes, Headers]] = []
         prepare = self._prep.prepare
+        dumped = dump_payloads([item[0] for item in batch])  # one pydantic call for a batch of one class
         for i, item in enumerate(batch):
-            options: EmitOptions = item[2] if len(item) == 3 else {}
+            payload = None if dumped is None else dumped[i]
             try:
-                handle, key, value, headers = prepare(
-                    item[0], item[1], options.get("expected_version"), options.get("idempotency_key"),
-                    options.get("correlation_id"), options.get("causation_id"), options.get("lease"), ids[i])
+                if len(item) == 2:
+                    handle, key, value, headers = prepare(item[0], item[1], None, None, None, None, None, ids[i],
+                                                          payload)
+                else:
+                    options: EmitOptions = item[2]
+                    handle, key, value, headers = prepare(
+                        item[0], item[1], options.get("expected_version"), options.get("idempotency_key"),
+                        options.get("correlation_id"), options.get("causation_id"), options.get("lease"), ids[i],
+                        payload)
             except InvalidEventError as e:
                 raise InvalidEventError(f"emit_many item {i}: {e} (nothing was sent)") from e
             handles.append(handle)

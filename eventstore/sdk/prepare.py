@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from eventstore.core.auth import Credential
 from eventstore.core.errors import InvalidEventError
@@ -72,10 +72,12 @@ class Preparer:
 
     def prepare(self, event: Event, stream: str, expected_version: int | None, idempotency_key: str | None,
                 correlation_id: uuid.UUID | None, causation_id: uuid.UUID | None,
-                lease: LeaseRef | HasLeaseRef | None, eid: str) -> tuple[EmitHandle, bytes, bytes, Headers]:
+                lease: LeaseRef | HasLeaseRef | None, eid: str,
+                dumped: dict[str, Any] | None = None) -> tuple[EmitHandle, bytes, bytes, Headers]:
         """The handle and the signed (key, value, headers) of one event with the event id ``eid`` (canonical
-        text); InvalidEventError names what is wrong. Nothing is sent or registered."""
-        payload, walk = emit_payload(event)
+        text); InvalidEventError names what is wrong. Nothing is sent or registered. ``dumped``: the event's
+        ``model_dump(mode="json")`` if the caller made it (a batch's :func:`dump_payloads`)."""
+        payload, walk = emit_payload(event, dumped)
         try:
             if type(stream) is not str or stream not in self._streams:
                 self._streams.remember(check_stream(stream))
