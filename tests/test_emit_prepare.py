@@ -208,3 +208,32 @@ def test_a_handle_made_from_text_has_its_uuid() -> None:
     assert h.event_id == uuid.UUID(text) and h.event_id is h.event_id
     with pytest.raises(TypeError):
         EmitHandle(None, "s", "k", PendingOutcomes())
+
+
+def test_a_batch_dump_is_each_events_dump_and_refusals_stay_the_same() -> None:
+    from eventstore.core.events import dump_payloads
+
+    notes = [PrepNote(text=t, n=i) for i, t in enumerate(["a", "ünï 🙂", 'q"\\', "x" * 4000, "\x00", ""])]
+    assert dump_payloads(notes) == [e.model_dump(mode="json") for e in notes]
+    bags = [PrepBag(data={"f": 0.1, "inf": float("inf"), "l": [None, True, {"k": []}]}), PrepBag(data={})]
+    assert dump_payloads(bags) == [e.model_dump(mode="json") for e in bags]
+    assert dump_payloads([notes[0]]) is None  # one event: nothing to share
+    assert dump_payloads([notes[0], bags[0]]) is None  # two classes: each is dumped alone
+    assert dump_payloads([Event(), Event()]) is None
+    prep = _preparer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for event, stream, opts in _cases():
+            if not isinstance(event, Event) or type(event) is Event:
+                continue
+            dumped = dump_payloads([event, event])
+            if dumped is None:
+                continue
+            try:
+                prep.prepare(event, stream, opts.get("expected_version"), opts.get("idempotency_key"),
+                             opts.get("correlation_id"), opts.get("causation_id"), opts.get("lease"),
+                             next_event_id(), dumped[0])
+                got = None
+            except InvalidEventError as e:
+                got = str(e)
+            assert got == _reference(event, stream, opts), (event, stream, opts)

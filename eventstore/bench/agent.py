@@ -57,7 +57,7 @@ class Figure:
     cpu: float
     broker: float
     threads: dict[str, float] = field(default_factory=dict)
-    gc: float = 0.0  # wall µs per event in the garbage collector (any thread)
+    gc: float = 0.0  # CPU µs per event in the garbage collector (any thread; part of ``cpu``)
     full_gcs: float = 0.0  # full collections during the figure
 
 

@@ -87,9 +87,9 @@ class ThreadCpu:
 
 
 class GcPauses:
-    """Wall time this process spent in the garbage collector between :meth:`start` and :meth:`stop` (all
-    threads), and the number of full (oldest-generation) collections: CPython's share of an emit that grows
-    with the size of the process's heap."""
+    """CPU time this process spent in the garbage collector between :meth:`start` and :meth:`stop` (on any
+    thread: each collection is timed with the CPU clock of the thread that runs it), and the number of full
+    (oldest-generation) collections: CPython's share of an emit, which grows with the size of the heap."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
@@ -98,9 +98,9 @@ class GcPauses:
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._began = time.perf_counter()
+            self._began = time.thread_time()
         else:
-            self.seconds += time.perf_counter() - self._began
+            self.seconds += time.thread_time() - self._began
             self.full += info.get("generation") == 2
 
     def start(self) -> None:
