@@ -13,12 +13,16 @@ On fresh embedded servers, in interleaved rounds (median of 3), each on a fresh 
    setting) in alternating rounds: batching for load must not cost a lone event its latency.
 
 CPU is this process's (all threads, librdkafka's included) from the first call until the broker
-acknowledged everything (1, 2) or every outcome arrived (3), per event; tansu's CPU comes from /proc.
+acknowledged everything (1, 2) or every outcome arrived (3), per event, also split by thread (the calling
+thread, the producer poller, the outcome listener, librdkafka's threads) and the garbage collector's share;
+tansu's CPU comes from /proc. Each figure starts after a full collection, so the events the benchmark just
+built are not collected at the SDK's expense.
 The machine is shared: the load average is printed, and the ratios to the floor of the same run count.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
@@ -71,6 +75,7 @@ def _median(samples: list[Figure]) -> Figure:
 
 def _measure(n: int, broker: CpuMeter, send: Callable[[], None], finish: Callable[[], None]) -> Figure:
     threads, pauses = ThreadCpu(), GcPauses()
+    gc.collect()  # the events just built (the caller's objects) are not the SDK's collections to pay for
     broker.start()
     threads.start()
     pauses.start()
