@@ -237,3 +237,68 @@ def test_a_batch_dump_is_each_events_dump_and_refusals_stay_the_same() -> None:
             except InvalidEventError as e:
                 got = str(e)
             assert got == _reference(event, stream, opts), (event, stream, opts)
+
+
+def _result_of(h: EmitHandle) -> Any:
+    from eventstore.core.outcomes import EmitResult, Outcome
+
+    return EmitResult(event_id=h.event_id, status=Outcome.COMMITTED, stream="s", version=1, position=1)
+
+
+def test_blocked_results_wake_without_a_future_each_exactly_once() -> None:
+    from eventstore.core.errors import ClientClosedError, EmitTimeout
+
+    table = PendingOutcomes()
+    handles = [EmitHandle(None, "s", f"k{i}", table, next_event_id()) for i in range(400)]
+    table.add_many(handles)
+    got: list[Any] = []
+    lock = threading.Lock()
+
+    def wait(part: list[EmitHandle]) -> None:
+        for h in part:
+            r = h.result(30)
+            with lock:
+                got.append((h._key, r.event_id))
+
+    # two threads wait on every handle (the same handles), the settler resolves them in shuffled batches
+    waiters = [threading.Thread(target=wait, args=(handles,)) for _ in range(2)]
+    for t in waiters:
+        t.start()
+    order = handles[::-1]
+    for i in range(0, len(order), 37):
+        table.settle([_result_of(h) for h in order[i:i + 37]])
+    for t in waiters:
+        t.join(30)
+    assert len(got) == 800 and {k for k, _ in got} == {h._key for h in handles}
+    assert all(uuid.UUID(k) == eid for k, eid in got)
+    assert all(h._future is None for h in handles)  # no Future was made for a blocked result()
+
+    slow = EmitHandle(None, "s", "slow", table, next_event_id())
+    table.add(slow)
+    with pytest.raises(EmitTimeout, match="idempotency_key='slow'"):
+        slow.result(0.05)
+    assert slow._key not in table.oldest(10)  # a caller that gave up is forgotten (bounded memory)
+
+    failing = EmitHandle(None, "s", "f", table, next_event_id())
+    closing = EmitHandle(None, "s", "c", table, next_event_id())
+    table.add_many([failing, closing])
+    errors: dict[str, BaseException] = {}
+
+    def wait_error(h: EmitHandle) -> None:
+        try:
+            h.result(30)
+        except Exception as e:  # the test records whichever error arrives
+            errors[h.idempotency_key] = e
+
+    ts = [threading.Thread(target=wait_error, args=(h,)) for h in (failing, closing)]
+    for t in ts:
+        t.start()
+    boom = RuntimeError("broker said no")
+    table.fail(failing._key, boom)
+    table.close()
+    for t in ts:
+        t.join(30)
+    assert errors["f"] is boom and isinstance(errors["c"], ClientClosedError)
+    assert failing.done() and closing.done()
+    with pytest.raises(RuntimeError, match="broker said no"):
+        failing.result(0)  # settled before anyone waits again: no lock, no Future
