@@ -203,7 +203,7 @@ class PendingOutcomes:
 
     def waiter_of(self, h: EmitHandle) -> threading.Lock | None:
         """A lock held until ``h`` is settled (made on first use; a blocked ``result()`` waits on it instead
-        of a Future, which costs about six times more), or None once ``h`` is settled."""
+        of a Future, which costs about six times more and 11 tracked objects), or None once ``h`` is settled."""
         with self._lock:
             if h._result is not None or h._error is not None:
                 return None
