@@ -172,7 +172,7 @@ class AgentClient:
         if self._closed.is_set():
             raise BrokerError("the client is closed")
         handle, key, value, headers = self._prep.prepare(event, stream, expected_version, idempotency_key,
-                                                    correlation_id, causation_id, lease, next_event_id())
+                                                         correlation_id, causation_id, lease, next_event_id())
         return self._send_one(handle, key, value, headers)
 
     def emit_envelope(self, env: Envelope) -> EmitHandle:
@@ -180,7 +180,7 @@ class AgentClient:
         if self._closed.is_set():
             raise BrokerError("the client is closed")
         key, value, headers = self._writer.encode(env)
-        self._check_size(value, env.type, env.stream)
+        self._prep.check_size(value, env.type, env.stream)
         handle = EmitHandle(env.event_id, env.stream, env.idempotency_key, self._pending)
         return self._send_one(handle, key, value, headers)
 
@@ -194,9 +194,6 @@ class AgentClient:
             self._pending.fail(handle._key, e)  # nothing waits for an outcome that cannot come
             raise
         return handle
-
-    def _check_size(self, value: bytes, event_type: str, stream: str) -> None:
-        self._prep.check_size(value, event_type, stream)
 
     def _produce(self, key: bytes, value: bytes, headers: Headers) -> None:
         while True:
