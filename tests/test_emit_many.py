@@ -34,6 +34,22 @@ def test_emit_many_all_outcomes_arrive_in_stream_order(settings: Settings, proje
     assert total == sum(range(700))
 
 
+def test_emit_many_payloads_match_their_items_across_chunks_and_classes(settings: Settings,
+                                                                        projector: Projector) -> None:
+    # 150 items: the first chunk of one class, later chunks mixing two, so some chunks are dumped by one
+    # pydantic call and others event by event (AgentClient.dump_chunk); each stored payload is its item's
+    events: list[InventoryAdjusted | InventoryUpdated] = [
+        InventoryAdjusted(sku="MIX", delta=i) if i < 90 or i % 3 else InventoryUpdated(sku="MIX", quantity=i)
+        for i in range(150)]
+    s = stream_for("MIX")
+    with AgentClient("many-mixed", settings) as client:
+        assert client.dump_chunk < 90
+        handles = client.emit_many([(e, s) for e in events])
+        assert all(h.result(60).status is Outcome.COMMITTED for h in handles)
+        stored = client.read_stream(s)
+    assert [(e.type, e.payload) for e in stored] == [(ev.event_type, ev.model_dump(mode="json")) for ev in events]
+
+
 def test_emit_many_applies_per_item_options(settings: Settings, projector: Projector) -> None:
     s = stream_for("OPT")
     with AgentClient("many-opts", settings) as client:

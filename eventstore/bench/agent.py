@@ -13,12 +13,16 @@ On fresh embedded servers, in interleaved rounds (median of 3), each on a fresh 
    setting) in alternating rounds: batching for load must not cost a lone event its latency.
 
 CPU is this process's (all threads, librdkafka's included) from the first call until the broker
-acknowledged everything (1, 2) or every outcome arrived (3), per event; tansu's CPU comes from /proc.
+acknowledged everything (1, 2) or every outcome arrived (3), per event, also split by thread (the calling
+thread, the producer poller, the outcome listener, librdkafka's threads) and the garbage collector's share;
+tansu's CPU comes from /proc. Each figure starts after a full collection, so the events the benchmark just
+built are not collected at the SDK's expense.
 The machine is shared: the load average is printed, and the ratios to the floor of the same run count.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
@@ -26,13 +30,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
 
 from eventstore.bench import agents as bench_agents
+from eventstore.bench.threadcpu import GcPauses, ThreadCpu
 from eventstore.bench.writepath import CpuMeter, Latency, latency, make_events, projector, wait_ready
 from eventstore.core.auth import Credential
 from eventstore.core.settings import Settings
@@ -49,27 +54,42 @@ BATCH = 1000
 
 @dataclass(frozen=True)
 class Figure:
-    """Per event: wall time of the calls, CPU of this process, CPU of the broker (µs)."""
+    """Per event: wall time of the calls, CPU of this process, CPU of the broker (µs), and this process's
+    CPU by thread role (µs; see bench/threadcpu.py)."""
 
     wall: float
     cpu: float
     broker: float
+    threads: dict[str, float] = field(default_factory=dict)
+    gc: float = 0.0  # CPU µs per event in the garbage collector (any thread; part of ``cpu``)
+    full_gcs: float = 0.0  # full collections during the figure
 
 
 def _median(samples: list[Figure]) -> Figure:
+    roles = sorted({r for f in samples for r in f.threads})
     return Figure(statistics.median(f.wall for f in samples), statistics.median(f.cpu for f in samples),
-                  statistics.median(f.broker for f in samples))
+                  statistics.median(f.broker for f in samples),
+                  {r: statistics.median(f.threads.get(r, 0.0) for f in samples) for r in roles},
+                  statistics.median(f.gc for f in samples), statistics.median(f.full_gcs for f in samples))
 
 
 def _measure(n: int, broker: CpuMeter, send: Callable[[], None], finish: Callable[[], None]) -> Figure:
+    threads, pauses = ThreadCpu(), GcPauses()
+    gc.collect()  # the events just built (the caller's objects) are not the SDK's collections to pay for
     broker.start()
+    threads.start()
+    pauses.start()
     c0, t0 = time.process_time(), time.perf_counter()
     send()
     wall = time.perf_counter() - t0
+    threads.sample()
     finish()
     cpu = time.process_time() - c0
+    pauses.stop()
+    threads.stop()
     broker.stop()
-    return Figure(wall / n * 1e6, cpu / n * 1e6, broker.used.get("tansu", 0.0) / n * 1e6)
+    return Figure(wall / n * 1e6, cpu / n * 1e6, broker.used.get("tansu", 0.0) / n * 1e6,
+                  {r: v / n * 1e6 for r, v in threads.used.items()}, pauses.seconds / n * 1e6, pauses.full)
 
 
 def signed_values(events: Events, agent_id: str, cred: Credential) -> list[tuple[bytes, bytes, Any]]:
@@ -129,8 +149,11 @@ def sdk(client: AgentClient, events: Events, broker: CpuMeter, many: bool, outco
 
 def _line(name: str, f: Figure, base: Figure | None) -> str:
     ratio = f"   {f.cpu / base.cpu:5.2f}x the floor's CPU" if base else ""
+    split = ", ".join(f"{role} {us:.1f}" for role, us in sorted(f.threads.items(), key=lambda kv: -kv[1])
+                      if us >= 0.05)
     return (f"  {name:<34} {f.wall:7.1f} us/event (calls)  {f.cpu:7.1f} us CPU/event  tansu {f.broker:6.1f} "
-            f"us/event{ratio}")
+            f"us/event{ratio}\n  {'':<34} by thread (us CPU/event): {split}; in the collector {f.gc:.1f} us/event "
+            f"({f.full_gcs:.0f} full)")
 
 
 def _merge(runs: list[Latency]) -> Latency:
@@ -181,6 +204,9 @@ def main(events: int = 20_000, rounds: int = 3, rate: int = 1000, latency_events
                         sdk(client, make_events(events, f"o{name[:6]}{r}", seed=r), broker, many, outcomes=True))
             print(_line("emit() then result()", _median(samples["emit+result"]), fl))
             print(_line(f"emit_many() ({BATCH:,}) then result()", _median(samples["emit_many+result"]), fl))
+            if latency_events <= 0:
+                print("\n[3] emit -> outcome latency: skipped (--latency-events 0)")
+                return _aim()
             print(f"\n[3] emit -> outcome at {rate:,}/s, {latency_events:,} events per round, 2 alternating rounds "
                   "each", flush=True)
             lat: dict[str, list[Latency]] = {"sdk": [], "linger1": []}
@@ -196,5 +222,9 @@ def main(events: int = 20_000, rounds: int = 3, rate: int = 1000, latency_events
             if sdk_lat.samples and old_lat.samples:
                 print(f"  p50 ratio SDK / linger 1: {sdk_lat.pct(50) / old_lat.pct(50):.2f}x, p99 "
                       f"{sdk_lat.pct(99) / old_lat.pct(99):.2f}x")
+    return _aim()
+
+
+def _aim() -> int:
     print(f"\naim: agent <= 15 us CPU per emit; load average after the run {os.getloadavg()[0]:.2f}")
     return 0

@@ -11,7 +11,7 @@ import importlib
 import threading
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from eventstore.core.errors import ConfigurationError, InvalidEventError, UnknownEventTypeError
 from eventstore.core.payloadcheck import PayloadCheck, compile_check
@@ -83,15 +83,21 @@ class EventRegistry:
         class's compiled check accepts is taken as it is; any other goes through pydantic (``decode``), so
         a refusal is pydantic's, with the same text."""
         cls = self.lookup(event_type, schema_version)
-        try:
-            check = self._checks[cls]
-        except KeyError:
-            check = self._checks[cls] = compile_check(cls)
+        check = self.check_for(cls)
         if check is not None:
             accepted = check(payload)
             if accepted is not None:
                 return cls, accepted
         return cls, self.decode(event_type, schema_version, payload).model_dump(mode="json")
+
+    def check_for(self, cls: type[Event]) -> PayloadCheck | None:
+        """The compiled acceptance check of ``cls`` (core/payloadcheck.py; made once per class), or None when
+        only pydantic can decide for it."""
+        try:
+            return self._checks[cls]
+        except KeyError:
+            check = self._checks[cls] = compile_check(cls)
+            return check
 
     def known(self) -> list[tuple[str, int]]:
         return sorted(self._types)
@@ -112,13 +118,64 @@ def validate_event(event: Event) -> dict[str, Any]:
         raise InvalidEventError(f"expected an instance of an eventstore.Event subclass, got {type(event).__name__}")
     if event.server_only:
         raise InvalidEventError(f"{event.event_type} events are written by the server only; agents cannot emit them")
-    payload = event.model_dump(mode="json")
+    return _validated(event, event.model_dump(mode="json"))
+
+
+def _validated(event: Event, payload: dict[str, Any]) -> dict[str, Any]:
     check_no_nul(event.event_type, payload)
     try:
         type(event).model_validate(payload)
     except ValidationError as e:
         raise InvalidEventError(f"invalid {event.event_type} event: {_summary(e)}") from e
     return payload
+
+
+def emit_payload(event: Event, dumped: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+    """:func:`validate_event` for the SDK's hot path: the payload, and whether its NUL walk still has to run.
+
+    A payload the class's compiled check (core/payloadcheck.py) accepts is one pydantic accepts, so it is
+    not validated a second time, and its NUL walk is left to the caller (True), who tests the JSON it
+    writes for ``\\u0000`` instead and walks only on a hit (:func:`check_written_nul`). Any other payload
+    takes :func:`validate_event`'s own steps in its order (False: walked), so every refusal is the same.
+    ``dumped``: the event's ``model_dump(mode="json")`` if the caller has it (:func:`dump_payloads`)."""
+    cls = type(event)
+    if not isinstance(event, Event) or cls is Event or event.server_only:
+        return validate_event(event), False  # raises, with validate_event's reason
+    payload = event.model_dump(mode="json") if dumped is None else dumped
+    check = registry.check_for(cls)
+    if check is not None and check(payload) is not None:
+        return payload, True
+    return _validated(event, payload), False
+
+
+_LIST_ADAPTERS: dict[type[Event], TypeAdapter[list[Any]]] = {}
+
+
+def dump_payloads(events: list[Any]) -> list[dict[str, Any]] | None:
+    """Each event's ``model_dump(mode="json")``, made by one pydantic call for a batch of one Event class (a
+    call per event costs more than the dump itself); None when the events are not all of one exact class or
+    the call fails: the caller then dumps each event itself, so its refusal is the usual one."""
+    if len(events) < 2:
+        return None
+    cls = type(events[0])
+    if not issubclass(cls, Event) or cls is Event or any(type(e) is not cls for e in events):
+        return None
+    adapter = _LIST_ADAPTERS.get(cls)
+    if adapter is None:
+        adapter = _LIST_ADAPTERS[cls] = TypeAdapter(list[cls])  # type: ignore[valid-type]
+    try:
+        dumped: list[dict[str, Any]] = adapter.dump_python(events, mode="json")
+    except Exception:  # anything: the caller dumps each event and refuses as validate_event does
+        return None
+    return dumped
+
+
+def check_written_nul(event_type: str, payload: dict[str, Any], written: bytes) -> None:
+    """The NUL check of :func:`validate_event` on a payload already written as JSON: JSON writes a NUL as
+    ``\\u0000``, so JSON without that text holds none and the walk runs only when it is there (the text
+    may also be an escaped backslash followed by ``u0000``: the walk decides)."""
+    if b"\\u0000" in written:
+        check_no_nul(event_type, payload)
 
 
 def import_app_modules(modules: tuple[str, ...] | list[str]) -> None:

@@ -14,15 +14,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from eventstore.core.auth import Credential
 from eventstore.core.errors import BrokerError, ConfigurationError, InvalidEventError
-from eventstore.core.events import Event, validate_event
-from eventstore.core.ids import new_event_id
-from eventstore.core.limits import check_size
+from eventstore.core.events import Event, dump_payloads, validate_event
+from eventstore.core.ids import event_id_texts, next_event_id
 from eventstore.core.outcomes import EmitResult, Outcome
 from eventstore.core.records import Envelope, LeaseRef, RecordedEvent
 from eventstore.core.settings import Settings
@@ -35,7 +34,9 @@ from eventstore.postgres.outcomes import lookup_outcomes
 from eventstore.sdk.listener import OutcomeListener
 from eventstore.sdk.pending import EmitHandle as EmitHandle
 from eventstore.sdk.pending import PendingOutcomes
-from eventstore.wire.envelope import EnvelopeWriter, Headers
+from eventstore.sdk.prepare import HasLeaseRef as HasLeaseRef
+from eventstore.sdk.prepare import Preparer, check_options
+from eventstore.wire.envelope import Headers
 
 if TYPE_CHECKING:
     from consumers.subscriber import Subscriber
@@ -45,31 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # An emit this long after the previous one is sent at once instead of after linger.ms (seconds).
 SPARSE = 0.0005
-
-
-class HasLeaseRef(Protocol):
-    @property
-    def ref(self) -> LeaseRef: ...
-
-
-def _check_options(expected_version: int | None, idempotency_key: str | None, correlation_id: uuid.UUID | None,
-                   causation_id: uuid.UUID | None, lease: LeaseRef | HasLeaseRef | None) -> LeaseRef | None:
-    """Check an emit's optional fields (nothing to do when none is given: the common case); the lease
-    reference to write."""
-    if expected_version is not None and (
-        isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 0
-    ):
-        raise InvalidEventError(f"expected_version must be None or an int >= 0, got {expected_version!r}")
-    if idempotency_key is not None:
-        check_name("idempotency_key", idempotency_key)
-    ref = lease if lease is None or isinstance(lease, LeaseRef) else getattr(lease, "ref", None)
-    if lease is not None and not isinstance(ref, LeaseRef):
-        raise InvalidEventError(f"lease must be a Lease or LeaseRef, got {type(lease).__name__}")
-    if correlation_id is not None and not isinstance(correlation_id, uuid.UUID):
-        raise InvalidEventError(f"correlation_id must be a uuid.UUID, got {correlation_id!r}")
-    if causation_id is not None and not isinstance(causation_id, uuid.UUID):
-        raise InvalidEventError(f"causation_id must be a uuid.UUID, got {causation_id!r}")
-    return ref
 
 
 def build_envelope(
@@ -87,7 +63,7 @@ def build_envelope(
     checks as :meth:`AgentClient.emit`, which writes the message without building an Envelope)."""
     payload = validate_event(event)
     check_stream(stream)
-    ref = _check_options(expected_version, idempotency_key, correlation_id, causation_id, lease)
+    ref = check_options(expected_version, idempotency_key, correlation_id, causation_id, lease)
     event_id = uuid.uuid4()
     # Every field was checked above (the payload by its own model), so the envelope is built without
     # validating it a second time.
@@ -112,6 +88,9 @@ class AgentClient:
     # An emit this long after the previous one is sent at once (the send-at-once rule for lone emits);
     # ``math.inf`` leaves every emit to linger.ms (``eventstore bench broker-growth`` compares both).
     sparse_after: float = SPARSE
+    # emit_many dumps the payloads of this many events with one pydantic call: a few dozen share most of
+    # the call's cost, and fewer of them are alive at once for the collector to promote.
+    dump_chunk: int = 64
 
     def __init__(self, agent_id: str, settings: Settings | None = None, *, credential: str | Credential | None = None,
                  ensure_topic: bool = True) -> None:
@@ -129,10 +108,11 @@ class AgentClient:
         self._pending = PendingOutcomes()
         self._listener = OutcomeListener(database, agent_id, pending=self._pending, credential=self._credential)
         self._pool = database.pool(min_size=1, max_size=4, name=f"agent-{agent_id}")
-        self._writer = EnvelopeWriter(self.agent_id, self._credential)
+        # Checks and writes each emit's message (sdk/prepare.py); its writer also serves emit_envelope.
+        self._prep = Preparer(self.agent_id, self._credential, self.settings.max_event_bytes, self._pending)
+        self._writer = self._prep.writer
         self._topic = self.settings.intake_topic
         self._last_emit = 0.0  # time.monotonic() of the previous emit (see _produce_one)
-        self._max_bytes = self.settings.max_event_bytes
         # One delivery callback for every message, called only on failures (no per-message callback object).
         self._producer = Producer(agent_producer_config(self.settings, on_delivery=self._undelivered))
         self._closed = threading.Event()
@@ -194,8 +174,8 @@ class AgentClient:
         is a new intent; pass the same key on a retry."""
         if self._closed.is_set():
             raise BrokerError("the client is closed")
-        handle, key, value, headers = self._prepare(event, stream, expected_version, idempotency_key,
-                                                    correlation_id, causation_id, lease)
+        handle, key, value, headers = self._prep.prepare(event, stream, expected_version, idempotency_key,
+                                                         correlation_id, causation_id, lease, next_event_id())
         return self._send_one(handle, key, value, headers)
 
     def emit_envelope(self, env: Envelope) -> EmitHandle:
@@ -203,39 +183,20 @@ class AgentClient:
         if self._closed.is_set():
             raise BrokerError("the client is closed")
         key, value, headers = self._writer.encode(env)
-        self._check_size(value, env.type, env.stream)
+        self._prep.check_size(value, env.type, env.stream)
         handle = EmitHandle(env.event_id, env.stream, env.idempotency_key, self._pending)
         return self._send_one(handle, key, value, headers)
 
     def _send_one(self, handle: EmitHandle, key: bytes, value: bytes, headers: Headers) -> EmitHandle:
         """Register the handle, then produce its message; a refused produce fails the handle at once."""
-        self._pending.add(handle)
+        now = time.monotonic()
+        self._pending.add(handle, now)
         try:
-            self._produce_one(key, value, headers)
+            self._produce_one(key, value, headers, now)
         except BrokerError as e:
-            self._pending.fail(handle.event_id, e)  # nothing waits for an outcome that cannot come
+            self._pending.fail(handle._key, e)  # nothing waits for an outcome that cannot come
             raise
         return handle
-
-    def _prepare(self, event: Event, stream: str, expected_version: int | None, idempotency_key: str | None,
-                 correlation_id: uuid.UUID | None, causation_id: uuid.UUID | None,
-                 lease: LeaseRef | HasLeaseRef | None) -> tuple[EmitHandle, bytes, bytes, Headers]:
-        """Check one event as :func:`build_envelope` does and write its signed message; nothing is sent."""
-        payload = validate_event(event)
-        check_stream(stream)
-        ref = _check_options(expected_version, idempotency_key, correlation_id, causation_id, lease)
-        event_id, eid = new_event_id()
-        key = eid if idempotency_key is None else idempotency_key
-        msg_key, value, headers = self._writer.write(
-            eid, key, stream, expected_version, eid if correlation_id is None else correlation_id, causation_id,
-            datetime.now(UTC), event.event_type, event.schema_version, payload, ref)
-        self._check_size(value, event.event_type, stream)
-        return EmitHandle(event_id, stream, key, self._pending, eid), msg_key, value, headers
-
-    def _check_size(self, value: bytes, event_type: str, stream: str) -> None:
-        if len(value) > self._max_bytes:  # the projector's limit, refused here before anything is sent
-            check_size(len(value), self._max_bytes, f"event {event_type} for stream {stream!r}",
-                       "EVENTSTORE_MAX_EVENT_BYTES")
 
     def _produce(self, key: bytes, value: bytes, headers: Headers) -> None:
         while True:
@@ -247,12 +208,11 @@ class AgentClient:
             except KafkaException as e:
                 raise BrokerError(f"the Kafka client refused the message for {self._topic}: {e}") from e
 
-    def _produce_one(self, key: bytes, value: bytes, headers: Headers) -> None:
-        """Produce one message. A sparse emit (SPARSE seconds or more after the previous one: below ~2,000
-        emits/s) is sent at once, since there is nothing to batch it with and a lone event must not wait
-        out linger.ms; a dense stream of emits is left to linger.ms, so produce requests carry many
-        messages (the broker's CPU goes mostly to taking requests)."""
-        now = time.monotonic()
+    def _produce_one(self, key: bytes, value: bytes, headers: Headers, now: float) -> None:
+        """Produce one message (``now``: time.monotonic()). A sparse emit (SPARSE seconds or more after the
+        previous one: below ~2,000 emits/s) is sent at once, since there is nothing to batch it with and a
+        lone event must not wait out linger.ms; a dense stream of emits is left to linger.ms, so produce
+        requests carry many messages (the broker's CPU goes mostly to taking requests)."""
         sparse = now - self._last_emit >= self.sparse_after
         self._last_emit = now
         self._produce(key, value, headers)
@@ -391,23 +351,39 @@ class AgentClient:
         """
         if self._closed.is_set():
             raise BrokerError("the client is closed")
-        prepared = []
-        for i, item in enumerate(items):
-            options: EmitOptions = item[2] if len(item) == 3 else {}
+        batch = items if isinstance(items, list | tuple) else list(items)
+        ids = event_id_texts(len(batch))
+        handles: list[EmitHandle] = []
+        messages: list[tuple[bytes, bytes, Headers]] = []
+        prepare = self._prep.prepare
+        events = [item[0] for item in batch]
+        chunk = self.dump_chunk
+        dumped: list[dict[str, Any]] | None = None
+        for i, item in enumerate(batch):
+            if i % chunk == 0:  # one pydantic call per chunk of one event class
+                dumped = dump_payloads(events[i:i + chunk])
+            payload = None if dumped is None else dumped[i % chunk]
             try:
-                prepared.append(self._prepare(
-                    item[0], item[1], options.get("expected_version"), options.get("idempotency_key"),
-                    options.get("correlation_id"), options.get("causation_id"), options.get("lease")))
+                if len(item) == 2:
+                    handle, key, value, headers = prepare(item[0], item[1], None, None, None, None, None, ids[i],
+                                                          payload)
+                else:
+                    options: EmitOptions = item[2]
+                    handle, key, value, headers = prepare(
+                        item[0], item[1], options.get("expected_version"), options.get("idempotency_key"),
+                        options.get("correlation_id"), options.get("causation_id"), options.get("lease"), ids[i],
+                        payload)
             except InvalidEventError as e:
                 raise InvalidEventError(f"emit_many item {i}: {e} (nothing was sent)") from e
-        handles = [p[0] for p in prepared]
+            handles.append(handle)
+            messages.append((key, value, headers))
         self._pending.add_many(handles)
-        for i, (_, key, value, headers) in enumerate(prepared):
+        for i, (key, value, headers) in enumerate(messages):
             try:
                 self._produce(key, value, headers)
             except BrokerError as e:
                 for h in handles[i:]:
-                    self._pending.fail(h.event_id, e)
+                    self._pending.fail(h._key, e)
                 self._send_now()
                 raise BrokerError(f"emit_many item {i}: {e}; items before it were sent and get outcomes, it and "
                                   "the items after it were not sent (emit again with the same idempotency keys: "
