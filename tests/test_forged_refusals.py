@@ -24,10 +24,12 @@ from confluent_kafka import Producer
 from eventstore import AgentClient, Outcome, Projector
 from eventstore.core.auth import AgentKey, Credential, sign, signed_by, split_signed
 from eventstore.core.errors import EmitTimeout
+from eventstore.core.history_query import HistoryQuery
 from eventstore.core.outcomes import EmitResult, ReasonCode
 from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryAdjusted, stream_for
 from eventstore.postgres import agents, sidechains
+from eventstore.postgres.history import query
 from eventstore.postgres.refusals import list_refusals
 from eventstore.wire.envelope import EnvelopeWriter
 from tests.fix_projector import scalar, wait_until
@@ -217,14 +219,24 @@ def test_provable_refusals_still_answer_the_misconfigured_client_at_once(
 def test_auditors_see_every_identity_refusal_in_an_append_only_chain(
         settings: Settings, projector: Projector, creds: dict[str, Credential], producer: Producer) -> None:
     db = settings.require_database()
+    with AgentClient("alice", settings, credential=creds["alice"]) as alice:
+        assert alice.emit(InventoryAdjusted(sku="A1", delta=1), stream_for("A1")).result(60).status \
+            is Outcome.COMMITTED
     x = uuid.uuid4()
     n = forge_all(settings, producer, creds, x, "A1")
     wait_until(lambda: refusals_of(db, x) == n, 60, "the identity refusals")
     with login_role(db, "eventstore_auditor") as auditor:
-        with psycopg.connect(auditor, autocommit=True) as conn, conn.cursor() as cur:
-            seen = list_refusals(cur, agent_id="alice")
-            reports = {r.name: r for r in sidechains.verify_all(cur)}
+        with psycopg.connect(auditor, autocommit=True) as conn:
+            with conn.cursor() as cur:
+                seen = list_refusals(cur, agent_id="alice")
+                reports = {r.name: r for r in sidechains.verify_all(cur)}
+            # The history shows them among the decisions around the write they were refused against.
+            (write,) = query(conn, HistoryQuery.create(stream=stream_for("A1"))).rows
         assert denied(auditor, "UPDATE identity_refusals SET proven = true")
+    around = [(o["event_id"], o["status"], o["reason_code"], o["current_version"]) for o in write.outcomes]
+    assert sorted(around, key=str) == sorted(
+        [(str(x), "rejected", code, 1) for code in ["bad_signature"] * 6 + ["unknown_agent"] * 2
+         + ["credential_revoked"] * 2], key=str), around
     assert len(seen) == n and all(r.claimed_event_id == x and r.reason for r in seen)
     assert [r.seq for r in seen] == sorted(r.seq for r in seen)
     assert {r.source_partition for r in seen} == {P, Q} and all(r.source_offset is not None for r in seen)

@@ -427,7 +427,8 @@ def _record(
             proven = known is not None and signed_by(p.signed, known.keys) is not None
             refused.append((e.event_id, e.agent_id, None if p.signed is None else p.signed.key_id, proven,
                             d.code.value if d.code is not None else "", d.reason or "", e.idempotency_key,
-                            e.stream, p.message.partition, p.message.offset))
+                            e.stream, e.expected_version, d.current_version, p.message.partition,
+                            p.message.offset))
         else:
             rows.append((e.event_id, e.agent_id, e.idempotency_key, e.stream, d.status.value,
                          e.expected_version, d.current_version, pos, d.reason or "",

@@ -16,9 +16,9 @@ from psycopg.rows import tuple_row
 
 INSERT_IDENTITY_REFUSALS = """
 INSERT INTO identity_refusals (claimed_event_id, agent_id, key_id, proven, reason_code, reason, idempotency_key,
-                               stream, source_partition, source_offset)
+                               stream, expected_version, current_version, source_partition, source_offset)
 SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::bool[], %b::text[], %b::text[], %b::text[],
-                     %b::text[], %b::int[], %b::bigint[])
+                     %b::text[], %b::bigint[], %b::bigint[], %b::int[], %b::bigint[])
 """
 
 LIST_REFUSALS = """

@@ -26,7 +26,8 @@ CHAINS: dict[str, tuple[str, ...]] = {
     "lock_events": ("chain_seq", "event_id", "stream", "type", "schema_version", "payload", "agent_id",
                     "lease_resource", "fencing_token", "recorded_at"),
     "identity_refusals": ("chain_seq", "claimed_event_id", "agent_id", "key_id", "proven", "reason_code", "reason",
-                          "idempotency_key", "stream", "source_partition", "source_offset", "decided_at"),
+                          "idempotency_key", "stream", "expected_version", "current_version", "source_partition",
+                          "source_offset", "decided_at"),
 }
 HEADS = "SELECT name, seq, hash FROM history_heads"
 HASH_AT = "SELECT hash FROM {} WHERE chain_seq = %s"

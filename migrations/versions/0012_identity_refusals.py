@@ -14,8 +14,11 @@ a holder of that key: a revoked credential, or another agent's). The table is ap
 like 0006's side histories (head row ``history_heads.identity_refusals``, recomputed in Python by
 ``eventstore verify``); each row's hash is ``sha256(prev_hash || f(chain_seq) || f(claimed_event_id) ||
 f(agent_id) || f(key_id) || f(proven) || f(reason_code) || f(reason) || f(idempotency_key) || f(stream) ||
-f(source_partition) || f(source_offset) || f(decided_at))`` with 0006's ``eventstore_field`` encoding.
-Identity refusals recorded in ``outcomes`` before this revision stay there (the chain cannot give them up).
+f(expected_version) || f(current_version) || f(source_partition) || f(source_offset) || f(decided_at))``
+with 0006's ``eventstore_field`` encoding.
+``current_version`` is the stream's version when the envelope was refused, so the history shows the
+refusal among the decisions around that write, as it did from ``outcomes``. Identity refusals recorded in
+``outcomes`` before this revision stay there (the chain cannot give them up).
 
 Revision ID: 0012
 Revises: 0011
@@ -42,6 +45,8 @@ CREATE TABLE identity_refusals (
     reason text NOT NULL,
     idempotency_key text,
     stream text,
+    expected_version bigint,
+    current_version bigint,
     source_partition integer,
     source_offset bigint,
     decided_at timestamptz NOT NULL DEFAULT now(),
@@ -50,6 +55,7 @@ CREATE TABLE identity_refusals (
 );
 CREATE INDEX identity_refusals_claimed_idx ON identity_refusals (claimed_event_id);
 CREATE INDEX identity_refusals_agent_idx ON identity_refusals (agent_id, decided_at);
+CREATE INDEX identity_refusals_stream_version_idx ON identity_refusals (stream, current_version);
 COMMENT ON TABLE identity_refusals IS
     'envelopes refused for their identity, apart from the event ids they claim (never an agent''s decision '
     'unless proven for its key); append-only, hash-chained';
@@ -62,7 +68,8 @@ CREATE FUNCTION eventstore_identity_refusal_bytes(r identity_refusals) RETURNS b
     SELECT eventstore_field(r.chain_seq::text) || eventstore_field(r.claimed_event_id::text)
         || eventstore_field(r.agent_id) || eventstore_field(r.key_id) || eventstore_field(r.proven::text)
         || eventstore_field(r.reason_code) || eventstore_field(r.reason) || eventstore_field(r.idempotency_key)
-        || eventstore_field(r.stream) || eventstore_field(r.source_partition::text)
+        || eventstore_field(r.stream) || eventstore_field(r.expected_version::text)
+        || eventstore_field(r.current_version::text) || eventstore_field(r.source_partition::text)
         || eventstore_field(r.source_offset::text) || eventstore_field(eventstore_micros(r.decided_at))
 $$;
 
