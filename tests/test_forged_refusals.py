@@ -11,6 +11,7 @@ same batch as the genuine envelope, on its partition or another.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -217,7 +218,10 @@ def test_provable_refusals_still_answer_the_misconfigured_client_at_once(
 
 
 def test_auditors_see_every_identity_refusal_in_an_append_only_chain(
-        settings: Settings, projector: Projector, creds: dict[str, Credential], producer: Producer) -> None:
+        settings: Settings, projector: Projector, creds: dict[str, Credential], producer: Producer,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from eventstore.cli.main import main
+
     db = settings.require_database()
     with AgentClient("alice", settings, credential=creds["alice"]) as alice:
         assert alice.emit(InventoryAdjusted(sku="A1", delta=1), stream_for("A1")).result(60).status \
@@ -238,6 +242,17 @@ def test_auditors_see_every_identity_refusal_in_an_append_only_chain(
         [(str(x), "rejected", code, 1) for code in ["bad_signature"] * 6 + ["unknown_agent"] * 2
          + ["credential_revoked"] * 2], key=str), around
     assert len(seen) == n and all(r.claimed_event_id == x and r.reason for r in seen)
+    # The same list from the command line, as an auditor login.
+    with login_role(db, "eventstore_auditor") as auditor:
+        monkeypatch.setenv("EVENTSTORE_DATABASE_URL", auditor)
+        assert main(["refusals", "--event", str(x), "--json"]) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert main(["refusals", "--agent", "alice"]) == 0
+        table = capsys.readouterr().out
+        assert main(["refusals", "--event", "nope"]) == 2
+    assert [(r["seq"], r["key_id"], r["proven"], r["code"]) for r in lines] == \
+        [(r.seq, r.key_id, r.proven, r.reason_code) for r in seen]
+    assert table.count(str(x)) == n and "credential_revoked" in table
     assert [r.seq for r in seen] == sorted(r.seq for r in seen)
     assert {r.source_partition for r in seen} == {P, Q} and all(r.source_offset is not None for r in seen)
     report = reports["identity_refusals"]
