@@ -2,8 +2,8 @@
 
 Committed events are their rows in ``events``; every other decision (duplicate, conflict, rejected)
 is a row in ``outcomes``, except identity refusals, which are rows of ``identity_refusals`` apart from the
-event ids they claim (migration 0012). Both tables are append-only and only the projector role writes them, so an
-outcome read here is what the projector decided (a notification is only a wake-up).
+event ids they claim (migration 0012). All three tables are append-only and only the projector role writes
+them, so an outcome read here is what the projector decided (a notification is only a wake-up).
 """
 
 from __future__ import annotations

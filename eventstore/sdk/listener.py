@@ -10,9 +10,8 @@ agent's own events: one batched query per wake-up. An identity refusal (bad sign
 credential) settles a handle only when it names this client's own key id and the projector could verify it
 under that key (or the key was not registered), or when this client has no credential: anyone can send an
 unsigned envelope naming this agent and a pending event id (docs/security.md, "Identity refusals").
-Should a notification be missed (a reconnect),
-handles still pending after ``recheck_after`` seconds are looked up too. The pending map is bounded
-(``max_pending``); a handle whose caller gave up is forgotten.
+Should a notification be missed (a reconnect), handles still pending after ``recheck_after`` seconds are
+looked up too. The pending map is bounded (``max_pending``); a handle whose caller gave up is forgotten.
 """
 
 from __future__ import annotations
