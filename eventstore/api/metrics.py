@@ -18,7 +18,9 @@ from eventstore.core.errors import EventStoreError
 from eventstore.core.lockevents import LOCK_EVENTS
 from eventstore.projection import metrics as projector_metrics
 
-OUTCOMES = "SELECT status, coalesce(reason_code, ''), count(*) FROM outcomes GROUP BY 1, 2"
+# Identity refusals (migration 0012) are rejections too, kept apart from the event ids they claim.
+OUTCOMES = ("SELECT status, code, count(*) FROM (SELECT status, coalesce(reason_code, '') AS code FROM outcomes "
+            "UNION ALL SELECT 'rejected', reason_code FROM identity_refusals) AS o GROUP BY 1, 2")
 COMMITTED = "SELECT position FROM log_head"
 DEAD_LETTERS = "SELECT count(*) FROM dead_letters"
 LOCK_TYPES = tuple(t.event_type for t in LOCK_EVENTS)  # the coordinator's whole lock history

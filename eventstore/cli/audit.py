@@ -1,4 +1,4 @@
-"""The auditor's and operator's commands: ``history``, ``writers``, ``check``, ``tokens``, ``serve``.
+"""The auditor's and operator's commands: ``history``, ``writers``, ``refusals``, ``check``, ``tokens``, ``serve``.
 
 Registered on the main parser by :func:`register`; each prints a readable table by default and
 JSON (lines) with ``--json``.
@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-EXIT_OK, EXIT_FAILURE, EXIT_INTEGRITY = 0, 1, 4
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTEGRITY = 0, 1, 2, 4
 
 
 def _db_url() -> str:
@@ -101,6 +101,33 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if failed == 0 else EXIT_INTEGRITY
 
 
+def cmd_refusals(args: argparse.Namespace) -> int:
+    """Identity refusals (migration 0012), oldest first: who was claimed, with which key id, proven or not."""
+    import uuid
+
+    from eventstore.postgres.connection import connect, converted_errors
+    from eventstore.postgres.refusals import list_refusals
+
+    try:
+        event = None if args.event is None else uuid.UUID(args.event)
+    except ValueError:
+        print(f"--event {args.event!r} is not a UUID", file=sys.stderr)
+        return EXIT_USAGE
+    with connect(_db_url(), autocommit=True) as conn, converted_errors(), conn.cursor() as cur:
+        found = list_refusals(cur, agent_id=args.agent, event_id=event, after=args.after, limit=args.limit)
+    rows = [{"seq": r.seq, "decided_at": r.decided_at.isoformat(), "agent": r.agent_id,
+             "claimed_event_id": str(r.claimed_event_id), "key_id": r.key_id, "proven": r.proven,
+             "code": r.reason_code, "reason": r.reason, "stream": r.stream,
+             "at": f"{r.source_partition}:{r.source_offset}"} for r in found]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(_table([{**r, "decided_at": str(r["decided_at"])[:23]} for r in rows],
+                     ["seq", "decided_at", "agent", "claimed_event_id", "key_id", "proven", "code", "at"]))
+    return EXIT_OK
+
+
 def cmd_tokens(args: argparse.Namespace) -> int:
     from eventstore.postgres import tokens
     from eventstore.postgres.connection import connect
@@ -149,6 +176,14 @@ def register(sub: Any) -> None:
     wr = sub.add_parser("writers", help="who writes what: resources (stream categories) x agents")
     wr.add_argument("--json", action="store_true")
     wr.set_defaults(fn=cmd_writers)
+    rf = sub.add_parser("refusals", help="envelopes refused for their identity (claimed agent and event id, key "
+                                         "id, proven or forgeable), oldest first")
+    rf.add_argument("--agent", help="the agent the envelopes claimed to be")
+    rf.add_argument("--event", help="the event id they claimed")
+    rf.add_argument("--after", type=int, help="only rows after this chain sequence (the seq column)")
+    rf.add_argument("--limit", type=int, default=100)
+    rf.add_argument("--json", action="store_true", help="JSON lines, with the reason")
+    rf.set_defaults(fn=cmd_refusals)
     ch = sub.add_parser("check", help="the founding document's checklist, from the live deployment "
                                       f"(exit {EXIT_INTEGRITY} if a control fails)")
     ch.add_argument("--json", action="store_true")

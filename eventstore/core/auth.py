@@ -212,6 +212,18 @@ def authenticate(agent_id: str, signed: Signed | None, keys: Mapping[str, AgentK
     return None
 
 
+def signed_by(signed: Signed | None, keys: Mapping[str, AgentKey]) -> AgentKey | None:
+    """The stored credential under which the envelope's MAC verifies (whatever its agent or status), or None:
+    unsigned, unknown key id or wrong MAC. Only a refusal of an envelope a credential's key signed proves
+    who sent it (a holder of that key); the others anyone can produce (docs/security.md)."""
+    if signed is None:
+        return None
+    key = keys.get(signed.key_id)
+    if key is None or not hmac.compare_digest(mac(key.secret, signed.body), signed.mac):
+        return None
+    return key
+
+
 def permitted(key: AgentKey, stream: str, event_type: str) -> Refusal | None:
     """None if the agent may emit ``event_type`` on ``stream``."""
     if key.streams is not None and not any(fnmatchcase(stream, p) for p in key.streams):

@@ -147,13 +147,15 @@ RowField = str | bytes | None
 
 def field_text(value: Any) -> RowField:
     """A column value as ``row_hash`` takes it, the way migration 0006's SQL renders it: text as is,
-    bytea as bytes, numbers and uuids as their text, timestamps as microseconds since the epoch."""
+    bytea as bytes, numbers, booleans and uuids as their text, timestamps as microseconds since the epoch."""
     if value is None or isinstance(value, str | bytes):
         return value
     if isinstance(value, memoryview | bytearray):
         return bytes(value)
     if isinstance(value, datetime):
         return str((value - EPOCH) // _MICROSECOND)
+    if isinstance(value, bool):  # as PostgreSQL's boolean::text (migration 0012's ``proven``)
+        return "true" if value else "false"
     return str(value)
 
 

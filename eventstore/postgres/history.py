@@ -68,7 +68,8 @@ LOCK_PAGE = (
 LOCK_CURSOR_SHIFT = 62  # a lock page's cursor: log_order << 62 | n (legacy positions first, then the chain)
 CHAIN_FILTER = " AND event_id IN (SELECT event_id FROM chain)"
 # Decisions made while the stream stood at the write's version (conflicts and rejections that lost
-# against it), and duplicates that point at it.
+# against it, identity refusals (migration 0012) included, under the event id they claimed), and duplicates
+# that point at it.
 OUTCOMES_AROUND = """
 SELECT o.event_id, o.agent_id, o.idempotency_key, o.stream, o.status, o.reason_code, o.reason,
        o.expected_version, o.current_version, o.original_position, o.decided_at, w.position AS write_position
@@ -78,6 +79,11 @@ UNION ALL
 SELECT o.event_id, o.agent_id, o.idempotency_key, o.stream, o.status, o.reason_code, o.reason,
        o.expected_version, o.current_version, o.original_position, o.decided_at, o.original_position
 FROM outcomes o WHERE o.original_position = ANY(%(positions)s::bigint[])
+UNION ALL
+SELECT r.claimed_event_id, r.agent_id, r.idempotency_key, r.stream, 'rejected', r.reason_code, r.reason,
+       r.expected_version, r.current_version, NULL::bigint, r.decided_at, w.position
+FROM unnest(%(positions)s::bigint[], %(streams)s::text[], %(versions)s::bigint[]) AS w(position, stream, version)
+JOIN identity_refusals r ON r.stream = w.stream AND r.current_version = w.version
 ORDER BY decided_at
 """
 # The lock history of the leases that writes were made under: the resource's lease stream, same token.

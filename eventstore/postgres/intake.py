@@ -18,7 +18,16 @@ from typing import Any
 
 import psycopg
 
-from eventstore.core.auth import AgentKey, Credential, Guard, HolderRow, guard_for, split_signed, split_signed_as
+from eventstore.core.auth import (
+    AgentKey,
+    Credential,
+    Guard,
+    HolderRow,
+    guard_for,
+    signed_by,
+    split_signed,
+    split_signed_as,
+)
 from eventstore.core.auth import authenticate as signature_problem
 from eventstore.core.decisions import Candidate, CommittedKey, Decision, KnownState, decide_batch
 from eventstore.core.errors import (
@@ -48,6 +57,7 @@ from eventstore.postgres.binarrays import text_array
 from eventstore.postgres.connection import Disposition, convert, disposition_of
 from eventstore.postgres.offsets import ENSURE_OFFSETS, LOCK_OFFSETS, STORE_OFFSETS
 from eventstore.postgres.readmodels import ReadModel, ReadModelError, apply_all
+from eventstore.postgres.refusals import INSERT_IDENTITY_REFUSALS
 from eventstore.wire.envelope import Headers, IntakeEnvelope, decode_intake, salvage_ids
 from eventstore.wire.notifications import COMMITTED_CHANNEL, OutcomeSeal, channel_for, pack_rows
 from eventstore.wire.rejections import EventConflicted, EventRejected, IdempotencyKeyReused
@@ -395,6 +405,7 @@ def _record(
             by_index[i] = next(it)
             text_of[i] = next(it_text)
     rows: list[tuple[Any, ...]] = []
+    refused: list[tuple[Any, ...]] = []  # identity refusals, apart from the event ids they claim
     # Rows by (agent, key id of the credential that signed its envelopes; None: not authenticated).
     per_agent: dict[tuple[str, str | None], list[list[Any]]] = defaultdict(list)
     committed, committed_value = Outcome.COMMITTED, Outcome.COMMITTED.value
@@ -424,9 +435,16 @@ def _record(
             ver = None
         res = EmitResult(e.event_id, d.status, e.stream, ver, pos, d.current_version, d.reason, d.code)
         result.rejections.extend(_rejection(e, d))
-        rows.append((e.event_id, e.agent_id, e.idempotency_key, e.stream, d.status.value,
-                     e.expected_version, d.current_version, pos, d.reason or "",
-                     p.message.partition, p.message.offset, None if d.code is None else d.code.value))
+        if d.code in _NOT_AUTHENTIC:  # never under the claimed event id: anyone can name it (migration 0012)
+            proven = known is not None and signed_by(p.signed, known.keys) is not None
+            refused.append((e.event_id, e.agent_id, None if p.signed is None else p.signed.key_id, proven,
+                            d.code.value if d.code is not None else "", d.reason or "", e.idempotency_key,
+                            e.stream, e.expected_version, d.current_version, p.message.partition,
+                            p.message.offset))
+        else:
+            rows.append((e.event_id, e.agent_id, e.idempotency_key, e.stream, d.status.value,
+                         e.expected_version, d.current_version, pos, d.reason or "",
+                         p.message.partition, p.message.offset, None if d.code is None else d.code.value))
         per_agent[e.agent_id, signer].append(res.to_wire())
         results.append(res)
     for msg, reason in rejected:
@@ -448,6 +466,8 @@ def _record(
             results.append(res)
     if rows:
         cur.execute(INSERT_OUTCOMES, tuple(list(col) for col in zip(*rows, strict=True)))
+    if refused:
+        cur.execute(INSERT_IDENTITY_REFUSALS, tuple(list(col) for col in zip(*refused, strict=True)))
     if result.dead_letters:
         dl = result.dead_letters
         cur.execute(INSERT_DEAD_LETTERS, (

@@ -1,7 +1,7 @@
-"""The side histories next to the event log: outcomes and dead letters (migration 0006) and the lock chain
-(migration 0009), each a hash chain with its own head row in ``history_heads``. The database chains each
-row as it is inserted; this module recomputes the chains in Python (never trusting a digest function in
-the database) and reads the heads that ``eventstore anchor`` signs.
+"""The side histories next to the event log: outcomes and dead letters (migration 0006), the lock chain
+(migration 0009) and identity refusals (migration 0012), each a hash chain with its own head row in
+``history_heads``. The database chains each row as it is inserted; this module recomputes the chains in
+Python (never trusting a digest function in the database) and reads the heads that ``eventstore anchor`` signs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from eventstore.core.hashing import GENESIS, field_text, row_hash
 
 Cursor = psycopg.Cursor[Any]
 
-# The columns each chain covers, in the order the migrations' digest functions hash them (0006, 0009).
+# The columns each chain covers, in the order the migrations' digest functions hash them (0006, 0009, 0012).
 CHAINS: dict[str, tuple[str, ...]] = {
     "outcomes": ("chain_seq", "event_id", "agent_id", "idempotency_key", "stream", "status", "expected_version",
                  "current_version", "original_position", "reason", "decided_at", "source_partition",
@@ -25,6 +25,9 @@ CHAINS: dict[str, tuple[str, ...]] = {
     "dead_letters": ("chain_seq", "id", "topic", "partition", "offset", "key", "value", "reason", "recorded_at"),
     "lock_events": ("chain_seq", "event_id", "stream", "type", "schema_version", "payload", "agent_id",
                     "lease_resource", "fencing_token", "recorded_at"),
+    "identity_refusals": ("chain_seq", "claimed_event_id", "agent_id", "key_id", "proven", "reason_code", "reason",
+                          "idempotency_key", "stream", "expected_version", "current_version", "source_partition",
+                          "source_offset", "decided_at"),
 }
 HEADS = "SELECT name, seq, hash FROM history_heads"
 HASH_AT = "SELECT hash FROM {} WHERE chain_seq = %s"

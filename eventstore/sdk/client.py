@@ -335,7 +335,8 @@ class AgentClient:
     def outcome(self, event_id: uuid.UUID) -> EmitResult | None:
         """The recorded decision on an event id, or None while it is undecided."""
         with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
-            return lookup_outcomes(cur, [event_id], self.agent_id).get(event_id)
+            key_id = None if self._credential is None else self._credential.key_id
+            return lookup_outcomes(cur, [event_id], self.agent_id, identity=True, key_id=key_id).get(event_id)
 
     def emit_many(
         self,

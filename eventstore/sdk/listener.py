@@ -6,9 +6,12 @@ and the projector role hold): its decisions settle the handles at once, without 
 (unsealed, sealed with another key, changed or cut, or a client without a credential) is only a wake-up:
 the listener reads the decisions of the event ids it names (or, if it names none it waits for, of the
 oldest pending ones) from the outcome tables, which only the projector role writes, restricted to this
-agent's own events: one batched query per wake-up. Should a notification be missed (a reconnect),
-handles still pending after ``recheck_after`` seconds are looked up too. The pending map is bounded
-(``max_pending``); a handle whose caller gave up is forgotten.
+agent's own events: one batched query per wake-up. An identity refusal (bad signature, unknown or revoked
+credential) settles a handle only when it names this client's own key id and the projector could verify it
+under that key (or the key was not registered), or when this client has no credential: anyone can send an
+unsigned envelope naming this agent and a pending event id (docs/security.md, "Identity refusals").
+Should a notification be missed (a reconnect), handles still pending after ``recheck_after`` seconds are
+looked up too. The pending map is bounded (``max_pending``); a handle whose caller gave up is forgotten.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class OutcomeListener:
         self._channel = channel_for(agent_id)
         # Sealed payloads are opened with the agent's credential; None: every notification is a wake-up only.
         self.seal: OutcomeSeal | None = None if credential is None else OutcomeSeal(agent_id, credential)
+        # Identity refusals answer this client only if they name its key id (or it has none): docs/security.md.
+        self._key_id = None if credential is None else credential.key_id
         self.sealed_settled = 0  # handles settled straight from a sealed payload (benchmarks, tests)
         self._recheck_after = recheck_after
         self.table = pending if pending is not None else PendingOutcomes(max_pending)
@@ -146,9 +151,12 @@ class OutcomeListener:
     def _lookup(self, conn: Connection, ids: list[str]) -> bool:
         if not ids:
             return True
+        if len(self.table.notes) > 10_000:  # bounded: notes of handles settled since are dropped
+            self.table.notes.clear()
         try:
             with conn.cursor() as cur:
-                self.table.settle_rows(lookup_outcome_rows(cur, ids, self._agent_id),
+                self.table.settle_rows(lookup_outcome_rows(cur, ids, self._agent_id, key_id=self._key_id,
+                                                           ignored=self.table.notes),
                                        lambda event_id, row: result_from_row(row, event_id))
         except psycopg.Error as e:  # the listen loop notices the broken connection and reconnects
             log.warning("outcome lookup failed: %s", e)

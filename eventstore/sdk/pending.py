@@ -93,9 +93,12 @@ class EmitHandle:
             raise self._timed_out(timeout) from e
 
     def _timed_out(self, timeout: float | None) -> EmitTimeout:
+        note = self._table.notes.pop(self._key, None)
         return EmitTimeout(
             f"no outcome for event {self.event_id} on stream {self.stream!r} within {timeout}s; is a "
-            f"projector running? Re-emit with idempotency_key={self.idempotency_key!r} to be safe")
+            f"projector running? Re-emit with idempotency_key={self.idempotency_key!r} to be safe"
+            + ("" if note is None else f". Refused envelopes naming this event id, not signed by this client's "
+               f"credential (forged, or the credential is wrong: check its secret): {note}"))
 
 
 def _complete(fut: Future[EmitResult], result: EmitResult | None, error: BaseException | None) -> None:
@@ -116,6 +119,8 @@ class PendingOutcomes:
         self._max_pending = max_pending
         self._lock = threading.Lock()
         self._pending: dict[str, EmitHandle] = {}
+        # Identity refusals naming a pending id that may not settle it (the listener's), for its timeout error.
+        self.notes: dict[str, str] = {}
 
     def __len__(self) -> int:
         with self._lock:

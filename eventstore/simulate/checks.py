@@ -165,8 +165,9 @@ def hostile_accounted(cur: Cursor, topic: str, sent: Sequence[HostileSent]) -> C
     missing = []
     for h in sent:
         cur.execute('SELECT 1 FROM dead_letters WHERE topic = %s AND partition = %s AND "offset" = %s '
-                    "UNION ALL SELECT 1 FROM outcomes WHERE source_partition = %s AND source_offset = %s",
-                    (topic, h.partition, h.offset, h.partition, h.offset))
+                    "UNION ALL SELECT 1 FROM outcomes WHERE source_partition = %s AND source_offset = %s "
+                    "UNION ALL SELECT 1 FROM identity_refusals WHERE source_partition = %s AND source_offset = %s",
+                    (topic, h.partition, h.offset, h.partition, h.offset, h.partition, h.offset))
         if cur.fetchone() is None:
             missing.append(f"{h.kind}@{h.partition}:{h.offset}")
     ok = bool(sent) and not missing
