@@ -74,8 +74,9 @@ def offsets_counter() -> list[int]:
                           st.just((variant(), b"inventory-H1"))), min_size=1, max_size=6))
 def test_write_batch_ends_every_message_in_exactly_one_way(settings: Settings, offsets_counter: list[int],
                                                            batch: list[tuple[bytes, bytes | None]]) -> None:
-    """Through a real transaction: every message is committed, decided (a row in outcomes) or dead-lettered,
-    and the stored offset moves past the batch."""
+    """Through a real transaction: every message is committed, decided (a row in outcomes, or in
+    identity_refusals for an envelope not signed by the agent it names) or dead-lettered, and the stored
+    offset moves past the batch."""
     db = settings.require_database()
     start = offsets_counter[0]
     msgs = [IntakeMessage(0, start + i, key, value) for i, (value, key) in enumerate(batch)]
@@ -83,7 +84,9 @@ def test_write_batch_ends_every_message_in_exactly_one_way(settings: Settings, o
     with psycopg.connect(db) as conn:
         write_batch(conn, group="g", topic="t", messages=msgs, models=[], types=registry)
         dead = {o for (o,) in conn.execute('SELECT "offset" FROM dead_letters WHERE "offset" >= %s', (start,))}
-        known = {str(e) for (e,) in conn.execute("SELECT event_id FROM events UNION SELECT event_id FROM outcomes")}
+        known = {str(e) for (e,) in conn.execute(
+            "SELECT event_id FROM events UNION SELECT event_id FROM outcomes "
+            "UNION SELECT claimed_event_id FROM identity_refusals WHERE source_offset >= %s", (start,))}
         stored = conn.execute("SELECT next_offset FROM consumer_offsets WHERE group_id = 'g'").fetchone()
     assert stored == (start + len(msgs),)
     for m in msgs:
