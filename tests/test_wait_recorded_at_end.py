@@ -49,7 +49,8 @@ def test_sixteen_agents_keep_fifo_tokens_and_one_wait_record_per_wait(coord: Coo
         t.start()
     for t in threads:
         t.join(120)
-    assert not errors and not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
     waits = grants_after_wait = 0
     for r in range(4):
         rows = history(database_url, f"lease-fifo{r}")
@@ -70,7 +71,7 @@ def test_sixteen_agents_keep_fifo_tokens_and_one_wait_record_per_wait(coord: Coo
                 assert rows[i - 1][0] == "LeaseWaited"
     assert waits == grants_after_wait > 0  # exactly one LeaseWaited per served wait
     past, checked = queue_order(database_url, "fifo")
-    assert (past, checked) == (0, 16 * per_agent)
+    assert (past, checked) == (0, 16 * per_agent), [history(database_url, f"lease-fifo{r}") for r in range(4)]
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM lease_waiters").fetchone() == (0,)
         chain: list[Any] = conn.execute(
@@ -117,5 +118,6 @@ def test_a_killed_waiter_has_its_wait_chained_with_the_revocation(coord: Coordin
     holder.release()
     rows = history(database_url, "lease-killed-wait")
     waited = [(a, LeaseWaited.model_validate_json(p).ended) for k, a, _, p, _ in rows if k == "LeaseWaited"]
-    assert waited == [("victim", "revoked")]
+    # the kill's revocation, or the waiter's own poll between the kill's two steps, ends the wait: once
+    assert waited in ([("victim", "revoked")], [("victim", "killed")])
     assert [k for k, _, _, _, _ in rows] == ["LeaseGranted", "LeaseWaited", "LeaseReleased"]
