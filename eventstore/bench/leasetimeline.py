@@ -39,6 +39,7 @@ class Timeline:
     queue_only: int = 0  # of which wrote only LeaseWaited (a place in the queue; none since migration 0013)
     grants: int = 0
     span_ms: float = 0.0  # first to last chained row
+    rows: int = 0  # lock-chain rows (lock events)
 
 
 def timeline(rows: list[tuple[Any, ...]]) -> Timeline:
@@ -48,17 +49,19 @@ def timeline(rows: list[tuple[Any, ...]]) -> Timeline:
     out = Timeline()
     kinds: dict[str, set[str]] = {}
     replay: list[tuple[datetime, int, str, str, str]] = []  # at, chain order, stream, kind, agent
+    spans = False
     for i, (xid, stream, kind, agent, at, *rest) in enumerate(rows):
         kinds.setdefault(xid, set()).add(kind)
         opened = rest[0] if rest else None
         if kind == "LeaseWaited" and opened is not None:
+            spans = True
             replay.append((opened, i, stream, "LeaseWaited", agent))
             nxt = rows[i + 1] if i + 1 < len(rows) else None
             if nxt is None or nxt[1] != stream or nxt[2] != "LeaseGranted" or nxt[3] != agent:
                 replay.append((at, i, stream, "LeaseDenied", agent))  # ended without a grant
         else:
             replay.append((at, i, stream, kind, agent))
-    if len(replay) != len(rows):
+    if spans:
         replay.sort(key=lambda e: (e[0], e[1]))
     queues: dict[str, list[tuple[str, datetime, int]]] = {}
     granted_at: dict[tuple[str, str], datetime] = {}
@@ -87,7 +90,7 @@ def timeline(rows: list[tuple[Any, ...]]) -> Timeline:
             if since_grant is not None and kind == "LeaseReleased":
                 out.hold.append((at - since_grant).total_seconds() * 1e3)
             released_at[stream] = at
-    out.transactions = len(kinds)
+    out.transactions, out.rows = len(kinds), len(rows)
     out.queue_only = sum(1 for k in kinds.values() if k == {"LeaseWaited"})
     if rows:
         out.span_ms = (rows[-1][4] - rows[0][4]).total_seconds() * 1e3
