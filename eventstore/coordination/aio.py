@@ -126,7 +126,6 @@ class AsyncCoordinator:
     run_step = offload(Coordinator.run_step)
     run_step_then_read = offload(Coordinator.run_step_then_read)
     run_call = offload(Coordinator.run_call)
-    notice_key = offload(Coordinator.notice_key)
     close = offload(Coordinator.close)
 
     def acquisition(self, resource: str, *, agent_id: str, mode: Mode | str = Mode.EXCLUSIVE,
