@@ -121,3 +121,22 @@ def test_a_killed_waiter_has_its_wait_chained_with_the_revocation(coord: Coordin
     # the kill's revocation, or the waiter's own poll between the kill's two steps, ends the wait: once
     assert waited in ([("victim", "revoked")], [("victim", "killed")])
     assert [k for k, _, _, _, _ in rows] == ["LeaseGranted", "LeaseWaited", "LeaseReleased"]
+
+
+def test_an_abandoned_wait_is_chained_when_it_is_purged(coord: Coordinator, database_url: str) -> None:
+    """A waiter whose process died (its heartbeat went stale) is purged by the next full step, which chains
+    its wait (``purged``) in the same commit as what that step decided."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute("INSERT INTO agents (agent_id) VALUES ('ghost') ON CONFLICT DO NOTHING")
+        conn.execute("INSERT INTO lease_waiters (resource, agent_id, mode, enqueued_at, heartbeat_at, ttl_seconds, "
+                     "held_by) VALUES ('purge', 'ghost', 'exclusive', clock_timestamp() - interval '1 minute', "
+                     "clock_timestamp() - interval '1 minute', 5, '{someone}')")
+    coord.acquire("purge", agent_id="next", wait=5).release()
+    rows = history(database_url, "lease-purge")
+    assert [(k, a) for k, a, _, _, _ in rows] == [
+        ("LeaseWaited", "ghost"), ("LeaseGranted", "next"), ("LeaseReleased", "next")]
+    assert rows[0][2] == rows[1][2]
+    wait = LeaseWaited.model_validate_json(rows[0][3])
+    assert wait.ended == "purged" and wait.held_by == ["someone"] and (wait.waited_seconds or 0) >= 59
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM lease_waiters").fetchone() == (0,)
