@@ -137,8 +137,8 @@ def test_expiry_on_the_db_clock_fences_the_old_holder(coord: Coordinator, databa
     with pytest.raises(LeaseNotHeldError):
         old.release()
     new.release()
-    assert types(database_url, "lease-r")[:4] == [
-        "LeaseGranted", "LeaseWaited", "LeaseExpired", "LeaseGranted"]
+    assert types(database_url, "lease-r")[:4] == [  # the wait is chained when it ends, with its grant (0013)
+        "LeaseGranted", "LeaseExpired", "LeaseWaited", "LeaseGranted"]
     assert coord.metrics.snapshot().by_pair[("r", "slow")].expiries_while_held == 1
 
 
@@ -214,7 +214,7 @@ def test_sigkilled_holder_is_replaced_after_ttl_and_fenced(database_url: str, co
     assert successor.token > dead_token
     assert fence_token(database_url, "fenced") == successor.token
     hist = history(database_url, "lease-fenced")
-    assert [t for t, _, _, _ in hist][-2:] == ["LeaseExpired", "LeaseGranted"]
+    assert [t for t, _, _, _ in hist][-3:] == ["LeaseExpired", "LeaseWaited", "LeaseGranted"]
     with psycopg.connect(database_url) as conn:
         granted = conn.execute(
             "SELECT recorded_at FROM lock_events WHERE stream = 'lease-fenced' AND type = 'LeaseGranted' "
@@ -325,7 +325,7 @@ def test_wait_exceeded_alert_goes_to_webhook_and_event_log(database_url: str) ->
     assert alert["type"] == "WaitExceeded" and alert["payload"]["agent_id"] == "patient"
     assert alert["payload"]["held_by"] == ["holder"]
     assert types(database_url, "lease-busy") == [
-        "LeaseGranted", "LeaseWaited", "WaitExceeded", "LeaseDenied", "LeaseReleased"]
+        "LeaseGranted", "WaitExceeded", "LeaseWaited", "LeaseDenied", "LeaseReleased"]
 
 
 def test_webhook_failure_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:

@@ -271,9 +271,10 @@ def test_a_request_on_a_recently_contended_resource_sends_its_snapshot_with_the_
 
 
 def test_a_first_request_that_must_wait_is_queued_in_one_call(coord: Coordinator, database_url: str) -> None:
-    """The one-call queueing (0010) writes the queue row with the TTL and a LeaseWaited that validates as
-    its class, held_by sorted by code point; a request it leaves to the full step (the agent holds
-    another lease, so the lock order is checked) is queued by the full step the same way."""
+    """The one-call queueing (0010, 0013) writes the queue row with the TTL and who it waits behind (held_by
+    sorted by code point), chained as a LeaseWaited that validates as its class when the wait ends; a request
+    it leaves to the full step (the agent holds another lease, so the lock order is checked) is queued by the
+    full step the same way."""
     from eventstore.core.lockevents import LeaseWaited
 
     held = [coord.acquire("q1", agent_id=a, mode="shared", wait=0) for a in ("b-holder", "B-holder")]
@@ -285,12 +286,14 @@ def test_a_first_request_that_must_wait_is_queued_in_one_call(coord: Coordinator
     assert isinstance(two.step(), float)
     assert rows(database_url, "SELECT agent_id, ttl_seconds FROM lease_waiters ORDER BY seq") == [
         ("other", 4.0), ("second", 5.0)]
-    waited = rows(database_url, "SELECT payload FROM lock_events WHERE type = 'LeaseWaited' ORDER BY chain_seq")
-    events = [LeaseWaited.model_validate_json(p) for (p,) in waited]
-    assert [(e.agent_id, e.held_by, e.expected_seconds) for e in events] == [
-        ("other", ["B-holder", "b-holder"], 2.0), ("second", ["B-holder", "b-holder"], None)]
+    # Since 0013 a wait is chained when it ends: nothing yet, then one LeaseWaited per wait given up.
+    assert rows(database_url, "SELECT count(*) FROM lock_events WHERE type = 'LeaseWaited'") == [(0,)]
     for acq in (one, two):
         acq.abandon("test over")
         acq.done()
+    waited = rows(database_url, "SELECT payload FROM lock_events WHERE type = 'LeaseWaited' ORDER BY chain_seq")
+    events = [LeaseWaited.model_validate_json(p) for (p,) in waited]
+    assert [(e.agent_id, e.held_by, e.expected_seconds, e.ended) for e in events] == [
+        ("other", ["B-holder", "b-holder"], 2.0, "left"), ("second", ["B-holder", "b-holder"], None, "left")]
     for lease in [*held, keep]:
         lease.release()

@@ -256,7 +256,7 @@ def test_lock_events_written_by_the_database_match_their_event_classes(database_
     with psycopg.connect(database_url) as conn, conn.cursor() as cur:
         rows = lockchain.read_stream(cur, "lease-sql-written")
     assert [(r["type"], r["agent_id"]) for r in rows] == [
-        ("LeaseGranted", "w"), ("LeaseWaited", "q"), ("LeaseReleased", "w"), ("LeaseGranted", "q"),
+        ("LeaseGranted", "w"), ("LeaseReleased", "w"), ("LeaseWaited", "q"), ("LeaseGranted", "q"),
         ("LeaseReleased", "q")]
     classes: dict[str, type[LeaseGranted | LeaseReleased | LeaseWaited]] = {
         "LeaseGranted": LeaseGranted, "LeaseReleased": LeaseReleased, "LeaseWaited": LeaseWaited}
@@ -267,8 +267,12 @@ def test_lock_events_written_by_the_database_match_their_event_classes(database_
         assert event.agent_id == r["agent_id"] and event.resource == "sql-written"
     granted = LeaseGranted.model_validate(rows[0]["payload"])
     assert (granted.ttl_seconds, granted.waited_seconds, granted.mode) == (7.5, 0.0, "exclusive")
-    assert granted.token == rows[0]["fencing_token"] == rows[2]["fencing_token"]
-    assert LeaseGranted.model_validate(rows[3]["payload"]).waited_seconds > 0
+    assert granted.token == rows[0]["fencing_token"] == rows[1]["fencing_token"]
+    waited = LeaseWaited.model_validate(rows[2]["payload"])
+    second = LeaseGranted.model_validate(rows[3]["payload"])
+    assert second.waited_seconds > 0 and waited.ended in ("handed_off", "granted")
+    assert waited.waited_seconds is not None and abs(waited.waited_seconds - second.waited_seconds) < 0.05
+    assert rows[2]["fencing_token"] is None and rows[2]["n"] + 1 == rows[3]["n"]
     assert rows[3]["fencing_token"] > granted.token
     assert _lock_report(database_url).ok
 

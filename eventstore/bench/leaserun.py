@@ -91,19 +91,51 @@ HANDED: list[tuple[str, float, float]] = []  # (resource, hand-off notification 
 
 
 def queue_order(url: str, prefix: str) -> tuple[int, int]:
-    """FIFO as the database recorded it: replaying each resource's lock history (LeaseWaited joins the
-    queue, LeaseDenied leaves it), count grants that went to anyone but the head of a non-empty queue,
-    and the grants checked. Unlike ``fifo_inversions`` this does not depend on when a thread read its
-    clock before its request reached the database."""
+    """FIFO as the database recorded it, from each resource's lock history: count grants that went to anyone
+    but the head of a non-empty queue, and the grants checked. Since migration 0013 a wait is chained when
+    it ends (a LeaseWaited with its queue place and ``enqueued_at``), so a wait is the span from its queue
+    place to its chain position: a grant is past the head when a wait of the same resource that queued
+    before it (a smaller place, or for a grant that never queued, an earlier ``enqueued_at`` than the
+    grant's ``recorded_at``) was still open at the grant. Older histories (LeaseWaited when a wait began)
+    are replayed as a queue. Unlike ``fifo_inversions`` this does not depend on thread clocks."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT stream, type, agent_id FROM lock_events WHERE stream LIKE %s "
+            "SELECT stream, type, agent_id, (payload::jsonb ->> 'queue_seq')::bigint, "
+            "(payload::jsonb ->> 'enqueued_at')::timestamptz, recorded_at FROM lock_events WHERE stream LIKE %s "
             "AND type IN ('LeaseWaited', 'LeaseGranted', 'LeaseDenied') ORDER BY stream, chain_seq",
             ("lease-" + prefix + "%",)).fetchall()
-    queues: dict[str, list[str]] = {}
+    by_stream: dict[str, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        by_stream.setdefault(row[0], []).append(row[1:])
     out_of_order = checked = 0
-    for stream, kind, agent in rows:
-        q = queues.setdefault(stream, [])
+    for history in by_stream.values():
+        spans = any(kind == "LeaseWaited" and seq is not None for kind, _, seq, _, _ in history)
+        past, n = (_order_of_spans if spans else _order_of_queue)(history)
+        out_of_order += past
+        checked += n
+    return out_of_order, checked
+
+
+def _order_of_spans(history: list[tuple[Any, ...]]) -> tuple[int, int]:
+    """Grants past the head in one resource's history of waits chained when they end (migration 0013)."""
+    waits = [(i, seq, since) for i, (kind, _, seq, since, _) in enumerate(history) if kind == "LeaseWaited"]
+    past = checked = 0
+    for i, (kind, agent, _, _, at) in enumerate(history):
+        if kind != "LeaseGranted":
+            continue
+        checked += 1
+        before = history[i - 1] if i else None
+        mine = before[2] if before is not None and before[0] == "LeaseWaited" and before[1] == agent else None
+        if any(end > i and (seq < mine if mine is not None else since < at) for end, seq, since in waits):
+            past += 1
+    return past, checked
+
+
+def _order_of_queue(history: list[tuple[Any, ...]]) -> tuple[int, int]:
+    """Grants past the head in one resource's history of waits chained when they begin (before 0013)."""
+    q: list[str] = []
+    past = checked = 0
+    for kind, agent, *_ in history:
         if kind == "LeaseWaited":
             q.append(agent)
         elif kind == "LeaseDenied":
@@ -112,10 +144,10 @@ def queue_order(url: str, prefix: str) -> tuple[int, int]:
         else:
             checked += 1
             if q and q[0] != agent:
-                out_of_order += 1
+                past += 1
             if agent in q:
                 q.remove(agent)
-    return out_of_order, checked
+    return past, checked
 
 
 def _agents_process(url: str, first: int, count: int, resources: int, per_agent: int, prefix: str,

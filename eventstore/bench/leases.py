@@ -276,7 +276,8 @@ def conditions(url: str) -> None:
     print("  lease = 2 durable transactions (grant, release), each appending a lock event to the lock chain;")
     print("  contended: a release grants the head of the queue in its own transaction (direct hand-off, 0010) and")
     print("  signs its notice, which the waiter believes without a read (0011); first request and release are one")
-    print("  statement each (autocommit)")
+    print("  statement each (autocommit); queueing writes the queue row only (no flush wait) and the wait is")
+    print("  chained when it ends, in the durable commit of its grant or hand-off (0013)")
     print(f"  load average (1 min) at start: {os.getloadavg()[0]:.2f}")
 
 
@@ -380,6 +381,8 @@ def contended_report(url: str, lease_c: dict[str, float], commit_ms: float, fsyn
           f"(each a durable commit of its own); WAL fsyncs per acquire+release: "
           f"{'n/a' if fsyncs_per_request is None else f'{fsyncs_per_request:.2f}'}")
     per_request = t.transactions / max(t.grants, 1)
+    print(f"  lock chain per request: {per_request:.2f} chained commits, {t.rows / max(t.grants, 1):.2f} lock events "
+          "(a wait is chained when it ends, in the commit of its grant: migration 0013)")
     print(f"  lock-chain bound: {per_request:.1f} chained commits per request, each holding the chain's head through "
           f"its flush; at {commit_ms:.2f} ms each (one commit alone, this run) mean >= "
           f"{fifo_floor_ms(16, commit_ms, per_request):.1f} ms")

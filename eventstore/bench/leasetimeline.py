@@ -21,8 +21,8 @@ from typing import Any
 import psycopg
 
 ROWS = """
-SELECT xmin::text, stream, type, agent_id, recorded_at FROM lock_events
-WHERE stream LIKE %s ORDER BY chain_seq
+SELECT xmin::text, stream, type, agent_id, recorded_at, (payload::jsonb ->> 'enqueued_at')::timestamptz
+FROM lock_events WHERE stream LIKE %s ORDER BY chain_seq
 """
 
 
@@ -36,20 +36,37 @@ class Timeline:
     hold: list[float] = field(default_factory=list)  # LeaseGranted -> LeaseReleased of the same holder
     gap: list[float] = field(default_factory=list)  # LeaseReleased -> the next LeaseGranted, same resource
     transactions: int = 0  # chained transactions (distinct xmin)
-    queue_only: int = 0  # of which wrote only LeaseWaited (a place in the queue)
+    queue_only: int = 0  # of which wrote only LeaseWaited (a place in the queue; none since migration 0013)
     grants: int = 0
     span_ms: float = 0.0  # first to last chained row
+    rows: int = 0  # lock-chain rows (lock events)
 
 
-def timeline(rows: list[tuple[str, str, str, str, datetime]]) -> Timeline:
-    """Replay lock-chain rows (xmin, stream, type, agent, recorded_at), in chain order, into a Timeline."""
+def timeline(rows: list[tuple[Any, ...]]) -> Timeline:
+    """Replay lock-chain rows (xmin, stream, type, agent, recorded_at[, enqueued_at]), in chain order, into a
+    Timeline. A LeaseWaited with ``enqueued_at`` (migration 0013: chained when the wait ends) opened its
+    wait at that time: it is replayed as the wait's start at ``enqueued_at`` and its end at its own row."""
     out = Timeline()
     kinds: dict[str, set[str]] = {}
+    replay: list[tuple[datetime, int, str, str, str]] = []  # at, chain order, stream, kind, agent
+    spans = False
+    for i, (xid, stream, kind, agent, at, *rest) in enumerate(rows):
+        kinds.setdefault(xid, set()).add(kind)
+        opened = rest[0] if rest else None
+        if kind == "LeaseWaited" and opened is not None:
+            spans = True
+            replay.append((opened, i, stream, "LeaseWaited", agent))
+            nxt = rows[i + 1] if i + 1 < len(rows) else None
+            if nxt is None or nxt[1] != stream or nxt[2] != "LeaseGranted" or nxt[3] != agent:
+                replay.append((at, i, stream, "LeaseDenied", agent))  # ended without a grant
+        else:
+            replay.append((at, i, stream, kind, agent))
+    if spans:
+        replay.sort(key=lambda e: (e[0], e[1]))
     queues: dict[str, list[tuple[str, datetime, int]]] = {}
     granted_at: dict[tuple[str, str], datetime] = {}
     released_at: dict[str, datetime] = {}
-    for xid, stream, kind, agent, at in rows:
-        kinds.setdefault(xid, set()).add(kind)
+    for at, _, stream, kind, agent in replay:
         q = queues.setdefault(stream, [])
         if kind == "LeaseWaited":
             q.append((agent, at, len(q)))
@@ -73,7 +90,7 @@ def timeline(rows: list[tuple[str, str, str, str, datetime]]) -> Timeline:
             if since_grant is not None and kind == "LeaseReleased":
                 out.hold.append((at - since_grant).total_seconds() * 1e3)
             released_at[stream] = at
-    out.transactions = len(kinds)
+    out.transactions, out.rows = len(kinds), len(rows)
     out.queue_only = sum(1 for k in kinds.values() if k == {"LeaseWaited"})
     if rows:
         out.span_ms = (rows[-1][4] - rows[0][4]).total_seconds() * 1e3

@@ -3,6 +3,7 @@ same transaction as the change, so auditors and subscribers see it like any othe
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import ClassVar
 
 from eventstore.core.events import Event
@@ -37,13 +38,20 @@ class LeaseDenied(LockEvent):
 
 
 class LeaseWaited(LockEvent):
-    """A request joined the FIFO wait queue of a busy resource."""
+    """A request waited in the FIFO queue of a busy resource. Since migration 0013 it is chained when the
+    wait ENDS, in the commit that ended it (grant, hand-off, giving up, kill, purge), with when it began
+    (``enqueued_at``, database clock), how long it lasted, its queue place and how it ended; older records
+    (chained when the wait began) have none of these."""
 
     resource: str
     agent_id: str
     mode: str
     held_by: list[str]
     expected_seconds: float | None = None
+    enqueued_at: datetime | None = None
+    waited_seconds: float | None = None
+    queue_seq: int | None = None
+    ended: str | None = None  # granted, handed_off, left, killed, revoked, purged
 
 
 class LeaseRenewed(LockEvent):

@@ -19,6 +19,10 @@ ON CONFLICT (resource) DO UPDATE SET fence_token = GREATEST(resources.fence_toke
 RETURNING fence_token
 """
 HOLDERS = "SELECT agent_id, mode, token FROM lease_holders WHERE resource = %s"
+# What a LeaseWaited needs of a queue row whose wait ends now (migration 0013: a wait is chained when it ends):
+# agent, mode, queue place, enqueued at, held by, expected seconds, seconds waited.
+WAIT_ROW = ("agent_id, mode, seq, enqueued_at, coalesce(held_by, '{}'::text[]), expected_seconds, "
+            "extract(epoch FROM clock_timestamp() - enqueued_at)::float8")
 SNAPSHOT = """
 WITH t AS MATERIALIZED (SELECT clock_timestamp() AS now,
                                clock_timestamp() - make_interval(secs => %(stale)s) AS stale),
@@ -28,43 +32,47 @@ exp AS (
 ),
 purged AS (
     DELETE FROM lease_waiters w USING t WHERE w.resource = %(r)s AND w.heartbeat_at < t.stale
+    RETURNING w.agent_id, w.mode, w.seq, w.enqueued_at, coalesce(w.held_by, '{}'::text[]) AS held_by,
+              w.expected_seconds, extract(epoch FROM t.now - w.enqueued_at)::float8 AS waited
 ),
 ag AS (SELECT status, reason FROM agents WHERE agent_id = %(a)s)
-SELECT 'expired', agent_id, NULL, token, NULL::bigint, NULL::timestamptz, held, NULL::float8, NULL::float8
+SELECT 'expired', agent_id, NULL, token, NULL::bigint, NULL::timestamptz, held, NULL::float8, NULL::float8, NULL::text[]
 FROM exp
 UNION ALL
-SELECT 'holder', h.agent_id, h.mode, h.token, h.hold_count, NULL, NULL, h.handoff::int::float8, NULL
+SELECT 'holder', h.agent_id, h.mode, h.token, h.hold_count, NULL, NULL, h.handoff::int::float8, NULL, NULL
 FROM lease_holders h, t
  WHERE h.resource = %(r)s AND h.expires_at > t.now
 UNION ALL
-SELECT 'waiter', w.agent_id, w.mode, NULL, w.seq, w.enqueued_at, NULL, NULL, NULL FROM lease_waiters w, t
+SELECT 'waiter', w.agent_id, w.mode, NULL, w.seq, w.enqueued_at, NULL, NULL, NULL, NULL FROM lease_waiters w, t
  WHERE w.resource = %(r)s AND w.heartbeat_at >= t.stale
 UNION ALL
 SELECT 'mywait', NULL, NULL, w.alerted::int, NULL, NULL, extract(epoch FROM t.now - w.enqueued_at)::float8,
-       w.expected_seconds, extract(epoch FROM t.now - w.heartbeat_at)::float8
+       w.expected_seconds, extract(epoch FROM t.now - w.heartbeat_at)::float8, NULL
 FROM lease_waiters w, t WHERE w.resource = %(r)s AND w.agent_id = %(a)s AND w.heartbeat_at >= t.stale
 UNION ALL
-SELECT 'fence', NULL, NULL, fence_token, NULL, NULL, NULL, NULL, NULL FROM resources WHERE resource = %(r)s
+SELECT 'fence', NULL, NULL, fence_token, NULL, NULL, NULL, NULL, NULL, NULL FROM resources WHERE resource = %(r)s
 UNION ALL
-SELECT 'elsewhere', h.resource, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM lease_holders h, t
+SELECT 'elsewhere', h.resource, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM lease_holders h, t
  WHERE h.agent_id = %(a)s AND h.resource <> %(r)s AND h.expires_at > t.now
 UNION ALL
-SELECT 'agent', status, reason, NULL, NULL, NULL, NULL, NULL, NULL FROM ag
+SELECT 'agent', status, reason, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ag
+UNION ALL
+SELECT 'purged', agent_id, mode, NULL, seq, enqueued_at, waited, expected_seconds, NULL, held_by FROM purged
 """
 # The agent row is locked FOR SHARE only when granting (a kill then waits for this transaction and
 # revokes the grant), so that a poll that grants nothing writes nothing and commits without a flush.
 _GRANT = """
 ag AS (SELECT 1 FROM agents WHERE agent_id = %(a)s AND status = 'active' FOR SHARE),
-dq AS (DELETE FROM lease_waiters WHERE resource = %(r)s AND agent_id = %(a)s RETURNING enqueued_at),
+dq AS (DELETE FROM lease_waiters WHERE resource = %(r)s AND agent_id = %(a)s AND EXISTS (SELECT 1 FROM ag)
+       RETURNING """ + WAIT_ROW + """),
 ins AS (
     INSERT INTO lease_holders (resource, agent_id, mode, token, ttl_seconds, granted_at, expires_at)
     SELECT %(r)s, %(a)s, %(m)s, f.fence_token, %(ttl)s, clock_timestamp(),
            clock_timestamp() + make_interval(secs => %(ttl)s)
     FROM f, ag RETURNING token, expires_at
 )
-SELECT ins.token, ins.expires_at,
-       (SELECT extract(epoch FROM clock_timestamp() - dq.enqueued_at)::float8 FROM dq)
-FROM ins
+SELECT ins.token, ins.expires_at, dq.*
+FROM ins LEFT JOIN dq ON true
 """
 GRANT_NEW = """
 WITH f AS (
@@ -80,13 +88,13 @@ WHERE resource = %s AND agent_id = %s
   AND NOT EXISTS (SELECT 1 FROM agents g WHERE g.agent_id = lease_holders.agent_id AND g.status = 'killed')
 RETURNING token, mode, expires_at
 """
-DEQUEUE = """
-DELETE FROM lease_waiters WHERE resource = %s AND agent_id = %s
-RETURNING extract(epoch FROM clock_timestamp() - enqueued_at)::float8
-"""
+DEQUEUE = "DELETE FROM lease_waiters WHERE resource = %s AND agent_id = %s RETURNING " + WAIT_ROW
+# The kill switch removes every wait of the agent (each chained as a LeaseWaited that ended "revoked").
+DEQUEUE_AGENT = "DELETE FROM lease_waiters WHERE agent_id = %s RETURNING resource, " + WAIT_ROW
 ENQUEUE = """
-INSERT INTO lease_waiters (resource, agent_id, mode, enqueued_at, heartbeat_at, expected_seconds, ttl_seconds)
-VALUES (%s, %s, %s, clock_timestamp(), clock_timestamp(), %s, %s)
+INSERT INTO lease_waiters (resource, agent_id, mode, enqueued_at, heartbeat_at, expected_seconds, ttl_seconds,
+                           held_by)
+VALUES (%s, %s, %s, clock_timestamp(), clock_timestamp(), %s, %s, %s)
 ON CONFLICT (resource, agent_id) DO UPDATE SET heartbeat_at = clock_timestamp()
 RETURNING seq
 """

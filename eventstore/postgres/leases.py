@@ -39,6 +39,7 @@ from eventstore.postgres.lease_sql import (
     CHECK_HANDOFF,
     DECREMENT,
     DEQUEUE,
+    DEQUEUE_AGENT,
     DROP_HOLDER,
     ENQUEUE,
     ENSURE_AGENT,
@@ -117,6 +118,15 @@ class StepResult:
     queue_seq: int | None = None  # the queue place taken (lease_waiters.seq), when known
 
 
+def _waited(resource: str, row: Sequence[Any], ended: str) -> ev.LeaseWaited:
+    """The LeaseWaited of a wait that ends now, from its queue row as deleted (``WAIT_ROW``'s columns):
+    migration 0013 chains a wait in the commit that ends it, not the one that queues it."""
+    agent, mode, seq, enqueued_at, held_by, expected, waited = row
+    return ev.LeaseWaited(resource=resource, agent_id=str(agent), mode=str(mode), held_by=[str(h) for h in held_by],
+                          expected_seconds=None if expected is None else float(expected), enqueued_at=enqueued_at,
+                          waited_seconds=float(waited), queue_seq=int(seq), ended=ended)
+
+
 def _lock(cur: Cursor, resource: str) -> None:
     cur.execute(LOCK, (ADVISORY_NS, key_of(resource)))
 
@@ -159,6 +169,7 @@ class _Snapshot:
     handed_off: set[str] = field(default_factory=set)  # holders granted by a release's hand-off, not yet taken
     agent: tuple[str, str | None] | None = None
     my_wait: tuple[float, bool, float | None, float] | None = None  # waited, alerted, expected, heartbeat age
+    purged: list[ev.LeaseWaited] = field(default_factory=list)  # abandoned waits (stale heartbeat) removed now
 
 
 def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> _Snapshot:
@@ -171,8 +182,10 @@ def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> 
 
 def _read_snapshot(cur: Cursor, resource: str) -> _Snapshot:
     snap = _Snapshot()
-    for kind, name, mode, num, seq, at, held, expected, age in cur.fetchall():
-        if kind == "expired":
+    for kind, name, mode, num, seq, at, held, expected, age, held_by in cur.fetchall():
+        if kind == "purged":
+            snap.purged.append(_waited(resource, (name, mode, seq, at, held_by, expected, held), "purged"))
+        elif kind == "expired":
             snap.expired.append(Expiry(resource, str(name), int(num), float(held)))
         elif kind == "holder":
             snap.holders.append((str(name), Mode(mode), int(num)))
@@ -230,6 +243,10 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
     log = LockLog()
     result = _attempt(cur, log, resource, agent_id, mode, ttl, queue=queue, expected=expected,
                       stale_after=stale_after, violation_of=violation_of, handoff_ok=handoff_ok, snap=snap)
+    if result.newly_queued and not log.rows:
+        # Only a queue row was written (no lock state, no lock event): its commit need not wait for the WAL
+        # flush. A crash may lose it (the waiter queues again); a durable commit acting on it flushes past it.
+        cur.execute("SET LOCAL synchronous_commit = off")
     log.append(cur)
     return result
 
@@ -287,6 +304,8 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
                 resource=resource, agent_id=g.agent_id, token=g.token, fence_token=fence),
                 g.agent_id, resource, g.token)
         _notify(cur, resource)
+    for wait in snap.purged:  # abandoned waits (their agents stopped polling) end here
+        log.add(lease_stream(resource), wait, wait.agent_id)
     if violation_of is not None and (later := violation_of(resource, snap.held_elsewhere)) is not None:
         log.add(agent_stream(agent_id), ev.LockOrderViolated(
             agent_id=agent_id, requested=resource, held=later), agent_id)
@@ -297,6 +316,8 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
         reason = (snap.agent[1] or "no reason given") if snap.agent[0] == "killed" else None
     if reason is not None:
         cur.execute(DEQUEUE, (resource, agent_id))
+        if (gone := cur.fetchone()) is not None:
+            log.add(lease_stream(resource), _waited(resource, gone, "killed"), agent_id)
         return StepResult(expired=expired, error=AgentKilledError(
             f"agent {agent_id!r} was stopped by the kill switch ({reason}); an operator must revive it"))
     holders = [Holder(resource, a, m) for a, m, _ in rows]
@@ -333,8 +354,13 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
         if granted is None:  # killed between the snapshot and the grant
             return StepResult(expired=expired, error=AgentKilledError(
                 f"agent {agent_id!r} was stopped by the kill switch; an operator must revive it"))
-        token, expires_at, waited = granted
-        token, waited = int(token), float(waited or 0.0)
+        token, expires_at, *wait = granted
+        waited = 0.0
+        if wait[0] is not None:  # the agent waited in the queue: its wait ends with this grant
+            ended = _waited(resource, wait, "granted")
+            waited = float(ended.waited_seconds or 0.0)
+            log.add(lease_stream(resource), ended, agent_id)
+        token = int(token)
         log.add(lease_stream(resource), ev.LeaseGranted(
             resource=resource, agent_id=agent_id, mode=mode.value, token=token, ttl_seconds=ttl,
             waited_seconds=waited), agent_id, resource, token)
@@ -347,13 +373,11 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
     # Keep the place in the queue. Most polls only read: the heartbeat is refreshed when it is a quarter
     # of the way to stale, so a waiting poll rarely needs a WAL flush at commit.
     if snap.my_wait is None:
-        cur.execute(ENQUEUE, (resource, agent_id, mode.value, expected, ttl))
+        # The queue row only: its LeaseWaited is chained when the wait ends (migration 0013).
+        cur.execute(ENQUEUE, (resource, agent_id, mode.value, expected, ttl, held_by))
         row = cur.fetchone()
         queue_seq = None if row is None else int(row[0])
         waited, alerted, expected_db = 0.0, False, expected
-        log.add(lease_stream(resource), ev.LeaseWaited(
-            resource=resource, agent_id=agent_id, mode=mode.value, held_by=held_by,
-            expected_seconds=expected), agent_id)
     else:
         waited, alerted, expected_db, age = snap.my_wait
         queue_seq = None
@@ -398,6 +422,8 @@ def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: s
     _lock(cur, resource)
     cur.execute(DEQUEUE, (resource, agent_id))
     row = cur.fetchone()
+    if row is not None:  # the wait ends here: chained with why it ended, in this commit
+        log.add(lease_stream(resource), _waited(resource, row, "left"), agent_id)
     if row is None:
         cur.execute(HANDED_OFF, (resource, agent_id))
         handed = cur.fetchone()
@@ -412,7 +438,7 @@ def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: s
     log.add(lease_stream(resource), ev.LeaseDenied(
         resource=resource, agent_id=agent_id, mode=mode.value, reason=reason, held_by=held_by), agent_id)
     log.append(cur)
-    return float(row[0])
+    return float(row[6])
 
 
 def send_release_fast(cur: Cursor, resource: str, agent_id: str, token: int,
@@ -516,7 +542,9 @@ def revoke_all(cur: Cursor, agent_id: str, reason: str, killed: bool) -> list[tu
         _lock(cur, r)
     revoked: list[tuple[str, int, int]] = []
     if resources:
-        cur.execute("DELETE FROM lease_waiters WHERE agent_id = %s", (agent_id,))
+        cur.execute(DEQUEUE_AGENT, (agent_id,))
+        for r, *wait in sorted(cur.fetchall(), key=lambda w: (str(w[0]), int(w[3]))):
+            log.add(lease_stream(str(r)), _waited(str(r), wait, "revoked"), agent_id)
         cur.execute("DELETE FROM lease_holders WHERE agent_id = %s RETURNING resource, token", (agent_id,))
         for r, t in sorted(cur.fetchall()):
             fence = _bump(cur, str(r))
