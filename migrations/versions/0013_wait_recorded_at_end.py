@@ -20,13 +20,13 @@ and no longer executable by the coordinator role; the new ones take their names 
 code calls the same statements. The downgrade renames them back.
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 """
 
 from alembic import op
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
