@@ -302,3 +302,23 @@ def test_blocked_results_wake_without_a_future_each_exactly_once() -> None:
     assert failing.done() and closing.done()
     with pytest.raises(RuntimeError, match="broker said no"):
         failing.result(0)  # settled before anyone waits again: no lock, no Future
+
+
+def test_refusal_notes_of_waiting_handles_survive_pruning_and_settled_ones_go() -> None:
+    """The listener keeps a note per ignored (forgeable) identity refusal for the handle's timeout error; the
+    notes are bounded by dropping those of handles no longer pending, never a waiting handle's."""
+    from eventstore.core.errors import EmitTimeout
+
+    table = PendingOutcomes()
+    handles = [EmitHandle(None, "s", f"k{i}", table, next_event_id()) for i in range(30)]
+    table.add_many(handles)
+    for h in handles:
+        table.notes[h._key] = f"bad_signature for {h._key}"
+    table.settle([_result_of(h) for h in handles[:20]])
+    table.prune_notes()
+    assert set(table.notes) == {h._key for h in handles[20:]}
+    table.prune_notes(keep=5)
+    assert list(table.notes) == [h._key for h in handles[25:]]  # beyond the bound: the oldest go first
+    with pytest.raises(EmitTimeout, match="bad_signature for"):
+        handles[29].result(0.01)
+    assert handles[29]._key not in table.notes

@@ -241,6 +241,11 @@ def test_auditors_see_every_identity_refusal_in_an_append_only_chain(
     assert sorted(around, key=str) == sorted(
         [(str(x), "rejected", code, 1) for code in ["bad_signature"] * 6 + ["unknown_agent"] * 2
          + ["credential_revoked"] * 2], key=str), around
+    # ... marked as claims, with what the projector could prove, so none reads as alice's own decision.
+    marks = sorted((o["source"], o["key_id"] or "", o["proven"]) for o in write.outcomes)
+    assert marks == sorted(("identity_refusals", "" if c is None else c.key_id,
+                            name in ("mallory", "leaked-revoked"))
+                           for name, c in forgers(creds).items() for _ in (P, Q)), marks
     assert len(seen) == n and all(r.claimed_event_id == x and r.reason for r in seen)
     # The same list from the command line, as an auditor login.
     with login_role(db, "eventstore_auditor") as auditor:
@@ -250,6 +255,13 @@ def test_auditors_see_every_identity_refusal_in_an_append_only_chain(
         assert main(["refusals", "--agent", "alice"]) == 0
         table = capsys.readouterr().out
         assert main(["refusals", "--event", "nope"]) == 2
+        assert main(["history", "--stream", stream_for("A1")]) == 0
+        printed = capsys.readouterr().out
+        with pytest.raises(SystemExit) as bad_limit:
+            main(["refusals", "--limit", "0"])
+        assert bad_limit.value.code == 2 and "out of range 1-1000" in capsys.readouterr().err
+    assert "rejected:bad_signature(claims alice, key -, forgeable)" in printed, printed
+    assert f"rejected:credential_revoked(claims alice, key {creds['alice-old'].key_id}, proven)" in printed
     assert [(r["seq"], r["key_id"], r["proven"], r["code"]) for r in lines] == \
         [(r.seq, r.key_id, r.proven, r.reason_code) for r in seen]
     assert table.count(str(x)) == n and "credential_revoked" in table
@@ -279,3 +291,29 @@ def test_a_client_with_a_wrong_secret_waits_and_its_timeout_names_the_refusal(
         with pytest.raises(EmitTimeout, match=f"bad_signature: the signature does not match credential "
                                               f"{creds['alice'].key_id}"):
             h.result(2)
+
+
+def test_only_a_proven_identity_refusal_reaches_the_rejections_topic(settings: Settings,
+                                                                    creds: dict[str, Credential]) -> None:
+    """The rejections topic names the claimed agent and event id, so a consumer of it would take a record for
+    that agent's decision: only refusals the projector can prove (the MAC verified under the key named) are
+    published there; the forgeable ones are in identity_refusals only."""
+    from eventstore.core.events import registry
+    from eventstore.postgres.intake import IntakeMessage, write_batch
+    from eventstore.wire.rejections import EventRejected
+
+    x = uuid.uuid4()
+    msgs = []
+    for i, cred in enumerate(forgers(creds).values()):
+        event = InventoryAdjusted(sku="R1", delta=1)
+        key, value, _ = EnvelopeWriter("alice", cred).write(
+            str(x), str(x), stream_for("R1"), None, x, None, None, event.event_type, event.schema_version,
+            event.model_dump(mode="json"), None)
+        msgs.append(IntakeMessage(0, i, key, value))
+    with psycopg.connect(settings.require_database()) as conn:
+        result = write_batch(conn, group="g-rej", topic="t-rej", messages=msgs, models=[], types=registry)
+    published = [r for r in result.rejections if isinstance(r, EventRejected)]
+    assert len(published) == len(result.rejections) == 2, result.rejections  # mallory's, alice's revoked key
+    assert all(r.event_id == x and r.agent_id == "alice" for r in published)
+    assert sorted(r.reason.split(" ")[0] for r in published) == ["credential", "credential"], published
+    assert refusals_of(settings.require_database(), x) == len(msgs)

@@ -184,6 +184,13 @@ def test_an_anchor_from_before_the_lock_chain_still_verifies() -> None:
     tampered = json.loads(signed.to_line())
     tampered["lock_events"]["seq"] = 6
     assert not anchoring.signature_ok(anchoring.parse_line(json.dumps(tampered)), key.public_key())
+    both = anchoring.Heads(4, b"\x01" * 32, 2, b"\x02" * 32, 0, b"\x00" * 32, 7, b"\x03" * 32, 3, b"\x04" * 32)
+    line = anchoring.sign(key, both, datetime(2026, 1, 1, tzinfo=UTC)).to_line()
+    parsed = anchoring.parse_line(line)
+    assert parsed.heads == both and anchoring.signature_ok(parsed, key.public_key())
+    tampered = json.loads(line)
+    tampered["identity_refusals"]["hash"] = "05" * 32  # the identity-refusal head is signed too (0012)
+    assert not anchoring.signature_ok(anchoring.parse_line(json.dumps(tampered)), key.public_key())
 
 
 def _alembic(url: str, action: str, revision: str) -> None:

@@ -180,3 +180,16 @@ def test_parse_and_authentic_without_a_server() -> None:
     assert unsigned is not None and unsigned.seq is None and not unsigned.authentic(key, 7)
     assert parse("res\x1fagent\x1fnot-a-number\x1f1\x1f1\x1f7\x1fab") == ("res", "agent", None)
     assert parse("res") == ("res", "", None) and parse("res\x1fagent") == ("res", "agent", None)
+
+
+@pytest.mark.parametrize("mac", ["é" * 64, "\u0000" * 64, "A" * 64, "g" * 64, "0" * 63, "0" * 65, "ü"])
+def test_a_notice_with_a_mac_of_another_form_is_unsigned_and_never_raises(mac: str) -> None:
+    """Any role may NOTIFY: a seven-field notice whose MAC is not 64 lowercase hex digits (a non-ASCII
+    string made ``hmac.compare_digest`` raise TypeError out of the waiter's ``acquire()``) is read as
+    unsigned, so the waiter checks the hand-off with its read."""
+    key = bytes(range(32))
+    _, _, grant = parse("\x1f".join(["res", "agent", "42", "1790000000.5", "0.25", "7", mac]))
+    assert grant is not None and grant.seq is None and grant.mac == ""
+    assert not grant.authentic(key, 7)
+    forged = type(grant)(42, grant.expires_at, 0.25, seq=7, signed="x", mac=mac)  # built directly
+    assert not forged.authentic(key, 7)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTEGRITY = 0, 1, 2, 4
@@ -48,7 +49,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     for r in page.rows:
         e = r.event
         lease = f"{e['lease_resource']}#{e['fencing_token']}" if e["lease_resource"] else ""
-        around = ", ".join(f"{o['status']}:{o['reason_code'] or ''}({o['agent_id']})" for o in r.outcomes)
+        around = ", ".join(_around(o) for o in r.outcomes)
         # @N: position in the event log (lock events before migration 0009); @LN: row N of the lock chain
         locks = ", ".join(f"{x['type'].removeprefix('Lease')}@"
                           f"{x['position'] if x['position'] is not None else 'L' + str(x['lock_seq'])}"
@@ -180,8 +181,8 @@ def register(sub: Any) -> None:
                                          "id, proven or forgeable), oldest first")
     rf.add_argument("--agent", help="the agent the envelopes claimed to be")
     rf.add_argument("--event", help="the event id they claimed")
-    rf.add_argument("--after", type=int, help="only rows after this chain sequence (the seq column)")
-    rf.add_argument("--limit", type=int, default=100)
+    rf.add_argument("--after", type=_count(0), help="only rows after this chain sequence (the seq column)")
+    rf.add_argument("--limit", type=_count(1, 1000), default=100, help="rows, 1-1000 (default 100)")
     rf.add_argument("--json", action="store_true", help="JSON lines, with the reason")
     rf.set_defaults(fn=cmd_refusals)
     ch = sub.add_parser("check", help="the founding document's checklist, from the live deployment "
@@ -200,3 +201,25 @@ def register(sub: Any) -> None:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
     sv.set_defaults(fn=cmd_serve)
+
+
+def _around(o: dict[str, Any]) -> str:
+    """One outcome decided around a write. An identity refusal names the agent it *claimed*: unless proven
+    (its MAC verified under the key it carried) anyone who can produce to intake could have sent it."""
+    if o.get("source") == "identity_refusals":
+        how = "proven" if o.get("proven") else "forgeable"
+        return f"{o['status']}:{o['reason_code'] or ''}(claims {o['agent_id']}, key {o.get('key_id') or '-'}, {how})"
+    return f"{o['status']}:{o['reason_code'] or ''}({o['agent_id']})"
+
+
+def _count(low: int, high: int = 2**63 - 1) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high], else a usage error naming the range."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"{n} is out of range {low}-{high}")
+        return n
+    return parse

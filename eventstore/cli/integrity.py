@@ -72,7 +72,8 @@ def anchor(args: argparse.Namespace) -> None:
         _produce(settings, settings.anchor_topic, line)
         where += f" and topic {settings.anchor_topic}"
     print(f"anchored event log head: position {heads.position}, hash {heads.hash.hex()}; outcomes "
-          f"{heads.outcomes_seq}, dead letters {heads.dead_letters_seq}, lock events {heads.lock_events_seq}; "
+          f"{heads.outcomes_seq}, dead letters {heads.dead_letters_seq}, lock events {heads.lock_events_seq}, "
+          f"identity refusals {heads.identity_refusals_seq}; "
           f"at {at.isoformat()} "
           f"(database time), key {signed.key_id}, written to {where}")
 

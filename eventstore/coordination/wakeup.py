@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -52,7 +53,8 @@ class HandedOff:
         if key is None or queue_seq is None or self.seq != queue_seq or not self.mac:
             return False
         expected = hmac.new(key, self.signed.encode(), hashlib.sha256).hexdigest()
-        return hmac.compare_digest(expected, self.mac)
+        # bytes, not str: compare_digest raises TypeError on a non-ASCII str, which a forger could send
+        return hmac.compare_digest(expected.encode(), self.mac.encode("utf-8", "replace"))
 
 
 class Wake(threading.Event):
@@ -62,6 +64,9 @@ class Wake(threading.Event):
     def __init__(self) -> None:
         super().__init__()
         self.grant: HandedOff | None = None
+
+
+_MAC = re.compile(r"[0-9a-f]{64}")
 
 
 def parse(payload: str) -> tuple[str, str, HandedOff | None]:
@@ -74,6 +79,8 @@ def parse(payload: str) -> tuple[str, str, HandedOff | None]:
         try:
             if len(parts) == 7:
                 seq, signed, mac = int(parts[5]), payload[:payload.rindex("\x1f")], parts[6]
+                if _MAC.fullmatch(mac) is None:  # not a MAC the release could have printed: believe nothing
+                    seq, signed, mac = None, "", ""
             return parts[0], parts[1], HandedOff(int(token), datetime.fromtimestamp(float(expires), UTC),
                                                  float(waited), seq=seq, signed=signed, mac=mac)
         except (ValueError, OverflowError, OSError):  # not ours (any role may NOTIFY): wake the head to poll

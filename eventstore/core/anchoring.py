@@ -28,7 +28,8 @@ FORMAT = "eventstore.anchor/1"
 @dataclass(frozen=True)
 class Heads:
     """The heads of the chains: the event log (position, hash) and the side chains (seq, hash). The lock
-    chain (migration 0009) is None in anchors written before it existed; they verify as they were signed."""
+    chain (migration 0009) and the identity refusals (0012) are None in anchors written before they existed;
+    those verify as they were signed."""
 
     position: int
     hash: bytes
@@ -38,6 +39,8 @@ class Heads:
     dead_letters_hash: bytes
     lock_events_seq: int | None = None
     lock_events_hash: bytes | None = None
+    identity_refusals_seq: int | None = None  # migration 0012; None in anchors written before it
+    identity_refusals_hash: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ def _body(heads: Heads, database_time: datetime, key_id: str) -> dict[str, Any]:
     }
     if heads.lock_events_seq is not None and heads.lock_events_hash is not None:
         body["lock_events"] = {"seq": heads.lock_events_seq, "hash": heads.lock_events_hash.hex()}
+    if heads.identity_refusals_seq is not None and heads.identity_refusals_hash is not None:
+        body["identity_refusals"] = {"seq": heads.identity_refusals_seq,
+                                     "hash": heads.identity_refusals_hash.hex()}
     return body
 
 
@@ -101,11 +107,14 @@ def parse_line(line: str) -> Anchor:
         if d.get("format") != FORMAT:
             raise ValueError(f"format is {d.get('format')!r}, not {FORMAT!r}")
         locks = d.get("lock_events")
+        refusals = d.get("identity_refusals")
         heads = Heads(int(d["position"]), bytes.fromhex(d["hash"]), int(d["outcomes"]["seq"]),
                       bytes.fromhex(d["outcomes"]["hash"]), int(d["dead_letters"]["seq"]),
                       bytes.fromhex(d["dead_letters"]["hash"]),
                       None if locks is None else int(locks["seq"]),
-                      None if locks is None else bytes.fromhex(locks["hash"]))
+                      None if locks is None else bytes.fromhex(locks["hash"]),
+                      None if refusals is None else int(refusals["seq"]),
+                      None if refusals is None else bytes.fromhex(refusals["hash"]))
         return Anchor(heads, datetime.fromisoformat(d["database_time"]), str(d["key_id"]),
                       bytes.fromhex(d["signature"]))
     except (ValueError, KeyError, TypeError, AttributeError) as e:

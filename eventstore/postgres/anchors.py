@@ -14,11 +14,11 @@ from eventstore.postgres import eventlog, sidechains
 
 Cursor = psycopg.Cursor[Any]
 
-# One statement, one snapshot: the four heads belong together, with the database's clock.
+# One statement, one snapshot: the five heads belong together, with the database's clock.
 READ_HEADS = """
-SELECT l.position, l.hash, o.seq, o.hash, d.seq, d.hash, k.seq, k.hash, now()
-FROM log_head l, history_heads o, history_heads d, history_heads k
-WHERE o.name = 'outcomes' AND d.name = 'dead_letters' AND k.name = 'lock_events'
+SELECT l.position, l.hash, o.seq, o.hash, d.seq, d.hash, k.seq, k.hash, now(), r.seq, r.hash
+FROM log_head l, history_heads o, history_heads d, history_heads k, history_heads r
+WHERE o.name = 'outcomes' AND d.name = 'dead_letters' AND k.name = 'lock_events' AND r.name = 'identity_refusals'
 """
 
 
@@ -32,7 +32,7 @@ def current_heads(cur: Cursor) -> tuple[Heads, datetime]:
     if row is None:
         raise SchemaNotReadyError("a head row (log_head or history_heads) is missing; run `eventstore migrate`")
     heads = Heads(int(row[0]), bytes(row[1]), int(row[2]), bytes(row[3]), int(row[4]), bytes(row[5]),
-                  int(row[6]), bytes(row[7]))
+                  int(row[6]), bytes(row[7]), int(row[9]), bytes(row[10]))
     return heads, row[8]
 
 
@@ -51,6 +51,8 @@ def check(cur: Cursor, anchor: Anchor) -> list[str]:
                                            ("dead_letters", h.dead_letters_seq, h.dead_letters_hash)]
     if h.lock_events_seq is not None and h.lock_events_hash is not None:
         sides.append(("lock_events", h.lock_events_seq, h.lock_events_hash))
+    if h.identity_refusals_seq is not None and h.identity_refusals_hash is not None:
+        sides.append(("identity_refusals", h.identity_refusals_seq, h.identity_refusals_hash))
     for name, seq, expected in sides:
         stored = sidechains.hash_at(cur, name, seq)
         if stored is None:

@@ -72,16 +72,19 @@ CHAIN_FILTER = " AND event_id IN (SELECT event_id FROM chain)"
 # that point at it.
 OUTCOMES_AROUND = """
 SELECT o.event_id, o.agent_id, o.idempotency_key, o.stream, o.status, o.reason_code, o.reason,
-       o.expected_version, o.current_version, o.original_position, o.decided_at, w.position AS write_position
+       o.expected_version, o.current_version, o.original_position, o.decided_at, w.position AS write_position,
+       'outcomes' AS source, NULL::text AS key_id, NULL::boolean AS proven
 FROM unnest(%(positions)s::bigint[], %(streams)s::text[], %(versions)s::bigint[]) AS w(position, stream, version)
 JOIN outcomes o ON o.stream = w.stream AND o.current_version = w.version AND o.status <> 'duplicate'
 UNION ALL
 SELECT o.event_id, o.agent_id, o.idempotency_key, o.stream, o.status, o.reason_code, o.reason,
-       o.expected_version, o.current_version, o.original_position, o.decided_at, o.original_position
+       o.expected_version, o.current_version, o.original_position, o.decided_at, o.original_position,
+       'outcomes', NULL::text, NULL::boolean
 FROM outcomes o WHERE o.original_position = ANY(%(positions)s::bigint[])
 UNION ALL
 SELECT r.claimed_event_id, r.agent_id, r.idempotency_key, r.stream, 'rejected', r.reason_code, r.reason,
-       r.expected_version, r.current_version, NULL::bigint, r.decided_at, w.position
+       r.expected_version, r.current_version, NULL::bigint, r.decided_at, w.position,
+       'identity_refusals', r.key_id, r.proven
 FROM unnest(%(positions)s::bigint[], %(streams)s::text[], %(versions)s::bigint[]) AS w(position, stream, version)
 JOIN identity_refusals r ON r.stream = w.stream AND r.current_version = w.version
 ORDER BY decided_at

@@ -434,14 +434,16 @@ def _record(
         if d.status is not Outcome.DUPLICATE:
             ver = None
         res = EmitResult(e.event_id, d.status, e.stream, ver, pos, d.current_version, d.reason, d.code)
-        result.rejections.extend(_rejection(e, d))
         if d.code in _NOT_AUTHENTIC:  # never under the claimed event id: anyone can name it (migration 0012)
             proven = known is not None and signed_by(p.signed, known.keys) is not None
+            if proven:  # the rejections topic names the claimed agent and id: only for its own key's envelope
+                result.rejections.extend(_rejection(e, d))
             refused.append((e.event_id, e.agent_id, None if p.signed is None else p.signed.key_id, proven,
                             d.code.value if d.code is not None else "", d.reason or "", e.idempotency_key,
                             e.stream, e.expected_version, d.current_version, p.message.partition,
                             p.message.offset))
         else:
+            result.rejections.extend(_rejection(e, d))
             rows.append((e.event_id, e.agent_id, e.idempotency_key, e.stream, d.status.value,
                          e.expected_version, d.current_version, pos, d.reason or "",
                          p.message.partition, p.message.offset, None if d.code is None else d.code.value))

@@ -137,8 +137,9 @@ UPDATE lease_holders SET handoff = false
 WHERE resource = %s AND agent_id = %s AND handoff AND expires_at > clock_timestamp()
 RETURNING token, mode, expires_at, extract(epoch FROM clock_timestamp() - granted_at)::float8
 """
-# A waiter told of a hand-off by a notification checks it here (any role may NOTIFY, so a payload is never
-# believed): a read, so its commit needs no flush.
+# A waiter told of a hand-off by a notification that is not signed with the notice key (migration 0011),
+# or whose MAC or queue place does not match, checks it here (any role may NOTIFY): a read, so its commit
+# needs no flush.
 CHECK_HANDOFF = """
 SELECT expires_at FROM lease_holders
 WHERE resource = %s AND agent_id = %s AND token = %s AND handoff AND expires_at > clock_timestamp()

@@ -237,6 +237,11 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
             free = read_free()
             snap = _read_snapshot(more, resource)  # read either way: no result is left pending
         if free:
+            if snap.purged:  # the snapshot's purge ended these waits in this transaction: chain them (0013)
+                purged = LockLog()
+                for wait in snap.purged:
+                    purged.add(lease_stream(resource), wait, wait.agent_id)
+                purged.append(cur)
             return StepResult(grant=free)
     elif fast and (free := send_grant_free(cur, resource, agent_id, mode, ttl, violation_of is not None)()):
         return StepResult(grant=free)

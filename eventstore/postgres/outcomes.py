@@ -3,7 +3,11 @@
 Committed events are their rows in ``events``; every other decision (duplicate, conflict, rejected)
 is a row in ``outcomes``, except identity refusals, which are rows of ``identity_refusals`` apart from the
 event ids they claim (migration 0012). All three tables are append-only and only the projector role writes
-them, so an outcome read here is what the projector decided (a notification is only a wake-up).
+them, so an outcome read here is what the projector decided (the SDK queries here for any notification
+that is not sealed with its credential, wire/notifications.py). :class:`PostgresOutcomeStore` answers
+decisions on an event id only; identity refusals, which are not decisions on the id they claim, are read
+with :func:`lookup_outcome_rows` (for the claimed agent, by docs/security.md's rules) or
+``eventstore refusals``.
 """
 
 from __future__ import annotations

@@ -151,8 +151,8 @@ class OutcomeListener:
     def _lookup(self, conn: Connection, ids: list[str]) -> bool:
         if not ids:
             return True
-        if len(self.table.notes) > 10_000:  # bounded: notes of handles settled since are dropped
-            self.table.notes.clear()
+        if len(self.table.notes) > 1_000:  # bounded: notes of handles no longer pending are dropped
+            self.table.prune_notes()
         try:
             with conn.cursor() as cur:
                 self.table.settle_rows(lookup_outcome_rows(cur, ids, self._agent_id, key_id=self._key_id,

@@ -201,6 +201,16 @@ class PendingOutcomes:
             h._error = error
         self._complete([h])
 
+    def prune_notes(self, keep: int = 10_000) -> None:
+        """Drop the notes of handles no longer pending (settled or given up), then the oldest beyond
+        ``keep``: the notes of handles still waiting are kept for their timeout error."""
+        with self._lock:
+            notes = self.notes
+            for k in [k for k in notes if k not in self._pending]:
+                del notes[k]
+            for k in list(notes)[:max(0, len(notes) - keep)]:
+                del notes[k]
+
     def forget(self, event_id: uuid.UUID | str) -> None:
         """Stop waiting for an event's outcome (its caller gave up)."""
         with self._lock:

@@ -65,7 +65,7 @@ COMMENT ON COLUMN lease_waiters.held_by IS
     'who held (else queued for) the resource when the request queued; chained in its LeaseWaited when the wait ends';
 
 -- The LeaseWaited payload of a wait that ends now (the queue row as it was deleted, and how it ended).
-CREATE FUNCTION eventstore_lease_waited(q lease_waiters, ended text) RETURNS text LANGUAGE sql STABLE AS $$
+CREATE FUNCTION eventstore_lease_waited(q lease_waiters, ended text) RETURNS text LANGUAGE sql VOLATILE AS $$
     SELECT jsonb_build_object(
         'agent_id', q.agent_id, 'ended', ended,
         'enqueued_at', to_char(q.enqueued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
