@@ -32,7 +32,7 @@ from eventstore.core.errors import (
     LockOrderViolation,
 )
 from eventstore.core.outcomes import Outcome, ReasonCode
-from eventstore.postgres.leases import wait_graph
+from eventstore.postgres.leaseadmin import wait_graph
 from eventstore.wire.envelope import Envelope, LeaseRef
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from eventstore.coordination import AsyncCoordinator, Coordinator
 from eventstore.postgres.eventlog import Cursor
-from eventstore.postgres.leases import wait_graph
+from eventstore.postgres.leaseadmin import wait_graph
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ import pytest
 from eventstore.coordination import Coordinator, Lease, Mode
 from eventstore.coordination.acquisition import Acquisition
 from eventstore.coordination.wakeup import parse
-from eventstore.postgres import leases
+from eventstore.postgres import leaseadmin, leases
 
 
 @pytest.fixture
@@ -167,7 +167,7 @@ def test_a_killed_waiter_is_passed_over_and_a_handed_lease_is_revoked_by_a_kill(
     queue(database_url, "k", "killed", ttl=9)
     queue(database_url, "k", "next", ttl=9)
     with psycopg.connect(database_url) as conn, conn.cursor() as cur:
-        leases.mark_killed(cur, "killed", "test")  # step 1 of a kill only: it is still queued
+        leaseadmin.mark_killed(cur, "killed", "test")  # step 1 of a kill only: it is still queued
     held.release()
     assert rows(database_url, "SELECT agent_id FROM lease_holders") == [("next",)]
     assert coord.kill("next", "test") == ["k"]

@@ -18,6 +18,7 @@ from eventstore.core import lockrules as rules
 from eventstore.core.errors import DeadlockDetected, LeaseNotHeldError, LeaseTimeout, LockOrderViolation
 from eventstore.core.lockrules import Mode
 from eventstore.core.records import LeaseRef
+from eventstore.postgres import leaseadmin as lease_admin
 from eventstore.postgres import leases as lease_store
 from eventstore.postgres.eventlog import Cursor
 
@@ -283,7 +284,7 @@ class Acquisition:
 
     def _detect(self) -> None:
         """Look for a wait-for cycle through this agent; abort this request if it is the victim."""
-        holders, waiters = self.c.run_step(lambda cur: lease_store.wait_graph(cur, self.c.stale_waiter_after))
+        holders, waiters = self.c.run_step(lambda cur: lease_admin.wait_graph(cur, self.c.stale_waiter_after))
         cycle = rules.find_cycle(rules.wait_for_edges(holders, waiters), self.agent_id)
         if cycle is None:
             return

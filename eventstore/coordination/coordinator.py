@@ -37,6 +37,7 @@ from eventstore.core.lockrules import Mode
 from eventstore.core.settings import Settings
 from eventstore.core.validation import check_name
 from eventstore.discovery import resolve_settings
+from eventstore.postgres import leaseadmin as lease_admin
 from eventstore.postgres import leases as lease_store
 from eventstore.postgres.connection import Database, converted_errors
 from eventstore.postgres.eventlog import Cursor
@@ -318,12 +319,12 @@ class Coordinator:
 
     def deadlocks(self) -> list[list[str]]:
         """Wait-for cycles present now (an operator's view; waiters break them themselves)."""
-        holders, waiters = self.run_step(lambda cur: lease_store.wait_graph(cur, self.stale_waiter_after))
+        holders, waiters = self.run_step(lambda cur: lease_admin.wait_graph(cur, self.stale_waiter_after))
         return rules.all_cycles(rules.wait_for_edges(holders, waiters))
 
     def refresh_fence_rejections(self) -> dict[str, int]:
         """Count events the projector refused for stale lease tokens (from outcomes) into the metrics."""
-        counts = self.run_step(lease_store.fence_rejections)
+        counts = self.run_step(lease_admin.fence_rejections)
         self.metrics.set_fence_rejections(counts)
         return counts
 

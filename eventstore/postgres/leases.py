@@ -33,24 +33,20 @@ from eventstore.core.lockrules import Holder, Mode, Waiter, key_of, may_grant, w
 from eventstore.postgres.eventlog import Cursor
 from eventstore.postgres.lease_sql import (
     ADVISORY_NS,
-    AGENT_RESOURCES,
     AGENT_STATUS,
     BUMP_FENCE,
     CHECK_HANDOFF,
     DECREMENT,
     DEQUEUE,
-    DEQUEUE_AGENT,
     DROP_HOLDER,
     ENQUEUE,
     ENSURE_AGENT,
-    FENCE_REJECTIONS,
     GRANT_FREE,
     GRANT_NEW,
     GRANT_SHARED,
     HANDED_OFF,
     HEARTBEAT,
     HOLDERS,
-    KILL,
     LOCK,
     LOCK_AGENT_EARLY,
     MARK_ALERTED,
@@ -61,10 +57,8 @@ from eventstore.postgres.lease_sql import (
     RELEASE_ROW,
     RENEW,
     REQUEST,
-    REVIVE,
     SNAPSHOT,
     TAKE_HANDOFF,
-    WAIT_GRAPH,
 )
 from eventstore.postgres.lockchain import LockLog
 
@@ -118,7 +112,7 @@ class StepResult:
     queue_seq: int | None = None  # the queue place taken (lease_waiters.seq), when known
 
 
-def _waited(resource: str, row: Sequence[Any], ended: str) -> ev.LeaseWaited:
+def waited_event(resource: str, row: Sequence[Any], ended: str) -> ev.LeaseWaited:
     """The LeaseWaited of a wait that ends now, from its queue row as deleted (``WAIT_ROW``'s columns):
     migration 0013 chains a wait in the commit that ends it, not the one that queues it."""
     agent, mode, seq, enqueued_at, held_by, expected, waited = row
@@ -127,16 +121,16 @@ def _waited(resource: str, row: Sequence[Any], ended: str) -> ev.LeaseWaited:
                           waited_seconds=float(waited), queue_seq=int(seq), ended=ended)
 
 
-def _lock(cur: Cursor, resource: str) -> None:
+def lock_resource(cur: Cursor, resource: str) -> None:
     cur.execute(LOCK, (ADVISORY_NS, key_of(resource)))
 
 
-def _notify(cur: Cursor, resource: str) -> None:
+def notify_waiters(cur: Cursor, resource: str) -> None:
     """Wake the waiters of a resource (delivered at commit) if it has any; see wakeup.py."""
     cur.execute(NOTIFY, {"r": resource})
 
 
-def _bump(cur: Cursor, resource: str) -> int:
+def bump_fence(cur: Cursor, resource: str) -> int:
     cur.execute(BUMP_FENCE, (resource,))
     row = cur.fetchone()
     if row is None:  # INSERT ... ON CONFLICT DO UPDATE ... RETURNING always returns the row
@@ -184,7 +178,7 @@ def _read_snapshot(cur: Cursor, resource: str) -> _Snapshot:
     snap = _Snapshot()
     for kind, name, mode, num, seq, at, held, expected, age, held_by in cur.fetchall():
         if kind == "purged":
-            snap.purged.append(_waited(resource, (name, mode, seq, at, held_by, expected, held), "purged"))
+            snap.purged.append(waited_event(resource, (name, mode, seq, at, held_by, expected, held), "purged"))
         elif kind == "expired":
             snap.expired.append(Expiry(resource, str(name), int(num), float(held)))
         elif kind == "holder":
@@ -231,7 +225,7 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
     if fast and prefetch:
         read_free = send_grant_free(cur, resource, agent_id, mode, ttl, violation_of is not None)
         with cur.connection.cursor() as more:
-            _lock(more, resource)
+            lock_resource(more, resource)
             more.execute(LOCK_AGENT_EARLY, (agent_id,))
             more.execute(SNAPSHOT, {"r": resource, "a": agent_id, "stale": stale_after})
             free = read_free()
@@ -298,17 +292,17 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
              violation_of: Callable[[str, list[str]], str | None] | None,
              handoff_ok: Callable[[int], bool] | None = None, snap: _Snapshot | None = None) -> StepResult:
     if snap is None:
-        _lock(cur, resource)
+        lock_resource(cur, resource)
         cur.execute(LOCK_AGENT_EARLY, (agent_id,))
         snap = _snapshot(cur, resource, agent_id, stale_after)
     expired, rows, waiters, fence = snap.expired, snap.holders, snap.waiters, snap.fence
     if expired:
-        fence = _bump(cur, resource)
+        fence = bump_fence(cur, resource)
         for g in expired:
             log.add(lease_stream(resource), ev.LeaseExpired(
                 resource=resource, agent_id=g.agent_id, token=g.token, fence_token=fence),
                 g.agent_id, resource, g.token)
-        _notify(cur, resource)
+        notify_waiters(cur, resource)
     for wait in snap.purged:  # abandoned waits (their agents stopped polling) end here
         log.add(lease_stream(resource), wait, wait.agent_id)
     if violation_of is not None and (later := violation_of(resource, snap.held_elsewhere)) is not None:
@@ -322,7 +316,7 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
     if reason is not None:
         cur.execute(DEQUEUE, (resource, agent_id))
         if (gone := cur.fetchone()) is not None:
-            log.add(lease_stream(resource), _waited(resource, gone, "killed"), agent_id)
+            log.add(lease_stream(resource), waited_event(resource, gone, "killed"), agent_id)
         return StepResult(expired=expired, error=AgentKilledError(
             f"agent {agent_id!r} was stopped by the kill switch ({reason}); an operator must revive it"))
     holders = [Holder(resource, a, m) for a, m, _ in rows]
@@ -362,7 +356,7 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
         token, expires_at, *wait = granted
         waited = 0.0
         if wait[0] is not None:  # the agent waited in the queue: its wait ends with this grant
-            ended = _waited(resource, wait, "granted")
+            ended = waited_event(resource, wait, "granted")
             waited = float(ended.waited_seconds or 0.0)
             log.add(lease_stream(resource), ended, agent_id)
         token = int(token)
@@ -424,11 +418,11 @@ def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: s
     waiter before it gave up (and ``handoff_ok(token)``: not taken in this process), that lease is
     released here, handed on to the next waiter, so a waiter that walks away never keeps it."""
     log = LockLog()
-    _lock(cur, resource)
+    lock_resource(cur, resource)
     cur.execute(DEQUEUE, (resource, agent_id))
     row = cur.fetchone()
     if row is not None:  # the wait ends here: chained with why it ended, in this commit
-        log.add(lease_stream(resource), _waited(resource, row, "left"), agent_id)
+        log.add(lease_stream(resource), waited_event(resource, row, "left"), agent_id)
     if row is None:
         cur.execute(HANDED_OFF, (resource, agent_id))
         handed = cur.fetchone()
@@ -437,7 +431,7 @@ def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: s
         return None
     if deadlock is not None:
         log.add(lease_stream(resource), deadlock, agent_id)
-    _notify(cur, resource)  # those queued behind may be grantable now
+    notify_waiters(cur, resource)  # those queued behind may be grantable now
     cur.execute(HOLDERS, (resource,))
     held_by = sorted({str(a) for a, _, _ in cur.fetchall()})
     log.add(lease_stream(resource), ev.LeaseDenied(
@@ -477,7 +471,7 @@ def release(cur: Cursor, resource: str, agent_id: str, token: int,
 def release_rest(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple[float | None, Expiry | None]:
     """The release cases the one-statement release leaves: re-entered, expired, or not held at all."""
     log = LockLog()
-    _lock(cur, resource)
+    lock_resource(cur, resource)
     cur.execute(RELEASE_ROW, (resource, agent_id))
     row = cur.fetchone()
     if row is None or int(row[0]) != token:
@@ -487,8 +481,8 @@ def release_rest(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple
     count, alive, held = int(row[1]), bool(row[2]), float(row[3])
     if not alive:
         cur.execute(DROP_HOLDER, (resource, agent_id))
-        fence = _bump(cur, resource)
-        _notify(cur, resource)
+        fence = bump_fence(cur, resource)
+        notify_waiters(cur, resource)
         log.add(lease_stream(resource), ev.LeaseExpired(
             resource=resource, agent_id=agent_id, token=token, fence_token=fence), agent_id, resource, token)
         log.append(cur)
@@ -497,7 +491,7 @@ def release_rest(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple
         cur.execute(DECREMENT, (resource, agent_id))
         return None, None
     cur.execute(DROP_HOLDER, (resource, agent_id))
-    _notify(cur, resource)
+    notify_waiters(cur, resource)
     log.add(lease_stream(resource), ev.LeaseReleased(
         resource=resource, agent_id=agent_id, token=token, held_seconds=held), agent_id, resource, token)
     log.append(cur)
@@ -516,80 +510,3 @@ def renew(cur: Cursor, resource: str, agent_id: str, token: int, ttl: float) -> 
         resource=resource, agent_id=agent_id, token=token, ttl_seconds=ttl), agent_id, resource, token)
     log.append(cur)
     return row[0]  # type: ignore[no-any-return]
-
-
-def wait_graph(cur: Cursor, stale_after: float) -> tuple[list[Holder], list[Waiter]]:
-    """Live holders and waiters of every resource, from one snapshot, for the wait-for graph."""
-    cur.execute(WAIT_GRAPH, (stale_after,))
-    holders: list[Holder] = []
-    waiters: list[Waiter] = []
-    for kind, r, a, m, s, t in cur.fetchall():
-        if kind == "h":
-            holders.append(Holder(str(r), str(a), Mode(m)))
-        else:
-            waiters.append(Waiter(str(r), str(a), Mode(m), int(s), t))
-    return holders, waiters
-
-
-def mark_killed(cur: Cursor, agent_id: str, reason: str) -> None:
-    """Step 1 of the kill switch: from its commit on, no grant succeeds and the projector rejects the
-    agent's events. Grants in flight hold the agent row FOR SHARE, so this waits for them."""
-    cur.execute(KILL, (agent_id, reason))
-
-
-def revoke_all(cur: Cursor, agent_id: str, reason: str, killed: bool) -> list[tuple[str, int, int]]:
-    """Step 2 of the kill switch: revoke every lease and wait of the agent at once, fencing each token.
-    Returns (resource, revoked token, new fence token) per revoked lease."""
-    log = LockLog()
-    cur.execute(AGENT_RESOURCES, (agent_id, agent_id))
-    resources = sorted({str(r[0]) for r in cur.fetchall()}, key=lambda r: (key_of(r), r))
-    for r in resources:
-        _lock(cur, r)
-    revoked: list[tuple[str, int, int]] = []
-    if resources:
-        cur.execute(DEQUEUE_AGENT, (agent_id,))
-        for r, *wait in sorted(cur.fetchall(), key=lambda w: (str(w[0]), int(w[3]))):
-            log.add(lease_stream(str(r)), _waited(str(r), wait, "revoked"), agent_id)
-        cur.execute("DELETE FROM lease_holders WHERE agent_id = %s RETURNING resource, token", (agent_id,))
-        for r, t in sorted(cur.fetchall()):
-            fence = _bump(cur, str(r))
-            _notify(cur, str(r))
-            revoked.append((str(r), int(t), fence))
-            log.add(lease_stream(str(r)), ev.LeaseRevoked(
-                resource=str(r), agent_id=agent_id, token=int(t), fence_token=fence, reason=reason),
-                agent_id, str(r), int(t))
-    if killed:
-        log.add(agent_stream(agent_id), ev.AgentKilled(
-            agent_id=agent_id, reason=reason, revoked=[r for r, _, _ in revoked]), agent_id)
-    log.append(cur)
-    return revoked
-
-
-def revive(cur: Cursor, agent_id: str) -> bool:
-    """Mark the agent active again and record it; False if it was never known."""
-    cur.execute(REVIVE, (agent_id,))
-    if cur.fetchone() is None:
-        return False
-    log = LockLog()
-    log.add(agent_stream(agent_id), ev.AgentRevived(agent_id=agent_id), agent_id)
-    log.append(cur)
-    return True
-
-
-def fence_rejections(cur: Cursor) -> dict[str, int]:
-    """Events the projector refused for a stale or never-granted lease token, per agent."""
-    cur.execute(FENCE_REJECTIONS)
-    return {str(a): int(n) for a, n in cur.fetchall()}
-
-
-def holders_of(cur: Cursor, resources: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Current holders (for operators and tests), optionally limited to some resources."""
-    sql = ("SELECT resource, agent_id, mode, token, hold_count, granted_at, expires_at, "
-           "expires_at <= clock_timestamp() FROM lease_holders")
-    params: tuple[Any, ...] = ()
-    if resources is not None:
-        sql += " WHERE resource = ANY(%s)"
-        params = (list(resources),)
-    cur.execute(sql + " ORDER BY resource, agent_id", params)
-    keys = ("resource", "agent_id", "mode", "token", "hold_count", "granted_at", "expires_at", "expired")
-    return [dict(zip(keys, row, strict=True)) for row in cur.fetchall()]

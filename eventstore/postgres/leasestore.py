@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from eventstore.core.lockrules import Mode
-from eventstore.postgres import leases
+from eventstore.postgres import leaseadmin, leases
 from eventstore.postgres.eventlog import Cursor
 from eventstore.postgres.leases import Expiry, StepResult
 
@@ -105,13 +105,13 @@ class PostgresLeaseStore:
     def kill(self, agent_id: str, reason: str) -> list[str]:
         # Two transactions, as the coordinator does: once the mark commits no grant can succeed, so the
         # revocation that follows cannot miss a lease granted concurrently.
-        self._runner.run_step(lambda cur: leases.mark_killed(cur, agent_id, reason))
+        self._runner.run_step(lambda cur: leaseadmin.mark_killed(cur, agent_id, reason))
         revoked = self._runner.run_step(
-            lambda cur: leases.revoke_all(cur, agent_id, f"agent killed: {reason}", killed=True))
+            lambda cur: leaseadmin.revoke_all(cur, agent_id, f"agent killed: {reason}", killed=True))
         return [r for r, _, _ in revoked]
 
     def revive(self, agent_id: str) -> bool:
-        return self._runner.run_step(lambda cur: leases.revive(cur, agent_id))
+        return self._runner.run_step(lambda cur: leaseadmin.revive(cur, agent_id))
 
     def holders(self, resources: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        return self._runner.run_step(lambda cur: leases.holders_of(cur, resources))
+        return self._runner.run_step(lambda cur: leaseadmin.holders_of(cur, resources))
