@@ -45,7 +45,7 @@ from confluent_kafka import KafkaError, Message
 from eventstore.bench import agents as bench_agents
 from eventstore.bench.brokerprobes import fetch_wait_cost, history_probe, probes
 from eventstore.bench.drain import prefill
-from eventstore.bench.writepath import CpuMeter, Latency, head, make_events, publish_from_head
+from eventstore.bench.writepath import CpuMeter, Latency, head, make_events, postmaster_pid, publish_from_head
 from eventstore.core.outcomes import EmitResult, Outcome
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
@@ -361,8 +361,7 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tupl
         settings = Settings.from_env().with_servers(servers.postgres.url, bootstrap).replace(
             namespace="lat", projector_group="lat")
         with psycopg.connect(servers.postgres.url, autocommit=True) as conn:
-            row = conn.execute("SELECT pg_backend_pid()").fetchone()
-            postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            postmaster = postmaster_pid(conn)
             client, woke = timed_client("lat-agent", settings)
             try:
                 print(f"\n1) fresh broker (projector fetch.wait.max.ms={default})", flush=True)

@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Producer
 
-from eventstore.bench.writepath import CpuMeter, head, make_events, projector, publish_from_head
+from eventstore.bench.writepath import CpuMeter, head, make_events, postmaster_pid, projector, publish_from_head
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.kafka.config import ensure_topics, producer_config
@@ -232,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         upgrade(url)
         base = Settings.from_env().with_servers(url, servers.broker.bootstrap)
         with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute("SELECT pg_backend_pid()").fetchone()
-            postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            postmaster = postmaster_pid(conn)
             pids = {"postgres": postmaster}
             if servers.broker._proc is not None:
                 pids["tansu"] = servers.broker._proc.pid

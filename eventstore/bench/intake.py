@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 
 from eventstore.bench import ceiling
-from eventstore.bench.writepath import CpuMeter, make_events
+from eventstore.bench.writepath import CpuMeter, make_events, postmaster_pid
 from eventstore.core.auth import Credential
 from eventstore.core.events import registry
 from eventstore.core.gcpolicy import tune_for_batches
@@ -70,11 +70,6 @@ def messages(credential: Credential, n: int, prefix: str, seed: int) -> list[Int
         key, value, _ = encode(env, credential)
         out.append(IntakeMessage(0, i, key, value))
     return out
-
-
-def _postmaster(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    return int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def intake_round(conn: psycopg.Connection[Any], msgs: list[IntakeMessage], batch: int, group: str,
@@ -126,7 +121,7 @@ def main(events: int = 50_000, batch: int = 2000, profile: bool = False, default
             InventoryModel().setup(admin.cursor())
             row = admin.execute("SELECT version(), current_setting('synchronous_commit'), "
                                 "current_setting('fsync')").fetchone()
-            meter = CpuMeter({"postgres": _postmaster(admin)})
+            meter = CpuMeter({"postgres": postmaster_pid(admin)})
         print(f"eventstore bench intake: {events:,} events per round, write_batch batches of {batch:,}, "
               f"{ROUNDS} interleaved rounds (medians)")
         print(f"  machine   : {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}; "

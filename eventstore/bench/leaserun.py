@@ -10,13 +10,12 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from eventstore.bench.leasetimeline import fifo_floor_ms
-from eventstore.bench.writepath import CpuMeter
+from eventstore.bench.writepath import CpuMeter, postmaster_pid
 from eventstore.coordination import Coordinator
 
 
@@ -39,12 +38,6 @@ def lease_round_on(c: Coordinator, resource: str, agent_id: str) -> list[float]:
     t = time.perf_counter()
     c.acquire(resource, agent_id=agent_id, ttl=30, wait=60).release()
     return [time.perf_counter() - t]
-
-
-def postmaster_pid(conn: psycopg.Connection[Any]) -> int:
-    """The pid of the server's postmaster (the parent of this connection's backend)."""
-    row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    return int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def run_threads(agents: int, per_agent: int, body: Callable[[int], list[float]]) -> tuple[list[float], float]:

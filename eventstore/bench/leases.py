@@ -42,13 +42,12 @@ from eventstore.bench.leaserun import (
     contended_processes,
     lease_round_on,
     pct,
-    postmaster_pid,
     queue_order,
     run_threads,
     summary,
 )
 from eventstore.bench.leasetimeline import WaitSampler, fifo_floor_ms, read_timeline
-from eventstore.bench.writepath import CpuMeter
+from eventstore.bench.writepath import CpuMeter, postmaster_pid
 from eventstore.coordination import Coordinator
 from eventstore.core.lockevents import LeaseReleased
 from eventstore.core.records import DirectEvent

@@ -27,6 +27,7 @@ from eventstore.bench.writepath import (
     CpuMeter,
     Throughput,
     head,
+    postmaster_pid,
     projector,
     publish_from_head,
     throughput,
@@ -99,8 +100,7 @@ def _profile_write_path(servers: EmbeddedServers, settings: Settings, conn: psyc
         if ppid is None:
             raise RuntimeError("the profile needs a projector process")
         wait_ready(client, "pw")
-        row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        postmaster = postmaster_pid(conn)
         pids = {"agent (this process)": os.getpid(), "projector process": ppid, "postgres": postmaster}
         if servers.broker._proc is not None:
             pids["tansu"] = servers.broker._proc.pid

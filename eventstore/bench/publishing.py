@@ -41,7 +41,7 @@ from confluent_kafka import Producer
 from psycopg import sql
 
 from eventstore.bench.drain import peak_rss_mb, prefill
-from eventstore.bench.writepath import CpuMeter, head
+from eventstore.bench.writepath import CpuMeter, head, postmaster_pid
 from eventstore.core.errors import BrokerError
 from eventstore.core.records import RecordedEvent
 from eventstore.core.settings import Settings
@@ -283,8 +283,7 @@ def main(events: int = 100_000, rounds: int = 2, variants: tuple[str, ...] = VAR
         conditions(url)
         base = Settings.from_env().with_servers(url, servers.broker.bootstrap)
         with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute("SELECT pg_backend_pid()").fetchone()
-            postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            postmaster = postmaster_pid(conn)
         pids = {"postgres": postmaster}
         if servers.broker._proc is not None:
             pids["tansu"] = servers.broker._proc.pid

@@ -38,7 +38,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from psycopg import sql
 
 from eventstore.bench.publishing import checkpoint, conditions, projector_process
-from eventstore.bench.writepath import CpuMeter, head, wait_ready
+from eventstore.bench.writepath import CpuMeter, head, postmaster_pid, wait_ready
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.examples.inventory import InventoryAdjusted, stream_for
@@ -145,8 +145,7 @@ def main(events: int = 3000, rate: int = 1000, rounds: int = 3, variants: tuple[
               "head lock, before insert and durable COMMIT)", flush=True)
         base = Settings.from_env().with_servers(url, servers.broker.bootstrap)
         with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute("SELECT pg_backend_pid()").fetchone()
-            postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            postmaster = postmaster_pid(conn)
         pids = {"postgres": postmaster}
         for r in range(rounds):
             for variant in variants if r % 2 == 0 else variants[::-1]:

@@ -22,7 +22,15 @@ import psycopg
 
 from eventstore.bench import agents as bench_agents
 from eventstore.bench import ceiling, drain, peers
-from eventstore.bench.writepath import CpuMeter, make_events, projector, publish_from_head, throughput, wait_ready
+from eventstore.bench.writepath import (
+    CpuMeter,
+    make_events,
+    postmaster_pid,
+    projector,
+    publish_from_head,
+    throughput,
+    wait_ready,
+)
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.postgres.migrate import upgrade
@@ -112,8 +120,7 @@ def main(events: int = 1_000_000, quick: bool = False) -> int:
         print("\n".join("  " + line for line in cost.lines()), flush=True)
         print(f"\n[4] projector drain of {events:,} pre-filled events ...", flush=True)
         with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute("SELECT pg_backend_pid()").fetchone()
-            postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            postmaster = postmaster_pid(conn)
             pids = {"benchmark process": os.getpid(), "postgres": postmaster}
             if servers.broker._proc is not None:
                 pids["tansu"] = servers.broker._proc.pid

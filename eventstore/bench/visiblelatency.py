@@ -25,7 +25,7 @@ from eventstore.bench.brokerlatency import _meter, idle_cpu, settle, timed_proje
 from eventstore.bench.drain import prefill
 from eventstore.bench.subscribers import measure_latency
 from eventstore.bench.viewtiming import SPLIT, TimedSubscriber, TimedView, split
-from eventstore.bench.writepath import CpuMeter, Latency, head
+from eventstore.bench.writepath import CpuMeter, Latency, head, postmaster_pid
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.postgres.migrate import upgrade
@@ -51,8 +51,7 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tupl
         settings = Settings.from_env().with_servers(servers.postgres.url, servers.broker.bootstrap).replace(
             namespace="vis", projector_group="vis")
         with psycopg.connect(servers.postgres.url, autocommit=True) as conn:
-            row = conn.execute("SELECT pg_backend_pid()").fetchone()
-            postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            postmaster = postmaster_pid(conn)
             client = AgentClient("vis-agent", settings, credential=str(bench_agents.credential(settings, "vis-agent")))
             try:
                 with timed_projector(settings, settings.projector_fetch_wait_ms, logdir) as proj:

@@ -173,6 +173,12 @@ def make_events(n: int, prefix: str, seed: int) -> list[tuple[InventoryAdjusted,
     return out
 
 
+def postmaster_pid(conn: psycopg.Connection[Any]) -> int:
+    """The pid of the server's postmaster (the parent of this connection's backend)."""
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    return int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def head(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT position FROM log_head").fetchone()
     return int(row[0]) if row else 0
@@ -362,8 +368,7 @@ def _run(events: int, latency_events: int, rate: int) -> int:
                                  batch_size=1)
         with psycopg.connect(servers.postgres.url, autocommit=True) as conn:
             conditions(batched, conn, mode)
-            row = conn.execute("SELECT pg_backend_pid()").fetchone()
-            postmaster = int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            postmaster = postmaster_pid(conn)
             pids = {"benchmark process (agent)": os.getpid(), "postgres": postmaster}
             if servers.broker._proc is not None:
                 pids["tansu"] = servers.broker._proc.pid
