@@ -140,3 +140,32 @@ def test_an_abandoned_wait_is_chained_when_it_is_purged(coord: Coordinator, data
     assert wait.ended == "purged" and wait.held_by == ["someone"] and (wait.waited_seconds or 0) >= 59
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM lease_waiters").fetchone() == (0,)
+
+
+def test_a_wait_purged_by_a_prefetching_grant_is_chained(database_url: str) -> None:
+    """The prefetching first request (``prefetch=True``: the one-call grant sent together with the full step's
+    snapshot) runs the snapshot's purge even when the one-call grant succeeds; the waits it purged end in that
+    commit and are chained there, not lost (a wait is chained only when it ends, migration 0013)."""
+    from eventstore.core.lockrules import Mode
+    from eventstore.postgres import leases
+
+    with psycopg.connect(database_url) as conn:
+        conn.execute("INSERT INTO agents (agent_id) VALUES ('head'), ('ghost') ON CONFLICT DO NOTHING")
+        # 'head' is first in the queue of a free resource; 'ghost' behind it stopped polling a minute ago.
+        conn.execute("INSERT INTO lease_waiters (resource, agent_id, mode, enqueued_at, heartbeat_at, ttl_seconds) "
+                     "VALUES ('prefetch', 'head', 'exclusive', clock_timestamp(), clock_timestamp(), 5)")
+        conn.execute("INSERT INTO lease_waiters (resource, agent_id, mode, enqueued_at, heartbeat_at, ttl_seconds) "
+                     "VALUES ('prefetch', 'ghost', 'exclusive', clock_timestamp() - interval '1 minute', "
+                     "clock_timestamp() - interval '1 minute', 5)")
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        got = leases.attempt(cur, "prefetch", "head", Mode.EXCLUSIVE, 5.0, queue=True, expected=None,
+                             stale_after=10.0, fast=True, prefetch=True)
+        assert got.grant is not None, got
+    rows = history(database_url, "lease-prefetch")
+    kinds = [(k, a) for k, a, _, _, _ in rows]
+    assert ("LeaseGranted", "head") in kinds and ("LeaseWaited", "ghost") in kinds, kinds
+    assert len({x for _, _, x, _, _ in rows}) == 1  # one transaction: the grant and the purged wait
+    ghost = next(LeaseWaited.model_validate_json(p) for k, a, _, p, _ in rows if (k, a) == ("LeaseWaited", "ghost"))
+    assert ghost.ended == "purged" and (ghost.waited_seconds or 0) >= 59
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT agent_id FROM lease_waiters").fetchall() == []
