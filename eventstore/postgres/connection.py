@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -169,11 +169,12 @@ class Database:
 
     def listen(self, channels: list[str], stop: threading.Event, what: str, *,
                on_listening: Callable[[Connection], None] | None = None,
-               timeout: float = 0.25) -> Iterator[list[psycopg.Notify]]:
+               timeout: float = 0.25) -> Generator[list[psycopg.Notify], float | None, None]:
         """LISTEN on ``channels`` and yield notifications in batches as soon as they arrive (an empty
         list after ``timeout`` seconds without any, so the caller can do periodic work on the connection
         between batches); reconnects (and calls ``on_listening`` again) after a lost connection, because a
-        notification may have been missed meanwhile. Ends when ``stop`` is set.
+        notification may have been missed meanwhile. Ends when ``stop`` is set. A caller that ``send()``s
+        a number waits that long for the next batch instead (0: take what has arrived, without waiting).
 
         The batch is collected before it is yielded: psycopg holds the connection while its
         ``notifies()`` generator waits, so a caller querying the connection inside it would block."""
@@ -183,15 +184,17 @@ class Database:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ch)))
                 if on_listening is not None:
                     on_listening(conn)
+                wait = timeout
                 while not stop.is_set():
                     # stop_after=1: hand over what arrived as soon as something did, with whatever is
                     # already queued behind it (timeout=0 reads what has arrived without waiting for
                     # more: a wait here would delay every outcome); only a quiet connection waits out
                     # the timeout.
-                    notes = list(conn.notifies(timeout=timeout, stop_after=1))
+                    notes = list(conn.notifies(timeout=wait, stop_after=1))
                     if notes:
                         notes += conn.notifies(timeout=0)
-                    yield notes
+                    asked = yield notes
+                    wait = timeout if asked is None else asked
             except psycopg.Error as e:
                 if not is_transient(e):
                     raise convert(e) from e
