@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import select
 import threading
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
@@ -169,12 +170,17 @@ class Database:
 
     def listen(self, channels: list[str], stop: threading.Event, what: str, *,
                on_listening: Callable[[Connection], None] | None = None,
-               timeout: float = 0.25) -> Generator[list[psycopg.Notify], float | None, None]:
+               timeout: float = 0.25, idle_socket: bool = False) -> Generator[list[psycopg.Notify], float | None, None]:
         """LISTEN on ``channels`` and yield notifications in batches as soon as they arrive (an empty
         list after ``timeout`` seconds without any, so the caller can do periodic work on the connection
         between batches); reconnects (and calls ``on_listening`` again) after a lost connection, because a
         notification may have been missed meanwhile. Ends when ``stop`` is set. A caller that ``send()``s
         a number waits that long for the next batch instead (0: take what has arrived, without waiting).
+
+        ``idle_socket``: wait in ``select()`` on the connection's socket, then read what arrived. psycopg's
+        own timed wait spins through its last millisecond (measured: ~0.95 ms CPU per call, whatever the
+        timeout), which is 10% of a core for a caller that waits 10 ms at a time. Only for a connection
+        that runs no queries between batches (notices read during a query would wait for the next one).
 
         The batch is collected before it is yielded: psycopg holds the connection while its
         ``notifies()`` generator waits, so a caller querying the connection inside it would block."""
@@ -190,9 +196,13 @@ class Database:
                     # already queued behind it (timeout=0 reads what has arrived without waiting for
                     # more: a wait here would delay every outcome); only a quiet connection waits out
                     # the timeout.
-                    notes = list(conn.notifies(timeout=wait, stop_after=1))
-                    if notes:
-                        notes += conn.notifies(timeout=0)
+                    if idle_socket:
+                        ready = bool(select.select([conn.pgconn.socket], [], [], max(wait, 0.0))[0])
+                        notes = list(conn.notifies(timeout=0)) if ready else []
+                    else:
+                        notes = list(conn.notifies(timeout=wait, stop_after=1))
+                        if notes:
+                            notes += conn.notifies(timeout=0)
                     asked = yield notes
                     wait = timeout if asked is None else asked
             except psycopg.Error as e:
