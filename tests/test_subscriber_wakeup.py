@@ -77,6 +77,18 @@ def test_a_woken_subscriber_follows_the_log_without_any_publisher(settings: Sett
     assert sub.error is None and plain.error is None
 
 
+def test_a_woken_subscriber_follows_commits_while_the_committed_topic_does_not_exist(
+        settings: Settings, woken: tuple[Subscriber, LocalView, list[int]]) -> None:
+    """No projector and no topics yet: the subscriber waits for the committed topic, and meanwhile the
+    notices still bring each commit within a second (the idle check is off)."""
+    sub, view, seen = woken
+    db = settings.require_database()
+    for sku in ("T1", "T2"):
+        position = commit(db, sku)
+        view.wait_for_position(position, 1.0)
+    assert not sub.live.is_set() and seen == [1, 2] and sub.woken == 2
+
+
 def test_forged_notices_apply_nothing_uncommitted_and_cost_bounded_reads(
         settings: Settings, woken: tuple[Subscriber, LocalView, list[int]]) -> None:
     sub, view, seen = woken

@@ -62,6 +62,7 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000,
     idles: dict[int, list[float]] = {w: [] for w in waits}
     tansu: dict[int, list[float]] = {w: [] for w in waits}
     costs: dict[int, dict[str, list[float]]] = {w: {k: [] for k in COSTS} for w in waits}
+    paired: dict[int, list[float]] = {BASELINE_WAIT: [], WAKE: []}
     failed = 0
     with EmbeddedServers(None) as servers:
         upgrade(servers.postgres.url)
@@ -91,9 +92,16 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000,
                             failed += _round(settings, conn, client, cpu, w, r, events, rate, merged[w],
                                              idles[w], tansu[w], costs[w])
                         proj.take()
+                    if WAKE in waits and BASELINE_WAIT in waits:
+                        print(f"\n3) paired: a Kafka-only {BASELINE_WAIT} ms subscriber and a woken one follow the "
+                              "same emits at once (same write path, same broker age)", flush=True)
+                        for r in range(rounds):
+                            failed += _paired(settings, conn, client, r, events, rate, paired)
+                            proj.take()
             finally:
                 client.close()
     _summary(merged, idles, tansu, rate, costs)
+    _paired_summary(paired)
     print(f"\ncorrectness: {'PASS' if failed == 0 else 'FAIL'} ({failed} emitted events not COMMITTED or never "
           f"visible); load average after the run {os.getloadavg()[0]:.2f}; logs in {logdir}")
     return 0 if failed == 0 else 1
@@ -154,6 +162,47 @@ def _round(settings: Settings, conn: psycopg.Connection[tuple[object, ...]], cli
         return steady.failed
     finally:
         sub.stop()
+
+
+def _paired(settings: Settings, conn: psycopg.Connection[tuple[object, ...]], client: AgentClient, r: int,
+            events: int, rate: int, into: dict[int, list[float]]) -> int:
+    """Both modes on the same events: emit -> visible of each, and the woken one's share of Kafka's copies."""
+    start = head(conn)
+    views = {w: TimedView() for w in (BASELINE_WAIT, WAKE)}
+    subs = {w: TimedSubscriber(f"pair-{r}-{label(w).replace(' ', '')}", view=views[w],
+                               settings=settings.replace(subscriber_fetch_wait_ms=BASELINE_WAIT),
+                               checkpoint=MemoryCheckpoint(start), wake_on_commit=w == WAKE).start()
+            for w in views}
+    try:
+        for w, sub in subs.items():
+            if not sub.live.wait(60):
+                raise RuntimeError(f"the paired {label(w)} subscriber did not start following within 60 s")
+        time.sleep(1.0)
+        sent_wall: dict[int, float] = {}
+        steady, _, _ = measure_latency(client, views[WAKE], events, rate, f"p{r}", sent_wall)
+        top = max(sent_wall, default=start)
+        views[BASELINE_WAIT].wait_for_position(top, timeout=60)
+        lines = []
+        for w, view in views.items():
+            samples = sorted(view.visible_wall[p] - t for p, t in sent_wall.items() if p in view.visible_wall)
+            into[w] += samples
+            lines.append(f"{label(w)} {Latency(samples, len(sent_wall) - len(samples)).line()}")
+        print(f"  [pair {r + 1}] emit -> visible, load {os.getloadavg()[0]:.2f}:\n    " + "\n    ".join(lines) +
+              f"\n    woken: {subs[WAKE].woken} events on notices in {subs[WAKE].wake_reads} log reads", flush=True)
+        return steady.failed
+    finally:
+        for sub in subs.values():
+            sub.stop()
+
+
+def _paired_summary(paired: dict[int, list[float]]) -> None:
+    base, woken = sorted(paired.get(BASELINE_WAIT, [])), sorted(paired.get(WAKE, []))
+    if not base or not woken:
+        return
+    b, w = Latency(base, 0), Latency(woken, 0)
+    print(f"\nPaired rounds merged (the same events in both): Kafka-only {BASELINE_WAIT} ms p50 {b.pct(50):.1f} / p99 "
+          f"{b.pct(99):.1f} ms; woken p50 {w.pct(50):.1f} / p99 {w.pct(99):.1f} ms = {w.pct(50) / b.pct(50):.2f}x / "
+          f"{w.pct(99) / b.pct(99):.2f}x", flush=True)
 
 
 def _summary(merged: dict[int, dict[str, list[float]]], idles: dict[int, list[float]],
