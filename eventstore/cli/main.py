@@ -269,7 +269,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import visiblelatency
 
         return visiblelatency.main(heavy=args.events or 100_000, rate=args.rate,
-                                   events=1000 if args.quick else min(args.latency_events, 2000))
+                                   events=1000 if args.quick else min(args.latency_events, 2000),
+                                   waits=visiblelatency.QUICK_MODES if args.quick else visiblelatency.MODES)
     if args.which == "broker-growth":
         from eventstore.bench import brokergrowth
 
@@ -469,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--rate", type=int, default=1000, help="steady rate (events/s) for the latency run")
     bn.add_argument("--quick", action="store_true",
                     help="references: smaller runs (drain of 100,000 events); publisher, latency: one round "
-                         "(latency: without the broker-only probes)")
+                         "(latency: without the broker-only probes); visible: 1,000 events per round, Kafka-only "
+                         "10 ms and woken only")
     bn.add_argument("--seconds", type=float, default=30.0, help="broker-growth: seconds per steady run")
     bn.add_argument("--all", action="store_true",
                     help="broker-growth: also linger 20 ms and 32 intake partitions")
