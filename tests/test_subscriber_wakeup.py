@@ -72,7 +72,7 @@ def test_a_woken_subscriber_follows_the_log_without_any_publisher(settings: Sett
             assert r.ok and r.position is not None
             view.wait_for_position(r.position, 1.0)
         assert view.get(stream_for("W")).state == 15  # type: ignore[union-attr]
-        assert sub.woken >= 5 and sub.wake_reads >= 1
+        assert sub.woken >= 5 and sub.wake_reads >= 1 and sub.gate.disproved == 0
         assert plain_view.position == 0 and plain.applied == 0  # no publisher, no idle check: nothing
     assert sub.error is None and plain.error is None
 
@@ -186,6 +186,7 @@ def test_kafka_and_wakeups_racing_leave_no_gap_and_no_duplicate(settings: Settin
     assert {s: st.state for s, st in view.streams().items()} == read_model(db)
     assert sub.woken > 0 and sub.repeats_dropped > 0, (sub.woken, sub.repeats_dropped)
     assert sub.forgeries == 0 and sub.error is None
+    assert sub.gate.disproved == 0  # a genuine notice is never ahead of what a read after it sees
 
 
 def test_the_setting_turns_the_wake_up_on(settings: Settings) -> None:

@@ -161,8 +161,8 @@ def _round(settings: Settings, conn: psycopg.Connection[tuple[object, ...]], cli
         print(f"  {tag} emit -> visible {steady.line()}; load {os.getloadavg()[0]:.2f}\n"
               f"  {tag}   recorded_at -> visible {Latency(after, 0).line()}\n"
               f"  {tag}   p50 split ms: {cut}; tansu idle {idle:.1f}% of a core, {tansu[-1]:.0f} µs/event at "
-              f"the rate\n  {tag}   cost: {cost}; {sub.woken} events on notices, {sub.repeats_dropped} Kafka "
-              "repeats dropped", flush=True)
+              f"the rate\n  {tag}   cost: {cost}; {sub.woken} events on notices ({sub.wake_reads} reads, "
+              f"{sub.gate.disproved} claims disproved), {sub.repeats_dropped} Kafka repeats dropped", flush=True)
         return steady.failed
     finally:
         sub.stop()
