@@ -177,7 +177,7 @@ class Database:
         notification may have been missed meanwhile. Ends when ``stop`` is set. A caller that ``send()``s
         a number waits that long for the next batch instead (0: take what has arrived, without waiting).
 
-        ``idle_socket``: wait in ``select()`` on the connection's socket, then read what arrived. psycopg's
+        ``idle_socket``: wait in poll(2) on the connection's socket, then read what arrived. psycopg's
         own timed wait spins through its last millisecond (measured: ~0.95 ms CPU per call, whatever the
         timeout), which is 10% of a core for a caller that waits 10 ms at a time. Only for a connection
         that runs no queries between batches (notices read during a query would wait for the next one).
@@ -191,14 +191,17 @@ class Database:
                 if on_listening is not None:
                     on_listening(conn)
                 wait = timeout
+                readable = _socket_wait(conn) if idle_socket else None
+                drained = False  # notices that came with LISTEN's answer wait in psycopg's backlog
                 while not stop.is_set():
                     # stop_after=1: hand over what arrived as soon as something did, with whatever is
                     # already queued behind it (timeout=0 reads what has arrived without waiting for
                     # more: a wait here would delay every outcome); only a quiet connection waits out
                     # the timeout.
-                    if idle_socket:
-                        ready = bool(select.select([conn.pgconn.socket], [], [], max(wait, 0.0))[0])
+                    if readable is not None:
+                        ready = not drained or readable(max(wait, 0.0))
                         notes = list(conn.notifies(timeout=0)) if ready else []
+                        drained = True
                     else:
                         notes = list(conn.notifies(timeout=wait, stop_after=1))
                         if notes:
@@ -209,6 +212,14 @@ class Database:
                 if not is_transient(e):
                     raise convert(e) from e
                 log.warning("%s lost its PostgreSQL connection, reconnecting: %s", what, _first_line(e))
+
+
+def _socket_wait(conn: Connection) -> Callable[[float], bool]:
+    """A wait of up to n seconds until the connection's socket is readable (poll(2): no busy wait, no
+    select() descriptor limit); True if it is."""
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return lambda seconds: bool(poller.poll(seconds * 1000))
 
 
 def connect(database_url: str, *, autocommit: bool = False) -> Connection:
