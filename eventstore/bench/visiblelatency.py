@@ -55,8 +55,8 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000,
     """The throughput run, then each mode (a fetch wait, or WAKE) ``rounds`` times alternately; a summary."""
     print(f"emit -> visible benchmark: throughput run {heavy:,} events, then per subscriber mode "
           f"{', '.join(map(label, waits))} (Kafka-only by fetch.wait.max.ms; woken: LISTEN on the projector's "
-          f"commit notice, fetch wait {BASELINE_WAIT} ms) x {rounds} rounds alternately, {events} events at "
-          f"{rate}/s each (baseline Kafka-only {BASELINE_WAIT} ms, the default); load average "
+          f"commit notice, fetch wait {BASELINE_WAIT} ms) x {rounds} rounds alternately (A B, B A, ...), "
+          f"{events} events at {rate}/s each (baseline Kafka-only {BASELINE_WAIT} ms, the default); load average "
           f"{os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs, shared machine)", flush=True)
     logdir = Path(tempfile.mkdtemp(prefix="eventstore-visible-"))
     merged: dict[int, dict[str, list[float]]] = {
@@ -98,7 +98,7 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000,
                     print(f"\n3) per subscriber mode, alternately, with its split and cost (projector fetch wait "
                           f"{settings.projector_fetch_wait_ms} ms)", flush=True)
                     for r in range(rounds):
-                        for w in waits:
+                        for w in (waits if r % 2 == 0 else waits[::-1]):  # A B, B A: the broker ages as it goes
                             failed += _round(settings, conn, client, cpu, w, r, events, rate, merged[w],
                                              idles[w], tansu[w], costs[w])
                         proj.take()
