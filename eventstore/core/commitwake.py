@@ -11,7 +11,7 @@ may decide is only *whether to spend a read*: :func:`newest_claim` takes the hig
 of all notices pending at once (one read for a burst, garbage ignored) and :class:`WakeGate` skips claims
 the subscriber already holds, claims too far ahead (a subscriber that far behind is catching up, which is
 Kafka's job and the idle check's, not a wake-up's: at most ``window`` events are read per notice) and,
-after a claim the log did not bear out (forged, or from another database's projector), spaces further
+after a claim the log did not bear out (forged: notices are scoped to one database), spaces further
 reads so a storm of forged notices costs a few reads per second, not one per notice. A genuine notice is
 never beyond the log (it is delivered after its commit), so a subscriber that only meets genuine notices
 is never paused by the gate.
@@ -48,7 +48,7 @@ class WakeGate:
         self.window = window
         self.pause = pause
         self.quiet_until = 0.0  # monotonic time before which claims are not read (after a disproved one)
-        self.disproved = 0  # claims the log did not bear out (forged notices, or another log's)
+        self.disproved = 0  # claims the log did not bear out (forged notices)
         self.skipped = 0  # claims not read: too far ahead, or within a pause
 
     def should_read(self, claim: int, last: int, now: float) -> bool:
