@@ -14,6 +14,13 @@ only if its ``prev_hash`` is the hash of the last applied event and its fields r
 ``hash``, and each run of such messages is confirmed by one lookup of the log's hash at the run's last
 position (the chain vouches for the rest). Anything else is logged as a forgery and the log's own
 events are applied instead; a position beyond the log's head is never applied or checkpointed.
+
+With ``wake_on_commit`` the subscriber also LISTENs for the projector's commit notice (``es_committed``,
+sent inside each batch transaction that committed events) and reads the newly committed events straight
+from the log, so its view does not wait for the publisher and the broker. The notice is only a wake-up
+(anyone may NOTIFY): what is applied is the log's, by the same rule as any read of the log
+(core/commitwake.py says when a notice is worth a read). Kafka's copies of those events then arrive as
+repeats and are dropped by their position header before they are decoded.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -29,6 +36,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumers.checkpoints import Checkpoint
 from consumers.views import LocalView
+from eventstore.core.commitwake import WakeGate, newest_claim
 from eventstore.core.errors import BrokerError, DecodeError, IntegrityError, TransientStorageError
 from eventstore.core.events import Event
 from eventstore.core.hashing import GENESIS
@@ -40,9 +48,13 @@ from eventstore.kafka.config import subscriber_consumer_config
 from eventstore.postgres import eventlog
 from eventstore.postgres.connection import Database, convert, is_transient
 from eventstore.wire.committed import PayloadOmitted, decode_linked
+from eventstore.wire.notifications import COMMITTED_CHANNEL
 
 log = logging.getLogger(__name__)
 Handler = Callable[[RecordedEvent], None]
+# How long a woken subscriber waits for a commit notice before it looks at what Kafka fetched meanwhile
+# (seconds): the bound on its Kafka path's extra latency and on stop(), and what its idle loop costs.
+WAKE_WAIT = 0.01
 
 
 class Subscriber(BackgroundRunner):
@@ -61,6 +73,8 @@ class Subscriber(BackgroundRunner):
         idle_check: float = 2.0,
         page: int = 10_000,
         kafka_config: Mapping[str, Any] | None = None,
+        wake_on_commit: bool | None = None,
+        wake_wait: float = WAKE_WAIT,
     ) -> None:
         super().__init__(f"subscriber-{group}")
         self.group = group
@@ -86,6 +100,17 @@ class Subscriber(BackgroundRunner):
         self.last_hash = GENESIS
         self.live = threading.Event()
         self._db: psycopg.Connection[Any] | None = None
+        # The commit wake-up (opt-in: one log read per woken batch per subscriber; None: the setting
+        # EVENTSTORE_SUBSCRIBER_WAKE_ON_COMMIT). Its LISTEN connection is its own, so the loop can wait on it.
+        self.wake_on_commit = self.settings.subscriber_wake_on_commit if wake_on_commit is None else wake_on_commit
+        self.wake_wait = wake_wait
+        self.woken = 0  # events applied from the log on a commit notice (also counted in backfilled)
+        self.wake_reads = 0  # log reads made on commit notices
+        self.queries = 0  # queries this subscriber sent to PostgreSQL (its cost to the database)
+        self.gate = WakeGate(window=page)
+        self._notices: Generator[list[psycopg.Notify], float | None, None] | None = None
+        self._missed = False  # listening again after a lost connection: a notice may have been missed
+        self._listens = 0
 
     def _start(self) -> tuple[int, bytes]:
         """Where to resume and the hash of the event there, checked against the log."""
@@ -113,10 +138,19 @@ class Subscriber(BackgroundRunner):
     def run(self) -> None:
         try:
             self.last, self.last_hash = self._start()
+            if self.wake_on_commit:
+                listener = Database(self.settings.require_database(),
+                                    application_name=f"eventstore-wake:{self.group}"[:63])
+                self._notices = listener.listen([COMMITTED_CHANNEL], self._stop, f"subscriber {self.group!r} "
+                                                "commit wake-up", on_listening=self._listening,
+                                                timeout=self.wake_wait, idle_socket=True)
+                next(self._notices, None)  # LISTEN before the catch-up: a commit after it wakes the loop
             if self.catch_up_from_db:
                 self._retrying(lambda: self._fill_from_log(None))
             self._follow()
         finally:
+            if self._notices is not None:
+                self._notices.close()  # closes the LISTEN connection
             if self._db is not None:
                 self._db.close()
 
@@ -135,11 +169,25 @@ class Subscriber(BackgroundRunner):
             consumer.assign([TopicPartition(topic, 0, max(low, min(self.last, high)))])
             self.live.set()
             idle_since = time.monotonic()
+            busy = False
             while not self._stop.is_set():
-                first = consumer.poll(0.1)  # wakes on the first message; the rest is what is already here
-                msgs = [] if first is None else [first, *consumer.consume(999, timeout=0)]
-                if msgs:
-                    self._fetched(msgs)
+                if self._notices is not None:
+                    # Woken: wait on the commit notices (not on Kafka, which answers late), read the log
+                    # if they claim something new, then take what Kafka fetched meanwhile without waiting
+                    # (at once again while Kafka has more: a rebuild from Kafka is not slowed).
+                    if self._wake(0.0 if busy else self.wake_wait):
+                        idle_since = time.monotonic()
+                    msgs = consumer.consume(999, timeout=0)
+                    busy = bool(msgs)
+                    if msgs:
+                        self._fetched(msgs)
+                        msgs = self._unseen(msgs)
+                    first = None
+                else:
+                    first = consumer.poll(0.1)  # wakes on the first message; the rest is what is already here
+                    msgs = [] if first is None else [first, *consumer.consume(999, timeout=0)]
+                    if msgs:
+                        self._fetched(msgs)
                 values = [m.value() for m in msgs if m.error() is None or not _skip(m)]
                 # The Message objects are tracked by the cyclic collector: drop them before the batch's
                 # events are built, so that collections during the batch have fewer survivors to walk.
@@ -175,8 +223,70 @@ class Subscriber(BackgroundRunner):
                     warned = True
             if self.catch_up_from_db:
                 self._retrying(lambda: self._fill_from_log(None))
-            self._stop.wait(self.idle_check / 2)
+            self._pause(self.idle_check / 2)
         return None
+
+    # -- the commit wake-up ---------------------------------------------------------------------
+    def _listening(self, _conn: psycopg.Connection[Any]) -> None:
+        """Called each time the LISTEN is established: after a lost connection a notice may have been
+        missed, so the log is read once (the first time, the catch-up or the next notice covers it)."""
+        self._missed = self._listens > 0
+        self._listens += 1
+
+    def _wake(self, wait: float) -> bool:
+        """Wait up to ``wait`` seconds for commit notices, then read the log once if they (all pending
+        notices together) claim a position beyond the last applied one, or if a notice may have been
+        missed. Only the log's committed events are applied; whether anything was."""
+        if self._notices is None:
+            return False
+        try:
+            notes = self._notices.send(wait)
+        except StopIteration:  # stopped
+            return False
+        if notes:
+            self._noticed(notes)
+        claim = newest_claim(n.payload for n in notes)
+        before = self.last
+        if self._missed:
+            self._missed = False
+            self.wake_reads += 1
+            self._retrying(lambda: self._fill_from_log(None))
+        elif claim is not None and self.gate.should_read(claim, self.last, time.monotonic()):
+            self.wake_reads += 1
+            self._retrying(lambda: self._fill_from_log(claim))
+            self.gate.read_done(claim, self.last, time.monotonic())
+        if self.last > before:
+            self.woken += self.last - before
+            return True
+        return False
+
+    def _noticed(self, notes: list[psycopg.Notify]) -> None:
+        """Called with each batch of commit notices, before the log is read: nothing to do here (the
+        visibility benchmark notes when they arrived, to split the latency)."""
+
+    def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` (returns early when stopped), answering commit notices meanwhile if woken."""
+        if self._notices is None:
+            self._stop.wait(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            self._wake(min(left, 0.25))
+
+    def _unseen(self, msgs: list[Any]) -> list[Any]:
+        """The fetched messages whose position header is beyond the last applied position (and any without
+        a readable header: decoding decides for those). A woken subscriber usually holds Kafka's copies
+        already; dropping them here, before they are decoded, is safe whatever the header says: a dropped
+        message is never applied, and a gap it leaves is read from the log."""
+        last, out = self.last, []
+        for m in msgs:
+            if m.error() is None:
+                position = _header_position(m.headers())
+                if position is not None and position <= last:
+                    self.repeats_dropped += 1
+                    continue
+            out.append(m)
+        return out
 
     def _fetched(self, messages: list[Any]) -> None:
         """Called with each batch fetched from the committed topic, before it is applied: nothing to do
@@ -318,6 +428,7 @@ class Subscriber(BackgroundRunner):
             self._apply(page)
 
     def _conn(self) -> psycopg.Connection[Any]:
+        self.queries += 1  # each caller sends one query on it
         if self._db is None or self._db.closed or self._db.broken:
             self._db = self.database.connect(autocommit=True)
         return self._db
@@ -331,6 +442,17 @@ _TOPIC_NOT_YET = frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_T
 
 def _position(ev: RecordedEvent) -> int:
     return ev.position
+
+
+def _header_position(headers: list[tuple[str, bytes]] | None) -> int | None:
+    """The ``es-position`` header of a committed-topic message as an int; None if missing or unreadable."""
+    for key, value in headers or ():
+        if key == "es-position":
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 def _skip(m: Any) -> bool:

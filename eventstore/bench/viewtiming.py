@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from consumers.subscriber import Subscriber
@@ -43,6 +43,20 @@ class TimedSubscriber(Subscriber):
         super().__init__(*args, **kwargs)
         self.produced: dict[int, float] = {}
         self.fetched_at: dict[int, float] = {}
+        self.noticed_at: dict[int, float] = {}  # woken: when the commit notice that brought it arrived
+        self._notice: float | None = None
+
+    def _noticed(self, notes: list[Any]) -> None:
+        self._notice = time.time()
+
+    def _wake(self, wait: float) -> bool:
+        self._notice = None
+        before = self.last
+        applied = super()._wake(wait)
+        if applied and self._notice is not None:
+            for position in range(before + 1, self.last + 1):
+                self.noticed_at[position] = self._notice
+        return applied
 
     def _fetched(self, messages: list[Any]) -> None:
         now = time.time()
@@ -56,13 +70,25 @@ class TimedSubscriber(Subscriber):
 
 def split(sent_wall: dict[int, float], view: TimedView, sub: TimedSubscriber) -> list[tuple[str, Latency]]:
     """Emit -> visible cut at the database's recorded_at, the publisher's produce and the consumer's hand-over."""
-    parts: dict[str, list[float]] = {k: [] for k in SPLIT}
+    return _cut(SPLIT, sent_wall, lambda p: (view.recorded.get(p), sub.produced.get(p), sub.fetched_at.get(p),
+                                             view.visible_wall.get(p)))
+
+
+def split_woken(sent_wall: dict[int, float], view: TimedView, sub: TimedSubscriber) -> list[tuple[str, Latency]]:
+    """Emit -> visible of a woken subscriber cut at the database's recorded_at and the commit notice's arrival
+    (events it applied from Kafka or the idle check have no notice time and are left out of the split)."""
+    return _cut(SPLIT_WOKEN, sent_wall, lambda p: (view.recorded.get(p), sub.noticed_at.get(p),
+                                                   view.visible_wall.get(p)))
+
+
+def _cut(names: tuple[str, ...], sent_wall: dict[int, float],
+         marks_of: Callable[[int], tuple[float | None, ...]]) -> list[tuple[str, Latency]]:
+    parts: dict[str, list[float]] = {k: [] for k in names}
     for position, emitted in sent_wall.items():
-        marks = (emitted, view.recorded.get(position), sub.produced.get(position), sub.fetched_at.get(position),
-                 view.visible_wall.get(position))
+        marks = (emitted, *marks_of(position))
         if any(m is None for m in marks):
             continue
-        for name, a, b in zip(SPLIT, marks, marks[1:], strict=False):
+        for name, a, b in zip(names, marks, marks[1:], strict=False):
             parts[name].append(max(0.0, float(b) - float(a)))  # type: ignore[arg-type]
     return [(name, Latency(sorted(v), 0)) for name, v in parts.items()]
 
@@ -71,3 +97,6 @@ SPLIT = ("emit -> recorded_at (agent, intake topic, projector up to its commit's
          "recorded_at -> produced (commit, hand-off to the publisher, encode, produce)",
          "produced -> fetched (broker, consumer fetch wait)",
          "fetched -> visible (decode, chain check, log lookup, apply)")
+SPLIT_WOKEN = ("emit -> recorded_at (agent, intake topic, projector up to its commit's head lock)",
+               "recorded_at -> noticed (commit, NOTIFY delivered to the subscriber's LISTEN)",
+               "noticed -> visible (one read of the log, chain check, apply)")

@@ -190,12 +190,14 @@ def cmd_follow(args: argparse.Namespace) -> int:
     from eventstore.core.gcpolicy import tune_for_batches
 
     tune_for_batches()  # this process is the subscriber's: collector settings for batches (docs/perf-subscribers.md)
-    sub = Subscriber(args.group, view=view, settings=settings, from_beginning=args.from_beginning).start()
+    sub = Subscriber(args.group, view=view, settings=settings, from_beginning=args.from_beginning,
+                     wake_on_commit=True if args.wake_on_commit else None).start()
     print(f"following {settings.committed_topic} as {args.group!r} from position {view.position}", flush=True)
     while not stop.wait(0.5) and not sub.finished.is_set():
         pass
     sub.stop()
-    print(f"stopped at position {sub.last}: {sub.applied} applied, {sub.backfilled} from PostgreSQL, "
+    woken = f" ({sub.woken} on commit notices, {sub.wake_reads} log reads)" if sub.wake_on_commit else ""
+    print(f"stopped at position {sub.last}: {sub.applied} applied, {sub.backfilled} from PostgreSQL{woken}, "
           f"{sub.repeats_dropped} repeats dropped", flush=True)
     sub.raise_if_failed()
     return EXIT_OK
@@ -267,7 +269,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import visiblelatency
 
         return visiblelatency.main(heavy=args.events or 100_000, rate=args.rate,
-                                   events=1000 if args.quick else min(args.latency_events, 2000))
+                                   events=1000 if args.quick else min(args.latency_events, 2000),
+                                   waits=visiblelatency.QUICK_MODES if args.quick else visiblelatency.MODES)
     if args.which == "broker-growth":
         from eventstore.bench import brokergrowth
 
@@ -418,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--streams", default=None, help="only streams starting with this prefix")
     fo.add_argument("--reducer", default=None, help="module:function folding (state, event) -> state")
     fo.add_argument("--from-beginning", action="store_true", help="ignore the stored position and rebuild")
+    fo.add_argument("--wake-on-commit", action="store_true",
+                    help="also LISTEN for the projector's commits and read new events from the log at once "
+                         "(lower latency, one log read per woken batch; EVENTSTORE_SUBSCRIBER_WAKE_ON_COMMIT)")
     fo.set_defaults(fn=cmd_follow)
     from eventstore.cli.agents import add_parsers
 
@@ -464,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--rate", type=int, default=1000, help="steady rate (events/s) for the latency run")
     bn.add_argument("--quick", action="store_true",
                     help="references: smaller runs (drain of 100,000 events); publisher, latency: one round "
-                         "(latency: without the broker-only probes)")
+                         "(latency: without the broker-only probes); visible: 1,000 events per round, Kafka-only "
+                         "10 ms and woken only")
     bn.add_argument("--seconds", type=float, default=30.0, help="broker-growth: seconds per steady run")
     bn.add_argument("--all", action="store_true",
                     help="broker-growth: also linger 20 ms and 32 intake partitions")

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # fetch.wait.max.ms of a subscriber's committed-topic consumer (Subscriber, `eventstore follow`, an
     # agent's follow()): the broker's share of emit -> visible on tansu, as above (docs/perf-latency.md).
     subscriber_fetch_wait_ms: int = Field(default=10, ge=1, le=500)
+    # Subscribers also LISTEN for the projector's commit notice and read newly committed events straight
+    # from the log, not waiting for the publisher and the broker (lower emit -> visible; one indexed log
+    # read per woken batch per subscriber: opt-in; docs/operations.md, docs/perf-subscribers.md).
+    subscriber_wake_on_commit: bool = False
     alert_webhook: str | None = None
     # History anchors (eventstore anchor / verify --anchor): the Ed25519 key file, kept outside the
     # database; the JSON-lines file anchors are appended to; optionally a topic they are also sent to.
