@@ -23,17 +23,16 @@ partition's stored history, and the broker's idle CPU by fetch wait.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +44,20 @@ from confluent_kafka import KafkaError, Message
 from eventstore.bench import agents as bench_agents
 from eventstore.bench.brokerprobes import fetch_wait_cost, history_probe, probes
 from eventstore.bench.drain import prefill
+from eventstore.bench.tailsplit import (
+    STEPS,
+    GcPauses,
+    PgLogReader,
+    RunDelayMeter,
+    Stall,
+    Timeline,
+    configure_pg_log,
+    gc_stalls,
+    slow_writes,
+    tail_report,
+)
 from eventstore.bench.writepath import CpuMeter, Latency, head, make_events, postmaster_pid, publish_from_head
-from eventstore.core.outcomes import EmitResult, Outcome
+from eventstore.core.outcomes import Outcome
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.postgres.connection import Connection
@@ -55,7 +66,6 @@ from eventstore.sdk.client import AgentClient
 from eventstore.sdk.listener import named_ids
 
 BASELINE_WAIT = 10  # ms: the projector's fetch.wait.max.ms before it became a setting
-STEPS = ("produce", "fetch", "queue", "write", "notify", "lookup")
 IDLE_SECONDS = 3.0
 
 
@@ -65,6 +75,7 @@ class TimedClient(AgentClient):
 
     def __init__(self, agent_id: str, settings: Settings, **options: Any) -> None:
         self.acked: list[tuple[float, bytes | None]] = []
+        self.settled: list[tuple[float, list[str]]] = []  # (when a wake-up had settled them, [event ids])
         super().__init__(agent_id, settings, **options)
 
     def _undelivered(self, err: KafkaError | None, msg: Message) -> None:
@@ -83,8 +94,10 @@ def timed_client(agent_id: str, settings: Settings) -> tuple[TimedClient, list[t
     wake = listener._wake
 
     def timed_wake(conn: Connection, payloads: list[str]) -> None:
-        woke.append((time.monotonic(), [i for p in payloads for i in named_ids(p)]))
-        wake(conn, payloads)
+        ids = [i for p in payloads for i in named_ids(p)]
+        woke.append((time.monotonic(), ids))
+        wake(conn, payloads)  # settles what it names: sealed rows at once, the rest by its lookup
+        client.settled.append((time.monotonic(), ids))
 
     setattr(listener, "_wake", timed_wake)  # noqa: B010 (the benchmark's probe only)
     return client, woke
@@ -147,6 +160,10 @@ class Split:
     unmatched: int = 0  # committed, but a step's timestamp is missing (not in the figures)
     cpu_us: dict[str, float] = field(default_factory=dict)  # CPU µs per event by component
     runs_cpu_us: list[dict[str, float]] = field(default_factory=list)  # of merged runs
+    timelines: list[Timeline] = field(default_factory=list)  # per matched event, for the tail split
+    stalls: list[Stall] = field(default_factory=list)  # what the probes saw during the run
+    waited_us: dict[str, float] = field(default_factory=dict)  # run-queue wait µs per event by component
+    heaps: dict[str, tuple[int, int]] = field(default_factory=dict)  # process -> (tracked objects, frozen)
 
     def merge(self, other: Split) -> None:
         for s in STEPS:
@@ -158,6 +175,8 @@ class Split:
         self.failed += other.failed
         self.unmatched += other.unmatched
         self.runs_cpu_us.append(other.cpu_us)
+        self.timelines += other.timelines
+        self.stalls += other.stalls
 
     def lat(self, samples: list[float]) -> Latency:
         return Latency(sorted(samples), self.failed)
@@ -196,67 +215,107 @@ def split_of(sent: dict[str, float], acked: dict[str, float], noted: dict[str, l
             continue
         for step, a, b in zip(STEPS, ts, ts[1:], strict=False):
             sp.steps[step].append(b - a)
+        sp.timelines.append(Timeline((ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6])))
         sp.total.append(ts[-1] - ts[0])
         sp.broker.append(ts[2] - ts[0])
         sp.ours.append(ts[-1] - ts[2])
     return sp
 
 
+@dataclass
+class TailProbes:
+    """The tail split's probes (eventstore.bench.tailsplit): the agent's collector pauses (this process), the
+    benchmark server's log, and each component's run-queue wait."""
+
+    agent_gc: GcPauses
+    pg_log: PgLogReader
+    delays: RunDelayMeter
+
+    def start(self) -> None:
+        self.agent_gc.take()
+        self.pg_log.skip()
+        self.delays.start()
+
+    def stop(self, noted: dict[str, list[Any]]) -> tuple[list[Stall], dict[str, float]]:
+        """The stalls seen since start() (with the projector's collector pauses and slow writes from
+        ``noted``) and the run-queue wait of each component, seconds."""
+        self.delays.stop()
+        stalls = (gc_stalls(self.agent_gc.take(), "agent") + gc_stalls(noted.get("gc", []), "projector")
+                  + self.pg_log.take() + slow_writes(noted["written"]))
+        return stalls, self.delays.waited
+
+    @staticmethod
+    def heaps(noted: dict[str, list[Any]]) -> dict[str, tuple[int, int]]:
+        """Objects the collector tracks (and of them frozen) in the agent's process and the projector's."""
+        out = {"agent": (len(gc.get_objects()), gc.get_freeze_count())}
+        if len(noted.get("heap", [])) == 2:
+            out["projector"] = (int(noted["heap"][0]), int(noted["heap"][1]))
+        return out
+
+
 def split_run(client: TimedClient, woke: list[tuple[float, list[str]]], proj: TimedProjectorProcess,
-              cpu: CpuMeter, n: int, rate: int, prefix: str) -> Split:
-    """Emit n events at a steady rate and split each one's emit -> outcome time into its steps."""
+              cpu: CpuMeter, n: int, rate: int, prefix: str, probes: TailProbes | None = None) -> Split:
+    """Emit n events at a steady rate and split each one's emit -> outcome time into its steps (and, with
+    ``probes``, note what stalled meanwhile for the tail split).
+
+    The agent keeps what an agent keeps: its handles, no Future or callback per event (a Future with its
+    Condition is a dozen objects the collector tracks; held for a whole run they made this process's oldest
+    generation grow and its full collections pause every thread 57-193 ms, docs/perf-latency.md Round 4).
+    An event counts as resolved when the listener's wake-up that first named it returned (it settles sealed
+    rows and looks up the rest inside it); events are handed to ``emit`` and dropped as they go."""
     proj.take()
     client.acked.clear()
+    client.settled.clear()
     woke.clear()
+    if probes is not None:
+        probes.start()
     sent: dict[str, float] = {}
-    resolved: dict[str, float] = {}
     statuses: dict[str, Outcome] = {}
-    lock = threading.Lock()
-
-    def on_done(eid: str) -> Any:
-        def cb(f: Future[EmitResult]) -> None:
-            now = time.monotonic()
-            if f.exception() is None:
-                with lock:
-                    resolved[eid] = now
-                    statuses[eid] = f.result().status
-        return cb
-
+    events = make_events(n, prefix, seed=rate)
+    events.reverse()
     handles = []
     cpu.start()
     t0 = time.monotonic()
-    for i, (e, s) in enumerate(make_events(n, prefix, seed=rate)):
+    for i in range(n):
+        e, s = events.pop()
         delay = t0 + i / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         now = time.monotonic()
         h = client.emit(e, s)
-        eid = str(h.event_id)
-        sent[eid] = now
-        h.future.add_done_callback(on_done(eid))
+        sent[h._key] = now
         handles.append(h)
+        del e
     for h in handles:
         try:
-            h.result(30)
+            statuses[h._key] = h.result(30).status
         except Exception:  # counted as failed below
             continue
     cpu.stop()
     time.sleep(0.5)  # the projector notes a write after its commit: under load, after the outcome arrived
     noted = proj.take()
+    stalls, waited = probes.stop(noted) if probes is not None else ([], {})
     acked: dict[str, float] = {}
     for at, value in client.acked:
         try:
             acked[str(json.loads(value or b"{}")["event_id"])] = at
         except (ValueError, KeyError, TypeError):
             continue
-    with lock:
-        sp = split_of(sent, acked, noted, woke, resolved, statuses)
+    resolved: dict[str, float] = {}
+    for at, ids in client.settled:
+        for eid in ids:
+            resolved.setdefault(eid, at)
+    sp = split_of(sent, acked, noted, woke, resolved, statuses)
     sp.cpu_us = {k: v / n * 1e6 for k, v in cpu.used.items()}
+    sp.stalls = stalls
+    sp.waited_us = {k: v / n * 1e6 for k, v in waited.items()}
+    if probes is not None:
+        sp.heaps = probes.heaps(noted)
     return sp
 
 
 def sealed_ab(client: TimedClient, woke: list[tuple[float, list[str]]], proj: TimedProjectorProcess,
-              cpu: CpuMeter, events: int, rate: int) -> Split:
+              cpu: CpuMeter, events: int, rate: int, probes: TailProbes | None = None) -> Split:
     """Right after the throughput run, on the same projector and broker: the listener taking sealed
     notifications as the decisions (as shipped) against a lookup per wake-up (the previous listener: the
     seal ignored), in the order A B B A A B so a drift over the minutes weighs on both; the merged runs,
@@ -273,7 +332,7 @@ def sealed_ab(client: TimedClient, woke: list[tuple[float, list[str]]], proj: Ti
     for i, variant in enumerate(("sealed", "lookup", "lookup", "sealed", "sealed", "lookup")):
         listener.seal = seal if variant == "sealed" else None
         before = listener.sealed_settled
-        sp = split_run(client, woke, proj, cpu, events, rate, f"s{i}")
+        sp = split_run(client, woke, proj, cpu, events, rate, f"s{i}", probes)
         print_split(f"{variant} {i + 1}", sp)
         print(f"  [{variant} {i + 1}]   settled from the notification without a query: "
               f"{listener.sealed_settled - before} of {events}", flush=True)
@@ -326,6 +385,23 @@ def print_split(label: str, sp: Split, idle: float | None = None) -> None:
     unmatched = f", {sp.unmatched} without every timestamp" if sp.unmatched else ""
     print(f"  [{label}]   batches {len(sp.batch_sizes)}{unmatched}, median size {sizes[len(sizes) // 2]}; "
           f"CPU µs/event: {cpu}{idle_text}", flush=True)
+    print_tail(label, sp)
+
+
+def print_tail(label: str, sp: Split) -> None:
+    """The split of the slowest 1 % and 2 % (eventstore.bench.tailsplit) and the run-queue waits."""
+    for pct in (99.0, 98.0):
+        report = tail_report(sp.timelines, sp.stalls, pct)
+        if report is None:
+            return
+        for line in report.lines():
+            print(f"  [{label}]   {line}")
+    if sp.waited_us:
+        waited = ", ".join(f"{k} {v:.0f}" for k, v in sp.waited_us.items())
+        print(f"  [{label}]   waited for a CPU (run queue), µs/event: {waited}", flush=True)
+    if sp.heaps:
+        heaps = ", ".join(f"{k} {n:,} ({f:,} frozen)" for k, (n, f) in sp.heaps.items())
+        print(f"  [{label}]   objects the collector tracks after the run: {heaps}", flush=True)
 
 
 def settle(client: AgentClient, prefix: str) -> None:
@@ -362,14 +438,17 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tupl
             namespace="lat", projector_group="lat")
         with psycopg.connect(servers.postgres.url, autocommit=True) as conn:
             postmaster = postmaster_pid(conn)
+            pg_log = PgLogReader(configure_pg_log(conn))
+            agent_gc = GcPauses().install()
             client, woke = timed_client("lat-agent", settings)
             try:
                 print(f"\n1) fresh broker (projector fetch.wait.max.ms={default})", flush=True)
                 with timed_projector(settings, default, logdir) as proj:
                     cpu = _meter(servers, postmaster, proj)
+                    tails = TailProbes(agent_gc, pg_log, RunDelayMeter(cpu.pids.copy()))
                     settle(client, "fresh")
                     idle = idle_cpu(cpu)
-                    sp = split_run(client, woke, proj, cpu, events, rate, "f")
+                    sp = split_run(client, woke, proj, cpu, events, rate, "f", tails)
                     print_split(f"fresh, {default} ms", sp, idle)
                     others.merge(sp)
                     print(f"\n2) throughput run: {heavy:,} events pre-filled into the same intake topic and drained",
@@ -386,10 +465,10 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tupl
                     print(f"  drained in {time.monotonic() - t0:.1f} s ({heavy / (time.monotonic() - t0):,.0f} "
                           f"events/s); the steady run starts at once, the publisher's checkpoint {behind:,} events "
                           "behind the log head", flush=True)
-                    sp = split_run(client, woke, proj, cpu, events, rate, "r")
+                    sp = split_run(client, woke, proj, cpu, events, rate, "r", tails)
                     print_split(f"right after, {default} ms", sp)
                     others.merge(sp)
-                    others.merge(sealed_ab(client, woke, proj, cpu, events, rate))
+                    others.merge(sealed_ab(client, woke, proj, cpu, events, rate, tails))
             finally:
                 client.close()
             # Each setting on topics of its own (same broker): the intake topic's history slows tansu's
@@ -404,9 +483,10 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tupl
                     try:
                         with timed_projector(ns, w, logdir) as proj:
                             cpu = _meter(servers, postmaster, proj)
+                            tails = TailProbes(agent_gc, pg_log, RunDelayMeter(cpu.pids.copy()))
                             settle(client, f"r{r}w{w}")
                             idle = idle_cpu(cpu)
-                            sp = split_run(client, woke, proj, cpu, events, rate, f"h{r}w{w}")
+                            sp = split_run(client, woke, proj, cpu, events, rate, f"h{r}w{w}", tails)
                     finally:
                         client.close()
                     print_split(f"round {r + 1}, {w} ms", sp, idle)
