@@ -23,7 +23,6 @@ partition's stored history, and the broker's idle CPU by fetch wait.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import signal
@@ -32,7 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,10 +49,9 @@ from eventstore.bench.tailsplit import (
     PgLogReader,
     RunDelayMeter,
     Stall,
+    TailProbes,
     Timeline,
     configure_pg_log,
-    gc_stalls,
-    slow_writes,
     tail_report,
 )
 from eventstore.bench.writepath import CpuMeter, Latency, head, make_events, postmaster_pid, publish_from_head
@@ -125,10 +123,12 @@ class TimedProjectorProcess:
 
 
 @contextmanager
-def timed_projector(settings: Settings, fetch_wait_ms: int, logdir: Path) -> Iterator[TimedProjectorProcess]:
-    """A timed projector process for ``settings`` with this fetch wait (its log in ``logdir``); always stopped."""
+def timed_projector(settings: Settings, fetch_wait_ms: int, logdir: Path,
+                    extra_env: dict[str, str] | None = None) -> Iterator[TimedProjectorProcess]:
+    """A timed projector process for ``settings`` with this fetch wait (its log in ``logdir``; ``extra_env``
+    for its process); always stopped."""
     db, bootstrap = settings.require_servers()
-    env = {**os.environ, "EVENTSTORE_DATABASE_URL": db, "EVENTSTORE_KAFKA_BOOTSTRAP": bootstrap,
+    env = {**os.environ, **(extra_env or {}), "EVENTSTORE_DATABASE_URL": db, "EVENTSTORE_KAFKA_BOOTSTRAP": bootstrap,
            "EVENTSTORE_NAMESPACE": settings.namespace, "EVENTSTORE_PROJECTOR_GROUP": settings.projector_group,
            "EVENTSTORE_PROJECTOR_FETCH_WAIT_MS": str(fetch_wait_ms),
            "EVENTSTORE_INTAKE_PARTITIONS": str(settings.intake_partitions)}
@@ -220,37 +220,6 @@ def split_of(sent: dict[str, float], acked: dict[str, float], noted: dict[str, l
         sp.broker.append(ts[2] - ts[0])
         sp.ours.append(ts[-1] - ts[2])
     return sp
-
-
-@dataclass
-class TailProbes:
-    """The tail split's probes (eventstore.bench.tailsplit): the agent's collector pauses (this process), the
-    benchmark server's log, and each component's run-queue wait."""
-
-    agent_gc: GcPauses
-    pg_log: PgLogReader
-    delays: RunDelayMeter
-
-    def start(self) -> None:
-        self.agent_gc.take()
-        self.pg_log.skip()
-        self.delays.start()
-
-    def stop(self, noted: dict[str, list[Any]]) -> tuple[list[Stall], dict[str, float]]:
-        """The stalls seen since start() (with the projector's collector pauses and slow writes from
-        ``noted``) and the run-queue wait of each component, seconds."""
-        self.delays.stop()
-        stalls = (gc_stalls(self.agent_gc.take(), "agent") + gc_stalls(noted.get("gc", []), "projector")
-                  + self.pg_log.take() + slow_writes(noted["written"]))
-        return stalls, self.delays.waited
-
-    @staticmethod
-    def heaps(noted: dict[str, list[Any]]) -> dict[str, tuple[int, int]]:
-        """Objects the collector tracks (and of them frozen) in the agent's process and the projector's."""
-        out = {"agent": (len(gc.get_objects()), gc.get_freeze_count())}
-        if len(noted.get("heap", [])) == 2:
-            out["projector"] = (int(noted["heap"][0]), int(noted["heap"][1]))
-        return out
 
 
 def split_run(client: TimedClient, woke: list[tuple[float, list[str]]], proj: TimedProjectorProcess,
@@ -419,9 +388,16 @@ def settle(client: AgentClient, prefix: str) -> None:
         client.emit_and_wait(event, stream, timeout=10)
 
 
+# A further section on the same broker after section 3 (eventstore.bench.commitab): (servers, settings, an
+# autocommit connection, the postmaster's pid, the log folder, the agent's collector probe, the server's log,
+# events, rate) -> its merged runs, for the correctness count.
+Section = Callable[[EmbeddedServers, Settings, Any, int, Path, GcPauses, PgLogReader, int, int], "Split"]
+
+
 def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tuple[int, ...] = (10, 1, 2, 5),
-         rounds: int = 2, probe: bool = True) -> int:
-    """Fresh broker, the throughput run, then each fetch wait ``rounds`` times alternately; a summary."""
+         rounds: int = 2, probe: bool = True, sections: Sequence[Section] = ()) -> int:
+    """Fresh broker, the throughput run, then each fetch wait ``rounds`` times alternately; a summary; then
+    ``sections`` on the same broker."""
     default = Settings().projector_fetch_wait_ms
     print(f"emit -> outcome latency benchmark: {events} events at {rate}/s per run; throughput run {heavy:,} "
           f"events; projector fetch.wait.max.ms {', '.join(map(str, waits))} x {rounds} rounds alternately "
@@ -492,6 +468,8 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tupl
                     print_split(f"round {r + 1}, {w} ms", sp, idle)
                     merged[w].merge(sp)
                     idles[w].append(idle)
+            for section in sections:
+                others.merge(section(servers, settings, conn, postmaster, logdir, agent_gc, pg_log, events, rate))
         summary(merged, idles, rate)
         if probe:
             print("\n4) the broker alone: produce -> consume on fresh topics (one partition, assign())")

@@ -307,3 +307,34 @@ def slow_writes(written: Sequence[Sequence[Any]], at_least: float = 0.010) -> li
     waits for it: its "fetch" step grows)."""
     return [Stall(float(w[0]), float(w[1]), f"projector write >= {at_least * 1000:g} ms") for w in written
             if float(w[1]) - float(w[0]) >= at_least]
+
+
+@dataclass
+class TailProbes:
+    """The tail split's probes (eventstore.bench.tailsplit): the agent's collector pauses (this process), the
+    benchmark server's log, and each component's run-queue wait."""
+
+    agent_gc: GcPauses
+    pg_log: PgLogReader
+    delays: RunDelayMeter
+
+    def start(self) -> None:
+        self.agent_gc.take()
+        self.pg_log.skip()
+        self.delays.start()
+
+    def stop(self, noted: dict[str, list[Any]]) -> tuple[list[Stall], dict[str, float]]:
+        """The stalls seen since start() (with the projector's collector pauses and slow writes from
+        ``noted``) and the run-queue wait of each component, seconds."""
+        self.delays.stop()
+        stalls = (gc_stalls(self.agent_gc.take(), "agent") + gc_stalls(noted.get("gc", []), "projector")
+                  + self.pg_log.take() + slow_writes(noted["written"]))
+        return stalls, self.delays.waited
+
+    @staticmethod
+    def heaps(noted: dict[str, list[Any]]) -> dict[str, tuple[int, int]]:
+        """Objects the collector tracks (and of them frozen) in the agent's process and the projector's."""
+        out = {"agent": (len(gc.get_objects()), gc.get_freeze_count())}
+        if len(noted.get("heap", [])) == 2:
+            out["projector"] = (int(noted["heap"][0]), int(noted["heap"][1]))
+        return out

@@ -5,7 +5,9 @@ the same clock, so the steps of one event compare exactly across the two process
 Run as ``python -m eventstore.bench.timedprojector OUT`` with ``EVENTSTORE_*`` in the environment:
 SIGUSR1 writes what was noted since the last dump to OUT (JSON, written whole then renamed), SIGTERM stops.
 It also notes the collector's pauses, and sets the collector as ``eventstore project`` does
-(core/gcpolicy.py) unless ``EVENTSTORE_BENCH_PROJECTOR_GC=default`` keeps CPython's settings (to compare).
+(core/gcpolicy.py) unless ``EVENTSTORE_BENCH_PROJECTOR_GC=default`` keeps CPython's settings, and
+``EVENTSTORE_BENCH_KAFKA_COMMIT_SECONDS`` replaces the projector's Kafka commit interval (0: after every
+batch, as before Round 4), to compare.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ def main(out: Path) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGUSR1, lambda *_: dump.set())
     proj = TimedProjector(Settings.from_env())
+    if "EVENTSTORE_BENCH_KAFKA_COMMIT_SECONDS" in os.environ:  # 0: a Kafka commit after every batch (to compare)
+        proj.kafka_commit_every = float(os.environ["EVENTSTORE_BENCH_KAFKA_COMMIT_SECONDS"])
     if os.environ.get("EVENTSTORE_BENCH_PROJECTOR_GC", "tuned") != "default":
         tune_for_batches()  # as `eventstore project` does before it starts its projector
     proj.start()
