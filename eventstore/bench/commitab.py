@@ -11,8 +11,11 @@ and the projector's CPU per event, p50 / p99, and each pair's ratio.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
 
 from eventstore.bench.brokerlatency import (
     Split,
@@ -25,9 +28,10 @@ from eventstore.bench.brokerlatency import (
     timed_projector,
 )
 from eventstore.bench.tailsplit import GcPauses, PgLogReader, RunDelayMeter, TailProbes
-from eventstore.bench.writepath import publish_from_head
+from eventstore.bench.writepath import _proc_cpu, publish_from_head
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
+from eventstore.kafka.config import ensure_topics, projector_consumer_config
 from eventstore.projection.projector import KAFKA_COMMIT_SECONDS
 
 VARIANTS = (("every batch", 0.0), (f"every {KAFKA_COMMIT_SECONDS:g} s", KAFKA_COMMIT_SECONDS))
@@ -72,4 +76,40 @@ def commit_ab(servers: EmbeddedServers, settings: Settings, conn: Any, postmaste
               f"{len(a.batch_sizes)} vs {len(b.batch_sizes)}", flush=True)
     for sp in a_runs + b_runs:
         merged.merge(sp)
+    commit_cost(servers, settings)
     return merged
+
+
+def commit_cost(servers: EmbeddedServers, settings: Settings, per_second: int = 230, seconds: float = 4.0,
+                rounds: int = 3) -> None:
+    """The broker alone: its CPU while a projector-configured consumer waits on an idle 8-partition topic,
+    without commits (A) and committing offsets asynchronously ``per_second`` times a second (B, as after every
+    batch at 1,000 events/s), alternately, each on a group of its own."""
+    if servers.broker._proc is None:
+        return
+    pid = servers.broker._proc.pid
+    ns = settings.replace(namespace="lat-commit-cost")
+    ensure_topics(ns, {ns.intake_topic: ns.intake_partitions})
+    parts = ns.intake_partitions
+    print(f"  the broker alone: tansu's CPU, % of a core, with a consumer idle (A) and committing {per_second}/s "
+          f"(B), {seconds:g} s each, alternately", flush=True)
+    for r in range(rounds):
+        used: dict[str, float] = {}
+        for mode in ("A", "B"):
+            c = Consumer(projector_consumer_config(ns, f"commit-cost-{r}-{mode}"))
+            try:
+                c.assign([TopicPartition(ns.intake_topic, p, 0) for p in range(parts)])
+                time.sleep(1.0)
+                before, t0, n = _proc_cpu(pid), time.monotonic(), 0
+                while (now := time.monotonic()) - t0 < seconds:
+                    c.poll(max(0.0, t0 + n / per_second - now) if mode == "B" else 0.05)
+                    if mode == "B" and now >= t0 + n / per_second:
+                        c.commit(offsets=[TopicPartition(ns.intake_topic, n % parts, n)], asynchronous=True)
+                        n += 1
+                used[mode] = (_proc_cpu(pid) - before) / seconds * 100
+            finally:
+                c.close()
+            if mode == "B":
+                extra = (used["B"] - used["A"]) / 100 / max(n / seconds, 1) * 1e6
+                print(f"    round {r + 1}: A {used['A']:.1f}%, B {used['B']:.1f}% ({n / seconds:.0f} commits/s): "
+                      f"{extra:.0f} µs of tansu CPU per commit; load {os.getloadavg()[0]:.2f}", flush=True)
