@@ -31,12 +31,12 @@ def test_the_server_log_becomes_stalls_on_the_monotonic_clock() -> None:
 def test_the_tail_is_split_by_step_and_by_what_it_overlapped() -> None:
     # 100 events 10 ms apart, each 10 ms end to end (1 ms produce, 3 fetch, 0 queue, 4 write, 1 notify,
     # 1 lookup); the last two also wait 50 ms in the write step, under a collector pause of the projector.
-    timelines = []
+    timelines: list[Timeline] = []
     for i in range(100):
         t = i * 0.010
         extra = 0.050 if i >= 98 else 0.0
-        timelines.append(Timeline((t, t + 0.001, t + 0.004, t + 0.004, t + 0.008 + extra, t + 0.009 + extra,
-                                   t + 0.010 + extra)))
+        timelines.append((t, t + 0.001, t + 0.004, t + 0.004, t + 0.008 + extra, t + 0.009 + extra,
+                          t + 0.010 + extra))
     pause = Stall(0.985, 1.030, "projector gc2")
     unrelated = Stall(0.100, 0.105, "pg COMMIT")
     report = tail_report(timelines, [pause, unrelated], 98.0)

@@ -215,19 +215,15 @@ def parse_pg_log(text: str, wall_minus_mono: float) -> list[Stall]:
 # -- the analysis (pure) -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Timeline:
-    """One event's timestamps: sent, produced (broker ack), handed (projector has it), started (its write),
-    committed, woke (agent's listener), resolved."""
+# One event's timestamps: sent, produced (broker ack), handed (projector has it), started (its write),
+# committed, woke (agent's listener), resolved. A plain tuple of floats: the collector stops tracking it, so
+# thousands kept for the report do not grow the agent's oldest generation (a benchmark must not cause the
+# full collections it reports).
+Timeline = tuple[float, float, float, float, float, float, float]
 
-    points: tuple[float, float, float, float, float, float, float]
 
-    @property
-    def total(self) -> float:
-        return self.points[-1] - self.points[0]
-
-    def step(self, i: int) -> float:
-        return self.points[i + 1] - self.points[i]
+def _total(t: Timeline) -> float:
+    return t[-1] - t[0]
 
 
 @dataclass
@@ -275,17 +271,17 @@ def tail_report(timelines: Sequence[Timeline], stalls: Sequence[Stall], percenti
     overlapped (each stall kind counted once per event, with the time of the event it covered)."""
     if not timelines:
         return None
-    ordered = sorted(timelines, key=lambda t: t.total)
+    ordered = sorted(timelines, key=_total)
     cut = min(len(ordered) - 1, int(percentile / 100 * len(ordered)))
     tail = ordered[cut:]
-    t0 = min(t.points[0] for t in timelines)
-    mean_steps = {s: sum(t.step(i) for t in tail) / len(tail) * 1000 for i, s in enumerate(STEPS)}
-    median_steps = {s: _median([t.step(i) for t in timelines]) * 1000 for i, s in enumerate(STEPS)}
+    t0 = min(t[0] for t in timelines)
+    mean_steps = {s: sum(t[i + 1] - t[i] for t in tail) / len(tail) * 1000 for i, s in enumerate(STEPS)}
+    median_steps = {s: _median([t[i + 1] - t[i] for t in timelines]) * 1000 for i, s in enumerate(STEPS)}
     overlapped: dict[str, list[float]] = {}
     hit: set[Stall] = set()
     for t in tail:
         covered: dict[str, float] = {}
-        a, b = t.points[0], t.points[-1]
+        a, b = t[0], t[-1]
         for st in stalls:
             o = st.overlaps(a, b)
             if o > 0:
@@ -295,10 +291,10 @@ def tail_report(timelines: Sequence[Timeline], stalls: Sequence[Stall], percenti
             overlapped.setdefault(kind, []).append(o)
     by_second: dict[int, int] = {}
     for t in tail:
-        s = int(t.points[0] - t0)
+        s = int(t[0] - t0)
         by_second[s] = by_second.get(s, 0) + 1
     longest = sorted(hit, key=lambda st: st.start - st.end)[:longest_shown]
-    return TailReport(percentile, ordered[cut].total * 1000, len(tail), mean_steps, median_steps,
+    return TailReport(percentile, _total(ordered[cut]) * 1000, len(tail), mean_steps, median_steps,
                       {k: (len(v), sum(v) / len(v) * 1000) for k, v in overlapped.items()}, by_second, longest)
 
 
