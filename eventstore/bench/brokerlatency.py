@@ -17,8 +17,13 @@ A B B A, with their ratio; (3) on that same broker, each of the
 projector's ``fetch.wait.max.ms`` settings in turn, ``rounds`` times alternately (A, B, C, A, B, C ...),
 each with the broker's CPU while the projector is idle and per event while it works. The summary merges
 the rounds per setting and gives each setting's ratio against 10 ms (the previous default) of the same
-run. Then the broker alone (``eventstore.bench.brokerprobes``): produce -> consume by fetch wait, a
-partition's stored history, and the broker's idle CPU by fetch wait.
+run. Then further ``sections`` on the same broker (the CLI adds ``eventstore.bench.commitab``: the projector's
+Kafka commit interval, A B A B), and the broker alone (``eventstore.bench.brokerprobes``): produce -> consume by
+fetch wait, a partition's stored history, and the broker's idle CPU by fetch wait.
+
+Every run also prints the split of its tail (``eventstore.bench.tailsplit``): the slowest 1 % and 2 % by step,
+the stalls they overlapped (collector pauses, slow statements, autovacuum, checkpoints, slow writes), and each
+component's run-queue wait.
 """
 
 from __future__ import annotations
