@@ -17,8 +17,13 @@ A B B A, with their ratio; (3) on that same broker, each of the
 projector's ``fetch.wait.max.ms`` settings in turn, ``rounds`` times alternately (A, B, C, A, B, C ...),
 each with the broker's CPU while the projector is idle and per event while it works. The summary merges
 the rounds per setting and gives each setting's ratio against 10 ms (the previous default) of the same
-run. Then the broker alone (``eventstore.bench.brokerprobes``): produce -> consume by fetch wait, a
-partition's stored history, and the broker's idle CPU by fetch wait.
+run. Then further ``sections`` on the same broker (the CLI adds ``eventstore.bench.commitab``: the projector's
+Kafka commit interval, A B A B), and the broker alone (``eventstore.bench.brokerprobes``): produce -> consume by
+fetch wait, a partition's stored history, and the broker's idle CPU by fetch wait.
+
+Every run also prints the split of its tail (``eventstore.bench.tailsplit``): the slowest 1 % and 2 % by step,
+the stalls they overlapped (collector pauses, slow statements, autovacuum, checkpoints, slow writes), and each
+component's run-queue wait.
 """
 
 from __future__ import annotations
@@ -29,11 +34,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,17 +48,28 @@ from confluent_kafka import KafkaError, Message
 from eventstore.bench import agents as bench_agents
 from eventstore.bench.brokerprobes import fetch_wait_cost, history_probe, probes
 from eventstore.bench.drain import prefill
+from eventstore.bench.tailsplit import (
+    STEPS,
+    GcPauses,
+    PgLogReader,
+    RunDelayMeter,
+    Stall,
+    TailProbes,
+    Timeline,
+    configure_pg_log,
+    tail_report,
+)
 from eventstore.bench.writepath import CpuMeter, Latency, head, make_events, postmaster_pid, publish_from_head
-from eventstore.core.outcomes import EmitResult, Outcome
+from eventstore.core.outcomes import Outcome
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.postgres.connection import Connection
 from eventstore.postgres.migrate import upgrade
 from eventstore.sdk.client import AgentClient
 from eventstore.sdk.listener import named_ids
+from eventstore.sdk.pending import EmitHandle
 
 BASELINE_WAIT = 10  # ms: the projector's fetch.wait.max.ms before it became a setting
-STEPS = ("produce", "fetch", "queue", "write", "notify", "lookup")
 IDLE_SECONDS = 3.0
 
 
@@ -65,6 +79,7 @@ class TimedClient(AgentClient):
 
     def __init__(self, agent_id: str, settings: Settings, **options: Any) -> None:
         self.acked: list[tuple[float, bytes | None]] = []
+        self.settled: list[tuple[float, list[str]]] = []  # (when a wake-up had settled them, [event ids])
         super().__init__(agent_id, settings, **options)
 
     def _undelivered(self, err: KafkaError | None, msg: Message) -> None:
@@ -83,8 +98,10 @@ def timed_client(agent_id: str, settings: Settings) -> tuple[TimedClient, list[t
     wake = listener._wake
 
     def timed_wake(conn: Connection, payloads: list[str]) -> None:
-        woke.append((time.monotonic(), [i for p in payloads for i in named_ids(p)]))
-        wake(conn, payloads)
+        ids = [i for p in payloads for i in named_ids(p)]
+        woke.append((time.monotonic(), ids))
+        wake(conn, payloads)  # settles what it names: sealed rows at once, the rest by its lookup
+        client.settled.append((time.monotonic(), ids))
 
     setattr(listener, "_wake", timed_wake)  # noqa: B010 (the benchmark's probe only)
     return client, woke
@@ -112,10 +129,12 @@ class TimedProjectorProcess:
 
 
 @contextmanager
-def timed_projector(settings: Settings, fetch_wait_ms: int, logdir: Path) -> Iterator[TimedProjectorProcess]:
-    """A timed projector process for ``settings`` with this fetch wait (its log in ``logdir``); always stopped."""
+def timed_projector(settings: Settings, fetch_wait_ms: int, logdir: Path,
+                    extra_env: dict[str, str] | None = None) -> Iterator[TimedProjectorProcess]:
+    """A timed projector process for ``settings`` with this fetch wait (its log in ``logdir``; ``extra_env``
+    for its process); always stopped."""
     db, bootstrap = settings.require_servers()
-    env = {**os.environ, "EVENTSTORE_DATABASE_URL": db, "EVENTSTORE_KAFKA_BOOTSTRAP": bootstrap,
+    env = {**os.environ, **(extra_env or {}), "EVENTSTORE_DATABASE_URL": db, "EVENTSTORE_KAFKA_BOOTSTRAP": bootstrap,
            "EVENTSTORE_NAMESPACE": settings.namespace, "EVENTSTORE_PROJECTOR_GROUP": settings.projector_group,
            "EVENTSTORE_PROJECTOR_FETCH_WAIT_MS": str(fetch_wait_ms),
            "EVENTSTORE_INTAKE_PARTITIONS": str(settings.intake_partitions)}
@@ -147,6 +166,10 @@ class Split:
     unmatched: int = 0  # committed, but a step's timestamp is missing (not in the figures)
     cpu_us: dict[str, float] = field(default_factory=dict)  # CPU µs per event by component
     runs_cpu_us: list[dict[str, float]] = field(default_factory=list)  # of merged runs
+    timelines: list[Timeline] = field(default_factory=list)  # per matched event, for the tail split
+    stalls: list[Stall] = field(default_factory=list)  # what the probes saw during the run
+    waited_us: dict[str, float] = field(default_factory=dict)  # run-queue wait µs per event by component
+    heaps: dict[str, tuple[int, int]] = field(default_factory=dict)  # process -> (tracked objects, frozen)
 
     def merge(self, other: Split) -> None:
         for s in STEPS:
@@ -158,6 +181,8 @@ class Split:
         self.failed += other.failed
         self.unmatched += other.unmatched
         self.runs_cpu_us.append(other.cpu_us)
+        self.timelines += other.timelines
+        self.stalls += other.stalls
 
     def lat(self, samples: list[float]) -> Latency:
         return Latency(sorted(samples), self.failed)
@@ -196,6 +221,7 @@ def split_of(sent: dict[str, float], acked: dict[str, float], noted: dict[str, l
             continue
         for step, a, b in zip(STEPS, ts, ts[1:], strict=False):
             sp.steps[step].append(b - a)
+        sp.timelines.append((ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6]))
         sp.total.append(ts[-1] - ts[0])
         sp.broker.append(ts[2] - ts[0])
         sp.ours.append(ts[-1] - ts[2])
@@ -203,60 +229,80 @@ def split_of(sent: dict[str, float], acked: dict[str, float], noted: dict[str, l
 
 
 def split_run(client: TimedClient, woke: list[tuple[float, list[str]]], proj: TimedProjectorProcess,
-              cpu: CpuMeter, n: int, rate: int, prefix: str) -> Split:
-    """Emit n events at a steady rate and split each one's emit -> outcome time into its steps."""
+              cpu: CpuMeter, n: int, rate: int, prefix: str, probes: TailProbes | None = None) -> Split:
+    """Emit n events at a steady rate and split each one's emit -> outcome time into its steps (and, with
+    ``probes``, note what stalled meanwhile for the tail split).
+
+    The agent keeps what an agent keeps: its handles, no Future or callback per event (a Future with its
+    Condition is a dozen objects the collector tracks; held for a whole run they made this process's oldest
+    generation grow and its full collections pause every thread 57-193 ms, docs/perf-latency.md Round 4).
+    An event counts as resolved when the listener's wake-up that first named it returned (it settles sealed
+    rows and looks up the rest inside it); events are handed to ``emit`` and dropped as they go."""
     proj.take()
     client.acked.clear()
+    client.settled.clear()
     woke.clear()
+    if probes is not None:
+        probes.start()
     sent: dict[str, float] = {}
-    resolved: dict[str, float] = {}
     statuses: dict[str, Outcome] = {}
-    lock = threading.Lock()
-
-    def on_done(eid: str) -> Any:
-        def cb(f: Future[EmitResult]) -> None:
-            now = time.monotonic()
-            if f.exception() is None:
-                with lock:
-                    resolved[eid] = now
-                    statuses[eid] = f.result().status
-        return cb
-
+    events = make_events(n, prefix, seed=rate)
+    events.reverse()
     handles = []
     cpu.start()
     t0 = time.monotonic()
-    for i, (e, s) in enumerate(make_events(n, prefix, seed=rate)):
+    for i in range(n):
+        e, s = events.pop()
         delay = t0 + i / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         now = time.monotonic()
         h = client.emit(e, s)
-        eid = str(h.event_id)
-        sent[eid] = now
-        h.future.add_done_callback(on_done(eid))
+        sent[h._key] = now
         handles.append(h)
-    for h in handles:
-        try:
-            h.result(30)
-        except Exception:  # counted as failed below
-            continue
+        del e
+        if i % 64 == 63:  # an agent drops a handle once it has its outcome: so does this one
+            handles = _collect(handles, statuses, 0.0)
+    _collect(handles, statuses, 30.0)
     cpu.stop()
     time.sleep(0.5)  # the projector notes a write after its commit: under load, after the outcome arrived
     noted = proj.take()
+    stalls, waited = probes.stop(noted) if probes is not None else ([], {})
     acked: dict[str, float] = {}
     for at, value in client.acked:
         try:
             acked[str(json.loads(value or b"{}")["event_id"])] = at
         except (ValueError, KeyError, TypeError):
             continue
-    with lock:
-        sp = split_of(sent, acked, noted, woke, resolved, statuses)
+    resolved: dict[str, float] = {}
+    for at, ids in client.settled:
+        for eid in ids:
+            resolved.setdefault(eid, at)
+    sp = split_of(sent, acked, noted, woke, resolved, statuses)
     sp.cpu_us = {k: v / n * 1e6 for k, v in cpu.used.items()}
+    sp.stalls = stalls
+    sp.waited_us = {k: v / n * 1e6 for k, v in waited.items()}
+    if probes is not None:
+        sp.heaps = probes.heaps(noted)
     return sp
 
 
+def _collect(handles: list[EmitHandle], statuses: dict[str, Outcome], timeout: float) -> list[EmitHandle]:
+    """Note the status of each handle settled (waiting up to ``timeout`` for each); the handles still pending."""
+    left = []
+    for h in handles:
+        if timeout == 0.0 and not h.done():
+            left.append(h)
+            continue
+        try:
+            statuses[h._key] = h.result(timeout).status
+        except Exception:  # counted as failed by split_of
+            continue
+    return left
+
+
 def sealed_ab(client: TimedClient, woke: list[tuple[float, list[str]]], proj: TimedProjectorProcess,
-              cpu: CpuMeter, events: int, rate: int) -> Split:
+              cpu: CpuMeter, events: int, rate: int, probes: TailProbes | None = None) -> Split:
     """Right after the throughput run, on the same projector and broker: the listener taking sealed
     notifications as the decisions (as shipped) against a lookup per wake-up (the previous listener: the
     seal ignored), in the order A B B A A B so a drift over the minutes weighs on both; the merged runs,
@@ -273,7 +319,7 @@ def sealed_ab(client: TimedClient, woke: list[tuple[float, list[str]]], proj: Ti
     for i, variant in enumerate(("sealed", "lookup", "lookup", "sealed", "sealed", "lookup")):
         listener.seal = seal if variant == "sealed" else None
         before = listener.sealed_settled
-        sp = split_run(client, woke, proj, cpu, events, rate, f"s{i}")
+        sp = split_run(client, woke, proj, cpu, events, rate, f"s{i}", probes)
         print_split(f"{variant} {i + 1}", sp)
         print(f"  [{variant} {i + 1}]   settled from the notification without a query: "
               f"{listener.sealed_settled - before} of {events}", flush=True)
@@ -326,6 +372,23 @@ def print_split(label: str, sp: Split, idle: float | None = None) -> None:
     unmatched = f", {sp.unmatched} without every timestamp" if sp.unmatched else ""
     print(f"  [{label}]   batches {len(sp.batch_sizes)}{unmatched}, median size {sizes[len(sizes) // 2]}; "
           f"CPU µs/event: {cpu}{idle_text}", flush=True)
+    print_tail(label, sp)
+
+
+def print_tail(label: str, sp: Split) -> None:
+    """The split of the slowest 1 % and 2 % (eventstore.bench.tailsplit) and the run-queue waits."""
+    for pct in (99.0, 98.0):
+        report = tail_report(sp.timelines, sp.stalls, pct)
+        if report is None:
+            return
+        for line in report.lines():
+            print(f"  [{label}]   {line}")
+    if sp.waited_us:
+        waited = ", ".join(f"{k} {v:.0f}" for k, v in sp.waited_us.items())
+        print(f"  [{label}]   waited for a CPU (run queue), µs/event: {waited}", flush=True)
+    if sp.heaps:
+        heaps = ", ".join(f"{k} {n:,} ({f:,} frozen)" for k, (n, f) in sp.heaps.items())
+        print(f"  [{label}]   objects the collector tracks after the run: {heaps}", flush=True)
 
 
 def settle(client: AgentClient, prefix: str) -> None:
@@ -343,9 +406,16 @@ def settle(client: AgentClient, prefix: str) -> None:
         client.emit_and_wait(event, stream, timeout=10)
 
 
+# A further section on the same broker after section 3 (eventstore.bench.commitab): (servers, settings, an
+# autocommit connection, the postmaster's pid, the log folder, the agent's collector probe, the server's log,
+# events, rate) -> its merged runs, for the correctness count.
+Section = Callable[[EmbeddedServers, Settings, Any, int, Path, GcPauses, PgLogReader, int, int], "Split"]
+
+
 def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tuple[int, ...] = (10, 1, 2, 5),
-         rounds: int = 2, probe: bool = True) -> int:
-    """Fresh broker, the throughput run, then each fetch wait ``rounds`` times alternately; a summary."""
+         rounds: int = 2, probe: bool = True, sections: Sequence[Section] = ()) -> int:
+    """Fresh broker, the throughput run, then each fetch wait ``rounds`` times alternately; a summary; then
+    ``sections`` on the same broker."""
     default = Settings().projector_fetch_wait_ms
     print(f"emit -> outcome latency benchmark: {events} events at {rate}/s per run; throughput run {heavy:,} "
           f"events; projector fetch.wait.max.ms {', '.join(map(str, waits))} x {rounds} rounds alternately "
@@ -362,14 +432,17 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tupl
             namespace="lat", projector_group="lat")
         with psycopg.connect(servers.postgres.url, autocommit=True) as conn:
             postmaster = postmaster_pid(conn)
+            pg_log = PgLogReader(configure_pg_log(conn))
+            agent_gc = GcPauses().install()
             client, woke = timed_client("lat-agent", settings)
             try:
                 print(f"\n1) fresh broker (projector fetch.wait.max.ms={default})", flush=True)
                 with timed_projector(settings, default, logdir) as proj:
                     cpu = _meter(servers, postmaster, proj)
+                    tails = TailProbes(agent_gc, pg_log, RunDelayMeter(cpu.pids.copy()))
                     settle(client, "fresh")
                     idle = idle_cpu(cpu)
-                    sp = split_run(client, woke, proj, cpu, events, rate, "f")
+                    sp = split_run(client, woke, proj, cpu, events, rate, "f", tails)
                     print_split(f"fresh, {default} ms", sp, idle)
                     others.merge(sp)
                     print(f"\n2) throughput run: {heavy:,} events pre-filled into the same intake topic and drained",
@@ -386,10 +459,10 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tupl
                     print(f"  drained in {time.monotonic() - t0:.1f} s ({heavy / (time.monotonic() - t0):,.0f} "
                           f"events/s); the steady run starts at once, the publisher's checkpoint {behind:,} events "
                           "behind the log head", flush=True)
-                    sp = split_run(client, woke, proj, cpu, events, rate, "r")
+                    sp = split_run(client, woke, proj, cpu, events, rate, "r", tails)
                     print_split(f"right after, {default} ms", sp)
                     others.merge(sp)
-                    others.merge(sealed_ab(client, woke, proj, cpu, events, rate))
+                    others.merge(sealed_ab(client, woke, proj, cpu, events, rate, tails))
             finally:
                 client.close()
             # Each setting on topics of its own (same broker): the intake topic's history slows tansu's
@@ -404,14 +477,17 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tupl
                     try:
                         with timed_projector(ns, w, logdir) as proj:
                             cpu = _meter(servers, postmaster, proj)
+                            tails = TailProbes(agent_gc, pg_log, RunDelayMeter(cpu.pids.copy()))
                             settle(client, f"r{r}w{w}")
                             idle = idle_cpu(cpu)
-                            sp = split_run(client, woke, proj, cpu, events, rate, f"h{r}w{w}")
+                            sp = split_run(client, woke, proj, cpu, events, rate, f"h{r}w{w}", tails)
                     finally:
                         client.close()
                     print_split(f"round {r + 1}, {w} ms", sp, idle)
                     merged[w].merge(sp)
                     idles[w].append(idle)
+            for section in sections:
+                others.merge(section(servers, settings, conn, postmaster, logdir, agent_gc, pg_log, events, rate))
         summary(merged, idles, rate)
         if probe:
             print("\n4) the broker alone: produce -> consume on fresh topics (one partition, assign())")

@@ -4,10 +4,15 @@ the same clock, so the steps of one event compare exactly across the two process
 
 Run as ``python -m eventstore.bench.timedprojector OUT`` with ``EVENTSTORE_*`` in the environment:
 SIGUSR1 writes what was noted since the last dump to OUT (JSON, written whole then renamed), SIGTERM stops.
+It also notes the collector's pauses, and sets the collector as ``eventstore project`` does
+(core/gcpolicy.py) unless ``EVENTSTORE_BENCH_PROJECTOR_GC=default`` keeps CPython's settings, and
+``EVENTSTORE_BENCH_KAFKA_COMMIT_SECONDS`` replaces the projector's Kafka commit interval (0: after every
+batch, as before Round 4), to compare.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -20,6 +25,8 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer
 
+from eventstore.bench.tailsplit import GcPauses
+from eventstore.core.gcpolicy import tune_for_batches
 from eventstore.core.settings import Settings
 from eventstore.postgres.intake import BatchResult, IntakeMessage
 from eventstore.projection.projector import Projector
@@ -34,6 +41,7 @@ class TimedProjector(Projector):
         super().__init__(settings)
         self.handed: Noted = []
         self.written: Noted = []
+        self.gc = GcPauses().install()
 
     def _next_batch(self, consumer: Consumer) -> list[IntakeMessage]:
         batch = super()._next_batch(consumer)
@@ -49,11 +57,13 @@ class TimedProjector(Projector):
         self.written.append((started, time.monotonic(), [m.value for m in batch]))
         return result
 
-    def take(self) -> dict[str, list[tuple[float, float, list[str]]]]:
-        """What was noted since the last call, with each message as its event id."""
+    def take(self) -> dict[str, list[Any]]:
+        """What was noted since the last call, with each message as its event id; "gc": the collector's
+        pauses (start, end, generation)."""
         handed, self.handed = self.handed, []
         written, self.written = self.written, []
-        return {"handed": [(a, b, _ids(v)) for a, b, v in handed], "written": [(a, b, _ids(v)) for a, b, v in written]}
+        return {"handed": [(a, b, _ids(v)) for a, b, v in handed], "written": [(a, b, _ids(v)) for a, b, v in written],
+                "gc": self.gc.take(), "heap": [len(gc.get_objects()), gc.get_freeze_count()]}
 
 
 def _ids(values: list[bytes | None]) -> list[str]:
@@ -71,7 +81,12 @@ def main(out: Path) -> int:
     dump = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGUSR1, lambda *_: dump.set())
-    proj = TimedProjector(Settings.from_env()).start()
+    proj = TimedProjector(Settings.from_env())
+    if "EVENTSTORE_BENCH_KAFKA_COMMIT_SECONDS" in os.environ:  # 0: a Kafka commit after every batch (to compare)
+        proj.kafka_commit_every = float(os.environ["EVENTSTORE_BENCH_KAFKA_COMMIT_SECONDS"])
+    if os.environ.get("EVENTSTORE_BENCH_PROJECTOR_GC", "tuned") != "default":
+        tune_for_batches()  # as `eventstore project` does before it starts its projector
+    proj.start()
     try:
         while not stop.is_set() and not proj.finished.is_set():
             if dump.wait(0.05):

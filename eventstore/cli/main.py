@@ -261,10 +261,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return profile.main(events=args.events or 100_000)
     if args.which == "latency":
-        from eventstore.bench import brokerlatency
+        from eventstore.bench import brokerlatency, commitab
 
         return brokerlatency.main(heavy=args.events or 100_000, rate=args.rate, events=args.latency_events,
-                                  rounds=1 if args.quick else 2, probe=not args.quick)
+                                  rounds=1 if args.quick else 2, probe=not args.quick, sections=(commitab.commit_ab,))
     if args.which == "visible":
         from eventstore.bench import visiblelatency
 
