@@ -203,10 +203,11 @@ class Subscriber(BackgroundRunner):
         run: list[RecordedEvent] = []
         append = run.append
         last, prev = self.last, self.last_hash
-        for value, got in zip(values, decode_batch(values), strict=True):
-            if got is None:  # not the fast path's: the reference decoder, which raises its errors
+        events, links = decode_batch(values)
+        for value, ev, link in zip(values, events, links, strict=True):
+            if ev is None:  # not the fast path's: the reference decoder, which raises its errors
                 try:
-                    got = decode_linked(value)
+                    ev, link = decode_linked(value)
                 except PayloadOmitted as e:  # too large for the topic: the log holds it (and anything before it)
                     if e.position > last:
                         self._confirm_and_apply(run)
@@ -218,8 +219,7 @@ class Subscriber(BackgroundRunner):
                 except DecodeError as e:
                     log.error("skipping a message on the committed topic that is not an event: %s", e)
                     continue
-            ev, link = got  # link: the hash its fields give over its own prev_hash
-            position = ev.position
+            position = ev.position  # link: the hash its fields give over its own prev_hash
             if position == last + 1 and link is not None and link == ev.hash and ev.prev_hash == prev:
                 append(ev)  # the common case: the next event, chaining onto the last
                 last, prev = position, link

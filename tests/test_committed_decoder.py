@@ -231,8 +231,8 @@ def test_both_publisher_paths_write_the_canonical_payload_text_the_chain_hashed(
     canonical = canonical_json(ev.payload).encode()
     assert b'"payload":' + canonical + b',"agent_id"' in encode_row(row_of(ev))[2]
     assert b", " in json.dumps(ev.payload).encode()  # the row's payload text (jsonb's form) is not canonical
-    fast = decode_batch([encode_row(row_of(ev))[2]])[0]
-    assert fast is not None and fast[1] == ev.hash and fast[0] == ev
+    (fast,), (link,) = decode_batch([encode_row(row_of(ev))[2]])
+    assert fast == ev and link == ev.hash
 
 
 @pytest.mark.parametrize("text", [
@@ -279,9 +279,11 @@ def test_decode_batch_gives_decode_linked_or_none_for_each_message() -> None:
     values: list[bytes | None] = [good(), None, b"{}", encode_recorded(event(payload={"t": "x" * 5000}), 2000)[2],
                                   respelled(good(), b'{"sku": "A1", "delta": -1}'), relinked(good(), b'{"a": 1}'),
                                   good().replace(b'"hash":', b'"\x80x":1,"hash":'), good()]
-    got = decode_batch(values)
-    assert len(got) == len(values)
-    assert [g is None for g in got] == [False, True, True, True, False, False, True, False]
-    for value, fast in zip(values, got, strict=True):
-        if fast is not None:
-            assert value is not None and repr(fast) == repr(decode_linked(value))
+    events, links = decode_batch(values)
+    assert len(events) == len(links) == len(values)
+    assert [ev is None for ev in events] == [False, True, True, True, False, False, True, False]
+    for value, ev, link in zip(values, events, links, strict=True):
+        if ev is not None:
+            assert value is not None and repr((ev, link)) == repr(decode_linked(value))
+        else:
+            assert link is None

@@ -279,17 +279,19 @@ def _stamp(text: str) -> tuple[datetime, str]:
 
 def _decode_fast(value: bytes) -> tuple[RecordedEvent, bytes | None] | None:
     """One message through :func:`decode_batch`'s fast path, or None (the caller takes the reference path)."""
-    return decode_batch((value,))[0]
+    (ev,), (link,) = decode_batch((value,))
+    return None if ev is None else (ev, link)
 
 
 _sha256 = hashlib.sha256
 _NUL = b"\x00"
 
 
-def decode_batch(values: Sequence[bytes | None]) -> list[tuple[RecordedEvent, bytes | None] | None]:
-    """``decode_linked`` of each value, for the values the fast path takes; None for any other (a stub, another
-    form, an error: the caller passes that value to :func:`decode_linked`, which falls back to the reference
-    and raises its errors). One loop for a fetched batch, so the per-message work is inlined.
+def decode_batch(values: Sequence[bytes | None]) -> tuple[list[RecordedEvent | None], list[bytes | None]]:
+    """``decode_linked`` of each value as two lists (events, links; no tuple per message for the collector to
+    track), for the values the fast path takes; event None for any other (a stub, another form, an error: the
+    caller passes that value to :func:`decode_linked`, which falls back to the reference and raises its
+    errors). One loop for a fetched batch, so the per-message work is inlined.
 
     The intent hash is first computed over the payload's bytes **as received** (the publisher writes the
     canonical text the projector hashed, on both of its paths). Only when the resulting link is not the
@@ -302,28 +304,33 @@ def decode_batch(values: Sequence[bytes | None]) -> list[tuple[RecordedEvent, by
     canonical text byte for byte, so the payload parsed from raw is the payload the log holds. A forger can
     make a link over other bytes match a hash of his own choosing, but then that hash is not the log's and
     the run is refused when it is confirmed (the reference refuses it one step earlier, at the message)."""
-    out: list[tuple[RecordedEvent, bytes | None] | None] = []
-    append = out.append
+    events: list[RecordedEvent | None] = []
+    links: list[bytes | None] = []
+    append, link_to = events.append, links.append
     decode, from_json, fromiso, new, set_, uuid_cls, unknown = (
         _COMMITTED.decode, _from_json, _fromiso, _new, _set, _UUID, _UNKNOWN)
     sha256, nul, fromhex, canon, canonical_uuid = _sha256, _NUL, bytes.fromhex, canonical_json, _CANONICAL_UUID
     for value in values:
         if value is None:  # msgspec and pydantic_core both refuse a lone surrogate: such a message falls back
             append(None)
+            link_to(None)
             continue
         try:
             w = decode(value)
             if w.payload_omitted is not None:
                 append(None)
+                link_to(None)
                 continue
             raw = bytes(w.payload)
             payload = from_json(raw) if raw[:1] == b"{" else None
             if not isinstance(payload, dict):
                 append(None)
+                link_to(None)
                 continue
             eid_text, cid_text, caus_text = w.event_id, w.correlation_id, w.causation_id
             if canonical_uuid(eid_text) is None:  # _uuid inlined; any other form falls back
                 append(None)
+                link_to(None)
                 continue
             eid: uuid.UUID = new(uuid_cls)
             set_(eid, "int", int(eid_text.replace("-", ""), 16))
@@ -355,7 +362,8 @@ def decode_batch(values: Sequence[bytes | None]) -> list[tuple[RecordedEvent, by
                 "correlation_id": cid, "causation_id": caus, "occurred_at": occurred, "recorded_at": recorded,
                 "lease_resource": lease, "fencing_token": token, "prev_hash": prev, "hash": claimed})
             if prev is None or claimed is None:
-                append((ev, None))
+                append(ev)
+                link_to(None)
                 continue
             # intent_hash and chain_link (core/hashing.py) inlined, the intent over the bytes as received first.
             head = f"{etype}\x00{schema}\x00{stream}\x00".encode()
@@ -366,10 +374,12 @@ def decode_batch(values: Sequence[bytes | None]) -> list[tuple[RecordedEvent, by
             if link != claimed:  # not the canonical text (or not the claimed hash): the reference way
                 intent = sha256(b"".join((head, canon(payload).encode(), nul))).digest()
                 link = sha256(b"".join((prev, fields, intent))).digest()
-            append((ev, link))
+            append(ev)
+            link_to(link)
         except (msgspec.MsgspecError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
             append(None)
-    return out
+            link_to(None)
+    return events, links
 
 
 def decode_linked(value: bytes | None) -> tuple[RecordedEvent, bytes | None]:
@@ -378,9 +388,9 @@ def decode_linked(value: bytes | None) -> tuple[RecordedEvent, bytes | None]:
     hash equals ``ev.hash``. The subscriber's hot path: one msgspec pass over the bytes, hashed from the
     texts it read; equal to ``decode_committed`` and ``recorded_hash`` (the reference, and the fallback for
     anything else), which raise the same errors (DecodeError, PayloadOmitted)."""
-    fast = decode_batch((value,))[0]
+    (fast,), (link,) = decode_batch((value,))
     if fast is not None:
-        return fast
+        return fast, link
     ev = decode_committed(value)
     if ev.prev_hash is None or ev.hash is None:
         return ev, None
