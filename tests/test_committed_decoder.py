@@ -278,10 +278,13 @@ def test_a_hash_forged_over_other_bytes_passes_only_the_message_check(text: byte
 def test_decode_batch_gives_decode_linked_or_none_for_each_message() -> None:
     values: list[bytes | None] = [good(), None, b"{}", encode_recorded(event(payload={"t": "x" * 5000}), 2000)[2],
                                   respelled(good(), b'{"sku": "A1", "delta": -1}'), relinked(good(), b'{"a": 1}'),
-                                  good().replace(b'"hash":', b'"\x80x":1,"hash":'), good()]
-    events, links = decode_batch(values)
+                                  good().replace(b'"hash":', b'"\x80x":1,"hash":'), good(),
+                                  good(recorded_at=datetime(2026, 11, 28, 10, 48, 25, tzinfo=UTC)),
+                                  good(recorded_at=datetime(2026, 11, 28, 10, 48, 26, 5, tzinfo=UTC)), good()]
+    events, links = decode_batch(values)  # a run of messages with one recorded_at reuses its parse
     assert len(events) == len(links) == len(values)
-    assert [ev is None for ev in events] == [False, True, True, True, False, False, True, False]
+    assert [ev is None for ev in events] == [False, True, True, True, False, False, True, False, False, False,
+                                             False]
     for value, ev, link in zip(values, events, links, strict=True):
         if ev is not None:
             assert value is not None and repr((ev, link)) == repr(decode_linked(value))

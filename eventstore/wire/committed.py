@@ -284,6 +284,7 @@ def _decode_fast(value: bytes) -> tuple[RecordedEvent, bytes | None] | None:
 
 
 _sha256 = hashlib.sha256
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NUL = b"\x00"
 
 
@@ -310,6 +311,7 @@ def decode_batch(values: Sequence[bytes | None]) -> tuple[list[RecordedEvent | N
     decode, from_json, fromiso, new, set_, uuid_cls, unknown = (
         _COMMITTED.decode, _from_json, _fromiso, _new, _set, _UUID, _UNKNOWN)
     sha256, nul, fromhex, canon, canonical_uuid = _sha256, _NUL, bytes.fromhex, canonical_json, _CANONICAL_UUID
+    last_rec_text, recorded, rec_hashed = None, _EPOCH, ""
     for value in values:
         if value is None:  # msgspec and pydantic_core both refuse a lone surrogate: such a message falls back
             append(None)
@@ -343,13 +345,15 @@ def decode_batch(values: Sequence[bytes | None]) -> tuple[list[RecordedEvent | N
             else:
                 occurred, occ_hashed = _stamp(occ_text)
             rec_text = w.recorded_at
-            recorded = fromiso(rec_text)
-            if (len(rec_text) == 27 and rec_text[26] == "Z" and rec_text[19] == "." and rec_text[10] == "T"
-                    and rec_text[4] == "-" and rec_text[7] == "-" and rec_text[13] == ":" and rec_text[16] == ":"
-                    and rec_text[20:26] != "000000"):
-                rec_hashed = rec_text[:26] + "+00:00"
-            else:
-                rec_hashed = hashed_time(recorded)
+            if rec_text != last_rec_text:  # one projector batch shares one recorded_at: parsed once per run of it
+                recorded = fromiso(rec_text)
+                if (len(rec_text) == 27 and rec_text[26] == "Z" and rec_text[19] == "." and rec_text[10] == "T"
+                        and rec_text[4] == "-" and rec_text[7] == "-" and rec_text[13] == ":"
+                        and rec_text[16] == ":" and rec_text[20:26] != "000000"):
+                    rec_hashed = rec_text[:26] + "+00:00"
+                else:
+                    rec_hashed = hashed_time(recorded)
+                last_rec_text = rec_text
             prev_text, hash_text = w.prev_hash, w.hash
             prev = None if prev_text is None else fromhex(prev_text)
             claimed = None if hash_text is None else fromhex(hash_text)
