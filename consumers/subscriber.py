@@ -47,7 +47,7 @@ from eventstore.discovery import resolve_settings
 from eventstore.kafka.config import subscriber_consumer_config
 from eventstore.postgres import eventlog
 from eventstore.postgres.connection import Database, convert, is_transient
-from eventstore.wire.committed import PayloadOmitted, decode_linked
+from eventstore.wire.committed import PayloadOmitted, decode_batch, decode_linked
 from eventstore.wire.notifications import COMMITTED_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -311,45 +311,62 @@ class Subscriber(BackgroundRunner):
         """Apply the messages that chain onto the last applied event; fill gaps and replace anything
         that does not chain (or claims a position the log does not have) from the PostgreSQL log."""
         run: list[RecordedEvent] = []
+        append = run.append
         last, prev = self.last, self.last_hash
-        for value in values:
-            try:
-                ev, link = decode_linked(value)  # link: the hash its fields give over its own prev_hash
-            except PayloadOmitted as e:  # too large for the topic: the log holds it (and anything before it)
-                if e.position > last:
-                    self._confirm_and_apply(run)
-                    run = []
-                    self._fill_from_log(e.position)
-                    last, prev = self.last, self.last_hash
+        events, links = decode_batch(values)
+        for value, ev, link in zip(values, events, links, strict=True):
+            if ev is None:  # not the fast path's: the reference decoder, which raises its errors
+                try:
+                    ev, link = decode_linked(value)
+                except PayloadOmitted as e:  # too large for the topic: the log holds it (and anything before it)
+                    if e.position > last:
+                        self._confirm_and_apply(run)
+                        run = []
+                        append = run.append
+                        self._fill_from_log(e.position)
+                        last, prev = self.last, self.last_hash
+                    continue
+                except DecodeError as e:
+                    log.error("skipping a message on the committed topic that is not an event: %s", e)
+                    continue
+            position = ev.position  # link: the hash its fields give over its own prev_hash
+            if position == last + 1 and link is not None and link == ev.hash and ev.prev_hash == prev:
+                append(ev)  # the common case: the next event, chaining onto the last
+                last, prev = position, link
                 continue
-            except DecodeError as e:
-                log.error("skipping a message on the committed topic that is not an event: %s", e)
-                continue
-            if ev.position <= last:
+            if position <= last:
                 self.repeats_dropped += 1
                 continue
-            if ev.position > last + 1:  # Kafka lacks events (retention, a late publisher): the log has them
+            if position > last + 1 or ev.prev_hash != prev:
+                # Kafka lacks events (retention, a late publisher), or the message does not chain onto the
+                # run: confirm the run (the log replaces it if it is not the log's) and fill from the log.
                 self._confirm_and_apply(run)
                 run = []
-                self._fill_from_log(ev.position - 1)
+                append = run.append
+                if position > last + 1:
+                    self._fill_from_log(position - 1)
                 last, prev = self.last, self.last_hash
-                if ev.position > last + 1:
+                if position > last + 1:
                     self.forgeries += 1
                     log.error("committed-topic message claims position %d but the event log ends at %d: "
                               "forged or from another log; dropped, never applied or checkpointed",
-                              ev.position, last)
+                              position, last)
+                    continue
+                if position <= last:  # the log's events replaced a forged run up to here
+                    self.repeats_dropped += 1
                     continue
             if ev.prev_hash == prev and link is not None and link == ev.hash:
-                run.append(ev)
-                last, prev = ev.position, ev.hash
+                append(ev)
+                last, prev = position, link
                 continue
             self.forgeries += 1
             log.error("committed-topic message at position %d does not chain onto the event at %d (or its "
                       "fields do not hash to its hash): forged or corrupt; reading the event log instead",
-                      ev.position, last)
+                      position, last)
             self._confirm_and_apply(run)
             run = []
-            self._fill_from_log(ev.position)
+            append = run.append
+            self._fill_from_log(position)
             last, prev = self.last, self.last_hash
         self._confirm_and_apply(run)
 
@@ -397,7 +414,9 @@ class Subscriber(BackgroundRunner):
         return out
 
     def _apply(self, events: list[RecordedEvent]) -> None:
-        newest = max(events, key=_position)
+        # The newest is the last: a log page is in position order, and _fill_stream_gaps puts a stream's
+        # backfilled events (positions below the event that jumped) before that event, which it keeps.
+        newest = events[-1]
         handlers = self.handlers
         if handlers:
             for ev in events:
@@ -438,10 +457,6 @@ class Subscriber(BackgroundRunner):
 _TOPIC_NOT_YET = frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC,
                             KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.LEADER_NOT_AVAILABLE,
                             KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT})
-
-
-def _position(ev: RecordedEvent) -> int:
-    return ev.position
 
 
 def _header_position(headers: list[tuple[str, bytes]] | None) -> int | None:

@@ -76,17 +76,28 @@ class LocalView:
         accept, reducer, streams = self._accept, self._reducer, self._streams
         every = accept is _accept_all
         with self._changed:
+            # The states folded in this batch, and each stream's last event: one StreamState per stream per
+            # batch (not per event) is built at the end, so a batch leaves fewer objects for the collector.
+            states: dict[str, Any] = {}
+            last_event: dict[str, RecordedEvent] = {}
             touched: dict[str, int] = {}
-            get = streams.get
+            folded = states.get
             for ev in events:
                 stream = ev.stream
                 if every or accept(stream):
-                    prev = get(stream)
-                    state = reducer(None if prev is None else prev.state, ev)
-                    streams[stream] = _stream_state(stream, ev.version, ev.position, state)
-                    touched[stream] = touched.get(stream, 0) + 1
+                    if stream in last_event:
+                        states[stream] = reducer(folded(stream), ev)
+                        touched[stream] += 1
+                    else:
+                        prev = streams.get(stream)
+                        states[stream] = reducer(None if prev is None else prev.state, ev)
+                        touched[stream] = 1
+                    last_event[stream] = ev
+            for stream, ev in last_event.items():
+                streams[stream] = _stream_state(stream, ev.version, ev.position, states[stream])
             position = max(self._position, position)
-            newest = max(events, key=_position, default=None)
+            newest = events[-1] if events and events[-1].position == position else max(
+                events, key=_position, default=None)
             head_hash = newest.hash if newest is not None and newest.position == position else None
             if position != self._position or head_hash is not None:
                 self._head_hash = head_hash

@@ -5,6 +5,7 @@ edge values, hostile bytes and random events (no servers)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -15,11 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventstore.core.errors import DecodeError
-from eventstore.core.hashing import GENESIS, hashed_time, recorded_hash
+from eventstore.core.hashing import GENESIS, canonical_json, chain_link, hashed_time, recorded_hash
 from eventstore.core.records import RecordedEvent
 from eventstore.wire.committed import (
     PayloadOmitted,
     _decode_fast,
+    decode_batch,
     decode_committed,
     decode_linked,
     encode_recorded,
@@ -143,6 +145,7 @@ def test_edge_values_are_decided_as_the_reference_decides_them(changes: dict[str
     good().replace(b'"delta":-1', b'"delta":-1,"delta":5'), good().replace(b'"delta":-1', b'"delta":NaN'),
     good().replace(b'"delta":-1', b'"delta":Infinity'), good().replace(b'"delta":-1', b'"delta":' + b"9" * 5000),
     good().replace(b"{", b"{ ", 1), good().replace(b'"payload":{', b'"payload": \n{'),
+    good().replace(b'"hash":', b'"\x80x":1,"hash":'), good().replace(b'"hash":', b'"x\x80":"\xff","hash":'),
 ])
 def test_hostile_bytes_are_decided_as_the_reference_decides_them(value: bytes | None) -> None:
     agree(value)
@@ -196,3 +199,94 @@ def test_mutated_bytes_are_decided_as_the_reference_decides_them(data: st.DataOb
         at = data.draw(st.integers(0, len(value) - 1))
         value[at:at + data.draw(st.integers(0, 3))] = data.draw(st.binary(max_size=3))
     agree(bytes(value))
+
+
+# -- the payload hashed as received (decode_batch) ----------------------------------------------------
+def relinked(value: bytes, payload_text: bytes) -> bytes:
+    """``value`` with its payload replaced by ``payload_text`` and its hash recomputed over those bytes as
+    they stand (what a forger who controls the topic can do; the projector hashes only canonical text)."""
+    body = json.loads(value)
+    intent = hashlib.sha256(f"{body['type']}\x00{body['schema_version']}\x00{body['stream']}\x00".encode()
+                            + payload_text + b"\x00").digest()
+    ev = decode_committed(value)
+    link = chain_link(bytes.fromhex(body["prev_hash"]), ev.position, body["event_id"], ev.stream, ev.version,
+                      ev.agent_id, ev.idempotency_key, body["correlation_id"], body["causation_id"] or "",
+                      hashed_time(ev.occurred_at), hashed_time(ev.recorded_at), ev.lease_resource or "",
+                      "" if ev.fencing_token is None else str(ev.fencing_token), intent)
+    head, _, rest = value.partition(b'"payload":')
+    _, _, tail = rest.partition(b',"agent_id":')
+    out = head + b'"payload":' + payload_text + b',"agent_id":' + tail
+    return out.replace(body["hash"].encode(), link.hex().encode())
+
+
+def respelled(value: bytes, payload_text: bytes) -> bytes:
+    """``value`` with its payload text replaced and its hash left as it was."""
+    head, _, rest = value.partition(b'"payload":')
+    _, _, tail = rest.partition(b',"agent_id":')
+    return head + b'"payload":' + payload_text + b',"agent_id":' + tail
+
+
+def test_both_publisher_paths_write_the_canonical_payload_text_the_chain_hashed() -> None:
+    ev = event(payload={"z": 1, "a": [1.5, "\U0001f600", {"n": None}], "big": 10**30, "f": 1e16, "m": -0.0})
+    canonical = canonical_json(ev.payload).encode()
+    assert b'"payload":' + canonical + b',"agent_id"' in encode_row(row_of(ev))[2]
+    assert b", " in json.dumps(ev.payload).encode()  # the row's payload text (jsonb's form) is not canonical
+    (fast,), (link,) = decode_batch([encode_row(row_of(ev))[2]])
+    assert fast == ev and link == ev.hash
+
+
+@pytest.mark.parametrize("text", [
+    b'{"sku": "A1", "delta": -1}', b'{"delta":-1,"sku":"A1"}', b'{ "delta" : -1 , "sku" : "A1" }',
+    b'{"sku":"A1","delta":-1}', b'{"delta":-1,"sku":"\\u0041\\u0031"}',
+])
+def test_a_payload_spelled_otherwise_with_the_true_hash_verifies_through_the_fallback(text: bytes) -> None:
+    value = respelled(good(), text)
+    got = agree(value)
+    assert got is not None and got[1] == got[0].hash  # chains, exactly as the reference says
+
+
+@pytest.mark.parametrize("text", [
+    b'{"delta":-1.0,"sku":"A1"}', b'{"delta":-1E0,"sku":"A1"}', b'{"delta":-10e-1,"sku":"A1"}',
+    b'{"delta":-2,"sku":"A1"}', b'{"delta":-1,"sku":"A1","x":1}', b'{"delta":-1,"delta":-1,"sku":"A1"}',
+])
+def test_a_payload_with_other_values_and_the_old_hash_is_refused_as_in_the_reference(text: bytes) -> None:
+    value = respelled(good(), text)
+    got = agree(value)
+    if text.count(b'"delta"') == 2:  # a duplicate key: both parsers keep the last, the same value
+        assert got is not None and got[1] == got[0].hash
+    else:
+        assert got is not None and got[1] != got[0].hash
+
+
+@pytest.mark.parametrize("text", [
+    b'{"sku": "A1", "delta": -1}', b'{"sku":"A1","delta":-1}', b'{"delta":-1.0,"sku":"A1"}',
+    b'{"delta":-1E0,"sku":"A1"}', b'{"delta":999,"sku":"A1"}',
+])
+def test_a_hash_forged_over_other_bytes_passes_only_the_message_check(text: bytes) -> None:
+    """A forger may hash bytes that are not the canonical text: the message then chains by itself (the raw
+    bytes are hashed first), where the reference recomputes the canonical text and refuses it one step
+    earlier. It is never applied: its hash is not the log's, and the subscriber confirms every run's last
+    hash against the log before applying it (tests/test_rebuild_raw_hash.py shows that with the servers)."""
+    value = relinked(good(), text)
+    ev, link = decode_linked(value)
+    assert link == ev.hash and ev.payload == json.loads(text)
+    ref_ev, ref_link = reference(value)
+    assert ref_ev == ev
+    assert ref_link != ev.hash or canonical_json(json.loads(text)).encode() == text
+
+
+def test_decode_batch_gives_decode_linked_or_none_for_each_message() -> None:
+    values: list[bytes | None] = [good(), None, b"{}", encode_recorded(event(payload={"t": "x" * 5000}), 2000)[2],
+                                  respelled(good(), b'{"sku": "A1", "delta": -1}'), relinked(good(), b'{"a": 1}'),
+                                  good().replace(b'"hash":', b'"\x80x":1,"hash":'), good(),
+                                  good(recorded_at=datetime(2026, 11, 28, 10, 48, 25, tzinfo=UTC)),
+                                  good(recorded_at=datetime(2026, 11, 28, 10, 48, 26, 5, tzinfo=UTC)), good()]
+    events, links = decode_batch(values)  # a run of messages with one recorded_at reuses its parse
+    assert len(events) == len(links) == len(values)
+    assert [ev is None for ev in events] == [False, True, True, True, False, False, True, False, False, False,
+                                             False]
+    for value, ev, link in zip(values, events, links, strict=True):
+        if ev is not None:
+            assert value is not None and repr((ev, link)) == repr(decode_linked(value))
+        else:
+            assert link is None

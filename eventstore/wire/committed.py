@@ -19,7 +19,9 @@ Each message is encoded once, from what the publisher holds: the events its own 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -30,7 +32,7 @@ import pydantic_core
 
 from eventstore.core.errors import DecodeError
 from eventstore.core.hashing import _as_jsonb_returns as as_jsonb_returns
-from eventstore.core.hashing import canonical_json, chain_link, hashed_time, intent_hash, recorded_hash
+from eventstore.core.hashing import canonical_json, hashed_time, recorded_hash
 from eventstore.core.limits import DEFAULT_MAX_COMMITTED_BYTES
 from eventstore.core.records import RecordedEvent
 from eventstore.wire.envelope import Headers
@@ -114,12 +116,23 @@ def encode_recorded(ev: RecordedEvent, max_bytes: int = DEFAULT_MAX_COMMITTED_BY
 
 def encode_row(row: Sequence[Any], max_bytes: int = DEFAULT_MAX_COMMITTED_BYTES) -> Encoded:
     """(position, key, value, headers, stub?) of a row in the text form of :data:`COMMITTED_ROW` (the publisher's read
-    from the log): every field already a string or an int, so nothing is parsed only to be printed again."""
-    return _encode(*row, max_bytes=max_bytes)
+    from the log): every field already a string or an int, except the payload: jsonb prints it with spaces and
+    its own key order, so it is written as the canonical text the chain hashed (``canonical_json`` of the parsed
+    text, what a subscriber's reference check computes), as the from-memory path writes it. A subscriber then
+    hashes the payload's bytes as received (:func:`decode_batch`) instead of printing it again, once per
+    subscriber and rebuild; the publisher pays that print once per event it reads from the log."""
+    payload = row[_PAYLOAD]
+    try:
+        text = canonical_json(pydantic_core.from_json(payload))
+    except (ValueError, TypeError, RecursionError):  # not expected (intake bounds the log): as jsonb prints it
+        text = payload
+    fields: list[Any] = list(row)
+    fields[_PAYLOAD] = text
+    return _encode(*fields, max_bytes=max_bytes)
 
 
 # SQL expressions, in RECORDED_FIELDS order, that give each column in the form the message carries: ids and
-# hashes as text, the payload as jsonb prints it (valid JSON; spaces after separators), timestamps in UTC
+# hashes as text, the payload as jsonb prints it (valid JSON; encode_row prints it canonically), timestamps in UTC
 # with microseconds and ``Z``. The reader (eventstore.postgres.logreader) selects these.
 COMMITTED_ROW: dict[str, str] = {
     "position": "position", "event_id": "event_id::text", "stream": "stream", "version": "version",
@@ -131,6 +144,9 @@ COMMITTED_ROW: dict[str, str] = {
     "lease_resource": "lease_resource", "fencing_token": "fencing_token",
     "prev_hash": "encode(prev_hash, 'hex')", "hash": "encode(hash, 'hex')",
 }
+
+
+_PAYLOAD = list(COMMITTED_ROW).index("payload")
 
 
 def _opt(text: str | None) -> str:
@@ -206,7 +222,9 @@ def _hex(value: Any) -> bytes | None:
 # reads the bytes and builds the UUIDs in C; the payload stays raw JSON text and is parsed by the same
 # parser decode_committed uses. Anything this does not take (another type, a stub, a lone surrogate, any
 # error) goes through decode_committed, so both give the same event or the same refusal.
-class _WireCommitted(msgspec.Struct, gc=False):
+# Unknown fields are refused (the message falls back): msgspec skips an unknown key without checking its
+# UTF-8, where the reference parser refuses the whole message.
+class _WireCommitted(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     position: int
     event_id: str
     stream: str
@@ -233,17 +251,17 @@ _set = object.__setattr__
 _UNKNOWN = uuid.SafeUUID.unknown
 
 
+# The canonical UUID form (lowercase, hyphenated: what the publisher writes and the chain hashes), ASCII only.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+
+
 def _uuid(text: str) -> uuid.UUID:
-    """``uuid.UUID(text)`` for the canonical form (lowercase, hyphenated: what the publisher writes and the
-    chain hashes), built without its parsing (half its cost); ValueError for any other form."""
-    digits = text.replace("-", "")
-    if len(text) != 36 or text[8] != "-" or text[13] != "-" or text[18] != "-" or text[23] != "-":
-        raise ValueError("not a canonical UUID")
-    number = int(digits, 16)
-    if f"{number:032x}" != digits:
+    """``uuid.UUID(text)`` for the canonical form, built from its integer without UUID's parsing (half its
+    cost); ValueError for any other form."""
+    if _CANONICAL_UUID(text) is None:
         raise ValueError("not a canonical UUID")
     value: uuid.UUID = _new(_UUID)
-    _set(value, "int", number)
+    _set(value, "int", int(text.replace("-", ""), 16))
     _set(value, "is_safe", _UNKNOWN)
     return value
 
@@ -260,45 +278,112 @@ def _stamp(text: str) -> tuple[datetime, str]:
 
 
 def _decode_fast(value: bytes) -> tuple[RecordedEvent, bytes | None] | None:
-    try:
-        w = _COMMITTED.decode(value)
-        if w.payload_omitted is not None:
-            return None
-        raw = bytes(w.payload)
-        payload = _from_json(raw) if raw[:1] == b"{" else None
-        if not isinstance(payload, dict):
-            return None
-        eid_text, cid_text, caus_text = w.event_id, w.correlation_id, w.causation_id
-        eid = _uuid(eid_text)
-        cid = eid if cid_text == eid_text else _uuid(cid_text)
-        caus = None if caus_text is None else _uuid(caus_text)
-        occ_text = w.occurred_at
-        if occ_text is None:
-            occurred, occ_hashed = None, ""
-        else:
-            occurred, occ_hashed = _stamp(occ_text)
-        recorded, rec_hashed = _stamp(w.recorded_at)
-        prev_text, hash_text = w.prev_hash, w.hash
-        prev = None if prev_text is None else bytes.fromhex(prev_text)
-        claimed = None if hash_text is None else bytes.fromhex(hash_text)
-        position, stream, version, etype, schema = w.position, w.stream, w.version, w.type, w.schema_version
-        lease, token = w.lease_resource, w.fencing_token
-        ev: RecordedEvent = _new(RecordedEvent)
-        _set(ev, "__dict__", {
-            "position": position, "event_id": eid, "stream": stream, "version": version, "type": etype,
-            "schema_version": schema, "payload": payload, "agent_id": w.agent_id,
-            "idempotency_key": w.idempotency_key, "correlation_id": cid, "causation_id": caus,
-            "occurred_at": occurred, "recorded_at": recorded, "lease_resource": lease, "fencing_token": token,
-            "prev_hash": prev, "hash": claimed})
-        if prev is None or claimed is None:
-            return ev, None
-        intent = intent_hash(etype, schema, stream, canonical_json(payload))
-        link = chain_link(prev, position, eid_text, stream, version, w.agent_id, w.idempotency_key, cid_text,
-                          caus_text or "", occ_hashed, rec_hashed, lease or "",
-                          "" if token is None else str(token), intent)
-        return ev, link
-    except (msgspec.MsgspecError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
-        return None
+    """One message through :func:`decode_batch`'s fast path, or None (the caller takes the reference path)."""
+    (ev,), (link,) = decode_batch((value,))
+    return None if ev is None else (ev, link)
+
+
+_sha256 = hashlib.sha256
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NUL = b"\x00"
+
+
+def decode_batch(values: Sequence[bytes | None]) -> tuple[list[RecordedEvent | None], list[bytes | None]]:
+    """``decode_linked`` of each value as two lists (events, links; no tuple per message for the collector to
+    track), for the values the fast path takes; event None for any other (a stub, another form, an error: the
+    caller passes that value to :func:`decode_linked`, which falls back to the reference and raises its
+    errors). One loop for a fetched batch, so the per-message work is inlined.
+
+    The intent hash is first computed over the payload's bytes **as received** (the publisher writes the
+    canonical text the projector hashed, on both of its paths). Only when the resulting link is not the
+    claimed hash is it recomputed the reference way, over ``canonical_json`` of the parsed payload, so a
+    message whose payload is spelled otherwise (spaces, key order, ``1.0E2``) verifies exactly as before.
+    Why a match on the raw bytes is sound: the claimed hash is only ever trusted once the log holds it at
+    that position (the subscriber confirms each run's last hash; the chain covers the rest), and the log's
+    hash is sha256 over the canonical text the projector printed. sha256 over ``prefix || raw || suffix``
+    equal to sha256 over ``prefix || canonical || suffix`` means, short of a sha256 collision, raw is that
+    canonical text byte for byte, so the payload parsed from raw is the payload the log holds. A forger can
+    make a link over other bytes match a hash of his own choosing, but then that hash is not the log's and
+    the run is refused when it is confirmed (the reference refuses it one step earlier, at the message)."""
+    events: list[RecordedEvent | None] = []
+    links: list[bytes | None] = []
+    append, link_to = events.append, links.append
+    decode, from_json, fromiso, new, set_, uuid_cls, unknown = (
+        _COMMITTED.decode, _from_json, _fromiso, _new, _set, _UUID, _UNKNOWN)
+    sha256, nul, fromhex, canon, canonical_uuid = _sha256, _NUL, bytes.fromhex, canonical_json, _CANONICAL_UUID
+    last_rec_text, recorded, rec_hashed = None, _EPOCH, ""
+    for value in values:
+        if value is None:  # msgspec and pydantic_core both refuse a lone surrogate: such a message falls back
+            append(None)
+            link_to(None)
+            continue
+        try:
+            w = decode(value)
+            if w.payload_omitted is not None:
+                append(None)
+                link_to(None)
+                continue
+            raw = bytes(w.payload)
+            payload = from_json(raw) if raw[:1] == b"{" else None
+            if not isinstance(payload, dict):
+                append(None)
+                link_to(None)
+                continue
+            eid_text, cid_text, caus_text = w.event_id, w.correlation_id, w.causation_id
+            if canonical_uuid(eid_text) is None:  # _uuid inlined; any other form falls back
+                append(None)
+                link_to(None)
+                continue
+            eid: uuid.UUID = new(uuid_cls)
+            set_(eid, "int", int(eid_text.replace("-", ""), 16))
+            set_(eid, "is_safe", unknown)
+            cid = eid if cid_text == eid_text else _uuid(cid_text)
+            caus = None if caus_text is None else _uuid(caus_text)
+            occ_text = w.occurred_at
+            if occ_text is None:
+                occurred, occ_hashed = None, ""
+            else:
+                occurred, occ_hashed = _stamp(occ_text)
+            rec_text = w.recorded_at
+            if rec_text != last_rec_text:  # one projector batch shares one recorded_at: parsed once per run of it
+                recorded = fromiso(rec_text)
+                if (len(rec_text) == 27 and rec_text[26] == "Z" and rec_text[19] == "." and rec_text[10] == "T"
+                        and rec_text[4] == "-" and rec_text[7] == "-" and rec_text[13] == ":"
+                        and rec_text[16] == ":" and rec_text[20:26] != "000000"):
+                    rec_hashed = rec_text[:26] + "+00:00"
+                else:
+                    rec_hashed = hashed_time(recorded)
+                last_rec_text = rec_text
+            prev_text, hash_text = w.prev_hash, w.hash
+            prev = None if prev_text is None else fromhex(prev_text)
+            claimed = None if hash_text is None else fromhex(hash_text)
+            position, stream, version, etype, schema = w.position, w.stream, w.version, w.type, w.schema_version
+            agent, key, lease, token = w.agent_id, w.idempotency_key, w.lease_resource, w.fencing_token
+            ev: RecordedEvent = new(RecordedEvent)
+            set_(ev, "__dict__", {
+                "position": position, "event_id": eid, "stream": stream, "version": version, "type": etype,
+                "schema_version": schema, "payload": payload, "agent_id": agent, "idempotency_key": key,
+                "correlation_id": cid, "causation_id": caus, "occurred_at": occurred, "recorded_at": recorded,
+                "lease_resource": lease, "fencing_token": token, "prev_hash": prev, "hash": claimed})
+            if prev is None or claimed is None:
+                append(ev)
+                link_to(None)
+                continue
+            # intent_hash and chain_link (core/hashing.py) inlined, the intent over the bytes as received first.
+            head = f"{etype}\x00{schema}\x00{stream}\x00".encode()
+            fields = (f"{position}\x00{eid_text}\x00{stream}\x00{version}\x00{agent}\x00{key}\x00{cid_text}\x00"
+                      f"{caus_text or ''}\x00{occ_hashed}\x00{rec_hashed}\x00{lease or ''}\x00"
+                      f"{'' if token is None else token}\x00").encode()
+            link = sha256(b"".join((prev, fields, sha256(b"".join((head, raw, nul))).digest()))).digest()
+            if link != claimed:  # not the canonical text (or not the claimed hash): the reference way
+                intent = sha256(b"".join((head, canon(payload).encode(), nul))).digest()
+                link = sha256(b"".join((prev, fields, intent))).digest()
+            append(ev)
+            link_to(link)
+        except (msgspec.MsgspecError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            append(None)
+            link_to(None)
+    return events, links
 
 
 def decode_linked(value: bytes | None) -> tuple[RecordedEvent, bytes | None]:
@@ -307,10 +392,9 @@ def decode_linked(value: bytes | None) -> tuple[RecordedEvent, bytes | None]:
     hash equals ``ev.hash``. The subscriber's hot path: one msgspec pass over the bytes, hashed from the
     texts it read; equal to ``decode_committed`` and ``recorded_hash`` (the reference, and the fallback for
     anything else), which raise the same errors (DecodeError, PayloadOmitted)."""
-    if value is not None:  # msgspec and pydantic_core both refuse a lone surrogate: such a message falls back
-        fast = _decode_fast(value)
-        if fast is not None:
-            return fast
+    (fast,), (link,) = decode_batch((value,))
+    if fast is not None:
+        return fast, link
     ev = decode_committed(value)
     if ev.prev_hash is None or ev.hash is None:
         return ev, None
