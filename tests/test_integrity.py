@@ -12,7 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from eventstore.cli.main import EXIT_INTEGRITY, EXIT_OK, main
+from eventstore.cli.exits import EXIT_INTEGRITY, EXIT_OK
+from eventstore.cli.main import main
 from eventstore.core.errors import AppendOnlyViolation
 from eventstore.core.events import Event, registry
 from eventstore.core.hashing import GENESIS, canonical_json, chain_hash, intent_hash

@@ -16,7 +16,8 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from eventstore.cli.main import EXIT_INTEGRITY, EXIT_OK, main
+from eventstore.cli.exits import EXIT_INTEGRITY, EXIT_OK
+from eventstore.cli.main import main
 from eventstore.coordination import Coordinator
 from eventstore.coordination.wakeup import parse
 from eventstore.core import anchoring

@@ -13,7 +13,7 @@ import pytest
 from psycopg import sql
 
 from eventstore import AgentClient, Projector
-from eventstore.cli.main import EXIT_CONFIG
+from eventstore.cli.exits import EXIT_CONFIG
 from eventstore.cli.main import main as cli
 from eventstore.core.errors import ConfigurationError, TransientStorageError
 from eventstore.core.events import Event

@@ -8,11 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from eventstore.cli.exits import EXIT_FAILURE, EXIT_OK
 from eventstore.discovery import configured
 from eventstore.postgres import agents
 from eventstore.postgres.connection import connect, converted_errors
-
-EXIT_OK, EXIT_FAILURE = 0, 1
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTEGRITY = 0, 1, 2, 4
+from eventstore.cli.exits import EXIT_FAILURE, EXIT_INTEGRITY, EXIT_OK, EXIT_USAGE
 
 
 def _db_url() -> str:
