@@ -36,7 +36,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumers.checkpoints import Checkpoint
 from consumers.views import LocalView
-from eventstore.core.commitwake import WakeGate, newest_claim
+from eventstore.core.commitwake import WakeGate, claims
 from eventstore.core.errors import BrokerError, DecodeError, IntegrityError, TransientStorageError
 from eventstore.core.events import Event
 from eventstore.core.hashing import GENESIS
@@ -235,8 +235,9 @@ class Subscriber(BackgroundRunner):
 
     def _wake(self, wait: float) -> bool:
         """Wait up to ``wait`` seconds for commit notices, then read the log once if they (all pending
-        notices together) claim a position beyond the last applied one, or if a notice may have been
-        missed. Only the log's committed events are applied; whether anything was."""
+        notices together, and claims kept through a pause) claim a position beyond the last applied one
+        (core/commitwake.py), or if a notice may have been missed. Only the log's committed events are
+        applied; whether anything was."""
         if self._notices is None:
             return False
         try:
@@ -245,16 +246,16 @@ class Subscriber(BackgroundRunner):
             return False
         if notes:
             self._noticed(notes)
-        claim = newest_claim(n.payload for n in notes)
+        target = self.gate.target(claims(n.payload for n in notes), self.last, time.monotonic())
         before = self.last
         if self._missed:
             self._missed = False
             self.wake_reads += 1
             self._retrying(lambda: self._fill_from_log(None))
-        elif claim is not None and self.gate.should_read(claim, self.last, time.monotonic()):
+        elif target is not None:
             self.wake_reads += 1
-            self._retrying(lambda: self._fill_from_log(claim))
-            self.gate.read_done(claim, self.last, time.monotonic())
+            self._retrying(lambda: self._fill_from_log(target))
+            self.gate.read_done(target, self.last, time.monotonic())
         if self.last > before:
             self.woken += self.last - before
             return True
@@ -271,7 +272,7 @@ class Subscriber(BackgroundRunner):
             return
         deadline = time.monotonic() + seconds
         while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
-            self._wake(min(left, 0.25))
+            self._wake(min(left, self.wake_wait))  # poll(2) does not see stop(): wait in short steps
 
     def _unseen(self, msgs: list[Any]) -> list[Any]:
         """The fetched messages whose position header is beyond the last applied position (and any without
@@ -378,7 +379,9 @@ class Subscriber(BackgroundRunner):
         with self._conn().cursor() as cur:
             logged = eventlog.hash_at(cur, run[-1].position)
         if logged == run[-1].hash:
-            self._apply(self._fill_stream_gaps(run))
+            # The view may already hold some of these events (its versions ahead of a checkpoint saved
+            # after it): they are dropped, and the subscriber still moves to the run's end.
+            self._apply(self._fill_stream_gaps(run), run[-1])
             return
         self.forgeries += 1
         log.error("committed-topic messages %d..%d chain onto the last applied event but the event log holds "
@@ -413,10 +416,14 @@ class Subscriber(BackgroundRunner):
                 seen[ev.stream] = ev.version
         return out
 
-    def _apply(self, events: list[RecordedEvent]) -> None:
-        # The newest is the last: a log page is in position order, and _fill_stream_gaps puts a stream's
-        # backfilled events (positions below the event that jumped) before that event, which it keeps.
-        newest = events[-1]
+    def _apply(self, events: list[RecordedEvent], newest: RecordedEvent | None = None) -> None:
+        """Apply ``events`` and move to ``newest`` (default: the last of them, the newest: a log page is in
+        position order, and _fill_stream_gaps puts a stream's backfilled events, at positions below the event
+        that jumped, before that event). ``newest`` may be an event the view already held and dropped."""
+        if newest is None:
+            if not events:
+                return
+            newest = events[-1]
         handlers = self.handlers
         if handlers:
             for ev in events:

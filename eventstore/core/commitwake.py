@@ -7,14 +7,15 @@ after its last applied position straight from PostgreSQL.
 
 Any role may NOTIFY any channel, so a notice is a **wake-up, never data**: what is applied comes from the
 log (committed only, chained onto the last applied hash, nothing beyond the log's head). What a notice
-may decide is only *whether to spend a read*: :func:`newest_claim` takes the highest well-formed position
-of all notices pending at once (one read for a burst, garbage ignored) and :class:`WakeGate` skips claims
-the subscriber already holds, claims too far ahead (a subscriber that far behind is catching up, which is
-Kafka's job and the idle check's, not a wake-up's: at most ``window`` events are read per notice) and,
-after a claim the log did not bear out (forged: notices are scoped to one database), spaces further
-reads so a storm of forged notices costs a few reads per second, not one per notice. A genuine notice is
-never beyond the log (it is delivered after its commit), so a subscriber that only meets genuine notices
-is never paused by the gate.
+may decide is only *whether and how far to read*: :func:`claims` takes the well-formed positions of all
+notices pending at once (garbage ignored) and :class:`WakeGate` reads once up to the newest claim that is
+beyond the last applied position and within ``window`` of it. Each claim is judged on its own, so a forged
+far-ahead claim in a burst cannot hide the genuine ones beside it (a claim that far ahead is a catch-up,
+Kafka's job and the idle check's, or a forgery). After a claim the log did not bear out (forged: notices
+are scoped to one database, and a genuine one is delivered after its commit), further reads wait ``pause``
+seconds, so a storm of forged notices costs a few reads per second, not one per notice; the claims that
+arrive meanwhile are kept and read when the pause ends, so a forger can delay a woken subscriber by at
+most the pause, never make it miss a commit (Kafka and the idle check deliver it anyway).
 """
 
 from __future__ import annotations
@@ -27,43 +28,49 @@ MAX_DIGITS = 19
 DISPROVED_PAUSE = 0.1
 
 
-def newest_claim(payloads: Iterable[str]) -> int | None:
-    """The highest position the notices claim (None if none is a well-formed position): the
-    projector's payload is the decimal newest position of its batch; anything else is ignored."""
-    newest: int | None = None
+def claims(payloads: Iterable[str]) -> list[int]:
+    """The positions the notices claim: the projector's payload is the decimal newest position of its
+    batch; anything else is ignored."""
+    out: list[int] = []
     for payload in payloads:
         text = payload.strip()
-        if not text or len(text) > MAX_DIGITS or not text.isascii() or not text.isdigit():
-            continue
-        position = int(text)
-        if newest is None or position > newest:
-            newest = position
-    return newest
+        if text and len(text) <= MAX_DIGITS and text.isascii() and text.isdigit():
+            out.append(int(text))
+    return out
 
 
 class WakeGate:
-    """Decides whether a claim is worth one read of the log, and learns from what the read found."""
+    """Decides how far a woken subscriber reads the log, and learns from what each read found."""
 
     def __init__(self, window: int = 10_000, pause: float = DISPROVED_PAUSE) -> None:
         self.window = window
         self.pause = pause
+        self.pending: int | None = None  # the newest claim not read yet (kept through a pause)
         self.quiet_until = 0.0  # monotonic time before which claims are not read (after a disproved one)
         self.disproved = 0  # claims the log did not bear out (forged notices)
-        self.skipped = 0  # claims not read: too far ahead, or within a pause
+        self.skipped = 0  # claims not taken: too far ahead of the last applied position
 
-    def should_read(self, claim: int, last: int, now: float) -> bool:
-        """Read when a claim is beyond what the subscriber applied and within the window, unless a
-        disproved claim paused reads."""
-        if claim <= last:
-            return False
-        if claim - last > self.window or now < self.quiet_until:
-            self.skipped += 1
-            return False
-        return True
+    def target(self, claimed: Iterable[int], last: int, now: float) -> int | None:
+        """The position to read the log up to now, or None: the newest claim (of these and any kept from
+        before) beyond ``last`` and at most ``window`` ahead of it, unless a disproved claim paused reads
+        (the claim is then kept for when the pause ends)."""
+        limit = last + self.window
+        for claim in claimed:
+            if claim > limit:
+                self.skipped += 1
+            elif claim > last and (self.pending is None or claim > self.pending):
+                self.pending = claim
+        if self.pending is None or self.pending <= last:
+            self.pending = None
+            return None
+        if now < self.quiet_until:
+            return None
+        target, self.pending = self.pending, None
+        return target
 
-    def read_done(self, claim: int, reached: int, now: float) -> None:
-        """After a read for ``claim`` that left the subscriber at ``reached``: a claim beyond what the log
+    def read_done(self, target: int, reached: int, now: float) -> None:
+        """After a read up to ``target`` that left the subscriber at ``reached``: a claim beyond what the log
         held pauses reads on notices for a while (a genuine notice is never ahead of its commit)."""
-        if reached < claim:
+        if reached < target:
             self.disproved += 1
             self.quiet_until = now + self.pause
