@@ -14,6 +14,9 @@ from typing import Any
 from eventstore.core.errors import EmitTimeout
 from eventstore.core.records import RecordedEvent
 
+# A pure function (state, event) -> state. It must not read the view: a batch is folded before the view's
+# states change, so the view shows the states as of the batch's start, and batches split differently live and
+# in a rebuild (a reducer that read the view would not rebuild to the same view).
 Reducer = Callable[[Any, RecordedEvent], Any]
 
 
