@@ -188,11 +188,20 @@ class Projector(BackgroundRunner):
             log.info("assigned partitions %s", sorted(self._assigned))
 
         def on_revoke(c: Consumer, parts: list[TopicPartition]) -> None:
-            self._commit_kafka(c, force=True)  # while this member still owns them
+            # Sent before giving them up (asynchronous: a hint may land late and be refused, harmlessly; a
+            # synchronous commit would hold the rebalance up for as long as the broker does not answer).
+            self._commit_kafka(c, force=True)
             self._assigned -= {p.partition for p in parts}
             c.unassign()
 
-        consumer.subscribe([self.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
+        def on_lost(c: Consumer, parts: list[TopicPartition]) -> None:
+            # Lost, not revoked: another member may own them already, so their hints are dropped, not sent.
+            lost = {p.partition for p in parts}
+            self._kafka_offsets = {p: o for p, o in self._kafka_offsets.items() if p not in lost}
+            self._assigned -= lost
+            c.unassign()
+
+        consumer.subscribe([self.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
         if self.publisher is not None:
             self.publisher.start()
         try:
