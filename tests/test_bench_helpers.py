@@ -41,7 +41,7 @@ def test_peer_settings_from_unix_socket_and_tcp_urls() -> None:
 
 
 def test_latency_split_assigns_each_step_and_counts_failures_apart() -> None:
-    from eventstore.bench.brokerlatency import split_of
+    from eventstore.bench.latencysplit import split_of
     from eventstore.bench.tailsplit import STEPS
     from eventstore.core.outcomes import Outcome
 

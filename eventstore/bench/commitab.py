@@ -18,15 +18,14 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from eventstore.bench.brokerlatency import (
-    Split,
     _meter,
     idle_cpu,
-    print_split,
     settle,
     split_run,
     timed_client,
     timed_projector,
 )
+from eventstore.bench.latencysplit import Split, print_split
 from eventstore.bench.tailsplit import GcPauses, PgLogReader, RunDelayMeter, TailProbes
 from eventstore.bench.writepath import _proc_cpu, publish_from_head
 from eventstore.core.settings import Settings

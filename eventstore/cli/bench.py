@@ -5,7 +5,6 @@ and are imported only when chosen, so the command line starts fast."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from eventstore.cli.exits import EXIT_OK
 
@@ -91,7 +90,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``eventstore bench`` to the command line's subcommands."""
     bn = sub.add_parser("bench", help="benchmarks on fresh embedded servers (not tests)")
     bn.add_argument("which", nargs="?", default="write-path",

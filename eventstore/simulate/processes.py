@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from eventstore.core.settings import Settings
 
-EXIT_CONFIG = 3  # eventstore.cli.main.EXIT_CONFIG: configuration missing or a server unreachable
+# eventstore.cli.exits.EXIT_CONFIG (simulate sits below the CLI): configuration missing or a server unreachable
+EXIT_CONFIG = 3
 RESTART_DELAY = 1.0
 
 
