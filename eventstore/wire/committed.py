@@ -221,7 +221,10 @@ def _hex(value: Any) -> bytes | None:
 # The fields decode_committed reads, typed as the publisher writes them: msgspec checks types while it
 # reads the bytes and builds the UUIDs in C; the payload stays raw JSON text and is parsed by the same
 # parser decode_committed uses. Anything this does not take (another type, a stub, a lone surrogate, any
-# error) goes through decode_committed, so both give the same event or the same refusal.
+# error) goes through decode_committed, so both give the same event or the same refusal. One known exception:
+# the payload is parsed on its own, one level shallower than inside the whole message, so a payload nested
+# exactly at the parser's depth limit is taken here and refused by the reference; harmless (its run is still
+# confirmed against the log, so the event applied is the log's), and such a payload cannot be committed anyway.
 # Unknown fields are refused (the message falls back): msgspec skips an unknown key without checking its
 # UTF-8, where the reference parser refuses the whole message.
 class _WireCommitted(msgspec.Struct, gc=False, forbid_unknown_fields=True):
