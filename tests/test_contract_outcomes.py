@@ -15,7 +15,7 @@ from eventstore.core.records import DirectEvent
 from eventstore.examples.inventory import InventoryAdjusted
 from eventstore.postgres import eventlog
 from eventstore.postgres.connection import Database
-from eventstore.postgres.intake import INSERT_OUTCOMES
+from eventstore.postgres.outcomerecord import INSERT_OUTCOMES
 from eventstore.postgres.outcomes import OutcomeStore, PostgresOutcomeStore
 
 

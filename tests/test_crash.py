@@ -91,7 +91,8 @@ def test_zombie_batch_is_fenced_by_the_stored_offsets(settings: Settings) -> Non
 
     from eventstore.core.events import registry
     from eventstore.examples.inventory import InventoryModel
-    from eventstore.postgres.intake import BatchResult, IntakeMessage, write_batch
+    from eventstore.postgres.intake import write_batch
+    from eventstore.postgres.intakebatch import BatchResult, IntakeMessage
     from eventstore.sdk.client import build_envelope
     from eventstore.wire.envelope import encode
     from tests.fix_agents import credential_for

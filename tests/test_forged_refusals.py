@@ -299,7 +299,8 @@ def test_only_a_proven_identity_refusal_reaches_the_rejections_topic(settings: S
     that agent's decision: only refusals the projector can prove (the MAC verified under the key named) are
     published there; the forgeable ones are in identity_refusals only."""
     from eventstore.core.events import registry
-    from eventstore.postgres.intake import IntakeMessage, write_batch
+    from eventstore.postgres.intake import write_batch
+    from eventstore.postgres.intakebatch import IntakeMessage
     from eventstore.wire.rejections import EventRejected
 
     x = uuid.uuid4()

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from eventstore import Projector
 from eventstore.core.events import registry
 from eventstore.core.settings import Settings
-from eventstore.postgres.intake import IntakeMessage, _Parsed, read_message, write_batch
+from eventstore.postgres.intake import read_message, write_batch
+from eventstore.postgres.intakebatch import IntakeMessage, Parsed
 from tests.app_events import DocumentTitled, DocumentTitles
 from tests.fix_agents import signed
 from tests.fix_projector import scalar, wait_until
@@ -91,7 +92,7 @@ def test_write_batch_ends_every_message_in_exactly_one_way(settings: Settings, o
     assert stored == (start + len(msgs),)
     for m in msgs:
         got = read_message(m, registry)
-        if isinstance(got, _Parsed):
+        if isinstance(got, Parsed):
             assert m.offset not in dead and str(got.envelope.event_id) in known
         else:
             assert m.offset in dead

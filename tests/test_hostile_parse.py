@@ -16,7 +16,8 @@ from eventstore.core.events import registry
 from eventstore.core.limits import MAX_JSON_DEPTH, json_depth, offset_problem
 from eventstore.examples.inventory import InventoryUpdated, stream_for
 from eventstore.postgres.connection import Disposition, disposition
-from eventstore.postgres.intake import IntakeMessage, _Parsed, read_message
+from eventstore.postgres.intake import read_message
+from eventstore.postgres.intakebatch import IntakeMessage, Parsed
 from eventstore.sdk.client import build_envelope
 from eventstore.wire.committed import PayloadOmitted, decode_committed, encode_committed
 from eventstore.wire.envelope import encode, salvage_ids
@@ -89,7 +90,7 @@ def test_each_hostile_message_becomes_a_dead_letter_reason(name: str, value: byt
 
 def test_a_good_envelope_passes_and_oversize_is_refused() -> None:
     good = variant()
-    assert isinstance(read_message(message(good), registry), _Parsed)
+    assert isinstance(read_message(message(good), registry), Parsed)
     got = read_message(message(good), registry, max_event_bytes=len(good) - 1)
     assert isinstance(got, str) and f"{len(good):,} bytes" in got and "EVENTSTORE_MAX_EVENT_BYTES" in got
 

@@ -16,7 +16,8 @@ from eventstore.core.errors import DecodeError
 from eventstore.core.events import registry
 from eventstore.core.hashing import hashed_time
 from eventstore.core.records import EnvelopeFields
-from eventstore.postgres.intake import IntakeMessage, _Parsed, read_message
+from eventstore.postgres.intake import read_message
+from eventstore.postgres.intakebatch import IntakeMessage, Parsed
 from eventstore.wire.envelope import IntakeEnvelope, decode, decode_intake
 from tests.test_hostile_parse import HOSTILE, good_envelope, hostile_envelopes, variant
 
@@ -179,5 +180,5 @@ def test_the_signed_part_is_cut_as_split_signed_cuts_it(value: bytes) -> None:
     if isinstance(env, IntakeEnvelope) and env.auth is not None:
         assert split_signed_as(value, env.auth.key_id, env.auth.mac) == expected
     got = read_message(IntakeMessage(0, 0, env.stream.encode(), value), registry)
-    if isinstance(got, _Parsed):
+    if isinstance(got, Parsed):
         assert got.signed == expected

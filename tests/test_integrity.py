@@ -22,7 +22,8 @@ from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryUpdated, stream_for
 from eventstore.postgres import eventlog, sidechains
 from eventstore.postgres.connection import convert
-from eventstore.postgres.intake import IntakeMessage, write_batch
+from eventstore.postgres.intake import write_batch
+from eventstore.postgres.intakebatch import IntakeMessage
 from eventstore.postgres.migrate import upgrade
 from eventstore.wire.envelope import encode
 from tests.fix_servers import Servers, with_dbname

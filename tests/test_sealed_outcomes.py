@@ -24,7 +24,7 @@ from eventstore.core.outcomes import EmitResult, ReasonCode
 from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryAdjusted, stream_for
 from eventstore.postgres import agents
-from eventstore.postgres.intake import _NOT_AUTHENTIC
+from eventstore.postgres.outcomerecord import NOT_AUTHENTIC
 from eventstore.wire.notifications import MAX_PAYLOAD, SEAL_MARK, OutcomeSeal, channel_for, pack, unpack
 from tests.fix_projector import scalar, wait_until
 from tests.test_roles import login_role
@@ -106,7 +106,7 @@ def test_every_identity_refusal_is_one_the_projector_never_seals() -> None:
 
     tries += [Signed(b"{}", k, mac(good.secret, b"{}")) for k in ("b" * 16, "c" * 16)]
     codes = {p[0] for t in tries if (p := authenticate("alice", t, keys)) is not None}
-    assert codes and codes <= _NOT_AUTHENTIC
+    assert codes and codes <= NOT_AUTHENTIC
     assert len(codes) == 3
 
 

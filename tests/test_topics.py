@@ -20,7 +20,7 @@ from eventstore.core.errors import ConfigurationError, InvalidEventError, Offset
 from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryUpdated, stream_for
 from eventstore.kafka.config import ensure_topics, producer_config
-from eventstore.postgres.intake import IntakeMessage
+from eventstore.postgres.intakebatch import IntakeMessage
 from tests.app_events import DocumentTitled
 from tests.fix_agents import signed
 from tests.fix_projector import ProjectorProcess, scalar, settings_env, wait_until
@@ -244,7 +244,8 @@ def test_the_batch_transaction_refuses_a_gap_and_a_start_beyond_the_stored_offse
     """What truncation looks like to the projector, checked under the offsets row lock; tansu has no
     DeleteRecords, so the broker side is simulated here by the messages and watermarks handed in."""
     from eventstore.core.events import registry
-    from eventstore.postgres.intake import IntakeMessage, write_batch
+    from eventstore.postgres.intake import write_batch
+    from eventstore.postgres.intakebatch import IntakeMessage
 
     db = settings.require_database()
     first = IntakeMessage(0, 0, b"inventory-H1", signed(db, variant()))

@@ -36,7 +36,8 @@ from eventstore.core.gcpolicy import tune_for_batches
 from eventstore.embedded import EmbeddedPostgres
 from eventstore.examples.inventory import InventoryModel
 from eventstore.postgres.agents import register
-from eventstore.postgres.intake import IntakeMessage, write_batch
+from eventstore.postgres.intake import write_batch
+from eventstore.postgres.intakebatch import IntakeMessage
 from eventstore.postgres.migrate import upgrade
 from eventstore.sdk.client import build_envelope
 from eventstore.wire.envelope import encode

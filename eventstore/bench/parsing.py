@@ -13,19 +13,20 @@ from eventstore.core.events import registry
 from eventstore.core.hashing import canonical_json, intent_hash
 from eventstore.core.validation import check_no_nul, check_stream
 from eventstore.examples.inventory import InventoryUpdated, stream_for
-from eventstore.postgres.intake import IntakeMessage, _Parsed, read_message
+from eventstore.postgres.intake import read_message
+from eventstore.postgres.intakebatch import IntakeMessage, Parsed
 from eventstore.sdk.client import build_envelope
 from eventstore.wire.envelope import decode, encode
 
 
-def _baseline(m: IntakeMessage) -> _Parsed:
+def _baseline(m: IntakeMessage) -> Parsed:
     env = decode(m.value)
     check_stream(env.stream)
     typed = registry.decode(env.type, env.schema_version, env.payload)
     payload = typed.model_dump(mode="json")
     check_no_nul(env.type, payload)
     pj = canonical_json(payload)
-    return _Parsed(env, intent_hash(env.type, env.schema_version, env.stream, pj), message=m, payload_json=pj,
+    return Parsed(env, intent_hash(env.type, env.schema_version, env.stream, pj), message=m, payload_json=pj,
                    payload=payload)
 
 

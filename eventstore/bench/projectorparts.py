@@ -48,7 +48,8 @@ from eventstore.core.outcomes import EmitResult, Outcome
 from eventstore.core.records import RecordedEvent, recorded_event
 from eventstore.core.validation import CONTROL_CHARS
 from eventstore.postgres import binarrays
-from eventstore.postgres.intake import IntakeMessage, _Parsed, intake_messages, parse
+from eventstore.postgres.intake import parse
+from eventstore.postgres.intakebatch import IntakeMessage, Parsed, intake_messages
 from eventstore.wire import envelope
 from eventstore.wire.committed import PRINTED, encode_recorded
 from eventstore.wire.notifications import MAX_PAYLOAD, pack_rows
@@ -124,7 +125,7 @@ def _best(fn: Callable[[], object]) -> float:
 def main(n: int = 2000) -> int:
     credential = Credential(uuid.uuid4().hex[:16], os.urandom(32))
     keys = {credential.key_id: AgentKey(credential.key_id, "bench-intake", credential.secret, "active")}
-    parsed = [p for m in messages(credential, n, "parts", seed=7) if isinstance(p := parse(m, registry), _Parsed)]
+    parsed = [p for m in messages(credential, n, "parts", seed=7) if isinstance(p := parse(m, registry), Parsed)]
     if len(parsed) != n:
         raise RuntimeError("the batch did not parse")
     envs = [p.envelope for p in parsed]

@@ -28,7 +28,7 @@ from confluent_kafka import Consumer
 from eventstore.bench.tailsplit import GcPauses
 from eventstore.core.gcpolicy import tune_for_batches
 from eventstore.core.settings import Settings
-from eventstore.postgres.intake import BatchResult, IntakeMessage
+from eventstore.postgres.intakebatch import BatchResult, IntakeMessage
 from eventstore.projection.projector import Projector
 
 Noted = list[tuple[float, float, list[bytes | None]]]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from eventstore.core.outcomes import Outcome
-from eventstore.postgres.intake import BatchResult
+from eventstore.postgres.intakebatch import BatchResult
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 BATCH_SIZE = Histogram("eventstore_projector_batch_messages", "Intake messages per projector batch",

@@ -37,14 +37,8 @@ from eventstore.core.validation import printable
 from eventstore.kafka.config import ensure_topics, pipeline_topics, producer_config, projector_consumer_config
 from eventstore.kafka.probe import partitions_reaching
 from eventstore.postgres.connection import Database, converted_errors
-from eventstore.postgres.intake import (
-    BatchResult,
-    IntakeMessage,
-    PoisonBatchError,
-    dead_letter_headers,
-    intake_messages,
-    write_batch,
-)
+from eventstore.postgres.intake import PoisonBatchError, write_batch
+from eventstore.postgres.intakebatch import BatchResult, IntakeMessage, dead_letter_headers, intake_messages
 from eventstore.postgres.offsets import load_offsets
 from eventstore.postgres.readmodels import ReadModel, ReadModelError, read_models
 from eventstore.projection import metrics as projector_metrics
