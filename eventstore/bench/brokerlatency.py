@@ -47,7 +47,7 @@ from confluent_kafka import KafkaError, Message
 
 from eventstore.bench import agents as bench_agents
 from eventstore.bench.brokerprobes import fetch_wait_cost, history_probe, probes
-from eventstore.bench.drain import prefill
+from eventstore.bench.drain import prefill_and_wait
 from eventstore.bench.latencysplit import Split, print_split, split_of, summary
 from eventstore.bench.tailsplit import (
     GcPauses,
@@ -337,16 +337,10 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tupl
                     others.merge(sp)
                     print(f"\n2) throughput run: {heavy:,} events pre-filled into the same intake topic and drained",
                           flush=True)
-                    start = head(conn)
-                    t0 = time.monotonic()
-                    prefill(settings, heavy)
-                    while head(conn) < start + heavy:
-                        if time.monotonic() - t0 > 600 or proj.proc.poll() is not None:
-                            raise RuntimeError("the throughput run was not drained within 600 s")
-                        time.sleep(0.02)
+                    drained = prefill_and_wait(settings, heavy, conn, proj.proc)
                     row = conn.execute("SELECT coalesce(max(position), 0) FROM publisher_checkpoints").fetchone()
                     behind = head(conn) - int(row[0] if row else 0)
-                    print(f"  drained in {time.monotonic() - t0:.1f} s ({heavy / (time.monotonic() - t0):,.0f} "
+                    print(f"  drained in {drained:.1f} s ({heavy / drained:,.0f} "
                           f"events/s); the steady run starts at once, the publisher's checkpoint {behind:,} events "
                           "behind the log head", flush=True)
                     sp = split_run(client, woke, proj, cpu, events, rate, "r", tails)

@@ -130,6 +130,21 @@ def prefill(settings: Settings, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def prefill_and_wait(settings: Settings, n: int, conn: Any, projector: subprocess.Popen[bytes],
+                     timeout: float = 600.0) -> float:
+    """:func:`prefill` n events, then wait until a running projector process has appended them all (the
+    log's head moved by n); seconds from the start of the pre-fill. RuntimeError if the projector exits or
+    the drain takes longer than ``timeout``."""
+    start = head(conn)
+    t0 = time.monotonic()
+    prefill(settings, n)
+    while head(conn) < start + n:
+        if time.monotonic() - t0 > timeout or projector.poll() is not None:
+            raise RuntimeError(f"the throughput run was not drained within {timeout:.0f} s")
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
 def drain(settings: Settings, n: int, conn: psycopg.Connection[Any], pids: dict[str, int], logdir: Path,
           tree: str | None = None) -> Drain:
     """Pre-fill, then time one projector process draining the topic into the log and read model; ``tree``:

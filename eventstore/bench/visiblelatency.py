@@ -24,7 +24,7 @@ import psycopg
 from consumers.checkpoints import MemoryCheckpoint
 from eventstore.bench import agents as bench_agents
 from eventstore.bench.brokerlatency import _meter, idle_cpu, settle, timed_projector
-from eventstore.bench.drain import prefill
+from eventstore.bench.drain import prefill_and_wait
 from eventstore.bench.subscribers import measure_latency
 from eventstore.bench.threadcpu import ThreadCpu
 from eventstore.bench.viewtiming import SPLIT, SPLIT_WOKEN, TimedSubscriber, TimedView, split, split_woken
@@ -77,15 +77,9 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000,
                 with timed_projector(settings, settings.projector_fetch_wait_ms, logdir) as proj:
                     cpu = _meter(servers, postmaster, proj)
                     settle(client, "vis")
-                    start = head(conn)
-                    t0 = time.monotonic()
-                    prefill(settings, heavy)
-                    while head(conn) < start + heavy:
-                        if time.monotonic() - t0 > 600 or proj.proc.poll() is not None:
-                            raise RuntimeError("the throughput run was not drained within 600 s")
-                        time.sleep(0.02)
+                    drained = prefill_and_wait(settings, heavy, conn, proj.proc)
                     proj.take()  # forget what the projector noted (not used here)
-                    print(f"\n1) throughput run drained: {heavy:,} events in {time.monotonic() - t0:.1f} s; "
+                    print(f"\n1) throughput run drained: {heavy:,} events in {drained:.1f} s; "
                           f"load {os.getloadavg()[0]:.2f}", flush=True)
                     # tansu slows as the intake partition stores more batches (perf-broker.md), so what runs
                     # first meets the youngest broker: the paired rounds, the fairest comparison, go first.

@@ -121,22 +121,18 @@ class Coordinator:
         either side to process. With ``synchronous_commit=False`` it runs as a step (``run_step``)."""
         if not self.synchronous_commit:
             return self.run_step(fn, attempts)
-        for i in range(attempts):
-            try:
-                with converted_errors(), self._pool.connection() as conn:
-                    conn.autocommit = True  # client-side only: no round trip
-                    try:
-                        with conn.cursor() as cur:
-                            return fn(cur)
-                    finally:
-                        if conn.info.transaction_status == TransactionStatus.IDLE:
-                            conn.autocommit = False  # else the pool discards the broken connection
-            except TransientStorageError:
-                if i == attempts - 1:
-                    raise
-                self._pool.check()
-                time.sleep(rules.backoff(i, base=0.01, cap=0.2))
-        raise TransientStorageError(f"no attempt was made (attempts={attempts})")
+
+        def attempt() -> T:
+            with converted_errors(), self._pool.connection() as conn:
+                conn.autocommit = True  # client-side only: no round trip
+                try:
+                    with conn.cursor() as cur:
+                        return fn(cur)
+                finally:
+                    if conn.info.transaction_status == TransactionStatus.IDLE:
+                        conn.autocommit = False  # else the pool discards the broken connection
+
+        return self._retrying(attempt, attempts)
 
     def notice_key(self) -> bytes | None:
         """The key that signs hand-off notices (migration 0011), read once; None if this role cannot read
@@ -153,21 +149,29 @@ class Coordinator:
         return self._notice_key if isinstance(self._notice_key, bytes) else None
 
     def _transaction(self, fn: Callable[[Cursor], R], attempts: int, finish: Callable[[R], T]) -> T:
+        def attempt() -> T:
+            with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
+                if not self.synchronous_commit:
+                    cur.execute("SET LOCAL synchronous_commit = off")
+                if not self.pipeline:
+                    result = fn(cur)
+                    conn.commit()
+                    return finish(result)
+                # Pipeline mode: statements whose results are not read yet travel together,
+                # the commit included.
+                with conn.pipeline():
+                    result = fn(cur)
+                    conn.commit()
+                    return finish(result)
+
+        return self._retrying(attempt, attempts)
+
+    def _retrying(self, attempt: Callable[[], T], attempts: int) -> T:
+        """``attempt()``, again after a transient failure (a lost connection, a restarting server) with a
+        short backoff, at most ``attempts`` times."""
         for i in range(attempts):
             try:
-                with converted_errors(), self._pool.connection() as conn, conn.cursor() as cur:
-                    if not self.synchronous_commit:
-                        cur.execute("SET LOCAL synchronous_commit = off")
-                    if not self.pipeline:
-                        result = fn(cur)
-                        conn.commit()
-                        return finish(result)
-                    # Pipeline mode: statements whose results are not read yet travel together,
-                    # the commit included.
-                    with conn.pipeline():
-                        result = fn(cur)
-                        conn.commit()
-                        return finish(result)
+                return attempt()
             except TransientStorageError:
                 if i == attempts - 1:
                     raise
