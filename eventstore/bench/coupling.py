@@ -16,7 +16,8 @@ from pathlib import Path
 import psycopg
 
 from eventstore.bench import agents as bench_agents
-from eventstore.bench.writepath import head, make_events, projector
+from eventstore.bench.launch import head
+from eventstore.bench.writepath import make_events, projector
 from eventstore.coordination import Coordinator
 from eventstore.core.settings import Settings
 

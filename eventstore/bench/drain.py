@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,8 @@ from typing import Any
 import psycopg
 from confluent_kafka import Producer
 
-from eventstore.bench.writepath import CpuMeter, head, make_events, postmaster_pid, projector, publish_from_head
+from eventstore.bench.launch import child, child_env, head, server_pids, wait_for
+from eventstore.bench.writepath import CpuMeter, make_events, projector, publish_from_head
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.kafka.config import ensure_topics, producer_config
@@ -166,13 +166,7 @@ def drain(settings: Settings, n: int, conn: psycopg.Connection[Any], pids: dict[
         threads = thread_cpu(ppid)
         cpu.start()
         t0 = time.perf_counter()
-        last, progress_at = first, time.monotonic()
-        while (now := head(conn)) < start_pos + n:
-            if now > last:
-                last, progress_at = now, time.monotonic()
-            elif time.monotonic() - progress_at > STALL_TIMEOUT:
-                raise RuntimeError(f"drain stalled: {now - start_pos} of {n} committed")
-            time.sleep(0.005)
+        wait_for(lambda: head(conn), start_pos + n, STALL_TIMEOUT, "the drain's log head")
         seconds = time.perf_counter() - t0
         cpu.stop()
         split = thread_split(threads, thread_cpu(ppid))
@@ -187,23 +181,9 @@ def drain(settings: Settings, n: int, conn: psycopg.Connection[Any], pids: dict[
 @contextmanager
 def _projector_from(tree: str, settings: Settings, log_path: Path) -> Iterator[int]:
     """An ``eventstore project`` process importing the ``eventstore`` package of ``tree`` (the baseline)."""
-    db, bootstrap = settings.require_servers()
-    env = {**os.environ, "PYTHONPATH": tree, "EVENTSTORE_DATABASE_URL": db, "EVENTSTORE_KAFKA_BOOTSTRAP": bootstrap,
-           "EVENTSTORE_NAMESPACE": settings.namespace, "EVENTSTORE_BATCH_SIZE": str(settings.batch_size),
-           "EVENTSTORE_PROJECTOR_GROUP": settings.projector_group, "EVENTSTORE_AUTH": "on"}
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "eventstore.cli", "project"], env=env, cwd=tree,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield proc.pid
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    with child([sys.executable, "-m", "eventstore.cli", "project"], child_env(settings, PYTHONPATH=tree), log_path,
+               cwd=tree) as proc:
+        yield proc.pid
 
 
 def report(d: Drain, ceiling_rate: float | None) -> list[str]:
@@ -247,10 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         upgrade(url)
         base = Settings.from_env().with_servers(url, servers.broker.bootstrap)
         with psycopg.connect(url, autocommit=True) as conn:
-            postmaster = postmaster_pid(conn)
-            pids = {"postgres": postmaster}
-            if servers.broker._proc is not None:
-                pids["tansu"] = servers.broker._proc.pid
+            pids = server_pids(servers, conn)
             for r in range(args.rounds):
                 order = trees if r % 2 == 0 else trees[::-1]
                 for name, tree in order:

@@ -29,7 +29,8 @@ from typing import Any
 import psycopg
 
 from eventstore.bench import ceiling
-from eventstore.bench.writepath import CpuMeter, make_events, postmaster_pid
+from eventstore.bench.launch import postmaster_pid
+from eventstore.bench.writepath import CpuMeter, make_events
 from eventstore.core.auth import Credential
 from eventstore.core.events import registry
 from eventstore.core.gcpolicy import tune_for_batches

@@ -14,8 +14,9 @@ from typing import Any
 
 import psycopg
 
+from eventstore.bench.launch import postmaster_pid
 from eventstore.bench.leasetimeline import fifo_floor_ms
-from eventstore.bench.writepath import CpuMeter, postmaster_pid
+from eventstore.bench.writepath import CpuMeter
 from eventstore.coordination import Coordinator
 
 

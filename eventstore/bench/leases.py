@@ -34,6 +34,7 @@ from typing import Any
 
 import psycopg
 
+from eventstore.bench.launch import postmaster_pid
 from eventstore.bench.leaserun import (
     GRANTS,
     HANDED,
@@ -47,7 +48,7 @@ from eventstore.bench.leaserun import (
     summary,
 )
 from eventstore.bench.leasetimeline import WaitSampler, fifo_floor_ms, read_timeline
-from eventstore.bench.writepath import CpuMeter, postmaster_pid
+from eventstore.bench.writepath import CpuMeter
 from eventstore.coordination import Coordinator
 from eventstore.core.lockevents import LeaseReleased
 from eventstore.core.records import DirectEvent

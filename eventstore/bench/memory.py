@@ -138,7 +138,7 @@ def main(events: int = 1_000_000, heap_trace: bool = False, malloc_trim: float =
         print(f"  EVENTSTORE_KAFKA_CONFIG={json.dumps(settings.kafka_config)} (every process); "
               f"batch size {settings.batch_size}, {settings.intake_partitions} intake partitions, "
               f"{SKUS} SKUs, agent at most {AHEAD:,} events ahead of the log, sampling VmRSS/VmHWM every second")
-        context = {"tansu (broker)": s.broker._proc.pid if s.broker._proc is not None else 0,
+        context = {"tansu (broker)": s.broker.pid or 0,
                    "PostgreSQL (PSS, all backends)": _postmaster_pid(s.postgres.url)}
         return _run(settings, events, context, Path(trace_dir) if heap_trace else None, malloc_trim)
 

@@ -23,11 +23,10 @@ import psycopg
 
 from eventstore.bench import agents as bench_agents
 from eventstore.bench.drain import prefill
+from eventstore.bench.launch import head, server_pids
 from eventstore.bench.writepath import (
     CpuMeter,
     Throughput,
-    head,
-    postmaster_pid,
     projector,
     publish_from_head,
     throughput,
@@ -100,10 +99,7 @@ def _profile_write_path(servers: EmbeddedServers, settings: Settings, conn: psyc
         if ppid is None:
             raise RuntimeError("the profile needs a projector process")
         wait_ready(client, "pw")
-        postmaster = postmaster_pid(conn)
-        pids = {"agent (this process)": os.getpid(), "projector process": ppid, "postgres": postmaster}
-        if servers.broker._proc is not None:
-            pids["tansu"] = servers.broker._proc.pid
+        pids = {"agent (this process)": os.getpid(), "projector process": ppid, **server_pids(servers, conn)}
         spies = {"agent": _spy(os.getpid(), logdir / "agent.txt"),
                  "projector": _spy(ppid, logdir / "projector.txt")}
         time.sleep(1.0)  # py-spy attaches

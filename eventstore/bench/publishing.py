@@ -41,7 +41,8 @@ from confluent_kafka import Producer
 from psycopg import sql
 
 from eventstore.bench.drain import peak_rss_mb, prefill
-from eventstore.bench.writepath import CpuMeter, head, postmaster_pid
+from eventstore.bench.launch import child, child_env, head, server_pids
+from eventstore.bench.writepath import CpuMeter
 from eventstore.core.errors import BrokerError
 from eventstore.core.records import RecordedEvent
 from eventstore.core.settings import Settings
@@ -174,23 +175,9 @@ def run_projector(variant: str) -> int:
 
 @contextmanager
 def projector_process(settings: Settings, variant: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    db, bootstrap = settings.require_servers()
-    env = {**os.environ, "EVENTSTORE_DATABASE_URL": db, "EVENTSTORE_KAFKA_BOOTSTRAP": bootstrap,
-           "EVENTSTORE_NAMESPACE": settings.namespace, "EVENTSTORE_BATCH_SIZE": str(settings.batch_size),
-           "EVENTSTORE_PROJECTOR_GROUP": settings.projector_group}
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "eventstore.bench.publishing", variant], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    with child([sys.executable, "-m", "eventstore.bench.publishing", variant], child_env(settings), log_path,
+               grace=30) as proc:
+        yield proc
 
 
 # -- one measured drain ---------------------------------------------------------------------------------
@@ -283,10 +270,7 @@ def main(events: int = 100_000, rounds: int = 2, variants: tuple[str, ...] = VAR
         conditions(url)
         base = Settings.from_env().with_servers(url, servers.broker.bootstrap)
         with psycopg.connect(url, autocommit=True) as conn:
-            postmaster = postmaster_pid(conn)
-        pids = {"postgres": postmaster}
-        if servers.broker._proc is not None:
-            pids["tansu"] = servers.broker._proc.pid
+            pids = server_pids(servers, conn)
         for r in range(rounds):
             for variant in variants:
                 res = one_round(base, url, variant, events, pids, logdir, f"{tag}{r}")

@@ -37,8 +37,9 @@ import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from psycopg import sql
 
+from eventstore.bench.launch import head, postmaster_pid
 from eventstore.bench.publishing import checkpoint, conditions, projector_process
-from eventstore.bench.writepath import CpuMeter, head, postmaster_pid, wait_ready
+from eventstore.bench.writepath import CpuMeter, wait_ready
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.examples.inventory import InventoryAdjusted, stream_for

@@ -22,10 +22,10 @@ import psycopg
 
 from eventstore.bench import agents as bench_agents
 from eventstore.bench import ceiling, drain, peers
+from eventstore.bench.launch import server_pids
 from eventstore.bench.writepath import (
     CpuMeter,
     make_events,
-    postmaster_pid,
     projector,
     publish_from_head,
     throughput,
@@ -120,10 +120,7 @@ def main(events: int = 1_000_000, quick: bool = False) -> int:
         print("\n".join("  " + line for line in cost.lines()), flush=True)
         print(f"\n[4] projector drain of {events:,} pre-filled events ...", flush=True)
         with psycopg.connect(url, autocommit=True) as conn:
-            postmaster = postmaster_pid(conn)
-            pids = {"benchmark process": os.getpid(), "postgres": postmaster}
-            if servers.broker._proc is not None:
-                pids["tansu"] = servers.broker._proc.pid
+            pids = {"benchmark process": os.getpid(), **server_pids(servers, conn)}
             d = drain.drain(base.replace(namespace=f"refs-{run}-drain", projector_group=f"refs-{run}-drain"),
                             events, conn, pids, logdir)
             print("\n".join("  " + line for line in drain.report(d, ceil.unnest_rate)), flush=True)

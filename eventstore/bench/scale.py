@@ -33,6 +33,7 @@ import psycopg
 from confluent_kafka import Producer
 
 from eventstore.bench import agents as bench_agents
+from eventstore.bench.launch import head, wait_for
 from eventstore.bench.writepath import SKUS, _machine_busy, make_events, projector
 from eventstore.core.auth import Credential
 from eventstore.core.settings import Settings
@@ -117,22 +118,6 @@ class Run:
         return self.events / self.drain_seconds
 
 
-def head(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT position FROM log_head").fetchone()
-    return int(row[0]) if row else 0
-
-
-def wait_head(conn: psycopg.Connection[Any], target: int, timeout: float) -> None:
-    last, progress_at = head(conn), time.monotonic()
-    while (now := head(conn)) < target:
-        if now > last:
-            last, progress_at = now, time.monotonic()
-        elif time.monotonic() - progress_at > timeout:
-            raise RuntimeError(f"the log head stopped at {now}, {target - now} short of {target}, "
-                               f"for {timeout:.0f} s")
-        time.sleep(0.002)
-
-
 Message = tuple[bytes, bytes, Any]
 
 
@@ -181,14 +166,14 @@ def run_one(base: Settings, nproc: int, events: int, logdir: Path) -> Run:
         produce(producer, settings.intake_topic, encode_events(f"{ns}w", settings.intake_partitions, signer),
                 partitions=True)
         messages = encode_events(f"{ns}t", events, signer)
-        wait_head(conn, start + settings.intake_partitions, READY_TIMEOUT)
+        wait_for(lambda: head(conn), start + settings.intake_partitions, READY_TIMEOUT, "the log head", 0.002)
         time.sleep(2.0)  # let late joiners settle their assignment before the clock starts
         start = head(conn)
         sampler = LockSampler(db).start()
         cpu0 = _machine_busy()
         t0 = time.perf_counter()
         produce_s = produce(producer, settings.intake_topic, messages)
-        wait_head(conn, start + events, STALL_TIMEOUT)
+        wait_for(lambda: head(conn), start + events, STALL_TIMEOUT, "the log head", 0.002)
         drain = time.perf_counter() - t0
         machine = _machine_busy() - cpu0
         sampler.stop()

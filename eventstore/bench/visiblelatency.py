@@ -25,10 +25,11 @@ from consumers.checkpoints import MemoryCheckpoint
 from eventstore.bench import agents as bench_agents
 from eventstore.bench.brokerlatency import _meter, idle_cpu, settle, timed_projector
 from eventstore.bench.drain import prefill_and_wait
+from eventstore.bench.launch import head, postmaster_pid
 from eventstore.bench.subscribers import measure_latency
 from eventstore.bench.threadcpu import ThreadCpu
 from eventstore.bench.viewtiming import SPLIT, SPLIT_WOKEN, TimedSubscriber, TimedView, split, split_woken
-from eventstore.bench.writepath import CpuMeter, Latency, head, postmaster_pid
+from eventstore.bench.writepath import CpuMeter, Latency
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.postgres.migrate import upgrade

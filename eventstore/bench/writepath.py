@@ -23,7 +23,6 @@ import os
 import platform
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,6 +37,7 @@ from typing import Any
 
 import psycopg
 
+from eventstore.bench.launch import child, child_env, head, server_pids, wait_for
 from eventstore.core.outcomes import EmitResult, Outcome
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
@@ -143,25 +143,10 @@ def projector(settings: Settings, mode: str, log_path: Path) -> Iterator[int | N
         finally:
             p.stop()
         return
-    db, bootstrap = settings.require_servers()
-    env = {**os.environ, "EVENTSTORE_DATABASE_URL": db, "EVENTSTORE_KAFKA_BOOTSTRAP": bootstrap,
-           "EVENTSTORE_NAMESPACE": settings.namespace, "EVENTSTORE_BATCH_SIZE": str(settings.batch_size),
-           "EVENTSTORE_PROJECTOR_GROUP": settings.projector_group, "EVENTSTORE_AUTH": "on" if settings.auth else "off"}
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "eventstore.cli", "project"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield proc.pid
-            if proc.poll() is not None:
-                raise RuntimeError(f"the projector exited early with code {proc.returncode}; see {log_path}")
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    with child([sys.executable, "-m", "eventstore.cli", "project"], child_env(settings), log_path) as proc:
+        yield proc.pid
+        if proc.poll() is not None:
+            raise RuntimeError(f"the projector exited early with code {proc.returncode}; see {log_path}")
 
 
 def make_events(n: int, prefix: str, seed: int) -> list[tuple[InventoryAdjusted, str]]:
@@ -171,17 +156,6 @@ def make_events(n: int, prefix: str, seed: int) -> list[tuple[InventoryAdjusted,
         sku = f"{prefix}-{rnd.randrange(SKUS):04d}"
         out.append((InventoryAdjusted(sku=sku, delta=rnd.randint(-5, 9)), stream_for(sku)))
     return out
-
-
-def postmaster_pid(conn: psycopg.Connection[Any]) -> int:
-    """The pid of the server's postmaster (the parent of this connection's backend)."""
-    row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    return int(Path(f"/proc/{row[0] if row else 0}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def head(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT position FROM log_head").fetchone()
-    return int(row[0]) if row else 0
 
 
 def publish_from_head(conn: psycopg.Connection[Any], settings: Settings) -> int:
@@ -221,13 +195,7 @@ def throughput(client: AgentClient, conn: psycopg.Connection[Any], n: int, prefi
     t0 = time.perf_counter()
     handles = [client.emit(e, s) for e, s in events]
     emit_s = time.perf_counter() - t0
-    last, progress_at = start_pos, time.monotonic()
-    while (now := head(conn)) < start_pos + n:
-        if now > last:
-            last, progress_at = now, time.monotonic()
-        elif time.monotonic() - progress_at > STALL_TIMEOUT:
-            raise RuntimeError(f"no progress for {STALL_TIMEOUT:.0f} s: {now - start_pos} of {n} events committed")
-        time.sleep(0.005)
+    wait_for(lambda: head(conn), start_pos + n, STALL_TIMEOUT, "the log head")
     seconds = time.perf_counter() - t0
     cpu.stop()
     end_pos = head(conn)
@@ -368,10 +336,7 @@ def _run(events: int, latency_events: int, rate: int) -> int:
                                  batch_size=1)
         with psycopg.connect(servers.postgres.url, autocommit=True) as conn:
             conditions(batched, conn, mode)
-            postmaster = postmaster_pid(conn)
-            pids = {"benchmark process (agent)": os.getpid(), "postgres": postmaster}
-            if servers.broker._proc is not None:
-                pids["tansu"] = servers.broker._proc.pid
+            pids = {"benchmark process (agent)": os.getpid(), **server_pids(servers, conn)}
             tp_b, lat_b = run_phase(batched, mode, "batched", events, latency_events, rate, conn, logdir, pids)
             tp_s, lat_s = run_phase(single, mode, "baseline", base_n, latency_events, rate, conn, logdir, pids)
     print("\nSummary")

@@ -1,0 +1,63 @@
+"""The benchmarks' process launcher (eventstore/bench/launch.py), without servers: children are always
+stopped, a stalled wait fails instead of hanging, the child's environment carries the run's settings."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from eventstore.bench.launch import child, child_env, stop, wait_for
+from eventstore.core.settings import Settings
+
+IGNORES_TERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('up', flush=True); time.sleep(60)")
+
+
+def test_child_is_stopped_when_the_block_ends_even_on_error(tmp_path: Path) -> None:
+    log = tmp_path / "child.log"
+    with pytest.raises(RuntimeError, match="boom"), \
+            child([sys.executable, "-c", "import time; time.sleep(60)"], {}, log) as proc:
+        raise RuntimeError("boom")
+    assert proc.poll() is not None  # SIGTERM ended it
+
+
+def test_stop_kills_a_child_that_ignores_sigterm_after_the_grace(tmp_path: Path) -> None:
+    log = tmp_path / "child.log"
+    with child([sys.executable, "-c", IGNORES_TERM], {}, log, grace=0.5) as proc:
+        deadline = time.monotonic() + 30
+        while b"up" not in log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert proc.returncode == -9  # SIGKILL after the grace: the SIGTERM was ignored
+    stop(proc)  # stopping a stopped child is a no-op
+
+
+def test_child_log_appends_when_asked(tmp_path: Path) -> None:
+    log = tmp_path / "child.log"
+    for _ in range(2):
+        with child([sys.executable, "-c", "print('line')"], {}, log, append=True) as proc:
+            proc.wait(30)
+    assert log.read_text().splitlines() == ["line", "line"]
+
+
+def test_wait_for_returns_at_the_target_and_fails_on_a_stall() -> None:
+    values = iter(range(0, 100))
+    wait_for(lambda: next(values), 5, stall_timeout=5, what="counter", interval=0)
+    with pytest.raises(RuntimeError, match=r"stuck stalled at 3, 7 short of 10, for 0 s"):
+        wait_for(lambda: 3, 10, stall_timeout=0.05, what="stuck", interval=0.01)
+
+
+def test_child_env_carries_the_settings_and_extra_variables_win() -> None:
+    s = Settings.from_env().with_servers("postgresql:///x", "127.0.0.1:1").replace(
+        namespace="ns-a", projector_group="g-a", batch_size=77, intake_partitions=3, auth=False)
+    env = child_env(s, EVENTSTORE_BATCH_SIZE="5", EXTRA="1")
+    assert env["EVENTSTORE_DATABASE_URL"] == "postgresql:///x"
+    assert env["EVENTSTORE_KAFKA_BOOTSTRAP"] == "127.0.0.1:1"
+    assert (env["EVENTSTORE_NAMESPACE"], env["EVENTSTORE_PROJECTOR_GROUP"]) == ("ns-a", "g-a")
+    assert (env["EVENTSTORE_INTAKE_PARTITIONS"], env["EVENTSTORE_AUTH"]) == ("3", "off")
+    assert env["EVENTSTORE_BATCH_SIZE"] == "5" and env["EXTRA"] == "1"
+    child = Settings.from_env(env)  # what the child process reads back
+    assert (child.namespace, child.projector_group, child.batch_size, child.intake_partitions, child.auth) == \
+        ("ns-a", "g-a", 5, 3, False)
