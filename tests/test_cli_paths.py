@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from eventstore.cli.exits import EXIT_CONFIG, EXIT_OK, EXIT_USAGE
+from eventstore.core.exitcodes import EXIT_CONFIG, EXIT_OK, EXIT_USAGE
 from eventstore.core.records import DirectEvent
 from eventstore.core.settings import Settings
 from eventstore.embedded import free_port

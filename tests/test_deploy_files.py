@@ -29,9 +29,9 @@ import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from eventstore.cli.exits import EXIT_FAILURE, EXIT_OK
 from eventstore.cli.main import main
 from eventstore.cli.topics import plan, wanted_topics
+from eventstore.core.exitcodes import EXIT_FAILURE, EXIT_OK
 from eventstore.core.settings import Settings
 from eventstore.kafka.admin import partition_counts
 from tests.fix_servers import Servers

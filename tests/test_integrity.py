@@ -12,10 +12,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from eventstore.cli.exits import EXIT_INTEGRITY, EXIT_OK
 from eventstore.cli.main import main
 from eventstore.core.errors import AppendOnlyViolation
 from eventstore.core.events import Event, registry
+from eventstore.core.exitcodes import EXIT_INTEGRITY, EXIT_OK
 from eventstore.core.hashing import GENESIS, canonical_json, chain_hash, intent_hash
 from eventstore.core.records import DirectEvent, Envelope, NewEvent
 from eventstore.core.settings import Settings

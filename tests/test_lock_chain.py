@@ -16,12 +16,12 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from eventstore.cli.exits import EXIT_INTEGRITY, EXIT_OK
 from eventstore.cli.main import main
 from eventstore.coordination import Coordinator
 from eventstore.coordination.wakeup import parse
 from eventstore.core import anchoring
 from eventstore.core.errors import AppendOnlyViolation
+from eventstore.core.exitcodes import EXIT_INTEGRITY, EXIT_OK
 from eventstore.core.hashing import field_text, row_hash
 from eventstore.core.history_query import HistoryQuery
 from eventstore.core.lockevents import LeaseGranted, LeaseReleased, LeaseWaited

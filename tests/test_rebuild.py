@@ -13,10 +13,10 @@ import pytest
 from psycopg import sql
 
 from eventstore import AgentClient, Projector
-from eventstore.cli.exits import EXIT_CONFIG
 from eventstore.cli.main import main as cli
 from eventstore.core.errors import ConfigurationError, TransientStorageError
 from eventstore.core.events import Event
+from eventstore.core.exitcodes import EXIT_CONFIG
 from eventstore.core.records import DirectEvent
 from eventstore.core.settings import Settings
 from eventstore.examples.inventory import InventoryAdjusted, InventoryModel, InventoryUpdated, stream_for

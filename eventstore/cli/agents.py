@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eventstore.cli.exits import EXIT_FAILURE, EXIT_OK
+from eventstore.core.exitcodes import EXIT_FAILURE, EXIT_OK
 from eventstore.discovery import configured
 from eventstore.postgres import agents
 from eventstore.postgres.connection import connect, converted_errors

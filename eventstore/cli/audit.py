@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from eventstore.cli.exits import EXIT_FAILURE, EXIT_INTEGRITY, EXIT_OK, EXIT_USAGE
+from eventstore.core.exitcodes import EXIT_FAILURE, EXIT_INTEGRITY, EXIT_OK, EXIT_USAGE
 
 
 def _db_url() -> str:

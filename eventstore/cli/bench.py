@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from eventstore.cli.exits import EXIT_OK
+from eventstore.core.exitcodes import EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from eventstore.cli.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_INTEGRITY, EXIT_OK, EXIT_USAGE
 from eventstore.core.errors import (
     BrokerError,
     ConfigurationError,
@@ -27,6 +26,7 @@ from eventstore.core.errors import (
     SchemaNotReadyError,
     TransientStorageError,
 )
+from eventstore.core.exitcodes import EXIT_CONFIG, EXIT_FAILURE, EXIT_INTEGRITY, EXIT_OK, EXIT_USAGE
 from eventstore.core.settings import Settings
 
 DESCRIPTION = """\

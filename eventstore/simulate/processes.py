@@ -14,10 +14,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from eventstore.core.exitcodes import EXIT_CONFIG
 from eventstore.core.settings import Settings
 
-# eventstore.cli.exits.EXIT_CONFIG (simulate sits below the CLI): configuration missing or a server unreachable
-EXIT_CONFIG = 3
 RESTART_DELAY = 1.0
 
 
