@@ -1,0 +1,44 @@
+"""Build hook: compiles the hot typed modules of eventstore/core/native.py with mypyc (docs/perf-native.md).
+
+``EVENTSTORE_PURE_PYTHON=1`` at install time skips compilation; the package then runs the same modules as
+Python, with the same behaviour. Everything else about the package is in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _native_modules() -> tuple[str, ...]:
+    # By path: the package's dependencies need not be importable while it is being built.
+    spec = importlib.util.spec_from_file_location("_eventstore_native", ROOT / "eventstore" / "core" / "native.py")
+    if spec is None or spec.loader is None:
+        raise RuntimeError("eventstore/core/native.py is missing: the source tree is incomplete")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    modules: tuple[str, ...] = module.NATIVE_MODULES
+    return modules
+
+
+def _ext_modules() -> list[Any]:
+    if os.environ.get("EVENTSTORE_PURE_PYTHON", "") not in ("", "0"):
+        return []
+    from mypyc.build import mypycify
+
+    paths = [str(Path(*name.split(".")).with_suffix(".py")) for name in _native_modules()]
+    # The build environment holds only the build requirements: libraries the compiled modules import are
+    # typed as Any when absent (the compiled code then makes generic calls to them, as Python does).
+    options = ["--ignore-missing-imports", "--follow-imports=silent", "--no-warn-unused-ignores",
+               "--no-warn-return-any", "--allow-subclassing-any", "--allow-untyped-calls",
+               "--allow-untyped-decorators"]
+    return list(mypycify(options + paths, opt_level="3", group_name="eventstore_native"))
+
+
+setup(ext_modules=_ext_modules())
