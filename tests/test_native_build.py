@@ -10,12 +10,13 @@ pure checkout (``PYTHONPATH`` on a tree never built) still passes. The decoders'
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
-from eventstore.core.native import NATIVE_MODULES, PURE_ENV, compiled_modules, is_compiled
+from eventstore.core.native import GROUP, NATIVE_MODULES, PURE_ENV, compiled_modules, is_compiled
 from eventstore.wire import committed
 from eventstore.wire.committed import decode_batch, encode_recorded
 
@@ -39,6 +40,23 @@ def test_each_listed_module_exists_as_source_and_is_all_or_nothing() -> None:
         assert (ROOT / Path(*name.split("."))).with_suffix(".py").exists(), name
         assert importlib.import_module(name) is not None
     assert len(set(compiled_modules().values())) == 1, compiled_modules()
+
+
+def test_no_compiled_module_is_older_than_its_source() -> None:
+    """An extension built in place shadows its .py: after an edit or a pull without a re-install the old
+    compiled code would run. The group's shared library holds the code (each module's own .so is a shim that
+    a rebuild may leave untouched), so it must be newer than every listed source. Re-install
+    (``pip install -e .``) or delete the .so files to run the source."""
+    if not any(compiled_modules().values()):
+        return
+    group = importlib.util.find_spec(f"{GROUP}__mypyc")
+    assert group is not None and group.origin is not None, f"the modules are compiled but {GROUP}__mypyc is missing"
+    built = Path(group.origin).stat().st_mtime
+    for name in NATIVE_MODULES:
+        source = (ROOT / Path(*name.split("."))).with_suffix(".py")
+        assert built >= source.stat().st_mtime, (
+            f"{Path(group.origin).name} is older than {source}: a stale build runs instead of the source; run "
+            f"`pip install -e .` (or `{PURE_ENV}=1 pip install -e .` for pure Python) or delete the .so files")
 
 
 def test_is_compiled_tells_an_extension_from_a_source_module() -> None:

@@ -17,6 +17,9 @@ NATIVE_MODULES: tuple[str, ...] = (
     "eventstore.wire.committed",
     "eventstore.postgres.eventlog",
 )
+# The shared library that holds the group's compiled code (``eventstore_native__mypyc.<abi>.so``, at the top
+# level); each module's own extension is a small shim that loads its part from it.
+GROUP = "eventstore_native"
 # The install-time switch: set to 1 when installing, the build compiles nothing.
 PURE_ENV = "EVENTSTORE_PURE_PYTHON"
 
