@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,10 @@ def _ext_modules() -> list[Any]:
     if os.environ.get(NATIVE.PURE_ENV, "") not in ("", "0"):
         _remove_built(modules)
         return []
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C compiler ({compiler}) found to compile {', '.join(modules)} with mypyc: install "
+                           f"one (e.g. gcc), or set {NATIVE.PURE_ENV}=1 to install them as pure Python")
     from mypyc.build import mypycify
 
     paths = [str(Path(*name.split(".")).with_suffix(".py")) for name in modules]
