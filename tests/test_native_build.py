@@ -89,3 +89,24 @@ def test_the_reference_refuses_lease_fields_of_another_json_type(changes: dict[s
         committed.decode_committed(edited(**changes))
     with pytest.raises(DecodeError, match=r"lease_resource|fencing_token"):
         committed.decode_linked(edited(**changes))
+
+
+def test_the_native_benchmark_loads_pure_copies_and_restores_the_modules(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench native`` compares each module with its own source run as Python: the copies come from the .py
+    files, the process's modules are left as they were, and a short run prints a ratio for every part."""
+    import sys
+
+    from eventstore.bench import native
+
+    before = {name: sys.modules[name] for name in NATIVE_MODULES}
+    pure = native.pure_modules()
+    assert {name: sys.modules[name] for name in NATIVE_MODULES} == before
+    for name, module in pure.items():
+        assert module is not before[name] and str(module.__file__).endswith(".py"), name
+    from tests.test_committed_decoder import event
+
+    ev = event()
+    assert pure["eventstore.wire.committed"].decode_batch([encode_recorded(ev)[2]]) == ([ev], [ev.hash])
+    assert native.main(200) == 0
+    out = capsys.readouterr().out
+    assert out.count("x\n") == 6 and "this install" in out
