@@ -234,7 +234,8 @@ def _hex(value: Any) -> bytes | None:
 # exactly at the parser's depth limit is taken here and refused by the reference; harmless (its run is still
 # confirmed against the log, so the event applied is the log's), and such a payload cannot be committed anyway.
 # Unknown fields are refused (the message falls back): msgspec skips an unknown key without checking its
-# UTF-8, where the reference parser refuses the whole message.
+# UTF-8, where the reference parser refuses the whole message. The schema (WireCommitted) lives in
+# committedschema.py: this module is compiled with mypyc (core/native.py), which would spoil its annotations.
 _COMMITTED = msgspec.json.Decoder(WireCommitted)
 _new = object.__new__
 _set = object.__setattr__
