@@ -44,6 +44,7 @@ from eventstore.core.errors import InvalidEventError
 from eventstore.core.events import registry
 from eventstore.core.hashing import GENESIS, hashed_time
 from eventstore.core.limits import check_json_depth, may_hold_surrogates
+from eventstore.core.native import compiled_modules
 from eventstore.core.outcomes import EmitResult, Outcome
 from eventstore.core.records import RecordedEvent, recorded_event
 from eventstore.core.validation import CONTROL_CHARS
@@ -227,8 +228,9 @@ def main(n: int = 2000) -> int:
     ]
     print(f"eventstore projector parts: a batch of {n:,} signed InventoryAdjusted envelopes, each part previous "
           f"vs current, interleaved, best of {REPEATS} (process CPU)")
+    compiled = [name.rsplit(".", 1)[1] for name, on in compiled_modules().items() if on]
     print(f"  machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}; "
-          f"load average {os.getloadavg()[0]:.2f}")
+          f"compiled with mypyc: {', '.join(compiled) or 'none'}; load average {os.getloadavg()[0]:.2f}")
     total_before = total_after = round2_before = round2_after = round3_before = round3_after = 0.0
     for name, before, after in parts:
         b = a = float("inf")

@@ -99,6 +99,15 @@ class _Offline(Subscriber):
         return self._log
 
 
+def _build() -> str:
+    """Whether this install runs the decoder's module compiled (mypyc, docs/perf-native.md) or as Python."""
+    try:
+        from eventstore.core.native import is_compiled
+    except ImportError:  # an older tree, before the mypyc build
+        return "pure Python"
+    return "compiled with mypyc" if is_compiled("eventstore.wire.committed") else "pure Python"
+
+
 def _cpu(fn: Callable[[], object], n: int) -> float:
     c0 = time.process_time()
     fn()
@@ -111,7 +120,8 @@ def main(n: int = 100_000, rounds: int = 3) -> int:
     decoder = getattr(committed, "decode_batch", None)
     print(f"eventstore rebuild CPU benchmark: {n:,} committed messages ({len(values[0])} bytes each), "
           f"{SKUS} streams, batches of {BATCH}, LocalView(quantity_reducer); Python {sys.version.split()[0]}; "
-          f"decoder {'decode_batch' if decoder else 'decode_linked'}; load average {os.getloadavg()[0]:.2f}",
+          f"decoder {'decode_batch' if decoder else 'decode_linked'} ({_build()}); "
+          f"load average {os.getloadavg()[0]:.2f}",
           flush=True)
 
     def take() -> None:

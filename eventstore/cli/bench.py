@@ -27,6 +27,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from eventstore.bench import subscribers
 
         return subscribers.main(events=args.events or 1_000_000, rate=args.rate, latency_events=args.latency_events)
+    if args.which == "native":  # no servers: the mypyc-compiled modules against their own source
+        from eventstore.bench import native
+
+        return native.main(args.events or 20_000)
     if args.which == "rebuild-cpu":  # no servers: the subscriber's batch step alone
         from eventstore.bench import rebuildcpu
 
@@ -97,12 +101,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history",
                              "references", "latency", "profile", "auth", "memory", "intake", "agent",
                              "publisher", "broker-growth", "publisher-latency", "visible",
-                             "rebuild-cpu"])
+                             "rebuild-cpu", "native"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers and memory 1,000,000; "
                          "chain-check 100,000; history 1,000,000; references: the drain, 1,000,000; latency: the "
                          "heavy traffic, 100,000; profile 100,000; intake: per round, 50,000; agent: per figure, "
-                         "20,000; visible: the drain, 100,000; rebuild-cpu 100,000)")
+                         "20,000; visible: the drain, 100,000; rebuild-cpu 100,000; native 20,000)")
     bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")

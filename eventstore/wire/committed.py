@@ -35,6 +35,7 @@ from eventstore.core.hashing import _as_jsonb_returns as as_jsonb_returns
 from eventstore.core.hashing import canonical_json, hashed_time, recorded_hash
 from eventstore.core.limits import DEFAULT_MAX_COMMITTED_BYTES
 from eventstore.core.records import RecordedEvent
+from eventstore.wire.committedschema import WireCommitted
 from eventstore.wire.envelope import Headers
 
 FORMAT = "eventstore.committed/1"
@@ -199,13 +200,20 @@ def decode_committed(value: bytes | None) -> RecordedEvent:
         payload = d["payload"]
         if not isinstance(payload, dict):
             raise TypeError(f"payload is {type(payload).__name__}, not an object")
+        lease, token = d["lease_resource"], d["fencing_token"]
+        # Taken as they stand (not converted), so their JSON types must be the fields' types: a lease "5" or a
+        # token "4" would otherwise hash like the log's "5" and 4 and be applied as another type.
+        if not (lease is None or isinstance(lease, str)):
+            raise TypeError(f"lease_resource is {type(lease).__name__}, not a string or null")
+        if not (token is None or (isinstance(token, int) and not isinstance(token, bool))):
+            raise TypeError(f"fencing_token is {type(token).__name__}, not an integer or null")
         return RecordedEvent(
             position=int(d["position"]), event_id=event_id, stream=str(d["stream"]), version=int(d["version"]),
             type=str(d["type"]), schema_version=int(d["schema_version"]), payload=payload,
             agent_id=str(d["agent_id"]), idempotency_key=str(d["idempotency_key"]),
             correlation_id=event_id if cid == eid else _UUID(cid), causation_id=None if caus is None else _UUID(caus),
             occurred_at=None if occ is None else _fromiso(occ), recorded_at=_fromiso(d["recorded_at"]),
-            lease_resource=d["lease_resource"], fencing_token=d["fencing_token"],
+            lease_resource=lease, fencing_token=token,
             prev_hash=_hex(d.get("prev_hash")), hash=_hex(d.get("hash")),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -226,29 +234,9 @@ def _hex(value: Any) -> bytes | None:
 # exactly at the parser's depth limit is taken here and refused by the reference; harmless (its run is still
 # confirmed against the log, so the event applied is the log's), and such a payload cannot be committed anyway.
 # Unknown fields are refused (the message falls back): msgspec skips an unknown key without checking its
-# UTF-8, where the reference parser refuses the whole message.
-class _WireCommitted(msgspec.Struct, gc=False, forbid_unknown_fields=True):
-    position: int
-    event_id: str
-    stream: str
-    version: int
-    type: str
-    schema_version: int
-    payload: msgspec.Raw
-    agent_id: str
-    idempotency_key: str
-    correlation_id: str
-    causation_id: str | None
-    occurred_at: str | None
-    recorded_at: str
-    lease_resource: str | None
-    fencing_token: int | None
-    prev_hash: str | None = None
-    hash: str | None = None
-    payload_omitted: Any = None
-
-
-_COMMITTED = msgspec.json.Decoder(_WireCommitted)
+# UTF-8, where the reference parser refuses the whole message. The schema (WireCommitted) lives in
+# committedschema.py: this module is compiled with mypyc (core/native.py), which would spoil its annotations.
+_COMMITTED = msgspec.json.Decoder(WireCommitted)
 _new = object.__new__
 _set = object.__setattr__
 _UNKNOWN = uuid.SafeUUID.unknown
