@@ -1,7 +1,8 @@
 """Build hook: compiles the hot typed modules of eventstore/core/native.py with mypyc (docs/perf-native.md).
 
-``EVENTSTORE_PURE_PYTHON=1`` at install time skips compilation; the package then runs the same modules as
-Python, with the same behaviour. Everything else about the package is in pyproject.toml.
+Opt-in: ``EVENTSTORE_NATIVE=1`` at install time compiles them (a C compiler and the Python headers needed);
+by default nothing is compiled and the package runs the same modules as Python, with the same behaviour.
+Everything else about the package is in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ def _remove_built(modules: tuple[str, ...]) -> None:
 
 def _ext_modules() -> list[Any]:
     modules: tuple[str, ...] = NATIVE.NATIVE_MODULES
-    if os.environ.get(NATIVE.PURE_ENV, "") not in ("", "0"):
+    if not NATIVE.native_wanted():
         _remove_built(modules)
         return []
     compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C compiler ({compiler}) found to compile {', '.join(modules)} with mypyc: install "
-                           f"one (e.g. gcc), or set {NATIVE.PURE_ENV}=1 to install them as pure Python")
+                           f"one (e.g. gcc), or install without {NATIVE.NATIVE_ENV}=1 (pure Python)")
     from mypyc.build import mypycify
 
     paths = [str(Path(*name.split(".")).with_suffix(".py")) for name in modules]

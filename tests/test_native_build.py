@@ -1,10 +1,11 @@
 """The mypyc build (setup.py, eventstore/core/native.py): which modules run compiled in this install, and
 that CI really ran the compiled code. No servers.
 
-Under ``CI=true`` an install that was meant to compile (``EVENTSTORE_PURE_PYTHON`` unset) must import every
-listed module from its C extension; anywhere else the test only reports what it found, so a developer's
-pure checkout (``PYTHONPATH`` on a tree never built) still passes. The decoders' differential tests
-(test_committed_decoder.py, test_codec.py, ...) run against whatever this install imports.
+Under ``CI=true`` the install must be what the environment says: with ``EVENTSTORE_NATIVE=1`` every listed
+module imports from its C extension (.ci/run installs it so and runs the compiled check), without it every
+one imports from its .py source (the suite's run). Anywhere else the test only reports what it found.
+The decoders' differential tests (test_committed_decoder.py, test_codec.py, ...) run against whatever this
+install imports.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from eventstore.core.native import GROUP, NATIVE_MODULES, PURE_ENV, compiled_modules, is_compiled
+from eventstore.core.native import GROUP, NATIVE_ENV, NATIVE_MODULES, compiled_modules, is_compiled, native_wanted
 from eventstore.wire import committed
 from eventstore.wire.committed import decode_batch, encode_recorded
 
@@ -27,10 +28,12 @@ def test_which_modules_are_compiled_in_this_install() -> None:
     found = compiled_modules()
     print("compiled with mypyc:", {name.rsplit(".", 1)[1]: on for name, on in found.items()})
     assert set(found) == set(NATIVE_MODULES) and NATIVE_MODULES
-    if os.environ.get("CI", "").lower() == "true" and os.environ.get(PURE_ENV, "") in ("", "0"):
-        missing = [name for name, on in found.items() if not on]
-        assert not missing, (f"CI installed the package to be compiled ({PURE_ENV} unset) but {missing} import "
-                             "from their .py source: the mypyc build did not run (see setup.py)")
+    if os.environ.get("CI", "").lower() == "true":
+        wanted = native_wanted()
+        wrong = [name for name, on in found.items() if on != wanted]
+        assert not wrong, (f"{NATIVE_ENV}={'1' if wanted else 'unset'} in CI, but {wrong} import from their "
+                           f"{'.py source: the mypyc build did not run' if wanted else 'C extension: a stale build'}"
+                           " (see setup.py)")
 
 
 def test_each_listed_module_exists_as_source_and_is_all_or_nothing() -> None:
@@ -56,7 +59,7 @@ def test_no_compiled_module_is_older_than_its_source() -> None:
         source = (ROOT / Path(*name.split("."))).with_suffix(".py")
         assert built >= source.stat().st_mtime, (
             f"{Path(group.origin).name} is older than {source}: a stale build runs instead of the source; run "
-            f"`pip install -e .` (or `{PURE_ENV}=1 pip install -e .` for pure Python) or delete the .so files")
+            f"`{NATIVE_ENV}=1 pip install -e .` (or `pip install -e .` for pure Python) or delete the .so files")
 
 
 def test_is_compiled_tells_an_extension_from_a_source_module() -> None:

@@ -2,7 +2,8 @@
 
 The list is read by ``setup.py`` (by path, before the package is importable) and by the tests and the
 ``native`` benchmark, so there is one list. Each module is ordinary typed Python: compiled it runs the same
-source faster; ``EVENTSTORE_PURE_PYTHON=1`` at install time skips compilation (docs/perf-native.md).
+source faster. Opt-in: ``EVENTSTORE_NATIVE=1`` at install time compiles them; by default the install is pure
+Python and needs no C compiler (docs/perf-native.md says why: 0.7-0.9x on the parts, no aim met).
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ NATIVE_MODULES: tuple[str, ...] = (
 # The shared library that holds the group's compiled code (``eventstore_native__mypyc.<abi>.so``, at the top
 # level); each module's own extension is a small shim that loads its part from it.
 GROUP = "eventstore_native"
-# The install-time switch: set to 1 when installing, the build compiles nothing.
-PURE_ENV = "EVENTSTORE_PURE_PYTHON"
+# The install-time switch: set to 1 when installing, the build compiles the modules; unset (the default) or 0,
+# it compiles nothing and removes what an earlier compiled install built in place.
+NATIVE_ENV = "EVENTSTORE_NATIVE"
+
+
+def native_wanted(environ: dict[str, str] | None = None) -> bool:
+    """Whether the environment asks for the compiled build (``EVENTSTORE_NATIVE`` set and not 0)."""
+    import os
+
+    return (os.environ if environ is None else environ).get(NATIVE_ENV, "") not in ("", "0")
 
 
 def is_compiled(module: str) -> bool:
