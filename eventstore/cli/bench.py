@@ -54,6 +54,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return visiblelatency.main(heavy=args.events or 100_000, rate=args.rate,
                                    events=1000 if args.quick else min(args.latency_events, 2000),
                                    waits=visiblelatency.QUICK_MODES if args.quick else visiblelatency.MODES)
+    if args.which == "analyze":
+        from eventstore.bench import analyze
+
+        return analyze.main(events=args.events or 200_000, rounds=1 if args.quick else 2)
     if args.which == "idle":
         from eventstore.bench import idle
 
@@ -101,12 +105,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history",
                              "references", "latency", "profile", "auth", "memory", "intake", "agent",
                              "publisher", "broker-growth", "publisher-latency", "visible",
-                             "rebuild-cpu", "idle"])
+                             "rebuild-cpu", "idle", "analyze"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers and memory 1,000,000; "
                          "chain-check 100,000; history 1,000,000; references: the drain, 1,000,000; latency: the "
                          "heavy traffic, 100,000; profile 100,000; intake: per round, 50,000; agent: per figure, "
-                         "20,000; visible: the drain, 100,000; rebuild-cpu 100,000)")
+                         "20,000; visible: the drain, 100,000; rebuild-cpu 100,000; analyze 200,000)")
     bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
