@@ -77,3 +77,32 @@ def test_waiting_on_the_socket_delivers_notices_including_those_that_came_with_l
     finally:
         stop.set()
         gen.close()
+
+
+
+def test_a_notice_read_by_the_callers_query_is_handed_over_without_waiting_for_the_socket(database_url: str) -> None:
+    """``idle_socket=True`` with a caller that queries between batches: a notice that reaches the socket
+    while the caller is busy is read by the caller's next query into psycopg's backlog, where poll(2) on
+    the socket cannot see it. The next wait hands it over at once instead of after the timeout (or, with
+    no further notice, never)."""
+    import time
+
+    stop = threading.Event()
+    holder: list[Connection] = []
+    gen = Database(database_url).listen(["es_busy"], stop, "test listener", on_listening=holder.append,
+                                        timeout=0.05, idle_socket=True)
+    try:
+        assert next(gen) == []  # listening; nothing has arrived
+        (conn,) = holder
+        with psycopg.connect(database_url, autocommit=True) as other:
+            other.execute("SELECT pg_notify('es_busy', 'while busy')")  # reaches the socket at once ...
+        time.sleep(0.2)
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # ... and the caller's query reads it (backlog)
+        t0 = time.monotonic()
+        got = [n.payload for n in gen.send(10.0)]
+        waited = time.monotonic() - t0
+        assert got == ["while busy"], f"nothing after {waited:.1f} s: the notice sat in psycopg's backlog"
+        assert waited < 5
+    finally:
+        stop.set()
+        gen.close()

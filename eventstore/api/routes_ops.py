@@ -14,7 +14,7 @@ from eventstore.api.state import http_error, state
 from eventstore.core.checks import evaluate, summary
 from eventstore.core.errors import EventStoreError, LeaseNotHeldError
 from eventstore.core.validation import check_name
-from eventstore.postgres import leases as lease_store
+from eventstore.postgres import leaserelease
 from eventstore.postgres.evidence import gather
 
 router = APIRouter(tags=["operations"])
@@ -141,7 +141,7 @@ def release(request: Request, _who: Operator, resource: Annotated[str, Path(min_
             return {"released": False, "reason": f"{agent_id!r} holds no lease on {resource!r}"}
         token = int(rows[0]["token"])
         coord = state(request).coordinator()
-        coord.run_step(lambda cur: lease_store.release(cur, resource, agent_id, token))
+        coord.run_step(lambda cur: leaserelease.release(cur, resource, agent_id, token))
     except LeaseNotHeldError as e:
         return {"released": False, "reason": str(e)}
     except EventStoreError as e:

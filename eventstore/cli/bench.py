@@ -58,10 +58,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return visiblelatency.main(heavy=args.events or 100_000, rate=args.rate,
                                    events=1000 if args.quick else min(args.latency_events, 2000),
                                    waits=visiblelatency.QUICK_MODES if args.quick else visiblelatency.MODES)
+    if args.which == "analyze":
+        from eventstore.bench import analyze
+
+        return analyze.main(events=args.events or 200_000, rounds=1 if args.quick else 2)
+    if args.which == "idle":
+        from eventstore.bench import idle
+
+        return idle.main(seconds=args.seconds or 15.0, rounds=1 if args.quick else 2)
     if args.which == "broker-growth":
         from eventstore.bench import brokergrowth
 
-        return brokergrowth.main(rate=args.rate, rounds=1 if args.quick else 2, seconds=args.seconds,
+        return brokergrowth.main(rate=args.rate, rounds=1 if args.quick else 2, seconds=args.seconds or 30.0,
                                  variants=brokergrowth.VARIANTS + (brokergrowth.MORE_VARIANTS if args.all else ()))
     if args.which == "references":
         from eventstore.bench import references
@@ -101,12 +109,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history",
                              "references", "latency", "profile", "auth", "memory", "intake", "agent",
                              "publisher", "broker-growth", "publisher-latency", "visible",
-                             "rebuild-cpu", "native"])
+                             "rebuild-cpu", "native", "idle", "analyze"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers and memory 1,000,000; "
                          "chain-check 100,000; history 1,000,000; references: the drain, 1,000,000; latency: the "
                          "heavy traffic, 100,000; profile 100,000; intake: per round, 50,000; agent: per figure, "
-                         "20,000; visible: the drain, 100,000; rebuild-cpu 100,000; native 20,000)")
+                         "20,000; visible: the drain, 100,000; rebuild-cpu 100,000; native 20,000; "
+                         "analyze 200,000)")
     bn.add_argument("--processes", default="1,2,4", help="scale: projector process counts to compare")
     bn.add_argument("--rounds", type=int, default=1000, help="leases: uncontended rounds")
     bn.add_argument("--per-agent", type=int, default=100, help="leases: contended rounds per agent")
@@ -119,7 +128,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="references: smaller runs (drain of 100,000 events); publisher, latency: one round "
                          "(latency: without the broker-only probes); visible: 1,000 events per round, Kafka-only "
                          "10 ms and woken only")
-    bn.add_argument("--seconds", type=float, default=30.0, help="broker-growth: seconds per steady run")
+    bn.add_argument("--seconds", type=float, default=None,
+                    help="broker-growth: seconds per steady run (30); idle: seconds per round (15)")
     bn.add_argument("--all", action="store_true",
                     help="broker-growth: also linger 20 ms and 32 intake partitions")
     bn.add_argument("--profile", action="store_true", help="intake: also print a cProfile of one round")

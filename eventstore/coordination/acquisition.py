@@ -19,6 +19,7 @@ from eventstore.core.errors import DeadlockDetected, LeaseNotHeldError, LeaseTim
 from eventstore.core.lockrules import Mode
 from eventstore.core.records import LeaseRef
 from eventstore.postgres import leaseadmin as lease_admin
+from eventstore.postgres import leaserelease
 from eventstore.postgres import leases as lease_store
 from eventstore.postgres.eventlog import Cursor
 
@@ -219,7 +220,7 @@ class Acquisition:
         if g.authentic(self.c.notice_key(), self.queue_seq):
             expires_at: datetime | None = g.expires_at
         else:
-            expires_at = self.c.run_call(lambda cur: lease_store.send_check_handoff(cur, r, a, g.token)())
+            expires_at = self.c.run_call(lambda cur: leaserelease.send_check_handoff(cur, r, a, g.token)())
         if expires_at is None:
             log.warning("a notice handed %r token %d to %r, but the database holds no such hand-off "
                         "(forged, or revoked or expired meanwhile); polling instead", r, g.token, a)

@@ -38,9 +38,9 @@ from eventstore.core.settings import Settings
 from eventstore.core.validation import check_name
 from eventstore.discovery import resolve_settings
 from eventstore.postgres import leaseadmin as lease_admin
-from eventstore.postgres import leases as lease_store
 from eventstore.postgres.connection import Database, converted_errors
 from eventstore.postgres.eventlog import Cursor
+from eventstore.postgres.leaserelease import read_notice_key
 from eventstore.postgres.leasestore import PostgresLeaseStore
 
 log = logging.getLogger("eventstore.coordination")
@@ -139,7 +139,7 @@ class Coordinator:
         it (every notice is then checked with a read, as before 0011)."""
         if self._notice_key is _UNREAD:
             try:
-                key = self.run_call(lease_store.read_notice_key, attempts=1)
+                key = self.run_call(read_notice_key, attempts=1)
             except TransientStorageError:
                 return None  # try again at the next hand-off
             except StorageError as e:

@@ -91,6 +91,10 @@ def parse(payload: str) -> tuple[str, str, HandedOff | None]:
 class Wakeups:
     """Registry of waiting threads per resource, fed by a daemon LISTEN thread started on first use."""
 
+    # Wait for notices in poll(2) on the socket (Database.listen; this connection runs no queries): psycopg's
+    # timed wait spins ~1 ms of CPU per call; False is that old wait (``eventstore bench idle``'s baseline).
+    idle_socket: bool = True
+
     def __init__(self, database: Database) -> None:
         self._database = database
         self._lock = threading.Lock()
@@ -158,7 +162,8 @@ class Wakeups:
     def _run(self) -> None:
         try:
             for notes in self._database.listen([CHANNEL], self._stop, "lease listener",
-                                               on_listening=self._listening, timeout=0.5):
+                                               on_listening=self._listening, timeout=0.5,
+                                               idle_socket=self.idle_socket):
                 for note in notes:
                     self._wake(note.payload)
         except EventStoreError as e:  # waiters fall back to polling; correctness does not depend on this

@@ -49,7 +49,7 @@ WITH RECURSIVE chain(event_id, causation_id) AS (
 )
 """
 PAGE = "SELECT {columns} FROM events WHERE position > %(after)s{filters} ORDER BY position LIMIT %(limit)s"
-# The streams of the coordinator's lock history (eventstore/postgres/leases.py): since migration 0009 in
+# The streams of the coordinator's lock history (eventstore/postgres/leasecommon.py): since migration 0009 in
 # the lock chain, read with the older ones from the event log through the view ``lock_history``.
 LOCK_STREAM_PREFIXES = ("lease-", "agent-")
 LOCK_TYPES = frozenset(t.event_type for t in LOCK_EVENT_CLASSES)

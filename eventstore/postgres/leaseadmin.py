@@ -1,7 +1,8 @@
-"""What operators do to leases, apart from the request path (leases.py): the kill switch (mark an agent
-killed, revoke every lease and wait it has, revive it) and the reads behind the deadlock detector, the
-metrics and the API (the wait-for graph, holders, fence rejections). Same lock order and lock chain as
-leases.py, whose resource lock, fence bump, notification and wait record these steps share."""
+"""What operators do to leases, apart from the request path (leases.py) and the release
+(leaserelease.py): the kill switch (mark an agent killed, revoke every lease and wait it has, revive it)
+and the reads behind the deadlock detector, the metrics and the API (the wait-for graph, holders, fence
+rejections). Same lock order and lock chain as leases.py; the resource lock, fence bump, notification
+and wait record are leasecommon.py's."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from eventstore.core import lockevents as ev
 from eventstore.core.lockrules import Holder, Mode, Waiter, key_of
 from eventstore.postgres.eventlog import Cursor
 from eventstore.postgres.lease_sql import AGENT_RESOURCES, DEQUEUE_AGENT, FENCE_REJECTIONS, KILL, REVIVE, WAIT_GRAPH
-from eventstore.postgres.leases import (
+from eventstore.postgres.leasecommon import (
     agent_stream,
     bump_fence,
     lease_stream,

@@ -1,4 +1,6 @@
-"""The PostgreSQL adapter of the coordinator: one function per short transaction step.
+"""The PostgreSQL adapter of the coordinator: one function per short transaction step; here the request
+path (grant, re-entry, a hand-off taken, queueing, leaving the queue). The release and renewal steps are in
+leaserelease.py, the snapshot a step reads in leasesnapshot.py, what the steps share in leasecommon.py.
 
 Each function runs inside the caller's transaction and appends the lock events it causes in that same
 transaction, so state and history never disagree. The events go to the lock chain (lockchain.py,
@@ -15,10 +17,9 @@ row, whose row lock serialises it against a concurrent expiry, so it skips the a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from eventstore.core import lockevents as ev
 from eventstore.core.errors import (
@@ -27,18 +28,13 @@ from eventstore.core.errors import (
     EventStoreError,
     LeaseNotHeldError,
     LockOrderViolation,
-    StorageError,
 )
-from eventstore.core.lockrules import Holder, Mode, Waiter, key_of, may_grant, wait_exceeded
+from eventstore.core.lockrules import Holder, Mode, key_of, may_grant, wait_exceeded
 from eventstore.postgres.eventlog import Cursor
 from eventstore.postgres.lease_sql import (
     ADVISORY_NS,
     AGENT_STATUS,
-    BUMP_FENCE,
-    CHECK_HANDOFF,
-    DECREMENT,
     DEQUEUE,
-    DROP_HOLDER,
     ENQUEUE,
     ENSURE_AGENT,
     GRANT_FREE,
@@ -47,30 +43,24 @@ from eventstore.postgres.lease_sql import (
     HANDED_OFF,
     HEARTBEAT,
     HOLDERS,
-    LOCK,
     LOCK_AGENT_EARLY,
     MARK_ALERTED,
-    NOTICE_KEY,
-    NOTIFY,
     REENTER,
-    RELEASE_FAST,
-    RELEASE_ROW,
-    RENEW,
     REQUEST,
     SNAPSHOT,
     TAKE_HANDOFF,
 )
+from eventstore.postgres.leasecommon import (
+    agent_stream,
+    bump_fence,
+    lease_stream,
+    lock_resource,
+    notify_waiters,
+    waited_event,
+)
+from eventstore.postgres.leaserelease import send_release_fast
+from eventstore.postgres.leasesnapshot import Expiry, Snapshot, read_snapshot, snapshot
 from eventstore.postgres.lockchain import LockLog
-
-
-def lease_stream(resource: str) -> str:
-    """The stream that holds a resource's lock history."""
-    return f"lease-{resource}"
-
-
-def agent_stream(agent_id: str) -> str:
-    """The stream that holds an agent's kill-switch and lock-order history."""
-    return f"agent-{agent_id}"
 
 
 @dataclass(frozen=True)
@@ -85,16 +75,6 @@ class Grant:
     waited_seconds: float = 0.0
     reentered: bool = False
     handed_off: bool = False  # granted by a release's hand-off, found by this poll
-
-
-@dataclass(frozen=True)
-class Expiry:
-    """A holder whose TTL ran out and was fenced during some step."""
-
-    resource: str
-    agent_id: str
-    token: int
-    held_seconds: float
 
 
 @dataclass
@@ -112,32 +92,6 @@ class StepResult:
     queue_seq: int | None = None  # the queue place taken (lease_waiters.seq), when known
 
 
-def waited_event(resource: str, row: Sequence[Any], ended: str) -> ev.LeaseWaited:
-    """The LeaseWaited of a wait that ends now, from its queue row as deleted (``WAIT_ROW``'s columns):
-    migration 0013 chains a wait in the commit that ends it, not the one that queues it."""
-    agent, mode, seq, enqueued_at, held_by, expected, waited = row
-    return ev.LeaseWaited(resource=resource, agent_id=str(agent), mode=str(mode), held_by=[str(h) for h in held_by],
-                          expected_seconds=None if expected is None else float(expected), enqueued_at=enqueued_at,
-                          waited_seconds=float(waited), queue_seq=int(seq), ended=ended)
-
-
-def lock_resource(cur: Cursor, resource: str) -> None:
-    cur.execute(LOCK, (ADVISORY_NS, key_of(resource)))
-
-
-def notify_waiters(cur: Cursor, resource: str) -> None:
-    """Wake the waiters of a resource (delivered at commit) if it has any; see wakeup.py."""
-    cur.execute(NOTIFY, {"r": resource})
-
-
-def bump_fence(cur: Cursor, resource: str) -> int:
-    cur.execute(BUMP_FENCE, (resource,))
-    row = cur.fetchone()
-    if row is None:  # INSERT ... ON CONFLICT DO UPDATE ... RETURNING always returns the row
-        raise StorageError(f"bumping the fence token of {resource!r} returned no row")
-    return int(row[0])
-
-
 def _agent_killed(cur: Cursor, agent_id: str) -> str | None:
     """The kill reason if the agent is killed; locks its row FOR SHARE so a kill waits for this step."""
     cur.execute(AGENT_STATUS, (agent_id,))
@@ -149,54 +103,6 @@ def _agent_killed(cur: Cursor, agent_id: str) -> str | None:
     if row is not None and row[0] == "killed":
         return str(row[1] or "no reason given")
     return None
-
-
-@dataclass
-class _Snapshot:
-    """What one SNAPSHOT statement read about a resource and the requesting agent."""
-
-    expired: list[Expiry] = field(default_factory=list)
-    holders: list[tuple[str, Mode, int]] = field(default_factory=list)
-    waiters: list[Waiter] = field(default_factory=list)
-    fence: int | None = None
-    held_elsewhere: list[str] = field(default_factory=list)
-    handed_off: set[str] = field(default_factory=set)  # holders granted by a release's hand-off, not yet taken
-    agent: tuple[str, str | None] | None = None
-    my_wait: tuple[float, bool, float | None, float] | None = None  # waited, alerted, expected, heartbeat age
-    purged: list[ev.LeaseWaited] = field(default_factory=list)  # abandoned waits (stale heartbeat) removed now
-
-
-def _snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> _Snapshot:
-    """In one statement: expire overdue holders and purge abandoned waiters of the resource, then read
-    its live holders, its queue, its fence token, the other resources the agent holds, and the agent's
-    status (re-checked under a lock by the grant itself)."""
-    cur.execute(SNAPSHOT, {"r": resource, "a": agent_id, "stale": stale_after})
-    return _read_snapshot(cur, resource)
-
-
-def _read_snapshot(cur: Cursor, resource: str) -> _Snapshot:
-    snap = _Snapshot()
-    for kind, name, mode, num, seq, at, held, expected, age, held_by in cur.fetchall():
-        if kind == "purged":
-            snap.purged.append(waited_event(resource, (name, mode, seq, at, held_by, expected, held), "purged"))
-        elif kind == "expired":
-            snap.expired.append(Expiry(resource, str(name), int(num), float(held)))
-        elif kind == "holder":
-            snap.holders.append((str(name), Mode(mode), int(num)))
-            if expected:
-                snap.handed_off.add(str(name))
-        elif kind == "waiter":
-            snap.waiters.append(Waiter(resource, str(name), Mode(mode), int(seq), at))
-        elif kind == "fence":
-            snap.fence = int(num)
-        elif kind == "mywait":
-            snap.my_wait = (float(held), bool(num), None if expected is None else float(expected), float(age))
-        elif kind == "agent":
-            snap.agent = (str(name), None if mode is None else str(mode))
-        else:
-            snap.held_elsewhere.append(str(name))
-    snap.waiters.sort(key=lambda w: w.seq)
-    return snap
 
 
 def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool,
@@ -221,7 +127,7 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
     queued (its resource was contended a moment ago) then holds the resource's advisory lock for one
     round trip less, and that lock is what the release it waits for needs.
     """
-    snap: _Snapshot | None = None
+    snap: Snapshot | None = None
     if fast and prefetch:
         read_free = send_grant_free(cur, resource, agent_id, mode, ttl, violation_of is not None)
         with cur.connection.cursor() as more:
@@ -229,7 +135,7 @@ def attempt(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: float, *
             more.execute(LOCK_AGENT_EARLY, (agent_id,))
             more.execute(SNAPSHOT, {"r": resource, "a": agent_id, "stale": stale_after})
             free = read_free()
-            snap = _read_snapshot(more, resource)  # read either way: no result is left pending
+            snap = read_snapshot(more, resource)  # read either way: no result is left pending
         if free:
             if snap.purged:  # the snapshot's purge ended these waits in this transaction: chain them (0013)
                 purged = LockLog()
@@ -290,11 +196,11 @@ def send_grant_free(cur: Cursor, resource: str, agent_id: str, mode: Mode, ttl: 
 def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode, ttl: float, *, queue: bool,
              expected: float | None, stale_after: float,
              violation_of: Callable[[str, list[str]], str | None] | None,
-             handoff_ok: Callable[[int], bool] | None = None, snap: _Snapshot | None = None) -> StepResult:
+             handoff_ok: Callable[[int], bool] | None = None, snap: Snapshot | None = None) -> StepResult:
     if snap is None:
         lock_resource(cur, resource)
         cur.execute(LOCK_AGENT_EARLY, (agent_id,))
-        snap = _snapshot(cur, resource, agent_id, stale_after)
+        snap = snapshot(cur, resource, agent_id, stale_after)
     expired, rows, waiters, fence = snap.expired, snap.holders, snap.waiters, snap.fence
     if expired:
         fence = bump_fence(cur, resource)
@@ -392,24 +298,6 @@ def _attempt(cur: Cursor, log: LockLog, resource: str, agent_id: str, mode: Mode
     return result
 
 
-def send_check_handoff(cur: Cursor, resource: str, agent_id: str, token: int) -> Callable[[], datetime | None]:
-    """Send the check of a hand-off a notification announced; the reader gives its expiry, or None if
-    the database holds no such hand-off (forged notice, or revoked or expired meanwhile)."""
-    cur.execute(CHECK_HANDOFF, (resource, agent_id, token))
-
-    def read() -> datetime | None:
-        row = cur.fetchone()
-        return None if row is None else row[0]
-    return read
-
-
-def read_notice_key(cur: Cursor) -> bytes | None:
-    """The key that signs hand-off notices (migration 0011), or None if there is none."""
-    cur.execute(NOTICE_KEY)
-    row = cur.fetchone()
-    return None if row is None else bytes(row[0])
-
-
 def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: str,
                 deadlock: ev.DeadlockFound | None = None, *, stale_after: float = 5.0,
                 handoff_ok: Callable[[int], bool] | None = None) -> float | None:
@@ -438,75 +326,3 @@ def leave_queue(cur: Cursor, resource: str, agent_id: str, mode: Mode, reason: s
         resource=resource, agent_id=agent_id, mode=mode.value, reason=reason, held_by=held_by), agent_id)
     log.append(cur)
     return float(row[6])
-
-
-def send_release_fast(cur: Cursor, resource: str, agent_id: str, token: int,
-                      stale_after: float = 5.0) -> Callable[[], float | None]:
-    """Send the common release (a live, non-re-entered hold: one call, migration 0010, that also chains
-    its LeaseReleased and hands the lease to the head of the queue, or wakes it); the reader gives the
-    seconds held, or None if the call changed nothing and ``release_rest`` must decide (in a transaction
-    of its own or the same one). Waiters whose heartbeat is older than ``stale_after`` are passed over."""
-    cur.execute(RELEASE_FAST, {"r": resource, "a": agent_id, "t": token, "ns": ADVISORY_NS,
-                               "k": key_of(resource), "stale": stale_after})
-
-    def read() -> float | None:
-        row = cur.fetchone()
-        return None if row is None else float(row[0])
-    return read
-
-
-def release(cur: Cursor, resource: str, agent_id: str, token: int,
-            stale_after: float = 5.0) -> tuple[float | None, Expiry | None]:
-    """Release one hold. Returns (held seconds if the lease is now free of this agent, expiry if it had
-    expired). Raises LeaseNotHeldError if the agent does not hold this grant.
-
-    The common case (a live, non-re-entered hold) is one call that may hand the lease to the next waiter.
-    """
-    held = send_release_fast(cur, resource, agent_id, token, stale_after)()
-    if held is not None:
-        return held, None
-    return release_rest(cur, resource, agent_id, token)
-
-
-def release_rest(cur: Cursor, resource: str, agent_id: str, token: int) -> tuple[float | None, Expiry | None]:
-    """The release cases the one-statement release leaves: re-entered, expired, or not held at all."""
-    log = LockLog()
-    lock_resource(cur, resource)
-    cur.execute(RELEASE_ROW, (resource, agent_id))
-    row = cur.fetchone()
-    if row is None or int(row[0]) != token:
-        raise LeaseNotHeldError(
-            f"agent {agent_id!r} does not hold the lease on {resource!r} with token {token} "
-            "(it expired and was taken over, was revoked, or was never granted)")
-    count, alive, held = int(row[1]), bool(row[2]), float(row[3])
-    if not alive:
-        cur.execute(DROP_HOLDER, (resource, agent_id))
-        fence = bump_fence(cur, resource)
-        notify_waiters(cur, resource)
-        log.add(lease_stream(resource), ev.LeaseExpired(
-            resource=resource, agent_id=agent_id, token=token, fence_token=fence), agent_id, resource, token)
-        log.append(cur)
-        return None, Expiry(resource, agent_id, token, held)
-    if count > 1:
-        cur.execute(DECREMENT, (resource, agent_id))
-        return None, None
-    cur.execute(DROP_HOLDER, (resource, agent_id))
-    notify_waiters(cur, resource)
-    log.add(lease_stream(resource), ev.LeaseReleased(
-        resource=resource, agent_id=agent_id, token=token, held_seconds=held), agent_id, resource, token)
-    log.append(cur)
-    return held, None
-
-
-def renew(cur: Cursor, resource: str, agent_id: str, token: int, ttl: float) -> datetime:
-    """Extend a live lease by ``ttl`` from now (database clock); LeaseNotHeldError if it is gone."""
-    log = LockLog()
-    cur.execute(RENEW, (ttl, ttl, resource, agent_id, token))
-    row = cur.fetchone()
-    if row is None:
-        raise LeaseNotHeldError(
-            f"agent {agent_id!r} cannot renew {resource!r} token {token}: the lease expired or was revoked")
-    log.add(lease_stream(resource), ev.LeaseRenewed(
-        resource=resource, agent_id=agent_id, token=token, ttl_seconds=ttl), agent_id, resource, token)
-    log.append(cur)
-    return row[0]  # type: ignore[no-any-return]

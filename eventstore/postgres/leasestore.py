@@ -13,9 +13,10 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from eventstore.core.lockrules import Mode
-from eventstore.postgres import leaseadmin, leases
+from eventstore.postgres import leaseadmin, leaserelease, leases
 from eventstore.postgres.eventlog import Cursor
-from eventstore.postgres.leases import Expiry, StepResult
+from eventstore.postgres.leases import StepResult
+from eventstore.postgres.leasesnapshot import Expiry
 
 T = TypeVar("T")
 
@@ -92,15 +93,15 @@ class PostgresLeaseStore:
             cur, resource, agent_id, mode, reason, stale_after=self.stale_after))
 
     def renew(self, resource: str, agent_id: str, token: int, ttl: float) -> datetime:
-        return self._runner.run_step(lambda cur: leases.renew(cur, resource, agent_id, token, ttl))
+        return self._runner.run_step(lambda cur: leaserelease.renew(cur, resource, agent_id, token, ttl))
 
     def release(self, resource: str, agent_id: str, token: int) -> tuple[float | None, Expiry | None]:
         # The common case in one statement (autocommit); the rest (re-entered, expired, not held) in a second step.
         held = self._runner.run_call(
-            lambda cur: leases.send_release_fast(cur, resource, agent_id, token, self.stale_after)())
+            lambda cur: leaserelease.send_release_fast(cur, resource, agent_id, token, self.stale_after)())
         if held is not None:
             return held, None
-        return self._runner.run_step(lambda cur: leases.release_rest(cur, resource, agent_id, token))
+        return self._runner.run_step(lambda cur: leaserelease.release_rest(cur, resource, agent_id, token))
 
     def kill(self, agent_id: str, reason: str) -> list[str]:
         # Two transactions, as the coordinator does: once the mark commits no grant can succeed, so the

@@ -41,6 +41,10 @@ class OutcomeListener:
     """A daemon thread holding one autocommit connection that LISTENs for one agent's outcomes and
     settles the handles of :class:`PendingOutcomes` waiting for them."""
 
+    # Wait for notices in poll(2) on the socket (Database.listen): psycopg's timed wait spins ~1 ms of CPU
+    # per call, 0.4 % of a core for an idle agent; False is that old wait (``eventstore bench idle``'s baseline).
+    idle_socket: bool = True
+
     def __init__(self, database: Database, agent_id: str, recheck_after: float = 1.0,
                  max_pending: int = 100_000, pending: PendingOutcomes | None = None,
                  credential: Credential | None = None) -> None:
@@ -95,7 +99,8 @@ class OutcomeListener:
 
         try:
             for notes in self._database.listen([self._channel], self._stop,
-                                                       f"outcome listener {self._channel}", on_listening=listening):
+                                                f"outcome listener {self._channel}", on_listening=listening,
+                                                idle_socket=self.idle_socket):
                 if notes and conn is not None:
                     self._wake(conn, [n.payload for n in notes])
                 if conn is not None:
