@@ -53,6 +53,11 @@ def _ext_modules() -> list[Any]:
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C compiler ({compiler}) found to compile {', '.join(modules)} with mypyc: install "
                            f"one (e.g. gcc), or install without {NATIVE.NATIVE_ENV}=1 (pure Python)")
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    if not headers.exists():
+        raise RuntimeError(f"the Python headers ({headers}) are missing, so {', '.join(modules)} cannot be compiled "
+                           f"with mypyc: install them (Debian: python3-dev), or install without "
+                           f"{NATIVE.NATIVE_ENV}=1 (pure Python)")
     from mypyc.build import mypycify
 
     paths = [str(Path(*name.split(".")).with_suffix(".py")) for name in modules]

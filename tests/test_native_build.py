@@ -113,3 +113,12 @@ def test_the_native_benchmark_loads_pure_copies_and_restores_the_modules(capsys:
     assert native.main(200) == 0
     out = capsys.readouterr().out
     assert out.count("x\n") == 6 and "this install" in out
+
+
+@pytest.mark.parametrize(("value", "wanted"), [("1", True), ("true", True), ("YES", True), (" 1 ", True),
+                                               ("", False), ("0", False), ("false", False), ("no", False),
+                                               ("off", False), ("2", False)])
+def test_only_an_explicit_yes_asks_for_the_compiled_build(value: str, wanted: bool) -> None:
+    """``EVENTSTORE_NATIVE=false`` must not compile (the default install stays pure unless asked for)."""
+    assert native_wanted({NATIVE_ENV: value}) is wanted
+    assert native_wanted({}) is False

@@ -27,10 +27,12 @@ NATIVE_ENV = "EVENTSTORE_NATIVE"
 
 
 def native_wanted(environ: dict[str, str] | None = None) -> bool:
-    """Whether the environment asks for the compiled build (``EVENTSTORE_NATIVE`` set and not 0)."""
+    """Whether the environment asks for the compiled build: ``EVENTSTORE_NATIVE`` is 1, true or yes (any
+    case); anything else (unset, 0, false, a typo) is the default pure install."""
     import os
 
-    return (os.environ if environ is None else environ).get(NATIVE_ENV, "") not in ("", "0")
+    value = (os.environ if environ is None else environ).get(NATIVE_ENV, "")
+    return value.strip().lower() in ("1", "true", "yes")
 
 
 def is_compiled(module: str) -> bool:

@@ -34,6 +34,7 @@ def waited_event(resource: str, row: Sequence[Any], ended: str) -> ev.LeaseWaite
 
 
 def lock_resource(cur: Cursor, resource: str) -> None:
+    """Take the resource's transaction-scoped advisory lock: every lease step on one resource runs in turn."""
     cur.execute(LOCK, (ADVISORY_NS, key_of(resource)))
 
 
@@ -43,6 +44,8 @@ def notify_waiters(cur: Cursor, resource: str) -> None:
 
 
 def bump_fence(cur: Cursor, resource: str) -> int:
+    """A new fencing token for the resource from the global sequence, stored as its current one: each grant's
+    token is larger than every earlier token of that resource."""
     cur.execute(BUMP_FENCE, (resource,))
     row = cur.fetchone()
     if row is None:  # INSERT ... ON CONFLICT DO UPDATE ... RETURNING always returns the row

@@ -47,6 +47,7 @@ def snapshot(cur: Cursor, resource: str, agent_id: str, stale_after: float) -> S
 
 
 def read_snapshot(cur: Cursor, resource: str) -> Snapshot:
+    """Sort the rows of the one-statement snapshot just executed on ``cur`` into a :class:`Snapshot`."""
     snap = Snapshot()
     for kind, name, mode, num, seq, at, held, expected, age, held_by in cur.fetchall():
         if kind == "purged":

@@ -14,6 +14,8 @@ import msgspec
 
 
 class WireCommitted(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    """A committed message's members as docs/wire-format.md lists them (the fast decoder's schema)."""
+
     position: int
     event_id: str
     stream: str
