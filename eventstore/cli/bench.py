@@ -58,6 +58,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return visiblelatency.main(heavy=args.events or 100_000, rate=args.rate,
                                    events=1000 if args.quick else min(args.latency_events, 2000),
                                    waits=visiblelatency.QUICK_MODES if args.quick else visiblelatency.MODES)
+    if args.which == "batchcost":
+        from eventstore.bench import batchcost
+
+        return batchcost.main(seconds=args.seconds or 5.0, rounds=1 if args.quick else 2)
     if args.which == "analyze":
         from eventstore.bench import analyze
 
@@ -109,7 +113,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     choices=["write-path", "subscribers", "leases", "scale", "chain-check", "history",
                              "references", "latency", "profile", "auth", "memory", "intake", "agent",
                              "publisher", "broker-growth", "publisher-latency", "visible",
-                             "rebuild-cpu", "native", "idle", "analyze"])
+                             "rebuild-cpu", "native", "idle", "analyze", "batchcost"])
     bn.add_argument("--events", type=int, default=None,
                     help="events for the throughput run (write-path 100,000; subscribers and memory 1,000,000; "
                          "chain-check 100,000; history 1,000,000; references: the drain, 1,000,000; latency: the "
@@ -129,7 +133,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                          "(latency: without the broker-only probes); visible: 1,000 events per round, Kafka-only "
                          "10 ms and woken only")
     bn.add_argument("--seconds", type=float, default=None,
-                    help="broker-growth: seconds per steady run (30); idle: seconds per round (15)")
+                    help="broker-growth: seconds per steady run (30); idle: seconds per round (15); "
+                         "batchcost: seconds per rate (5)")
     bn.add_argument("--all", action="store_true",
                     help="broker-growth: also linger 20 ms and 32 intake partitions")
     bn.add_argument("--profile", action="store_true", help="intake: also print a cProfile of one round")
