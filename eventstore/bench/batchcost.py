@@ -6,7 +6,8 @@ embedded servers and a projector *process* (``eventstore.bench.batchprojector``:
 threads named for the kernel, its statements counted), emits at each rate from an agent in this process, and
 prints per batch and per event: the projector process's CPU by thread (batch thread, publisher, librdkafka,
 the rest), PostgreSQL's CPU by backend (the projector's, the publisher's, the agent's listener, the server's own
-processes), statements, pipeline syncs and transactions per batch, and the broker's CPU.
+processes), statements, pipeline syncs and transactions per batch, the broker's CPU, and emit -> outcome of
+every 10th event (p50/p99: what a batch wait costs in latency).
 
 The baseline, measured in the same run and alternated with the others (A, B, C, D, E, A, B, ...): the same
 1,000 events/s with the batches forced larger (``EVENTSTORE_BATCH_WAIT_MS=50``, so a batch waits for ~50
@@ -25,7 +26,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +65,7 @@ class Run:
     cpu: dict[str, float] = field(default_factory=dict)
     counts: dict[str, float] = field(default_factory=dict)
     load: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # emit -> outcome (ms) of every 10th event
 
     def merge(self, other: Run) -> None:
         self.events += other.events
@@ -72,6 +75,7 @@ class Run:
             self.cpu[k] = self.cpu.get(k, 0.0) + v
         for k, v in other.counts.items():
             self.counts[k] = self.counts.get(k, 0.0) + v
+        self.latencies += other.latencies
 
 
 def _role(name: str) -> str:
@@ -151,6 +155,13 @@ def _snapshot(proj: BatchProjector, meter: CpuMeter, conn: psycopg.Connection[An
     return counters, threads, backends, time.monotonic()
 
 
+def _noter(latencies: list[float], sent: float) -> Callable[[Future[Any]], None]:
+    """A callback that notes the milliseconds from ``sent`` to when the outcome arrived."""
+    def note(_: Future[Any]) -> None:
+        latencies.append((time.monotonic() - sent) * 1e3)
+    return note
+
+
 def steady(client: AgentClient, proj: BatchProjector, meter: CpuMeter, conn: psycopg.Connection[Any],
            postmaster: int, rate: int, seconds: float, prefix: str) -> Run:
     """Emit at ``rate`` for ``seconds``, wait for the log to hold them all; what it cost."""
@@ -161,11 +172,16 @@ def steady(client: AgentClient, proj: BatchProjector, meter: CpuMeter, conn: psy
     c0, t0, b0, m0 = _snapshot(proj, meter, conn, postmaster)
     start = time.monotonic()
     handles = []
+    latencies: list[float] = []
     for i, (event, stream) in enumerate(events):
         delay = start + i / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        handles.append(client.emit(event, stream))
+        sent = time.monotonic()
+        h = client.emit(event, stream)
+        handles.append(h)
+        if i % 10 == 0:  # a sample of emit -> outcome (when the agent's listener settled it)
+            h.future.add_done_callback(_noter(latencies, sent))
     wait_for(lambda: head(conn), target, 60.0, "the log head")
     c1, t1, b1, m1 = _snapshot(proj, meter, conn, postmaster)
     meter.stop()
@@ -173,7 +189,7 @@ def steady(client: AgentClient, proj: BatchProjector, meter: CpuMeter, conn: psy
     if failed:
         raise RuntimeError(f"{failed} of {n} events were not committed")
     run = Run(events=int(c1["messages"]) - int(c0["messages"]), batches=int(c1["batches"]) - int(c0["batches"]),
-              seconds=m1 - m0, load=os.getloadavg()[0])
+              seconds=m1 - m0, load=os.getloadavg()[0], latencies=latencies)
     for tid, (name, cpu) in t1.items():
         role = _role(name)
         run.cpu[role] = run.cpu.get(role, 0.0) + cpu - t0.get(tid, (name, 0.0))[1]
@@ -199,8 +215,11 @@ def print_run(label: str, run: Run, baseline: Run | None = None) -> None:
     proc = sum(run.cpu.get(p, 0.0) for p in PROJECTOR_PARTS)
     size = run.events / run.batches
     per_batch = {p: run.cpu.get(p, 0.0) / run.batches * 1e6 for p in PROJECTOR_PARTS}
+    lat = sorted(run.latencies)
+    p50, p99 = (lat[len(lat) // 2], lat[min(len(lat) - 1, len(lat) * 99 // 100)]) if lat else (0.0, 0.0)
     print(f"  {label}: {run.events:,} events in {run.batches:,} batches (mean {size:.1f} events), "
-          f"{run.batches / run.seconds:,.0f} batches/s, load {run.load:.2f}", flush=True)
+          f"{run.batches / run.seconds:,.0f} batches/s; emit -> outcome p50 {p50:.1f}, p99 {p99:.1f} ms "
+          f"(every 10th event); load {run.load:.2f}", flush=True)
     print(f"    projector process {proc / run.batches * 1e6:,.0f} µs CPU per batch = {proc / run.events * 1e6:,.0f} "
           f"µs per event ({proc / run.seconds * 100:.1f} % of a core): "
           + ", ".join(f"{p} {v:,.0f}" for p, v in per_batch.items()) + " µs per batch", flush=True)
