@@ -61,3 +61,17 @@ def test_child_env_carries_the_settings_and_extra_variables_win() -> None:
     child = Settings.from_env(env)  # what the child process reads back
     assert (child.namespace, child.projector_group, child.batch_size, child.intake_partitions, child.auth) == \
         ("ns-a", "g-a", 5, 3, False)
+
+
+def test_stat_cpu_reads_user_and_system_time_past_a_hostile_command_name() -> None:
+    """The command name in /proc/.../stat may hold spaces and ')': the times are counted from the last ')'."""
+    from eventstore.bench.launch import TICK, proc_cpu, stat_cpu
+
+    fields = ["S", "1", "1", "1", "0", "-1", "0", "0", "0", "0", "0", "30", "12", "7", "5"]  # utime 30, stime 12
+    stat = "4242 (evil) name ) (x) " + " ".join(fields)
+    assert stat_cpu(stat) == 42 / TICK
+    assert stat_cpu(stat, with_children=True) == 54 / TICK
+    import os
+
+    assert proc_cpu(os.getpid()) > 0.0
+    assert proc_cpu(2**22 + 12345) == 0.0  # no such process: 0, not an error

@@ -37,7 +37,7 @@ import psycopg
 
 from eventstore.bench import agents as bench_agents
 from eventstore.bench.drain import thread_cpu
-from eventstore.bench.launch import child, child_env, head, postmaster_pid, wait_for
+from eventstore.bench.launch import child, child_env, head, postmaster_pid, proc_cpu, wait_for
 from eventstore.bench.writepath import CpuMeter, make_events
 from eventstore.core.outcomes import Outcome
 from eventstore.core.settings import Settings
@@ -45,7 +45,6 @@ from eventstore.embedded import EmbeddedServers
 from eventstore.postgres.migrate import upgrade
 from eventstore.sdk.client import AgentClient
 
-TICK = os.sysconf("SC_CLK_TCK")
 # (label, rate, batch wait ms): the rates at the default settings, and the baseline (batches forced larger).
 # The 2 ms batch wait shows the trade an operator can make (EVENTSTORE_BATCH_WAIT_MS: CPU per event against
 # added latency); the last variant is the baseline.
@@ -88,14 +87,6 @@ def _role(name: str) -> str:
     return "other threads"
 
 
-def _proc_cpu(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def backend_cpu(conn: psycopg.Connection[Any], postmaster: int) -> dict[str, float]:
     """PostgreSQL's CPU seconds so far by backend: the projector's and publisher's connections (by application
     name), the other client backends (the agent's listener, this benchmark), and the server's own processes."""
@@ -113,7 +104,7 @@ def backend_cpu(conn: psycopg.Connection[Any], postmaster: int) -> dict[str, flo
         if int(fields[1]) != postmaster and pid != postmaster:
             continue
         part = "PG " + known.get(pid, "server's own") + " backend" if pid != postmaster else "PG server's own backend"
-        out[part] = out.get(part, 0.0) + _proc_cpu(pid)
+        out[part] = out.get(part, 0.0) + proc_cpu(pid)
     return out
 
 
@@ -282,11 +273,11 @@ def statement_floor(url: str, statements: int = 16, transactions: int = 1000) ->
 
         for _ in range(20):  # prepared after psycopg's threshold
             one()
-        client0, server0 = time.thread_time(), _proc_cpu(backend)
+        client0, server0 = time.thread_time(), proc_cpu(backend)
         for _ in range(transactions):
             one()
         return ((time.thread_time() - client0) / transactions * 1e6,
-                (_proc_cpu(backend) - server0) / transactions * 1e6)
+                (proc_cpu(backend) - server0) / transactions * 1e6)
 
 
 def main(seconds: float = 5.0, rounds: int = 2, variants: tuple[tuple[str, int, int], ...] = VARIANTS) -> int:

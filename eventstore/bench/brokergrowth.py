@@ -25,7 +25,8 @@ from pathlib import Path
 
 from eventstore.bench import agents as bench_agents
 from eventstore.bench.brokerlatency import settle, timed_projector
-from eventstore.bench.writepath import Latency, _proc_cpu, make_events
+from eventstore.bench.launch import proc_cpu
+from eventstore.bench.writepath import Latency, make_events
 from eventstore.core.outcomes import EmitResult, Outcome
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
@@ -92,11 +93,11 @@ def steady(client: AgentClient, tansu_pid: int | None, seconds: float, window: f
         return cb
 
     handles = []
-    cpu_marks = [_proc_cpu(tansu_pid) if tansu_pid else 0.0]
+    cpu_marks = [proc_cpu(tansu_pid) if tansu_pid else 0.0]
     t0 = time.monotonic()
     for i, (e, s) in enumerate(make_events(n, prefix, seed=rate)):
         if i and i % per_window == 0:
-            cpu_marks.append(_proc_cpu(tansu_pid) if tansu_pid else 0.0)
+            cpu_marks.append(proc_cpu(tansu_pid) if tansu_pid else 0.0)
         delay = t0 + i / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
@@ -104,7 +105,7 @@ def steady(client: AgentClient, tansu_pid: int | None, seconds: float, window: f
         h = client.emit(e, s)
         h.future.add_done_callback(done(i))
         handles.append(h)
-    cpu_marks.append(_proc_cpu(tansu_pid) if tansu_pid else 0.0)
+    cpu_marks.append(proc_cpu(tansu_pid) if tansu_pid else 0.0)
     for h in handles:
         try:
             h.result(60)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
-from eventstore.bench.writepath import Latency, _proc_cpu
+from eventstore.bench.launch import proc_cpu
+from eventstore.bench.writepath import Latency
 from eventstore.core.settings import Settings
 from eventstore.kafka.config import PRODUCER_DEFAULTS, ensure_topics, projector_consumer_config
 
@@ -86,9 +87,9 @@ def history_probe(bootstrap: str, sizes: tuple[int, ...] = (0, 3000, 10_000)) ->
                     producer.flush(5)  # one produce request, so one stored batch, per message
             producer.flush(30)
             stored = size
-            before = _proc_cpu(pid) if pid else 0.0
+            before = proc_cpu(pid) if pid else 0.0
             lat = broker_probe(bootstrap, topic, 10, 1)
-            used = (_proc_cpu(pid) - before) if pid else 0.0
+            used = (proc_cpu(pid) - before) if pid else 0.0
             kind = "one batch per message" if single else "batched (linger 50 ms)"
             print(f"  partition holding {size:>6,} messages, {kind:<22}: {lat.line()}; tansu CPU during the probe "
                   f"{used * 1000:.0f} ms; load {os.getloadavg()[0]:.2f}", flush=True)
@@ -107,7 +108,7 @@ def fetch_wait_cost(bootstrap: str, waits: tuple[int, ...], rounds: int = 2, sec
     busy: dict[int, list[float]] = {w: [] for w in waits}
 
     def cpu() -> float:
-        return _proc_cpu(pid) if pid else 0.0
+        return proc_cpu(pid) if pid else 0.0
 
     for _ in range(rounds):
         for w in waits:

@@ -26,8 +26,9 @@ from eventstore.bench.brokerlatency import (
     timed_projector,
 )
 from eventstore.bench.latencysplit import Split, print_split
+from eventstore.bench.launch import proc_cpu
 from eventstore.bench.tailsplit import GcPauses, PgLogReader, RunDelayMeter, TailProbes
-from eventstore.bench.writepath import _proc_cpu, publish_from_head
+from eventstore.bench.writepath import publish_from_head
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 from eventstore.kafka.config import ensure_topics, projector_consumer_config
@@ -99,13 +100,13 @@ def commit_cost(servers: EmbeddedServers, settings: Settings, per_second: int = 
             try:
                 c.assign([TopicPartition(ns.intake_topic, p, 0) for p in range(parts)])
                 time.sleep(1.0)
-                before, t0, n = _proc_cpu(pid), time.monotonic(), 0
+                before, t0, n = proc_cpu(pid), time.monotonic(), 0
                 while (now := time.monotonic()) - t0 < seconds:
                     c.poll(max(0.0, t0 + n / per_second - now) if mode == "B" else 0.05)
                     if mode == "B" and now >= t0 + n / per_second:
                         c.commit(offsets=[TopicPartition(ns.intake_topic, n % parts, n)], asynchronous=True)
                         n += 1
-                used[mode] = (_proc_cpu(pid) - before) / seconds * 100
+                used[mode] = (proc_cpu(pid) - before) / seconds * 100
             finally:
                 c.close()
             if mode == "B":

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Producer
 
-from eventstore.bench.launch import child, child_env, head, server_pids, wait_for
+from eventstore.bench.launch import child, child_env, head, server_pids, stat_cpu, wait_for
 from eventstore.bench.writepath import CpuMeter, make_events, projector, publish_from_head
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
@@ -81,15 +81,12 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     """CPU seconds (user + system) of each thread of a process, by thread id, with the thread's name
     (librdkafka names its threads ``rdk:...``; Python's threads carry the process's name)."""
     out: dict[int, tuple[str, float]] = {}
-    tick = os.sysconf("SC_CLK_TCK")
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
             stat = (task / "stat").read_text()
         except OSError:
             continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
-        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+        out[int(task.name)] = (stat[stat.index("(") + 1:stat.rindex(")")], stat_cpu(stat))
     return out
 
 

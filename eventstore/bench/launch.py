@@ -22,6 +22,23 @@ import psycopg
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 
+TICK = os.sysconf("SC_CLK_TCK")  # /proc's CPU times are in clock ticks
+
+
+def stat_cpu(stat: str, with_children: bool = False) -> float:
+    """CPU seconds (user + system; reaped children's too when asked) from the text of a /proc ``stat`` file
+    of a process or a thread (the fields after the command name, which may itself hold spaces or ``)``)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15 if with_children else 13]) / TICK
+
+
+def proc_cpu(pid: int, with_children: bool = False) -> float:
+    """CPU seconds of a process from /proc (0 when it is gone)."""
+    try:
+        return stat_cpu(Path(f"/proc/{pid}/stat").read_text(), with_children)
+    except OSError:
+        return 0.0
+
 
 def postmaster_pid(conn: psycopg.Connection[Any]) -> int:
     """The pid of the server's postmaster (the parent of this connection's backend)."""

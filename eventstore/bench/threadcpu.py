@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from eventstore.bench.launch import stat_cpu
+
 _TASKS = Path("/proc/self/task")
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _thread_cpu(tid: str) -> tuple[str, float]:
@@ -26,8 +27,7 @@ def _thread_cpu(tid: str) -> tuple[str, float]:
         comm = (_TASKS / tid / "comm").read_text().strip()
     except OSError:
         return "", 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    return comm, (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+    return comm, stat_cpu(stat)
 
 
 def default_role(python_name: str | None, comm: str, caller: int, tid: int) -> str:

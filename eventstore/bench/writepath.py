@@ -37,7 +37,7 @@ from typing import Any
 
 import psycopg
 
-from eventstore.bench.launch import child, child_env, head, server_pids, wait_for
+from eventstore.bench.launch import child, child_env, head, proc_cpu, server_pids, wait_for
 from eventstore.core.outcomes import EmitResult, Outcome
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
@@ -85,16 +85,6 @@ class Latency:
                 f"max {self.samples[-1] * 1000:6.1f} ms   ({len(self.samples)} events, {self.failed} failed)")
 
 
-def _proc_cpu(pid: int, with_children: bool = False) -> float:
-    """CPU seconds (user + system) of a process from /proc; reaped children too when asked."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = sum(int(f) for f in fields[11:15 if with_children else 13])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def _children(ppid: int) -> list[int]:
     out = []
     for d in Path("/proc").iterdir():
@@ -119,9 +109,9 @@ class CpuMeter:
     used: dict[str, float] = field(default_factory=dict)
 
     def _sample(self) -> dict[str, float]:
-        out = {n: _proc_cpu(p, with_children=(n == "postgres")) for n, p in self.pids.items()}
+        out = {n: proc_cpu(p, with_children=(n == "postgres")) for n, p in self.pids.items()}
         if "postgres" in self.pids:
-            out["postgres"] += sum(_proc_cpu(c) for c in _children(self.pids["postgres"]))
+            out["postgres"] += sum(proc_cpu(c) for c in _children(self.pids["postgres"]))
         out["machine (all processes)"] = _machine_busy()
         return out
 
