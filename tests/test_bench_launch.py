@@ -75,3 +75,50 @@ def test_stat_cpu_reads_user_and_system_time_past_a_hostile_command_name() -> No
 
     assert proc_cpu(os.getpid()) > 0.0
     assert proc_cpu(2**22 + 12345) == 0.0  # no such process: 0, not an error
+
+
+SERVED = """
+import sys, threading
+from pathlib import Path
+from eventstore.bench.launch import serve
+from eventstore.core.lifecycle import BackgroundRunner
+
+class Counter(BackgroundRunner):
+    def __init__(self) -> None:
+        super().__init__("counter")
+        self.n = 0
+    def run(self) -> None:
+        print("up", flush=True)
+        while not self._stop.wait(0.01):
+            self.n += 1
+        if sys.argv[2] == "fail":
+            raise RuntimeError("the runner failed")
+
+c = Counter()
+sys.exit(serve(c, Path(sys.argv[1]), lambda: {"n": c.n}))
+"""
+
+
+@pytest.mark.parametrize("how", ["ok", "fail"])
+def test_serve_dumps_on_sigusr1_and_stops_on_sigterm(tmp_path: Path, how: str) -> None:
+    """The instrumented child's loop (timedprojector, batchprojector): SIGUSR1 writes the snapshot as whole
+    JSON, SIGTERM stops the runner, and a runner that failed makes the child fail."""
+    import json
+    import os
+    import signal
+
+    out, log = tmp_path / "out.json", tmp_path / "child.log"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    with child([sys.executable, "-c", SERVED, str(out), how], env, log) as proc:
+        deadline = time.monotonic() + 30
+        while b"up" not in log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGUSR1)
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert json.loads(out.read_text())["n"] >= 0
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert (code == 0) is (how == "ok"), log.read_text()
+    if how == "fail":
+        assert "the runner failed" in log.read_text()

@@ -9,9 +9,7 @@ written whole then renamed), SIGTERM stops. Each Python thread's kernel name bec
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -22,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from eventstore.bench.launch import serve
 from eventstore.core.gcpolicy import tune_for_batches
 from eventstore.core.settings import Settings
 from eventstore.projection.projector import Projector
@@ -93,34 +92,25 @@ def name_threads() -> None:
 
 
 def main(out: Path) -> int:
-    stop = threading.Event()
-    dump = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGUSR1, lambda *_: dump.set())
     if os.environ.get("EVENTSTORE_BENCH_COUNT_STATEMENTS", "1") != "0":
         count_statements()
     if os.environ.get("EVENTSTORE_BENCH_STEPS", "0") == "1":
         time_steps()
     proj = Projector(Settings.from_env())
     tune_for_batches()  # as `eventstore project` does before it starts its projector
-    proj.start()
-    named = False
-    try:
-        while not stop.is_set() and not proj.finished.is_set():
-            if not named and proj.ready.is_set():
-                name_threads()  # once the publisher's and the consumer's threads exist
-                named = True
-            if dump.wait(0.05):
-                dump.clear()
-                name_threads()
-                tmp = out.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"batches": proj.stats.batches, "messages": proj.stats.messages,
-                                           "counts": dict(COUNTS), "cpu": dict(CPU)}))
-                os.replace(tmp, out)
-    finally:
-        proj.stop()
-    proj.raise_if_failed()
-    return 0
+    named = threading.Event()
+
+    def name_once_ready() -> None:
+        if not named.is_set() and proj.ready.is_set():
+            name_threads()  # once the publisher's and the consumer's threads exist
+            named.set()
+
+    def snapshot() -> dict[str, Any]:
+        name_threads()  # threads started since (a reconnected consumer's)
+        return {"batches": proj.stats.batches, "messages": proj.stats.messages, "counts": dict(COUNTS),
+                "cpu": dict(CPU)}
+
+    return serve(proj, out, snapshot, tick=name_once_ready)
 
 
 if __name__ == "__main__":

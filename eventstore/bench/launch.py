@@ -8,9 +8,11 @@ the child's environment from the run's settings, the child started in its own se
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,6 +21,7 @@ from typing import Any
 
 import psycopg
 
+from eventstore.core.lifecycle import BackgroundRunner
 from eventstore.core.settings import Settings
 from eventstore.embedded import EmbeddedServers
 
@@ -97,6 +100,30 @@ def child(argv: Sequence[str], env: dict[str, str], log_path: Path, *, cwd: str 
             yield proc
         finally:
             stop(proc, grace)
+
+
+def serve(runner: BackgroundRunner, out: Path, snapshot: Callable[[], object],
+          tick: Callable[[], None] | None = None) -> int:
+    """The child's side of :func:`child` for an instrumented projector: run ``runner`` until SIGTERM (or until it
+    ends), writing ``snapshot()`` as JSON to ``out`` (whole, then renamed) on each SIGUSR1, and calling ``tick``
+    every 50 ms meanwhile; raises what stopped the runner, else 0."""
+    stop, dump = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, lambda *_: dump.set())
+    runner.start()
+    try:
+        while not stop.is_set() and not runner.finished.is_set():
+            if tick is not None:
+                tick()
+            if dump.wait(0.05):
+                dump.clear()
+                tmp = out.with_suffix(".tmp")
+                tmp.write_text(json.dumps(snapshot()))
+                os.replace(tmp, out)
+    finally:
+        runner.stop()
+    runner.raise_if_failed()
+    return 0
 
 
 def wait_for(progress: Callable[[], int], target: int, stall_timeout: float, what: str,

@@ -15,9 +15,7 @@ from __future__ import annotations
 import gc
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer
 
+from eventstore.bench.launch import serve
 from eventstore.bench.tailsplit import GcPauses
 from eventstore.core.gcpolicy import tune_for_batches
 from eventstore.core.settings import Settings
@@ -77,27 +76,12 @@ def _ids(values: list[bytes | None]) -> list[str]:
 
 
 def main(out: Path) -> int:
-    stop = threading.Event()
-    dump = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGUSR1, lambda *_: dump.set())
     proj = TimedProjector(Settings.from_env())
     if "EVENTSTORE_BENCH_KAFKA_COMMIT_SECONDS" in os.environ:  # 0: a Kafka commit after every batch (to compare)
         proj.kafka_commit_every = float(os.environ["EVENTSTORE_BENCH_KAFKA_COMMIT_SECONDS"])
     if os.environ.get("EVENTSTORE_BENCH_PROJECTOR_GC", "tuned") != "default":
         tune_for_batches()  # as `eventstore project` does before it starts its projector
-    proj.start()
-    try:
-        while not stop.is_set() and not proj.finished.is_set():
-            if dump.wait(0.05):
-                dump.clear()
-                tmp = out.with_suffix(".tmp")
-                tmp.write_text(json.dumps(proj.take()))
-                os.replace(tmp, out)
-    finally:
-        proj.stop()
-    proj.raise_if_failed()
-    return 0
+    return serve(proj, out, proj.take)
 
 
 if __name__ == "__main__":
