@@ -47,7 +47,7 @@ from eventstore.discovery import resolve_settings
 from eventstore.kafka.config import subscriber_consumer_config
 from eventstore.postgres import eventlog
 from eventstore.postgres.connection import Database, convert, is_transient
-from eventstore.wire.committed import PayloadOmitted, decode_batch, decode_linked
+from eventstore.wire.committed import PayloadOmitted, decode_batch, reference_linked
 from eventstore.wire.notifications import COMMITTED_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -318,7 +318,7 @@ class Subscriber(BackgroundRunner):
         for value, ev, link in zip(values, events, links, strict=True):
             if ev is None:  # not the fast path's: the reference decoder, which raises its errors
                 try:
-                    ev, link = decode_linked(value)
+                    ev, link = reference_linked(value)
                 except PayloadOmitted as e:  # too large for the topic: the log holds it (and anything before it)
                     if e.position > last:
                         self._confirm_and_apply(run)

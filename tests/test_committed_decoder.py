@@ -26,6 +26,7 @@ from eventstore.wire.committed import (
     decode_linked,
     encode_recorded,
     encode_row,
+    reference_linked,
 )
 
 
@@ -290,3 +291,19 @@ def test_decode_batch_gives_decode_linked_or_none_for_each_message() -> None:
             assert value is not None and repr((ev, link)) == repr(decode_linked(value))
         else:
             assert link is None
+
+
+@pytest.mark.parametrize("value", [None, b"", b"{", b'{"position": 1}', b"\xff\xfe"])
+def test_reference_linked_refuses_what_the_reference_refuses(value: bytes | None) -> None:
+    """The subscriber's fallback for values decode_batch declined: the reference alone, same errors."""
+    with pytest.raises(DecodeError) as want:
+        reference(value)
+    with pytest.raises(type(want.value)) as got:
+        reference_linked(value)
+    assert str(got.value) == str(want.value)
+
+
+def test_reference_linked_gives_the_reference_event_and_link() -> None:
+    ev = event(lease_resource="inventory:A1", fencing_token=3)
+    value = encode_recorded(ev)[2]
+    assert repr(reference_linked(value)) == repr(reference(value)) == repr((ev, ev.hash))

@@ -92,7 +92,7 @@ class _Cursor:
 @contextmanager
 def _subscriber_using(committed: types.ModuleType) -> Iterator[None]:
     """The subscriber module's decoder names bound to ``committed``'s for the duration (restored after)."""
-    names = ("decode_batch", "decode_linked", "PayloadOmitted")
+    names = ("decode_batch", "reference_linked", "PayloadOmitted")
     saved = {name: getattr(subscriber, name) for name in names}
     try:
         for name in names:

@@ -282,7 +282,7 @@ _NUL = b"\x00"
 def decode_batch(values: Sequence[bytes | None]) -> tuple[list[RecordedEvent | None], list[bytes | None]]:
     """``decode_linked`` of each value as two lists (events, links; no tuple per message for the collector to
     track), for the values the fast path takes; event None for any other (a stub, another form, an error: the
-    caller passes that value to :func:`decode_linked`, which falls back to the reference and raises its
+    caller passes that value to :func:`reference_linked`, which decodes it the reference way and raises its
     errors). One loop for a fetched batch, so the per-message work is inlined.
 
     The intent hash is first computed over the payload's bytes **as received** (the publisher writes the
@@ -386,6 +386,13 @@ def decode_linked(value: bytes | None) -> tuple[RecordedEvent, bytes | None]:
     (fast,), (link,) = decode_batch((value,))
     if fast is not None:
         return fast, link
+    return reference_linked(value)
+
+
+def reference_linked(value: bytes | None) -> tuple[RecordedEvent, bytes | None]:
+    """:func:`decode_linked` the reference way only (``decode_committed`` + ``recorded_hash``): for a value
+    :func:`decode_batch` already declined, so the fast path is not tried twice; raises DecodeError or
+    PayloadOmitted as the reference does."""
     ev = decode_committed(value)
     if ev.prev_hash is None or ev.hash is None:
         return ev, None
