@@ -6,15 +6,18 @@ import threading
 import time
 
 import psycopg
+import pytest
 
 from eventstore.postgres.connection import Connection, Database
 from tests.fix_projector import wait_until
 
 
-def test_listen_survives_a_killed_connection(database_url: str) -> None:
+@pytest.mark.parametrize("idle_socket", [False, True], ids=["timed-wait", "poll"])
+def test_listen_survives_a_killed_connection(database_url: str, idle_socket: bool) -> None:
     """LISTEN goes on after its backend is terminated: a new connection listens again (and calls
-    on_listening, so the caller re-reads what it may have missed). Querying between batches:
-    tests/test_listen.py."""
+    on_listening, so the caller re-reads what it may have missed), with psycopg's timed wait and with the
+    poll(2) wait the SDK's outcome listener and the lease listener use (the dead socket reads as readable,
+    and the read raises). Querying between batches: tests/test_listen.py."""
     db = Database(database_url, application_name="test-listener")
     stop = threading.Event()
     got: list[str] = []
@@ -26,7 +29,8 @@ def test_listen_survives_a_killed_connection(database_url: str) -> None:
 
     def run() -> None:
         try:
-            for notes in db.listen(["t_chan"], stop, "test", on_listening=on_listening, timeout=0.1):
+            for notes in db.listen(["t_chan"], stop, "test", on_listening=on_listening, timeout=0.1,
+                                 idle_socket=idle_socket):
                 got.extend(n.payload for n in notes)
         except BaseException as e:
             errors.append(e)
